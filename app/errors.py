@@ -1,0 +1,29 @@
+"""Errors raised where they arise; the CLI and the service map them to messages and status codes."""
+
+from __future__ import annotations
+
+
+class SbnnError(Exception):
+    """Base class of the errors this package raises on purpose."""
+
+
+class SchemaError(SbnnError, ValueError):
+    """A feature record does not match the model's feature schema."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class CheckpointError(SbnnError):
+    """A checkpoint folder is missing, malformed, tampered with or of an unsupported format."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class DataError(SbnnError, ValueError):
+    """A training or evaluation table cannot be used as asked."""
