@@ -1,0 +1,61 @@
+"""The skeleton every layer kind shares: draw S weight samples, push rows through them, report the KL."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from app.bnn.init import InitSpec
+from app.bnn.priors import PriorSpec
+
+LayerSample = tuple[Tensor | None, ...]
+
+
+class _StochasticLinear(nn.Module):
+    """Base of all linear layer kinds (as ``_ConvNd`` is for convolutions).
+
+    Subclasses implement ``sample`` (S weight draws), ``propagate`` (rows through given draws) and,
+    when Bayesian, ``kl``. Splitting draw from use lets a network draw once and reuse the draws over
+    row chunks, so every row of a request sees the same S weight samples.
+
+    Attributes:
+        fixed_samples: members of the predictive for kinds whose sample set is fixed (deterministic: 1,
+            ensemble: M); None when any S can be drawn.
+    """
+
+    fixed_samples: int | None = None
+
+    def __init__(self, in_features: int, out_features: int, prior: PriorSpec, init: InitSpec) -> None:
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"in_features and out_features must be ≥ 1, got {in_features}, {out_features}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.prior_spec = prior
+        self.prior = prior.build()
+        self.init = init
+
+    def sample(self, samples: int, generator: torch.Generator | None = None) -> LayerSample:
+        """Draw ``samples`` weight samples (tensors with a leading S dimension)."""
+        raise NotImplementedError
+
+    def propagate(self, x: Tensor, weights: LayerSample) -> Tensor:
+        """x: (S or 1, N, n) -> (S, N, m) through drawn ``weights``."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """x: (S, N, n) -> (S, N, m), one fresh weight sample per leading index."""
+        return self.propagate(x, self.sample(x.shape[0], generator))
+
+    def kl(self, generator: torch.Generator | None = None) -> Tensor:
+        """KL(q ‖ prior) summed over the layer's stochastic parameters; 0 for point estimates."""
+        return torch.zeros((), device=next(self.parameters()).device)
+
+    def _check_samples(self, samples: int) -> None:
+        if samples < 1:
+            raise ValueError(f"samples must be ≥ 1, got {samples}")
+        if self.fixed_samples is not None and samples != self.fixed_samples:
+            raise ValueError(f"{type(self).__name__} has exactly {self.fixed_samples} samples, got {samples}")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"

@@ -1,0 +1,63 @@
+"""Full-rank mean-field Bayes-by-Backprop linear layer (Blundell et al. 2015), the main baseline."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from app.bnn import functional as BF
+from app.bnn._base import LayerSample, _StochasticLinear
+from app.bnn.gaussian import MeanFieldGaussian
+from app.bnn.init import InitSpec, reference_variance
+from app.bnn.priors import PriorSpec
+
+
+class BayesLinear(_StochasticLinear):
+    r"""``y = x Wᵀ + b`` with every entry of W ∈ R^{m×n} and b ∈ R^m an independent Gaussian.
+
+    Args:
+        in_features: n.
+        out_features: m.
+        prior: prior on every weight and bias entry.
+        init: reference variance and η.
+
+    Shape:
+        x: (S, N, n) -> (S, N, m)
+
+    Attributes:
+        weight: (m, n) Gaussians, μ ~ N(0, σ_W²), σ = η·σ_W.
+        bias: (m,) Gaussians, μ = 0, σ = η·σ_W.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        prior: PriorSpec | None = None,
+        init: InitSpec | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_features, out_features, prior or PriorSpec(), init or InitSpec())
+        factory = {"device": device, "dtype": dtype}
+        self.weight = MeanFieldGaussian((out_features, in_features), **factory)
+        self.bias = MeanFieldGaussian((out_features,), **factory)
+        self.reset_parameters(generator)
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        std = reference_variance(self.in_features, self.out_features, self.init.reference) ** 0.5
+        self.weight.reset_parameters(0.0, std, self.init.eta * std, generator)
+        self.bias.reset_parameters(0.0, 0.0, self.init.eta * std)
+
+    def sample(self, samples: int, generator: torch.Generator | None = None) -> LayerSample:
+        """-> W: (S, m, n), b: (S, m)."""
+        self._check_samples(samples)
+        return self.weight.sample(samples, generator), self.bias.sample(samples, generator)
+
+    def propagate(self, x: Tensor, weights: LayerSample) -> Tensor:
+        weight, bias = weights
+        return BF.batched_linear(x, weight, bias)
+
+    def kl(self, generator: torch.Generator | None = None) -> Tensor:
+        return self.weight.kl(self.prior, generator) + self.bias.kl(self.prior, generator)
