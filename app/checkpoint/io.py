@@ -1,0 +1,166 @@
+"""Save and load checkpoints: safetensors weights + a validated manifest, hash checked before parsing.
+
+Nothing here unpickles: a folder holding pickle-style weights is refused with a message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from app.bnn.network import BayesianMLP
+from app.checkpoint.manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE, WEIGHTS_FILE, Manifest
+from app.errors import CheckpointError
+
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A verified checkpoint: its folder, manifest and the rebuilt network (eval mode)."""
+
+    path: Path
+    manifest: Manifest
+    model: BayesianMLP
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def weights_bytes(model: BayesianMLP) -> bytes:
+    """The network's state as safetensors bytes (CPU, contiguous)."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    return save_safetensors(state, metadata={"format": FORMAT_NAME})
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write through a temporary file and rename, so a crash never leaves a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    _atomic_write(folder / MANIFEST_FILE, (manifest.model_dump_json(indent=2) + "\n").encode())
+
+
+def save_checkpoint(folder: str | Path, model: BayesianMLP, manifest: Manifest) -> Manifest:
+    """Write ``weights.safetensors`` and ``manifest.json`` into ``folder``; returns the manifest with the
+    weights' sha256 and size filled in."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = weights_bytes(model)
+    manifest = manifest.model_copy(
+        update={"weights": manifest.weights.model_copy(update={"sha256": sha256_bytes(data), "bytes": len(data)})}
+    )
+    Manifest.model_validate(manifest.model_dump())  # re-validate the updated copy
+    _atomic_write(folder / WEIGHTS_FILE, data)
+    write_manifest(folder, manifest)
+    return manifest
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    """Parse and validate ``manifest.json`` (format name and version first, for a clear refusal)."""
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    if not folder.is_dir():
+        raise CheckpointError(str(folder), "not a checkpoint folder (no such directory)")
+    if not path.is_file():
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise CheckpointError(
+                str(folder / pickles[0]),
+                "pickle-style weights are refused (loading them can execute code); "
+                "re-save as safetensors with a manifest.json",
+            )
+        raise CheckpointError(str(path), "missing manifest.json")
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise CheckpointError(str(path), f"manifest is {size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit")
+    try:
+        raw = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(str(path), f"not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
+        raise CheckpointError(str(path), f"not an {FORMAT_NAME} manifest (field 'format')")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            str(path),
+            f"unsupported format_version {raw.get('format_version')!r}; this sbnn reads version {FORMAT_VERSION}",
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "manifest"
+        reason = f"invalid field '{where}': {first['msg']} ({exc.error_count()} error(s))"
+        raise CheckpointError(str(path), reason) from exc
+
+
+def _read_weights(folder: Path, manifest: Manifest) -> dict[str, torch.Tensor]:
+    name = manifest.weights.file
+    if Path(name).name != name or name in {"", ".", ".."}:
+        raise CheckpointError(str(folder / MANIFEST_FILE), f"weights.file must be a plain file name, got {name!r}")
+    path = folder / name
+    if path.suffix in PICKLE_SUFFIXES or path.suffix != ".safetensors":
+        raise CheckpointError(
+            str(path), "only safetensors weights are accepted; pickle-style formats are refused (they can run code)"
+        )
+    if not path.is_file():
+        raise CheckpointError(str(path), "weights file is missing")
+    data = path.read_bytes()  # hash and parse the very same bytes
+    if len(data) != manifest.weights.bytes:
+        raise CheckpointError(
+            str(path), f"size {len(data)} bytes differs from the manifest's {manifest.weights.bytes} (truncated?)"
+        )
+    digest = sha256_bytes(data)
+    if digest != manifest.weights.sha256:
+        raise CheckpointError(
+            str(path), f"sha256 {digest[:12]}… differs from the manifest's {manifest.weights.sha256[:12]}… (modified)"
+        )
+    try:
+        return load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(str(path), f"not a readable safetensors file ({exc})") from exc
+
+
+def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Verify and load a checkpoint folder; raises :class:`CheckpointError` naming the file and problem."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    tensors = _read_weights(folder, manifest)
+    path = folder / manifest.weights.file
+    model = BayesianMLP(manifest.network, device="meta")
+    expected = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+    found = {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()}
+    if missing := sorted(expected.keys() - found.keys()):
+        raise CheckpointError(str(path), f"missing tensors for the manifest's network: {missing[:5]}")
+    if unexpected := sorted(found.keys() - expected.keys()):
+        raise CheckpointError(str(path), f"tensors the manifest's network does not have: {unexpected[:5]}")
+    for key, want in expected.items():
+        if found[key] != want:
+            raise CheckpointError(str(path), f"tensor '{key}' is {found[key]}, the network needs {want}")
+        if not torch.isfinite(tensors[key]).all():
+            raise CheckpointError(str(path), f"tensor '{key}' holds NaN or infinite values")
+    # Allocate without initialising (no RNG use), then fill from the verified tensors.
+    model = model.to_empty(device=device)
+    model.load_state_dict(tensors, strict=True)
+    model.eval()
+    return Checkpoint(path=folder, manifest=manifest, model=model)

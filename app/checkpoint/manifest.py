@@ -1,0 +1,117 @@
+"""The checkpoint manifest: everything a server needs to use a model without guessing.
+
+Validated with pydantic on load; unknown fields are refused so a typo cannot silently change meaning.
+See docs/checkpoint-format.md.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.bnn.network import LayerKind, NetworkSpec
+from app.data.dataset import DataProvenance
+from app.data.preprocess import Preprocessing
+from app.data.schema import FeatureSpec
+
+FORMAT_NAME = "sbnn-checkpoint"
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+WEIGHTS_FILE = "weights.safetensors"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TaskType(str, Enum):
+    BINARY = "binary"
+    MULTICLASS = "multiclass"
+
+
+class TaskInfo(_Strict):
+    type: TaskType
+    target: str
+    labels: list[str] = Field(min_length=2, description="Class labels; index = class id.")
+
+
+class OODGate(_Strict):
+    """The calibrated OOD gate: flag a row when its score exceeds ``threshold``."""
+
+    score: Literal["mutual_information"] = "mutual_information"
+    threshold: float = Field(ge=0.0)
+    target_fpr: float = Field(gt=0.0, lt=1.0, description="Share of in-distribution rows flagged at calibration.")
+    achieved_fpr: float = Field(ge=0.0, le=1.0, description="Share of calibration rows actually above threshold.")
+    reference_quantiles: list[float] = Field(
+        min_length=2, description="Quantiles 0%, 1%, …, 100% of the score on the calibration split (drift reference)."
+    )
+    calibration_split: str = "val"
+    calibration_rows: int = Field(ge=1)
+    calibration_samples: int = Field(ge=1)
+    calibration_seed: int
+
+    @model_validator(mode="after")
+    def _sorted(self) -> OODGate:
+        q = self.reference_quantiles
+        if any(b < a for a, b in zip(q[:-1], q[1:], strict=True)):
+            raise ValueError("reference_quantiles must be non-decreasing")
+        return self
+
+
+class WeightsInfo(_Strict):
+    file: str = WEIGHTS_FILE
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=1)
+
+
+class TrainingInfo(_Strict):
+    config: dict[str, Any]
+    seed: int
+    epochs_run: int
+    best_epoch: int
+    best_val_nll: float
+    duration_seconds: float
+    device: str
+    torch_version: str
+    sbnn_version: str
+
+
+class Manifest(_Strict):
+    format: Literal["sbnn-checkpoint"] = FORMAT_NAME
+    format_version: int
+    name: str = Field(pattern=NAME_PATTERN)
+    version: str = Field(min_length=1, max_length=64)
+    created: datetime
+    kind: LayerKind
+    network: NetworkSpec
+    ranks: list[int | None]
+    parameter_count: int = Field(ge=1)
+    task: TaskInfo
+    features: list[FeatureSpec] = Field(min_length=1)
+    preprocessing: Preprocessing
+    ood: OODGate
+    default_samples: int = Field(ge=1, le=65536)
+    training: TrainingInfo
+    data: DataProvenance
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Written by `sbnn evaluate`.")
+    weights: WeightsInfo
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.kind is not self.network.kind:
+            raise ValueError(f"kind '{self.kind.value}' differs from network.kind '{self.network.kind.value}'")
+        if self.preprocessing.n_outputs != self.network.in_features:
+            produced, expected = self.preprocessing.n_outputs, self.network.in_features
+            raise ValueError(f"preprocessing yields {produced} inputs, the network expects {expected}")
+        names = {f.name for f in self.features}
+        transformed = {t.name for t in self.preprocessing.numeric} | {t.name for t in self.preprocessing.categorical}
+        if names != transformed:
+            raise ValueError(f"features {sorted(names)} differ from preprocessed columns {sorted(transformed)}")
+        classes = 2 if self.network.out_features == 1 else self.network.out_features
+        if len(self.task.labels) != classes:
+            raise ValueError(f"{len(self.task.labels)} labels for a network with {classes} classes")
+        return self
