@@ -164,13 +164,18 @@ def _numeric_code(value: object) -> int:
 
 
 def _numeric_values(name: str, column: Any) -> tuple[np.ndarray, np.ndarray]:
-    """A column -> (float64 values with NaN where missing, bool missing mask), both (N,)."""
+    """A column -> (float64 values with NaN where missing, bool missing mask), both (N,).
+
+    Numeric numpy arrays and pandas Series take a vectorised path; lists and object arrays are type-checked
+    per value (a string or bool is an error, None/NaN is missing).
+    """
     if hasattr(column, "to_numpy"):  # pandas Series, including nullable dtypes (pd.NA -> NaN)
         try:
             column = column.to_numpy(dtype=np.float64, na_value=np.nan)
         except (TypeError, ValueError):
             column = column.to_numpy()
-    arr = np.asarray(column)
+    # Plain sequences (JSON lists) keep their Python types, so strings and bools are caught rather than coerced.
+    arr = column if isinstance(column, np.ndarray) else np.array(column, dtype=object)
     if arr.ndim != 1:
         raise SchemaError(name, f"expected a 1-D column, got shape {arr.shape}")
     if arr.dtype.kind in "iuf":
@@ -206,9 +211,7 @@ def _category_codes(name: str, column: Any, categories: list[str]) -> np.ndarray
     return codes
 
 
-def infer_feature_specs(
-    frame: Any, features: list[str], categorical: list[str] | None = None
-) -> list[FeatureSpec]:
+def infer_feature_specs(frame: Any, features: list[str], categorical: list[str] | None = None) -> list[FeatureSpec]:
     """FeatureSpecs from a (training) pandas DataFrame: kinds from dtypes, ranges and categories from values.
 
     Numeric (non-bool) dtypes are numeric unless listed in `categorical`; object, string, category and bool

@@ -128,9 +128,7 @@ def _classification_inputs(labels: object, probs: object) -> tuple[np.ndarray, n
         raise ValueError(f"probs must lie in [0, 1], found range [{p.min():.6g}, {p.max():.6g}]")
     row_err = np.abs(p.sum(axis=1) - 1.0)
     if row_err.max() > _ROW_SUM_ATOL:
-        raise ValueError(
-            f"probs rows must sum to 1 (worst row is off by {row_err.max():.3g}); were logits passed?"
-        )
+        raise ValueError(f"probs rows must sum to 1 (worst row is off by {row_err.max():.3g}); were logits passed?")
     c = p.shape[1]
     out_of_range = (y < 0) | (y >= c)
     if out_of_range.any():
@@ -216,8 +214,8 @@ def average_precision(labels01: np.ndarray, scores: np.ndarray) -> float:
         raise ValueError("no positive in labels01; average precision is undefined")
     fps, tps = _binary_clf_curve(y, s)
     precision = tps / (tps + fps)
-    recall = tps / tps[-1]
-    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+    # Σ ΔR·P with ΔR = Δtps / n_pos; dividing once at the end keeps a perfect ranking at exactly 1.0.
+    return float(np.sum(np.diff(tps, prepend=0.0) * precision) / tps[-1])
 
 
 def fpr_at_tpr(labels01: np.ndarray, scores: np.ndarray, tpr: float = 0.95) -> float:
@@ -337,7 +335,10 @@ def reliability_bins(labels: np.ndarray, probs: np.ndarray, n_bins: int = 10) ->
     n_bins = _check_n_bins(n_bins)
     y, p = _classification_inputs(labels, probs)
     value, outcome = _binned_values(y, p)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # k / n_bins, each correctly rounded: a probability equal to an edge (0.3, or a vote fraction 3/10)
+    # is then the same double as the edge and lands in the bin above it. np.linspace computes k * step,
+    # which misses by an ulp (3 * 0.1 != 0.3) and would drop such values into the bin below.
+    edges = np.arange(n_bins + 1) / n_bins
     # searchsorted against the very edges reported keeps membership consistent with them.
     idx = np.clip(np.searchsorted(edges, value, side="right") - 1, 0, n_bins - 1)
     count = np.bincount(idx, minlength=n_bins).astype(np.int64)

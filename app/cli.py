@@ -1,0 +1,239 @@
+"""The ``sbnn`` command line: train, evaluate and inspect checkpoints.
+
+Heavy imports happen inside each command, so ``sbnn --help`` is instant and the serving install does not
+need the training extras.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from app.bnn.network import LayerKind
+from app.bnn.priors import PriorKind
+from app.errors import SbnnError
+from app.train.config import ClassWeight
+
+app = typer.Typer(
+    name="sbnn",
+    help="Singular (low-rank) Bayesian neural networks: train, evaluate and serve uncertainty scores.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+
+def _ints(text: str | None, option: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}", param_hint=option) from None
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _fail(error: Exception) -> None:
+    errors.print(f"[bold red]error:[/] {error}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option(help="Checkpoint folder to write, e.g. models/<name>.")],
+    kind: Annotated[LayerKind, typer.Option(help="Layer kind.")] = LayerKind.LOWRANK,
+    rank: Annotated[int, typer.Option(help="Rank of the hidden layers (capped at min(m, n)); output rank 1.")] = 15,
+    ranks: Annotated[str | None, typer.Option(help="Explicit rank per layer, e.g. '9,15,1' (lowrank).")] = None,
+    hidden: Annotated[str, typer.Option(help="Hidden layer widths.")] = "128,128",
+    dataset: Annotated[str | None, typer.Option(help="Bundled data set: 'flchain' (needs sbnn[data]).")] = None,
+    csv: Annotated[Path | None, typer.Option(help="Your own table (CSV or Parquet) instead of --dataset.")] = None,
+    target: Annotated[str | None, typer.Option(help="Target column of --csv.")] = None,
+    features: Annotated[str | None, typer.Option(help="Feature columns of --csv (default: all but target).")] = None,
+    categorical: Annotated[str | None, typer.Option(help="Numeric-looking columns to treat as categories.")] = None,
+    ood_csv: Annotated[Path | None, typer.Option(help="Your own shifted cohort, scored as an OOD set.")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name (default: the folder name).")] = None,
+    version: Annotated[str, typer.Option(help="Model version string.")] = "1",
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 200,
+    batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 64,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    beta: Annotated[float, typer.Option(help="KL weight (1 = plain ELBO).")] = 0.5,
+    kl_warmup: Annotated[int, typer.Option(help="Epochs of linear KL annealing.")] = 10,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 20,
+    class_weight: Annotated[ClassWeight, typer.Option(help="Likelihood weighting of classes.")] = ClassWeight.NONE,
+    prior: Annotated[PriorKind, typer.Option(help="Prior on factor entries.")] = PriorKind.MIXTURE,
+    members: Annotated[int, typer.Option(help="Ensemble members (kind ensemble).")] = 5,
+    dropout: Annotated[float, typer.Option(help="Dropout rate (kind mcdropout).")] = 0.1,
+    samples: Annotated[int, typer.Option(help="Default Monte Carlo samples at test time.")] = 512,
+    target_fpr: Annotated[float, typer.Option(help="OOD gate: share of in-distribution rows referred.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Seed for splits, initialisation and noise.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    evaluate: Annotated[bool, typer.Option(help="Run `sbnn evaluate` on the result.")] = True,
+) -> None:
+    """Train a network, calibrate its OOD gate and save a checkpoint folder."""
+    from pydantic import ValidationError
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from app.train.config import TrainConfig
+    from app.train.pipeline import train_checkpoint
+
+    try:
+        config = TrainConfig(
+            kind=kind,
+            hidden=_ints(hidden, "--hidden") or [],
+            rank=rank,
+            ranks=_ints(ranks, "--ranks"),
+            prior=prior,
+            members=members,
+            dropout=dropout,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            beta=beta,
+            kl_warmup_epochs=kl_warmup,
+            patience=patience,
+            class_weight=class_weight,
+            default_samples=samples,
+            target_fpr=target_fpr,
+            seed=seed,
+            device=device,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise typer.BadParameter(first["msg"], param_hint="--" + str(first["loc"][0]).replace("_", "-")) from None
+    try:
+        data = _load_training_data(dataset, csv, target, features, categorical, ood_csv, seed)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task("training", total=config.epochs)
+
+            def on_epoch(log: object) -> None:
+                progress.update(
+                    task,
+                    completed=log.epoch,  # type: ignore[attr-defined]
+                    description=f"loss {log.loss:.4f}  nll {log.nll:.4f}  val nll {log.val_nll:.4f}",  # type: ignore[attr-defined]
+                )
+
+            manifest, result = train_checkpoint(data, config, out, name=name, version=version, on_epoch=on_epoch)
+    except (SbnnError, ValueError) as exc:
+        _fail(exc)
+    console.print(
+        f"saved [bold]{out}[/]: {manifest.kind.value}, {manifest.parameter_count:,} parameters, best epoch "
+        f"{result.best_epoch}/{result.epochs_run}, val NLL {result.best_val_nll:.4f}, OOD threshold "
+        f"{manifest.ood.threshold:.4g} nats ({result.duration_seconds:.1f} s on {result.device})"
+    )
+    if evaluate:
+        _evaluate(out, samples=None, seed=0, data_path=None, figures=True)
+
+
+def _load_training_data(
+    dataset: str | None,
+    csv: Path | None,
+    target: str | None,
+    features: str | None,
+    categorical: str | None,
+    ood_csv: Path | None,
+    seed: int,
+):  # noqa: ANN202 - returns TabularDataset, imported lazily
+    if (dataset is None) == (csv is None):
+        raise typer.BadParameter("give exactly one of --dataset flchain or --csv PATH", param_hint="--dataset")
+    if dataset is not None:
+        if dataset != "flchain":
+            raise typer.BadParameter(f"unknown data set {dataset!r}; available: flchain", param_hint="--dataset")
+        from app.data.flchain import load_flchain
+
+        return load_flchain(seed)
+    if target is None:
+        raise typer.BadParameter("--csv needs --target", param_hint="--target")
+    from app.data.tabular import load_table
+
+    return load_table(csv, target, _names(features), _names(categorical), ood_csv, seed=seed)
+
+
+def _evaluate(model_dir: Path, samples: int | None, seed: int, data_path: str | None, figures: bool) -> None:
+    from app.checkpoint.io import load_checkpoint
+    from app.data.dataset import load_dataset
+    from app.evaluate.evaluate import evaluate as run_evaluation
+    from app.evaluate.evaluate import write_evaluation
+
+    try:
+        checkpoint = load_checkpoint(model_dir)
+        data = load_dataset(checkpoint.manifest.data, data_path)
+        result = run_evaluation(checkpoint, data, samples=samples, seed=seed)
+        written = write_evaluation(checkpoint, data, result, figures=figures)
+    except (SbnnError, ValueError) as exc:
+        _fail(exc)
+    test = result["test"]
+    table = Table(title=f"{checkpoint.manifest.name}: test split ({result['samples']} samples, seed {seed})")
+    for column in ("AUROC", "AUPRC", "accuracy", "NLL", "Brier", "ECE", "rows"):
+        table.add_column(column, justify="right")
+    table.add_row(*(f"{test[k]:.3f}" for k in ("auroc", "auprc", "accuracy", "nll", "brier", "ece")), str(test["n"]))
+    console.print(table)
+    ood = Table(title="OOD detection (mutual information)")
+    for column in ("set", "rows", "AUROC", "AUPR-OOD", "AUPR-In", "FPR@95%TPR", "flagged"):
+        ood.add_column(column, justify="right")
+    for set_name, entry in result["ood"].items():
+        mi = entry["mutual_information"]
+        ood.add_row(
+            set_name,
+            str(mi["n_ood"]),
+            *(f"{mi[k]:.3f}" for k in ("auroc", "aupr_ood", "aupr_in", "fpr_at_95_tpr")),
+            f"{entry['flagged_rate']:.3f}",
+        )
+    console.print(ood)
+    console.print(f"parameters: {checkpoint.manifest.parameter_count:,}; wrote " + ", ".join(p.name for p in written))
+
+
+@app.command()
+def evaluate(
+    model_dir: Annotated[Path, typer.Argument(help="Checkpoint folder, e.g. models/flchain-mortality.")],
+    samples: Annotated[int | None, typer.Option(help="Monte Carlo samples (default: the manifest's).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the weight samples.")] = 0,
+    data: Annotated[str | None, typer.Option(help="Path of the training table if it moved (CSV models).")] = None,
+    figures: Annotated[bool, typer.Option(help="Write reliability.png and ood_scores.png.")] = True,
+) -> None:
+    """Evaluate a checkpoint on its test split and OOD sets; write metrics.json, card.md and figures."""
+    _evaluate(model_dir, samples, seed, data, figures)
+
+
+@app.command()
+def info(
+    model_dir: Annotated[Path, typer.Argument(help="Checkpoint folder.")],
+) -> None:
+    """Verify a checkpoint (format, hash, tensors) and print its summary."""
+    from app.checkpoint.io import load_checkpoint
+
+    try:
+        checkpoint = load_checkpoint(model_dir)
+    except SbnnError as exc:
+        _fail(exc)
+    m = checkpoint.manifest
+    table = Table(title=f"{m.name} (version {m.version}): verified", show_header=False)
+    table.add_row("kind", m.kind.value)
+    table.add_row("network", " → ".join(map(str, [m.network.in_features, *m.network.hidden, m.network.out_features])))
+    table.add_row("ranks", str(m.ranks))
+    table.add_row("parameters", f"{m.parameter_count:,}")
+    table.add_row("features", ", ".join(f.name for f in m.features))
+    table.add_row("labels", ", ".join(m.task.labels))
+    table.add_row("OOD threshold", f"{m.ood.threshold:.6g} nats at {m.ood.target_fpr:.0%} target FPR")
+    table.add_row("default samples", str(m.default_samples))
+    table.add_row("weights sha256", m.weights.sha256)
+    if m.metrics:
+        table.add_row("test AUROC", f"{m.metrics['test']['auroc']:.3f}")
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

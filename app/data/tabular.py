@@ -1,0 +1,169 @@
+"""Users' own classification tables (CSV or Parquet), split like the bundled data set.
+
+Training-only: needs pandas (and pyarrow for Parquet).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from app.data.dataset import (
+    DataProvenance,
+    Split,
+    TabularDataset,
+    check_fractions,
+    file_sha256,
+    make_split,
+    row_counts,
+    split_population,
+)
+from app.data.preprocess import infer_feature_specs
+from app.errors import DataError
+
+OOD_NAME = "ood-file"
+
+
+def _file_kind(path: Path) -> str:
+    """'csv' or 'parquet', from the file name."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in (".parquet", ".pq"):
+        return "parquet"
+    if ".csv" in suffixes[-2:]:  # also data.csv.gz and the like
+        return "csv"
+    raise DataError(f"{path}: unsupported file type; use .csv or .parquet/.pq")
+
+
+def _read(path: Path) -> pd.DataFrame:
+    """Read a CSV or Parquet table, turning the usual failures into DataError."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    kind = _file_kind(path)
+    try:
+        if kind == "parquet":
+            try:
+                import pyarrow  # noqa: F401  (pandas' Parquet engine)
+            except ImportError as err:
+                raise DataError(f"{path}: reading Parquet needs pyarrow: pip install 'sbnn[parquet]'") from err
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except DataError:
+        raise
+    except Exception as err:  # parser errors come in many types; all mean the file cannot be used
+        raise DataError(f"{path}: cannot read {kind} file: {err}") from err
+
+
+def _label(value: object) -> str:
+    """A target value as a label string; 1.0 and 1 give the same label (missing values turn ints to floats)."""
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _encode(values: pd.Series, labels: list[str], where: str) -> np.ndarray:
+    """(N,) int64 class ids; -1 where the target is missing; DataError on a label unseen in training."""
+    lookup = {label: i for i, label in enumerate(labels)}
+    ids = np.full(len(values), -1, dtype=np.int64)
+    for row, (value, missing) in enumerate(zip(values.tolist(), values.isna().tolist(), strict=True)):
+        if missing:
+            continue
+        if _label(value) not in lookup:
+            raise DataError(f"{where}: target value '{value}' at row {row} is not one of the labels {labels}")
+        ids[row] = lookup[_label(value)]
+    return ids
+
+
+def load_table(
+    path: str | Path,
+    target: str,
+    features: list[str] | None = None,
+    categorical: list[str] | None = None,
+    ood_path: str | Path | None = None,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+) -> TabularDataset:
+    """Load a classification table, drop rows without a target, split stratified, and add an optional OOD file.
+
+    Labels are the sorted unique target values as strings; features default to every column but the target.
+    """
+    path = Path(path)
+    fractions = check_fractions(fractions)
+    table = _read(path)
+    sha = file_sha256(path)
+    if target not in table.columns:
+        raise DataError(f"{target}: target column not in {path.name}")
+    has_target = table[target].notna()
+    dropped = int((~has_target).sum())
+    table = table[has_target].reset_index(drop=True)
+    labels = sorted({_label(v) for v in table[target].tolist()})
+    if len(labels) < 2:
+        raise DataError(f"{target}: need at least 2 classes, found {labels}")
+    y = _encode(table[target], labels, str(path))
+
+    if features is None:
+        features = [str(c) for c in table.columns if c != target]
+    unknown = [f for f in features if f not in table.columns]
+    if unknown:
+        raise DataError(f"{unknown[0]}: no such column in {path.name}")
+    if target in features:
+        raise DataError(f"{target}: the target cannot also be a feature")
+    if len(set(features)) != len(features) or not features:
+        raise DataError(f"features must be a non-empty list of distinct columns, got {features}")
+
+    train, val, test = split_population(table[features], y, fractions, seed)
+    specs = infer_feature_specs(train.frame, features, categorical)
+
+    options: dict[str, object] = {
+        "path": str(path.resolve()),
+        "features": list(features),
+        "categorical": list(categorical) if categorical else None,
+        "ood_path": None,
+        "ood_sha256": None,
+        "dropped_missing_target": dropped,
+    }
+    ood: dict[str, Split] = {}
+    ood_reasons: dict[str, str] = {}
+    if ood_path is not None:
+        ood_path = Path(ood_path)
+        ood_table = _read(ood_path)
+        absent = [f for f in features if f not in ood_table.columns]
+        if absent:
+            raise DataError(f"{absent[0]}: feature missing from the OOD file {ood_path.name}")
+        ood_y = (
+            _encode(ood_table[target], labels, str(ood_path))
+            if target in ood_table.columns
+            else np.full(len(ood_table), -1, dtype=np.int64)
+        )
+        ood[OOD_NAME] = make_split(ood_table[features], ood_y)
+        ood_reasons[OOD_NAME] = (
+            f"User-supplied table {ood_path.name}: the shift is whatever sets it apart from {path.name}."
+        )
+        options.update(ood_path=str(ood_path.resolve()), ood_sha256=file_sha256(ood_path))
+
+    provenance = DataProvenance(
+        source=f"{_file_kind(path)}:{path.resolve()}",
+        sha256=sha,
+        target=target,
+        population=(
+            f"Rows of {path.name} with a known '{target}' ({len(y)} of {len(y) + dropped}), "
+            f"split {fractions[0]:g}/{fractions[1]:g}/{fractions[2]:g} stratified by class."
+        ),
+        rows=row_counts(train, val, test, ood),
+        split_seed=seed,
+        split_fractions=fractions,
+        ood_sets=ood_reasons,
+        options=options,
+    )
+    return TabularDataset(
+        name=path.name.split(".")[0],
+        target=target,
+        labels=labels,
+        features=specs,
+        train=train,
+        val=val,
+        test=test,
+        ood=ood,
+        provenance=provenance,
+    )

@@ -1,0 +1,46 @@
+"""Training options: one dataclass filled from the CLI and saved whole in the manifest."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.bnn.init import Reference
+from app.bnn.network import Activation, LayerKind
+from app.bnn.priors import PriorKind
+
+
+class ClassWeight(str, Enum):
+    NONE = "none"  # plain likelihood: calibrated probabilities (default)
+    BALANCED = "balanced"  # each class weighted by N / (C · N_c), as the paper's 11.88 for deaths
+
+
+class TrainConfig(BaseModel):
+    """Options of ``sbnn train``; defaults follow the paper's clinical MLP where it gives them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: LayerKind = LayerKind.LOWRANK
+    hidden: list[int] = Field(default_factory=lambda: [128, 128])
+    rank: int = Field(15, ge=1, description="Rank of hidden layers (capped at min(m, n)); output rank 1.")
+    ranks: list[int] | None = Field(None, description="Explicit rank per layer; overrides rank.")
+    activation: Activation = Activation.RELU
+    prior: PriorKind = PriorKind.MIXTURE
+    init_reference: Reference = Reference.HE
+    eta: float = Field(0.1, gt=0.0)
+    damping: float | None = Field(None, gt=0.0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    members: int = Field(5, ge=2, le=64)
+    epochs: int = Field(200, ge=1, le=100_000)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    beta: float = Field(0.5, ge=0.0, description="KL weight relative to the ELBO (1 = plain ELBO).")
+    kl_warmup_epochs: int = Field(10, ge=0, description="Linear KL annealing from 0 to beta over these epochs.")
+    patience: int = Field(20, ge=1, description="Early stopping: epochs without a better validation NLL.")
+    class_weight: ClassWeight = ClassWeight.NONE
+    val_samples: int = Field(32, ge=1, description="MC samples for the validation NLL each epoch.")
+    default_samples: int = Field(512, ge=1, description="MC samples at test time, stored in the manifest.")
+    target_fpr: float = Field(0.05, gt=0.0, lt=1.0, description="OOD gate: share of in-distribution flagged.")
+    seed: int = 0
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")

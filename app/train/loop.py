@@ -1,0 +1,186 @@
+"""The training loop: negative ELBO with KL annealing, Adam, early stopping on validation NLL.
+
+Reads top to bottom; small helpers above it. No I/O: progress goes to an ``on_epoch`` callback.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from app.bnn.init import InitSpec
+from app.bnn.network import BayesianMLP, LayerKind, Likelihood, NetworkSpec, default_ranks
+from app.bnn.predictive import predict
+from app.bnn.priors import PriorSpec
+from app.train.config import ClassWeight, TrainConfig
+
+
+@dataclass(frozen=True)
+class EpochLog:
+    epoch: int
+    loss: float  # mean per-row negative ELBO over the epoch's batches
+    nll: float
+    kl: float
+    beta: float
+    val_nll: float
+    improved: bool
+
+
+@dataclass
+class TrainResult:
+    model: BayesianMLP
+    best_epoch: int
+    best_val_nll: float
+    epochs_run: int
+    duration_seconds: float
+    device: str
+    history: list[EpochLog] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' → CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{name}' requested but CUDA is not available")
+    return device
+
+
+def build_spec(config: TrainConfig, in_features: int, classes: int) -> NetworkSpec:
+    """The network spec for ``config`` on inputs of width ``in_features`` and ``classes`` classes."""
+    out_features = 1 if classes == 2 else classes
+    ranks = None
+    if config.kind is LayerKind.LOWRANK:
+        shapes = list(zip([in_features, *config.hidden], [*config.hidden, out_features], strict=True))
+        ranks = config.ranks or default_ranks(shapes, hidden_rank=config.rank)
+    return NetworkSpec(
+        in_features=in_features,
+        hidden=list(config.hidden),
+        out_features=out_features,
+        kind=config.kind,
+        ranks=ranks,
+        activation=config.activation,
+        likelihood=Likelihood.BERNOULLI if classes == 2 else Likelihood.CATEGORICAL,
+        prior=PriorSpec(kind=config.prior),
+        init=InitSpec(reference=config.init_reference, damping=config.damping, eta=config.eta),
+        dropout=config.dropout,
+        members=config.members,
+    )
+
+
+def kl_weight(config: TrainConfig, epoch: int) -> float:
+    """β at ``epoch`` (1-based): linear warm-up from β/warmup to β, then constant."""
+    if config.kl_warmup_epochs == 0:
+        return config.beta
+    return config.beta * min(1.0, epoch / config.kl_warmup_epochs)
+
+
+def class_weights(y: np.ndarray, classes: int, mode: ClassWeight) -> Tensor | None:
+    """Per-class likelihood weights N / (C · N_c) when balanced (deaths get the larger weight)."""
+    if mode is ClassWeight.NONE:
+        return None
+    counts = np.bincount(y, minlength=classes).astype(np.float64)
+    if (counts == 0).any():
+        raise ValueError(f"class counts {counts.tolist()}: every class needs training rows to be balanced")
+    return torch.as_tensor(len(y) / (classes * counts), dtype=torch.float32)
+
+
+def nll_loss(logits: Tensor, y: Tensor, likelihood: Likelihood, weights: Tensor | None) -> Tensor:
+    """Mean over samples and rows of the (class-weighted) NLL: logits (S, B, k), y (B,) -> scalar."""
+    samples = logits.shape[0]
+    targets = y.expand(samples, -1).reshape(-1)  # (S·B,)
+    if likelihood is Likelihood.BERNOULLI:
+        flat = logits.reshape(-1)
+        row_weight = None if weights is None else weights[targets]
+        return F.binary_cross_entropy_with_logits(flat, targets.to(flat.dtype), weight=row_weight)
+    flat = logits.reshape(-1, logits.shape[-1])  # (S·B, C)
+    if weights is None:
+        return F.cross_entropy(flat, targets)
+    # Weighted mean over rows (not PyTorch's weight-normalised mean), matching the Bernoulli case.
+    return (F.cross_entropy(flat, targets, reduction="none") * weights[targets]).mean()
+
+
+def validation_nll(model: BayesianMLP, x: Tensor, y: Tensor, samples: int, seed: int) -> float:
+    """NLL of the posterior predictive mean on (x, y), with a fixed seed so epochs compare fairly."""
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    mean = predict(model, x, samples, generator).mean
+    return float(-torch.log(mean.gather(1, y[:, None]).clamp_min(1e-12)).mean())
+
+
+def train(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    classes: int,
+    config: TrainConfig,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+) -> TrainResult:
+    """Fit a network of ``config.kind`` to (x_train, y_train); returns the best-validation-NLL weights.
+
+    x: (N, d) float32 preprocessed inputs, y: (N,) int64 class ids.
+    """
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    generator = torch.Generator(device=device).manual_seed(config.seed)  # init and weight noise
+    order = torch.Generator().manual_seed(config.seed + 1)  # batch order, on the CPU
+    xt = torch.as_tensor(x_train, dtype=torch.float32, device=device)
+    yt = torch.as_tensor(y_train, dtype=torch.long, device=device)
+    xv = torch.as_tensor(x_val, dtype=torch.float32, device=device)
+    yv = torch.as_tensor(y_val, dtype=torch.long, device=device)
+    spec = build_spec(config, xt.shape[1], classes)
+    model = BayesianMLP(spec, generator=generator, device=device)
+    weights = class_weights(y_train, classes, config.class_weight)
+    weights = None if weights is None else weights.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    rows = xt.shape[0]
+    samples = model.num_samples(1)  # one weight sample per step; every member for ensembles
+
+    best_nll, best_epoch, best_state = float("inf"), 0, copy.deepcopy(model.state_dict())
+    history: list[EpochLog] = []
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        beta = kl_weight(config, epoch)
+        totals = np.zeros(3)
+        batches = torch.randperm(rows, generator=order).to(device).split(config.batch_size)
+        for index in batches:
+            logits = model(xt[index], samples=samples, generator=generator)
+            nll = nll_loss(logits, yt[index], spec.likelihood, weights)
+            kl = model.kl(generator) if model.is_bayesian else torch.zeros((), device=device)
+            loss = nll + beta * kl / rows  # per-row negative ELBO, KL weighted by β
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            totals += (loss.item(), nll.item(), kl.item())
+        val_nll = validation_nll(model, xv, yv, config.val_samples, config.seed + 2)
+        # Only epochs trained on the full objective (annealing done) can be the one kept.
+        improved = val_nll < best_nll and epoch >= config.kl_warmup_epochs
+        if improved:
+            best_nll, best_epoch, best_state = val_nll, epoch, copy.deepcopy(model.state_dict())
+        loss_mean, nll_mean, kl_mean = totals / len(batches)
+        log = EpochLog(epoch, loss_mean, nll_mean, kl_mean, beta, val_nll, improved)
+        history.append(log)
+        if on_epoch is not None:
+            on_epoch(log)
+        if epoch - max(best_epoch, config.kl_warmup_epochs) >= config.patience:
+            break
+
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(
+        model=model,
+        best_epoch=best_epoch,
+        best_val_nll=best_nll,
+        epochs_run=len(history),
+        duration_seconds=time.perf_counter() - started,
+        device=str(device),
+        history=history,
+    )
