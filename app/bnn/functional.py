@@ -76,11 +76,16 @@ def scale_mixture_log_prob(w: Tensor, pi: float, sigma1: float, sigma2: float) -
     return torch.logaddexp(log_a, log_b)
 
 
-def kl_gaussian(mu: Tensor, sigma: Tensor, prior_mu: float, prior_sigma: float) -> Tensor:
-    """Closed-form KL(N(mu, sigma²) ‖ N(prior_mu, prior_sigma²)) summed over all entries."""
+def kl_gaussian_entries(mu: Tensor, sigma: Tensor, prior_mu: float, prior_sigma: float) -> Tensor:
+    """Closed-form KL(N(mu, sigma²) ‖ N(prior_mu, prior_sigma²)) per entry: (*D) -> (*D)."""
     var_ratio = (sigma / prior_sigma) ** 2
     mean_term = ((mu - prior_mu) / prior_sigma) ** 2
-    return 0.5 * (var_ratio + mean_term - 1.0 - torch.log(var_ratio)).sum()
+    return 0.5 * (var_ratio + mean_term - 1.0 - torch.log(var_ratio))
+
+
+def kl_gaussian(mu: Tensor, sigma: Tensor, prior_mu: float, prior_sigma: float) -> Tensor:
+    """Closed-form KL(N(mu, sigma²) ‖ N(prior_mu, prior_sigma²)) summed over all entries."""
+    return kl_gaussian_entries(mu, sigma, prior_mu, prior_sigma).sum()
 
 
 def gaussian_entropy(sigma: Tensor) -> Tensor:

@@ -81,15 +81,36 @@ class ScaleMixturePrior:
 
 
 def kl_quadrature(mu: Tensor, sigma: Tensor, prior: Prior, points: int = 128) -> Tensor:
-    """Per-entry KL(N(mu, sigma²) ‖ prior) by Gauss–Hermite quadrature: mu, sigma: (*D) -> (*D).
+    """Per-entry KL(N(mu, sigma²) ‖ prior) by 1-D quadrature: mu, sigma: (*D) -> (*D).
 
-    ``E_q[log p(w)]`` is integrated with ``points`` nodes; the error grows when sigma is much wider
-    than the prior's narrow component (the integrand then has a sharp spike), so raise ``points`` there.
+    Gaussian prior: closed form. Scale mixture: ``log p = log(pi N(w; 0, sigma1²)) + g(w)`` with the spike
+    correction ``g(w) = log(1 + ((1 − pi)/pi)(sigma1/sigma2) exp(−w²/2 (1/sigma2² − 1/sigma1²)))``; the first
+    part has a closed-form expectation, and ``g`` (negligible beyond 10·sigma2) is integrated by
+    Gauss–Legendre with ``points`` nodes on the overlap of [−10 sigma2, 10 sigma2] and mu ± 10 sigma, so both
+    the narrow spike and a narrow q are resolved. Truncation error is below 1e-15 nats per entry; the
+    rule's error is below 1e-9 nats per entry for points ≥ 128 (checked against 4096 nodes in the tests).
+    Any other prior: Gauss–Hermite over q with ``points`` nodes (at most 150).
     """
-    nodes, weights = np.polynomial.hermite.hermgauss(points)
-    nodes_t = torch.as_tensor(nodes, dtype=mu.dtype, device=mu.device)
-    weights_t = torch.as_tensor(weights / math.sqrt(math.pi), dtype=mu.dtype, device=mu.device)
-    w = mu.unsqueeze(-1) + math.sqrt(2.0) * sigma.unsqueeze(-1) * nodes_t  # (*D, points)
-    expected_log_prior = (prior.log_prob(w) * weights_t).sum(-1)
+    if isinstance(prior, GaussianPrior):
+        return BF.kl_gaussian_entries(mu, sigma, 0.0, prior.sigma)
     entropy = torch.log(sigma) + BF.LOG_SQRT_2PI + 0.5
-    return -entropy - expected_log_prior
+    if not isinstance(prior, ScaleMixturePrior):
+        nodes, weights = np.polynomial.hermite.hermgauss(min(points, 150))
+        nodes_t = torch.as_tensor(nodes, dtype=mu.dtype, device=mu.device)
+        weights_t = torch.as_tensor(weights / math.sqrt(math.pi), dtype=mu.dtype, device=mu.device)
+        w = mu.unsqueeze(-1) + math.sqrt(2.0) * sigma.unsqueeze(-1) * nodes_t  # (*D, points)
+        return -entropy - (prior.log_prob(w) * weights_t).sum(-1)
+    pi, s1, s2 = prior.pi, prior.sigma1, prior.sigma2
+    wide = math.log(pi) - math.log(s1) - BF.LOG_SQRT_2PI - (mu**2 + sigma**2) / (2 * s1**2)
+    reach = 10.0 * s2
+    lo = torch.maximum(mu - 10.0 * sigma, torch.full_like(mu, -reach))
+    hi = torch.minimum(mu + 10.0 * sigma, torch.full_like(mu, reach))
+    width = (hi - lo).clamp_min(0.0)
+    nodes, weights = np.polynomial.legendre.leggauss(points)
+    nodes_t = torch.as_tensor(nodes, dtype=mu.dtype, device=mu.device)
+    weights_t = torch.as_tensor(weights, dtype=mu.dtype, device=mu.device)
+    w = (lo + hi).unsqueeze(-1) / 2 + width.unsqueeze(-1) / 2 * nodes_t  # (*D, points)
+    log_ratio = math.log((1 - pi) / pi) + math.log(s1 / s2) - 0.5 * w**2 * (1 / s2**2 - 1 / s1**2)
+    q = torch.exp(BF.gaussian_log_prob(w, mu.unsqueeze(-1), sigma.unsqueeze(-1)))
+    spike = (q * torch.nn.functional.softplus(log_ratio) * weights_t).sum(-1) * width / 2
+    return -entropy - wide - spike

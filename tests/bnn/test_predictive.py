@@ -1,0 +1,89 @@
+"""The predictive and its decomposition on hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from app.bnn import (
+    BayesianMLP,
+    LayerKind,
+    Likelihood,
+    NetworkSpec,
+    Predictive,
+    class_probabilities,
+    decompose,
+    entropy,
+    predict,
+    regression_summary,
+)
+
+
+def h(*p: float) -> float:
+    return -sum(x * math.log(x) for x in p if x > 0)
+
+
+def test_disagreeing_samples_give_mutual_information() -> None:
+    probs = torch.tensor([[[0.9, 0.1]], [[0.1, 0.9]]], dtype=torch.float64)  # (S=2, N=1, C=2)
+    u = decompose(Predictive(probs))
+    assert float(u.total) == pytest.approx(math.log(2))
+    assert float(u.aleatoric) == pytest.approx(h(0.9, 0.1))
+    assert float(u.epistemic) == pytest.approx(math.log(2) - h(0.9, 0.1))
+    assert float(u.std) == pytest.approx(0.4)  # p(class 0) is 0.9 and 0.1: population std 0.4
+
+
+def test_agreeing_samples_give_zero_epistemic_exactly() -> None:
+    probs = torch.tensor([[[0.3, 0.7]]] * 4)
+    u = decompose(Predictive(probs))
+    assert float(u.epistemic) == 0.0
+    assert float(u.total) == pytest.approx(h(0.3, 0.7), rel=1e-6)
+    assert float(u.std) == 0.0
+
+
+def test_three_class_decomposition() -> None:
+    probs = torch.tensor([[[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]], [[0.0, 0.0, 1.0]]], dtype=torch.float64)
+    u = decompose(Predictive(probs))
+    assert float(u.aleatoric) == 0.0  # every sample is certain
+    assert float(u.epistemic) == pytest.approx(math.log(3))
+    assert float(entropy(torch.tensor([0.5, 0.5, 0.0]))) == pytest.approx(math.log(2))
+
+
+def test_bernoulli_logit_becomes_two_classes() -> None:
+    logits = torch.tensor([[[0.0], [2.0]]])
+    probs = class_probabilities(logits, Likelihood.BERNOULLI)
+    assert probs.shape == (1, 2, 2)
+    positive = torch.sigmoid(torch.tensor(2.0))
+    torch.testing.assert_close(probs[0, 1], torch.stack([1 - positive, positive]))
+    softmax = class_probabilities(torch.zeros(1, 1, 4), Likelihood.CATEGORICAL)
+    torch.testing.assert_close(softmax, torch.full((1, 1, 4), 0.25))
+
+
+def test_regression_summary_by_hand() -> None:
+    means = torch.tensor([[1.0], [3.0]])  # epistemic var 1
+    variances = torch.tensor([[2.0], [4.0]])  # aleatoric var 3
+    s = regression_summary(means, variances, level=0.95)
+    assert float(s.mean) == 2.0
+    assert float(s.epistemic_std) == pytest.approx(1.0)
+    assert float(s.total_std) == pytest.approx(2.0)
+    assert float(s.upper - s.mean) == pytest.approx(1.959964 * 2.0, rel=1e-5)
+    with pytest.raises(ValueError, match="level"):
+        regression_summary(means, level=1.0)
+
+
+@pytest.mark.parametrize("kind", [LayerKind.LOWRANK, LayerKind.MCDROPOUT, LayerKind.ENSEMBLE])
+def test_predict_is_independent_of_row_chunking(kind: LayerKind) -> None:
+    model = BayesianMLP(NetworkSpec(in_features=5, hidden=[16], kind=kind), generator=torch.Generator().manual_seed(0))
+    x = torch.randn(37, 5, generator=torch.Generator().manual_seed(1))
+    a = predict(model, x, 32, torch.Generator().manual_seed(4), chunk_rows=5)
+    b = predict(model, x, 32, torch.Generator().manual_seed(4), chunk_rows=256)
+    torch.testing.assert_close(a.probs, b.probs, rtol=1e-5, atol=1e-6)
+    assert a.probs.shape == (model.num_samples(32), 37, 2)
+    torch.testing.assert_close(a.probs.sum(-1), torch.ones(a.probs.shape[:2]))
+
+
+def test_predict_rejects_bad_shapes() -> None:
+    model = BayesianMLP(NetworkSpec(in_features=5, hidden=[4]), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"\(N, d\)"):
+        predict(model, torch.zeros(5), 4)
