@@ -121,7 +121,7 @@ def regression_summary(means: Tensor, variances: Tensor | None = None, level: fl
     epistemic_var = means.var(0, correction=0)
     aleatoric_var = variances.mean(0) if variances is not None else torch.zeros_like(mean)
     total_std = (epistemic_var + aleatoric_var).sqrt()
-    z = math.sqrt(2.0) * torch.special.erfinv(torch.tensor((1.0 + level) / 2.0, dtype=mean.dtype)).item()
+    z = math.sqrt(2.0) * torch.special.erfinv(torch.tensor(level, dtype=torch.float64)).item()
     return RegressionSummary(
         mean=mean,
         epistemic_std=epistemic_var.sqrt(),

@@ -219,8 +219,8 @@ def test_parameter_counts_match_the_paper_clinical_mlp() -> None:
     "kwargs, message",
     [
         ({"ranks": [3, 3]}, "one entry per layer"),
-        ({"ranks": [7, 3, 1]}, "ranks[0] must be in"),
-        ({"ranks": [3, 3, 1], "kind": "fullrank"}, "lowrank only"),
+        ({"ranks": [7, 3, 1]}, r"ranks\[0\] must be in"),
+        ({"ranks": [3, 3, 1], "kind": "fullrank"}, "lowrank. only"),
         ({"out_features": 2}, "bernoulli"),
         ({"hidden": [0]}, "hidden sizes"),
     ],

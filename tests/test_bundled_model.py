@@ -1,0 +1,72 @@
+"""The bundled default model: verified, deterministic, and its stored metrics reproduce.
+
+Tolerance: 1e-4 absolute on every stored metric. Same machine and torch build give bit-identical numbers;
+the tolerance only absorbs float reordering across CPU kinds and BLAS builds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.bnn.predictive import predict
+from app.checkpoint.io import load_checkpoint, sha256_bytes
+from app.data.dataset import load_dataset
+from app.errors import CheckpointError
+from app.evaluate.evaluate import evaluate
+
+BUNDLED = Path(__file__).resolve().parents[1] / "models" / "flchain-mortality"
+TOLERANCE = 1e-4
+
+
+def _close(stored: object, fresh: object, where: str) -> None:
+    if isinstance(stored, dict):
+        assert isinstance(fresh, dict) and stored.keys() == fresh.keys(), where
+        for key in stored:
+            _close(stored[key], fresh[key], f"{where}.{key}")
+    elif isinstance(stored, float):
+        assert fresh == pytest.approx(stored, abs=TOLERANCE), where
+    else:
+        assert stored == fresh, where
+
+
+def test_bundled_model_loads_with_its_hash() -> None:
+    checkpoint = load_checkpoint(BUNDLED)
+    manifest = checkpoint.manifest
+    assert manifest.weights.sha256 == sha256_bytes((BUNDLED / "weights.safetensors").read_bytes())
+    assert manifest.name == "flchain-mortality"
+    assert manifest.kind.value == "lowrank" and manifest.ranks[-1] == 1
+    assert manifest.default_samples == 512
+    assert 0 < manifest.ood.threshold and manifest.ood.target_fpr == 0.05
+
+
+def test_bundled_model_reproduces_its_stored_metrics() -> None:
+    checkpoint = load_checkpoint(BUNDLED)
+    stored = json.loads((BUNDLED / "metrics.json").read_text())
+    fresh = evaluate(checkpoint, load_dataset(checkpoint.manifest.data), samples=stored["samples"], seed=stored["seed"])
+    stored.pop("evaluated")
+    _close(stored, fresh, "metrics")
+    assert checkpoint.manifest.metrics["test"] == json.loads((BUNDLED / "metrics.json").read_text())["test"]
+
+
+def test_fixed_seed_gives_identical_predictions_across_two_loads() -> None:
+    first, second = load_checkpoint(BUNDLED), load_checkpoint(BUNDLED)
+    x = torch.randn(16, first.model.spec.in_features, generator=torch.Generator().manual_seed(0))
+    a = predict(first.model, x, 512, torch.Generator().manual_seed(42)).probs
+    b = predict(second.model, x, 512, torch.Generator().manual_seed(42)).probs
+    assert torch.equal(a, b)
+
+
+def test_tampered_bundled_weights_are_refused(tmp_path: Path) -> None:
+    copy = tmp_path / "flchain-mortality"
+    shutil.copytree(BUNDLED, copy)
+    weights = copy / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_checkpoint(copy)

@@ -1,0 +1,49 @@
+"""The `sbnn` console script, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def sbnn(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=300, check=False,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["info"]])
+def test_help_for_every_command(command: list[str]) -> None:
+    result = sbnn(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout
+
+
+def test_train_info_evaluate_on_a_user_csv(table_files: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "my-model"
+    trained = sbnn("train", "--csv", str(table_files[0]), "--target", "outcome", "--ood-csv", str(table_files[1]),
+                   "--out", str(out), "--hidden", "8,8", "--rank", "3", "--epochs", "3", "--kl-warmup", "1",
+                   "--samples", "32", "--no-evaluate")
+    assert trained.returncode == 0, trained.stderr
+    assert "saved" in trained.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["name"] == "my-model" and manifest["ranks"] == [3, 3, 1]
+    info = sbnn("info", str(out))
+    assert info.returncode == 0 and "verified" in info.stdout
+    evaluated = sbnn("evaluate", str(out), "--no-figures")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "ood-file" in evaluated.stdout and (out / "metrics.json").is_file() and (out / "card.md").is_file()
+
+
+def test_errors_are_messages_not_tracebacks(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    both = sbnn("train", "--dataset", "flchain", "--csv", "x.csv", "--out", str(tmp_path / "m"))
+    assert both.returncode == 2 and "exactly one of" in both.stderr
+    missing = sbnn("info", str(tmp_path / "absent"))
+    assert missing.returncode == 2 and "no such directory" in missing.stderr and "Traceback" not in missing.stderr
+    bad_rank = sbnn("train", "--dataset", "flchain", "--out", str(tmp_path / "m"), "--ranks", "a,b")
+    assert bad_rank.returncode == 2 and "comma-separated integers" in bad_rank.stderr
