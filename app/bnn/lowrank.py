@@ -97,6 +97,7 @@ class LowRankBayesLinear(_StochasticLinear):
             start=torch.zeros((), device=self.bias.mu.device),
         )
 
+    @torch.no_grad()
     def mean_weight(self) -> Tensor:
         """μ_A μ_Bᵀ: (m, n), for analysis (rank bias, warm-start checks); never used in forward."""
         return self.factor_a.mu @ self.factor_b.mu.T
