@@ -231,6 +231,32 @@ def info(
     console.print(table)
 
 
+@app.command()
+def serve(
+    models: Annotated[
+        Path | None, typer.Option(help="Model repository folder (env SBNN_MODELS, default models).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (env SBNN_HOST, default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (env SBNN_PORT, default 8000).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (env SBNN_DEVICE, default auto).")] = None,
+) -> None:
+    """Serve every checkpoint under the model folder: REST /v1, Open Inference Protocol /v2, /metrics."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from app.serve.app import create_app
+    from app.serve.settings import Settings
+
+    overrides = {k: v for k, v in {"models": models, "host": host, "port": port, "device": device}.items() if v}
+    try:
+        settings = Settings(**overrides)
+        application = create_app(settings)
+    except (ValidationError, ValueError) as exc:
+        _fail(exc)
+    # One worker process: metrics and drift windows live in this process (see docs/serving.md).
+    uvicorn.run(application, host=settings.host, port=settings.port, log_level=settings.log_level, workers=1)
+
+
 def main() -> None:
     app()
 

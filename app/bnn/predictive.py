@@ -68,25 +68,30 @@ def decompose(predictive: Predictive) -> Uncertainty:
     return Uncertainty(total=total, aleatoric=aleatoric, epistemic=epistemic, std=std)
 
 
-@torch.no_grad()
-def predict(
-    model: BayesianMLP,
-    x: Tensor,
-    samples: int,
-    generator: torch.Generator | None = None,
-    chunk_rows: int = 256,
-) -> Predictive:
-    """x: (N, d) -> Predictive with probs (S, N, C).
+# Rows per chunk are chosen so one chunk's widest activation (S, rows, width) stays near this many floats.
+CHUNK_FLOATS = 1 << 22
 
-    The S weight samples are drawn once and shared by every row, so a row's answer does not depend on
-    the chunking or on which rows share the call. Rows are chunked to bound memory at S·chunk·width.
+
+def auto_chunk_rows(model: BayesianMLP, samples: int) -> int:
+    """Rows per chunk that keep an activation of S × rows × widest layer under ``CHUNK_FLOATS`` floats."""
+    widest = max(m for _, m in model.spec.layer_shapes())
+    return max(1, CHUNK_FLOATS // (samples * widest))
+
+
+@torch.no_grad()
+def predict_with(model: BayesianMLP, x: Tensor, weights: list, chunk_rows: int | None = None) -> Predictive:
+    """x: (N, d) through already drawn ``weights`` (from ``model.sample``) -> Predictive (S, N, C).
+
+    Rows are chunked to bound memory; chunk boundaries depend only on N and S, so the same request gives
+    bitwise the same answer.
     """
     if x.ndim != 2:
         raise ValueError(f"x must be (N, d), got shape {tuple(x.shape)}")
+    samples = weights_samples(weights)
+    chunk_rows = chunk_rows or auto_chunk_rows(model, samples)
     was_training = model.training
     model.eval()
     try:
-        weights = model.sample(model.num_samples(samples), generator)
         chunks = [
             class_probabilities(model.propagate(part, weights), model.spec.likelihood)
             for part in x.split(chunk_rows)
@@ -94,6 +99,34 @@ def predict(
     finally:
         model.train(was_training)
     return Predictive(probs=torch.cat(chunks, dim=1))
+
+
+def weights_samples(weights: list) -> int:
+    """S of a draw from ``BayesianMLP.sample`` (the leading dimension of its first tensor)."""
+    for layer in weights:
+        for tensor in layer:
+            if tensor is not None:
+                return tensor.shape[0]
+    return 1
+
+
+@torch.no_grad()
+def predict(
+    model: BayesianMLP,
+    x: Tensor,
+    samples: int,
+    generator: torch.Generator | None = None,
+    chunk_rows: int | None = None,
+) -> Predictive:
+    """x: (N, d) -> Predictive with probs (S, N, C), S = ``model.num_samples(samples)``.
+
+    The S weight samples are drawn once and shared by every row, so a row's answer does not depend on
+    the chunking or on which rows share the call.
+    """
+    if x.ndim != 2:
+        raise ValueError(f"x must be (N, d), got shape {tuple(x.shape)}")
+    weights = model.sample(model.num_samples(samples), generator)
+    return predict_with(model, x, weights, chunk_rows)
 
 
 @dataclass(frozen=True)

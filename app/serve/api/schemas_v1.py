@@ -1,0 +1,102 @@
+"""Wire schemas of the /v1 REST API, named by direction."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.data.schema import FeatureSpec
+
+FeatureValue = str | int | float | bool | None
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PredictRequest(_Wire):
+    instances: list[dict[str, FeatureValue]] = Field(
+        min_length=1,
+        description="Feature records, one per row, keyed by the model's feature names (see GET /v1/models/{name}).",
+        examples=[[{"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 1.0, "mgus": 0}]],
+    )
+    samples: int | None = Field(None, ge=1, description="Monte Carlo weight samples (default: the model's).")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="Seed of the weight samples; omit for a fresh one.")
+
+
+class UncertaintyOut(_Wire):
+    total: float = Field(description="Entropy of the predictive mean, nats.")
+    aleatoric: float = Field(description="Expected entropy over weight samples, nats.")
+    epistemic: float = Field(description="Mutual information between prediction and weights, nats.")
+    std: float = Field(description="Std over weight samples of the predicted class's probability.")
+
+
+class OODOut(_Wire):
+    score: float = Field(description="The OOD score: mutual information, nats.")
+    threshold: float = Field(description="The model's calibrated threshold on the score.")
+    percentile: float = Field(description="Percent of in-distribution reference rows scoring below this one.")
+    flag: bool = Field(description="True when score > threshold.")
+
+
+class PredictionOut(_Wire):
+    label: str
+    probabilities: dict[str, float] = Field(description="Posterior predictive mean per class label.")
+    uncertainty: UncertaintyOut
+    ood: OODOut
+    decision: Literal["accept", "refer"] = Field(description="refer when the OOD gate flags the row.")
+
+
+class ModelRef(_Wire):
+    name: str
+    version: str
+    sha256: str = Field(description="sha256 of the model's weights file.")
+    kind: str
+
+
+class PredictResponse(_Wire):
+    model: ModelRef
+    samples: int = Field(description="Weight samples used.")
+    seed: int = Field(description="Seed used: send it back with the same rows and samples to replay the answer.")
+    predictions: list[PredictionOut]
+
+
+class OODGateOut(_Wire):
+    score: str
+    threshold: float
+    target_fpr: float
+    achieved_fpr: float
+
+
+class ModelSummaryOut(_Wire):
+    name: str
+    state: Literal["loading", "ready", "failed"]
+    reason: str | None = None
+    version: str | None = None
+    kind: str | None = None
+
+
+class ModelListResponse(_Wire):
+    models: list[ModelSummaryOut]
+
+
+class ModelMetadataResponse(ModelSummaryOut):
+    sha256: str | None = None
+    ranks: list[int | None] | None = None
+    parameter_count: int | None = None
+    task: dict[str, Any] | None = None
+    features: list[FeatureSpec] | None = None
+    ood: OODGateOut | None = None
+    default_samples: int | None = None
+    max_samples: int | None = None
+    metrics: dict[str, Any] | None = None
+
+
+class ErrorDetail(_Wire):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorResponse(_Wire):
+    detail: str | list[ErrorDetail]

@@ -1,0 +1,87 @@
+"""Wire schemas of the Open Inference Protocol (KServe v2) REST API, as the published spec names them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TensorData = list[Any]  # flat or nested row-major values
+Parameters = dict[str, str | int | float | bool]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerMetadataResponse(_Wire):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class LiveResponse(_Wire):
+    live: bool
+
+
+class ReadyResponse(_Wire):
+    ready: bool
+
+
+class ModelReadyResponse(_Wire):
+    name: str
+    ready: bool
+
+
+class TensorMetadata(_Wire):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadataResponse(_Wire):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class RequestInput(_Wire):
+    name: str
+    shape: list[int] = Field(min_length=1, max_length=2)
+    datatype: str
+    parameters: Parameters | None = None
+    data: TensorData
+
+
+class RequestOutput(_Wire):
+    name: str
+    parameters: Parameters | None = None
+
+
+class InferenceRequest(_Wire):
+    id: str | None = None
+    parameters: Parameters | None = Field(None, description="May carry 'samples' and 'seed'.")
+    inputs: list[RequestInput] = Field(min_length=1, description="One tensor of shape [N] per feature.")
+    outputs: list[RequestOutput] | None = Field(None, description="Outputs to return (default: all).")
+
+
+class ResponseOutput(_Wire):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: Parameters | None = None
+    data: TensorData
+
+
+class InferenceResponse(_Wire):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: Parameters | None = None
+    outputs: list[ResponseOutput]
+
+
+class ErrorResponse(_Wire):
+    error: str

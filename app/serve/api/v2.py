@@ -1,0 +1,260 @@
+"""/v2: the Open Inference Protocol (KServe v2) REST API.
+
+Inputs: one tensor per feature, shape [N] (or [N, 1]); numeric features take any numeric datatype, categorical
+ones BYTES. Outputs: probabilities [N, C], total_entropy, aleatoric, mutual_information, predictive_std,
+ood_score, ood_percentile [N] (FP64), ood_flag [N] (BOOL), decision and label [N] (BYTES). Request parameters
+may carry ``samples`` and ``seed``; the response echoes both (and the weights' sha256).
+"""
+
+from __future__ import annotations
+
+import math
+from importlib import metadata
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from app.checkpoint.manifest import Manifest
+from app.data.schema import FeatureKind
+from app.serve.api.deps import DataPlaneDep
+from app.serve.api.schemas_v2 import (
+    ErrorResponse,
+    InferenceRequest,
+    InferenceResponse,
+    LiveResponse,
+    ModelMetadataResponse,
+    ModelReadyResponse,
+    ReadyResponse,
+    RequestInput,
+    ResponseOutput,
+    ServerMetadataResponse,
+    TensorMetadata,
+)
+from app.serve.dataplane import InferenceResult
+from app.serve.errors import ModelNotFound, RequestRejected
+from app.serve.repository import ModelState
+
+router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
+ERRORS = {
+    400: {"model": ErrorResponse, "description": "Malformed request: the message names the tensor and the reason."},
+    404: {"model": ErrorResponse, "description": "Unknown model."},
+    503: {"model": ErrorResponse, "description": "The model is loading or failed verification."},
+}
+NUMERIC_DATATYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "FP16", "FP32", "FP64"}
+INTEGER_DATATYPES = {t for t in NUMERIC_DATATYPES if "INT" in t}
+
+
+def _outputs_metadata(manifest: Manifest) -> list[TensorMetadata]:
+    classes = len(manifest.task.labels)
+    vectors = ["total_entropy", "aleatoric", "mutual_information", "predictive_std", "ood_score", "ood_percentile"]
+    return [
+        TensorMetadata(name="probabilities", datatype="FP64", shape=[-1, classes]),
+        *[TensorMetadata(name=name, datatype="FP64", shape=[-1]) for name in vectors],
+        TensorMetadata(name="ood_flag", datatype="BOOL", shape=[-1]),
+        TensorMetadata(name="decision", datatype="BYTES", shape=[-1]),
+        TensorMetadata(name="label", datatype="BYTES", shape=[-1]),
+    ]
+
+
+OUTPUT_NAMES = frozenset({
+    "probabilities", "total_entropy", "aleatoric", "mutual_information", "predictive_std", "ood_score",
+    "ood_percentile", "ood_flag", "decision", "label",
+})
+
+
+@router.get("", response_model=ServerMetadataResponse, summary="Server metadata")
+def server_metadata() -> ServerMetadataResponse:
+    try:
+        version = metadata.version("sbnn")
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    return ServerMetadataResponse(name="sbnn", version=version, extensions=[])
+
+
+@router.get("/health/live", response_model=LiveResponse, summary="Liveness")
+def live() -> LiveResponse:
+    return LiveResponse(live=True)
+
+
+@router.get(
+    "/health/ready",
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse, "description": "Models are still loading."}},
+    summary="Readiness: 200 once every loadable model is loaded and warm",
+)
+def ready(dataplane: DataPlaneDep) -> Any:
+    is_ready = dataplane.repository.ready
+    return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+def _model_ready(name: str, dataplane: DataPlaneDep) -> Any:
+    entry = dataplane.repository.lookup(name)
+    is_ready = entry.state is ModelState.READY
+    return JSONResponse({"name": name, "ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+def _model_metadata(name: str, dataplane: DataPlaneDep) -> ModelMetadataResponse:
+    manifest = dataplane.model(name).manifest
+    inputs = [
+        TensorMetadata(name=f.name, datatype="FP64" if f.kind is FeatureKind.NUMERIC else "BYTES", shape=[-1])
+        for f in manifest.features
+    ]
+    return ModelMetadataResponse(
+        name=name, versions=[manifest.version], platform="sbnn_pytorch", inputs=inputs,
+        outputs=_outputs_metadata(manifest),
+    )
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
+
+
+def _check_tensor(tensor: RequestInput, kind: FeatureKind) -> list[Any]:
+    """Datatype, shape and element types of one input tensor -> its N values."""
+    field = f"inputs.{tensor.name}"
+    shape = tensor.shape
+    if any(d < 0 for d in shape) or (len(shape) == 2 and shape[1] != 1):
+        raise RequestRejected(field, f"shape must be [N] or [N, 1], got {shape}")
+    values = _flatten(tensor.data)
+    if len(values) != math.prod(shape):
+        raise RequestRejected(field, f"shape {shape} holds {math.prod(shape)} values, data has {len(values)}")
+    datatype = tensor.datatype
+    if kind is FeatureKind.CATEGORICAL:
+        if datatype != "BYTES":
+            raise RequestRejected(field, f"categorical feature needs datatype BYTES, got {datatype}")
+        for row, value in enumerate(values):
+            if not isinstance(value, str):
+                raise RequestRejected(f"{field}[{row}]", f"BYTES element must be a string, got {value!r}")
+        return values
+    if datatype not in NUMERIC_DATATYPES:
+        raise RequestRejected(field, f"numeric feature needs one of {sorted(NUMERIC_DATATYPES)}, got {datatype}")
+    if datatype in INTEGER_DATATYPES:
+        for row, value in enumerate(values):
+            if isinstance(value, float) and not value.is_integer():
+                raise RequestRejected(f"{field}[{row}]", f"{datatype} element must be an integer, got {value!r}")
+    return values
+
+
+def _columns(request: InferenceRequest, manifest: Manifest) -> dict[str, list[Any]]:
+    kinds = {f.name: f.kind for f in manifest.features}
+    columns: dict[str, list[Any]] = {}
+    for tensor in request.inputs:
+        if tensor.name not in kinds:
+            raise RequestRejected(f"inputs.{tensor.name}", f"unknown input; expected {list(kinds)}")
+        if tensor.name in columns:
+            raise RequestRejected(f"inputs.{tensor.name}", "input given more than once")
+        columns[tensor.name] = _check_tensor(tensor, kinds[tensor.name])
+    for name in kinds:
+        if name not in columns:
+            raise RequestRejected(f"inputs.{name}", "missing input")
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) != 1:
+        raise RequestRejected("inputs", f"every input needs the same N; got lengths {sorted(lengths)}")
+    return columns
+
+
+def _parameter(request: InferenceRequest, key: str) -> int | None:
+    value = (request.parameters or {}).get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestRejected(f"parameters.{key}", f"must be an integer, got {value!r}")
+    if key == "seed" and not 0 <= value < 2**63:
+        raise RequestRejected("parameters.seed", f"must be in [0, 2^63), got {value}")
+    return value
+
+
+def _encode(result: InferenceResult, request: InferenceRequest) -> InferenceResponse:
+    s, m = result.scores, result.manifest
+    n = len(result.decisions)
+    available: dict[str, tuple[str, list[int], list[Any]]] = {
+        "probabilities": ("FP64", [n, s.probs.shape[1]], s.probs.ravel().tolist()),
+        "total_entropy": ("FP64", [n], s.total.tolist()),
+        "aleatoric": ("FP64", [n], s.aleatoric.tolist()),
+        "mutual_information": ("FP64", [n], s.epistemic.tolist()),
+        "predictive_std": ("FP64", [n], s.std.tolist()),
+        "ood_score": ("FP64", [n], s.epistemic.tolist()),
+        "ood_percentile": ("FP64", [n], result.percentile.tolist()),
+        "ood_flag": ("BOOL", [n], result.flags.tolist()),
+        "decision": ("BYTES", [n], [d.value for d in result.decisions]),
+        "label": ("BYTES", [n], result.labels),
+    }
+    wanted = [o.name for o in request.outputs] if request.outputs else list(available)
+    return InferenceResponse(
+        model_name=m.name,
+        model_version=m.version,
+        id=request.id,
+        parameters={
+            "samples": result.samples,
+            "seed": result.seed,
+            "model_sha256": m.weights.sha256,
+            "ood_threshold": m.ood.threshold,
+        },
+        outputs=[
+            ResponseOutput(name=name, datatype=available[name][0], shape=available[name][1], data=available[name][2])
+            for name in wanted
+        ],
+    )
+
+
+async def _infer(name: str, request: InferenceRequest, dataplane: DataPlaneDep) -> InferenceResponse:
+    entry = dataplane.model(name)
+    for output in request.outputs or []:
+        if output.name not in OUTPUT_NAMES:
+            raise RequestRejected(f"outputs.{output.name}", f"unknown output; available: {sorted(OUTPUT_NAMES)}")
+    columns = _columns(request, entry.manifest)
+    rows = len(next(iter(columns.values())))
+    samples = dataplane.check_options(entry, rows, _parameter(request, "samples"), "parameters.samples")
+    result = await dataplane.infer(
+        entry, columns, samples, _parameter(request, "seed"), lambda f, row: f"inputs.{f}[{row}]"
+    )
+    return _encode(result, request)
+
+
+def _versioned(version: str, name: str, dataplane: DataPlaneDep) -> None:
+    """A versioned path names the one version each model folder holds; another version is unknown (404)."""
+    entry = dataplane.repository.lookup(name)
+    if entry.state is ModelState.READY and entry.manifest.version != version:
+        raise ModelNotFound(f"{name}/versions/{version}")
+
+
+def _model_ready_versioned(name: str, version: str, dataplane: DataPlaneDep) -> Any:
+    _versioned(version, name, dataplane)
+    return _model_ready(name, dataplane)
+
+
+def _model_metadata_versioned(name: str, version: str, dataplane: DataPlaneDep) -> ModelMetadataResponse:
+    _versioned(version, name, dataplane)
+    return _model_metadata(name, dataplane)
+
+
+async def _infer_versioned(
+    name: str, version: str, request: InferenceRequest, dataplane: DataPlaneDep
+) -> InferenceResponse:
+    _versioned(version, name, dataplane)
+    return await _infer(name, request, dataplane)
+
+
+for path, endpoint, method, model, summary in [
+    ("/models/{name}/ready", _model_ready, "GET", ModelReadyResponse, "Model readiness"),
+    ("/models/{name}/versions/{version}/ready", _model_ready_versioned, "GET", ModelReadyResponse, "Model readiness"),
+    ("/models/{name}", _model_metadata, "GET", ModelMetadataResponse, "Model metadata"),
+    ("/models/{name}/versions/{version}", _model_metadata_versioned, "GET", ModelMetadataResponse, "Model metadata"),
+    ("/models/{name}/infer", _infer, "POST", InferenceResponse, "Inference"),
+    ("/models/{name}/versions/{version}/infer", _infer_versioned, "POST", InferenceResponse, "Inference"),
+]:
+    router.add_api_route(
+        path, endpoint, methods=[method], response_model=model, responses=ERRORS, summary=summary,
+        response_model_exclude_none=True,
+    )

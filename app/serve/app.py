@@ -1,0 +1,198 @@
+"""The FastAPI application: ``create_app(settings)``; no work at import time.
+
+Checkpoints load in the lifespan on a worker thread, so /v2/health/live answers at once and
+/v2/health/ready turns 200 when every model folder has been tried. Errors are mapped to HTTP here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import SchemaError
+from app.serve.api import ops, v1, v2
+from app.serve.dataplane import DataPlane
+from app.serve.engine import BatchingEngine
+from app.serve.errors import ModelNotFound, ModelNotReady, RequestRejected
+from app.serve.metrics import ServiceMetrics
+from app.serve.repository import ModelRepository, resolve_device
+from app.serve.settings import Settings
+
+log = logging.getLogger("sbnn.serve")
+
+
+def _is_v2(request: Request) -> bool:
+    return request.url.path.startswith("/v2")
+
+
+def _error(request: Request, status: int, field: str | None, message: str) -> JSONResponse:
+    """v2: {"error": "..."} as the Open Inference Protocol says; v1: FastAPI's {"detail": ...} shape."""
+    if _is_v2(request):
+        return JSONResponse({"error": f"{field}: {message}" if field else message}, status_code=status)
+    if field is None:
+        return JSONResponse({"detail": message}, status_code=status)
+    loc = ["body", *field.replace("]", "").replace("[", ".").split(".")]
+    loc = [int(part) if part.isdigit() else part for part in loc]
+    return JSONResponse({"detail": [{"loc": loc, "msg": message, "type": "value_error"}]}, status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ModelNotFound)
+    async def _not_found(request: Request, exc: ModelNotFound) -> JSONResponse:
+        return _error(request, 404, None, str(exc))
+
+    @app.exception_handler(ModelNotReady)
+    async def _not_ready(request: Request, exc: ModelNotReady) -> JSONResponse:
+        return _error(request, 503, None, str(exc))
+
+    @app.exception_handler(SchemaError)
+    async def _schema(request: Request, exc: SchemaError) -> JSONResponse:
+        return _error(request, 400 if _is_v2(request) else 422, exc.field, exc.reason)
+
+    @app.exception_handler(RequestRejected)
+    async def _rejected(request: Request, exc: RequestRejected) -> JSONResponse:
+        return _error(request, 400 if _is_v2(request) else 422, exc.field, exc.reason)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if _is_v2(request):
+            first = errors[0] if errors else {"loc": ["body"], "msg": "invalid request"}
+            where = ".".join(str(p) for p in first["loc"])
+            return JSONResponse({"error": f"{where}: {first['msg']}"}, status_code=400)
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over ``limit`` bytes with 413, by Content-Length or while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await self._reject(scope, send)
+            return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._reject(scope, send)
+
+    async def _reject(self, scope: Scope, send: Send) -> None:
+        key = "error" if scope["path"].startswith("/v2") else "detail"
+        body = json.dumps({key: f"request body over the {self.limit}-byte limit"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class LatencyMiddleware:
+    """Observe every request's duration by model, route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, repository: ModelRepository) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.repository = repository
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            name = scope.get("path_params", {}).get("name", "")
+            model = name if name in self.repository.names() else ("unknown" if name else "")
+            self.metrics.request_duration.labels(model, route, str(status)).observe(time.perf_counter() - started)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service for ``settings`` (default: from the environment)."""
+    settings = settings or Settings()
+    metrics = ServiceMetrics(CollectorRegistry())
+    repository = ModelRepository(settings.models, resolve_device(settings.device))
+    engine = BatchingEngine(settings, metrics)
+    dataplane = DataPlane(settings, repository, engine, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.get_running_loop().run_in_executor(engine.executor, repository.load_all)
+        loader.add_done_callback(lambda _: dataplane.publish_model_metrics())
+        try:
+            yield
+        finally:
+            await loader  # never close the compute thread under a load in progress
+            await engine.close()
+
+    app = FastAPI(
+        title="sbnn",
+        summary="Uncertainty scoring with singular (low-rank) Bayesian neural networks.",
+        description="Predictions with epistemic and aleatoric uncertainty, an OOD flag and an accept/refer decision. "
+        "REST under /v1, the Open Inference Protocol (KServe v2) under /v2, Prometheus metrics at /metrics.",
+        version=v2.server_metadata().version,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.dataplane = dataplane
+    _install_error_handlers(app)
+    app.include_router(v1.router)
+    app.include_router(v2.router)
+    app.include_router(ops.router)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(LatencyMiddleware, metrics=metrics, repository=repository)
+    return app
+
+
+def app_from_env() -> Any:
+    """Factory for ``uvicorn --factory app.serve.app:app_from_env`` (settings from SBNN_* variables)."""
+    return create_app()

@@ -1,0 +1,28 @@
+"""Errors of the serving path, raised where they arise and mapped to HTTP in app.serve.app."""
+
+from __future__ import annotations
+
+from app.errors import SbnnError
+
+
+class ModelNotFound(SbnnError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"model '{name}' not found")
+        self.name = name
+
+
+class ModelNotReady(SbnnError):
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"model '{name}' is not ready: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class RequestRejected(SbnnError):
+    """A request that is well-formed JSON but asks for more than the server allows, or is malformed for
+    its protocol (field and reason named)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason

@@ -1,0 +1,144 @@
+"""The model repository: every checkpoint folder under the models directory, loaded, verified and warmed.
+
+A folder that fails verification stays listed as not ready with the reason; the others keep serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import torch
+
+from app.bnn.predictive import predict
+from app.checkpoint.io import Checkpoint, load_checkpoint
+from app.checkpoint.manifest import Manifest
+from app.errors import CheckpointError
+from app.serve.errors import ModelNotFound, ModelNotReady
+
+log = logging.getLogger("sbnn.serve")
+
+
+class ModelState(str, Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass
+class ServedModel:
+    """One entry of the repository; ``checkpoint`` is set once the folder verified and warmed up."""
+
+    name: str
+    path: Path
+    state: ModelState = ModelState.LOADING
+    reason: str = ""
+    checkpoint: Checkpoint | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def manifest(self) -> Manifest:
+        if self.checkpoint is None:
+            raise ModelNotReady(self.name, self.reason or self.state.value)
+        return self.checkpoint.manifest
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{name}' requested but CUDA is not available")
+    return device
+
+
+def typical_row(manifest: Manifest) -> dict[str, list[object]]:
+    """A one-row record at the training medians and first categories (used for warm-up)."""
+    columns: dict[str, list[object]] = {t.name: [t.impute] for t in manifest.preprocessing.numeric}
+    columns.update({t.name: [t.categories[0]] for t in manifest.preprocessing.categorical})
+    return columns
+
+
+class ModelRepository:
+    """Maps model names to loaded models; ``ready`` once every folder has been tried."""
+
+    def __init__(self, root: Path, device: torch.device) -> None:
+        self.root = root
+        self.device = device
+        self._models: dict[str, ServedModel] = {}
+        self._lock = threading.Lock()
+        self.loaded = threading.Event()
+
+    def discover(self) -> list[ServedModel]:
+        """List checkpoint folders (sub-folders of the root, hidden ones skipped) as LOADING entries."""
+        if not self.root.is_dir():
+            log.warning("model directory %s does not exist; serving no models", self.root)
+            return []
+        entries = []
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            entry = ServedModel(name=folder.name, path=folder, device=self.device)
+            entries.append(entry)
+            with self._lock:
+                self._models[entry.name] = entry
+        return entries
+
+    def load_all(self) -> None:
+        """Verify, load and warm every discovered folder (blocking; run it off the event loop)."""
+        try:
+            for entry in self.discover():
+                self._load(entry)
+        finally:
+            self.loaded.set()
+
+    def _load(self, entry: ServedModel) -> None:
+        try:
+            checkpoint = load_checkpoint(entry.path, device=self.device)
+            name = checkpoint.manifest.name
+            if name != entry.name:
+                # The folder name is the URL name; a manifest that disagrees would make replay ambiguous.
+                raise CheckpointError(
+                    str(entry.path / "manifest.json"), f"manifest name '{name}' differs from its folder name"
+                )
+            x = torch.as_tensor(checkpoint.manifest.preprocessing.transform(typical_row(checkpoint.manifest)))
+            probs = predict(checkpoint.model, x.to(self.device), checkpoint.manifest.default_samples,
+                            torch.Generator(device=self.device).manual_seed(0)).mean
+            if not bool(torch.isfinite(probs).all()):
+                raise CheckpointError(str(entry.path), "warm-up prediction is not finite")
+        except (CheckpointError, ValueError, RuntimeError) as exc:
+            entry.state, entry.reason = ModelState.FAILED, str(exc)
+            log.error("model %s not ready: %s", entry.name, exc)
+            return
+        entry.checkpoint, entry.state, entry.reason = checkpoint, ModelState.READY, ""
+        log.info("model %s ready on %s (%s)", entry.name, self.device, checkpoint.manifest.weights.sha256[:12])
+
+    def get(self, name: str) -> ServedModel:
+        """The ready model called ``name``: ModelNotFound (404) or ModelNotReady (503) otherwise."""
+        entry = self.lookup(name)
+        if entry.state is not ModelState.READY:
+            raise ModelNotReady(name, entry.reason or entry.state.value)
+        return entry
+
+    def lookup(self, name: str) -> ServedModel:
+        """The entry called ``name`` in whatever state."""
+        with self._lock:
+            entry = self._models.get(name)
+        if entry is None:
+            raise ModelNotFound(name)
+        return entry
+
+    def entries(self) -> list[ServedModel]:
+        with self._lock:
+            return list(self._models.values())
+
+    def names(self) -> set[str]:
+        with self._lock:
+            return set(self._models)
+
+    @property
+    def ready(self) -> bool:
+        """True once every folder was tried and every loadable model is ready (failed ones are excluded)."""
+        return self.loaded.is_set() and all(e.state is not ModelState.LOADING for e in self.entries())
+

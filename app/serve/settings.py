@@ -1,0 +1,34 @@
+"""Service settings: environment variables with the ``SBNN_`` prefix, or ``sbnn serve`` options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting of the server; see docs/serving.md for the table."""
+
+    model_config = SettingsConfigDict(env_prefix="SBNN_", extra="forbid")
+
+    models: Path = Field(Path("models"), description="Model repository: one checkpoint folder per model.")
+    host: str = Field("127.0.0.1", description="Address to bind (0.0.0.0 inside containers).")
+    port: int = Field(8000, ge=1, le=65535)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto: CUDA when available.")
+    max_samples: int = Field(4096, ge=1, le=65536, description="Largest Monte Carlo sample count a request may ask.")
+    max_rows: int = Field(1024, ge=1, le=100_000, description="Largest number of rows (instances) per request.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    batch_max_rows: int = Field(2048, ge=1, description="Dynamic batching: most rows coalesced into one pass.")
+    batch_max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, description="Dynamic batching: longest wait to fill.")
+    drift_window: int = Field(1000, ge=10, le=1_000_000, description="Recent predictions per model used for drift.")
+    drift_min_rows: int = Field(50, ge=1, description="Rows in the window before drift gauges are reported.")
+    log_level: str = Field("info", pattern=r"^(critical|error|warning|info|debug)$")
+
+    @field_validator("models")
+    @classmethod
+    def _models_is_not_a_file(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"models must be a directory, got a file: {value}")
+        return value
