@@ -92,26 +92,31 @@ class BodyLimitMiddleware:
             return
         seen = 0
         started = False
+        too_large = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, too_large
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    too_large = True
                     raise _BodyTooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if too_large and not started:
+                return  # the app's answer to a body it could not read (FastAPI turns the error into a 400)
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
-            if not started:
-                await self._reject(scope, send)
+            pass
+        if too_large and not started:
+            await self._reject(scope, send)
 
     async def _reject(self, scope: Scope, send: Send) -> None:
         key = "error" if scope["path"].startswith("/v2") else "detail"

@@ -57,12 +57,14 @@ class DataPlane:
         """The ready model ``name`` (404 unknown, 503 not ready)."""
         return self.repository.get(name)
 
-    def check_options(self, model: ServedModel, rows: int, samples: int | None, samples_field: str) -> int:
+    def check_options(
+        self, model: ServedModel, rows: int, samples: int | None, samples_field: str, rows_field: str = "instances"
+    ) -> int:
         """Row and sample limits; returns the sample count to use."""
         if rows < 1:
-            raise RequestRejected("instances", "at least one row is required")
+            raise RequestRejected(rows_field, "at least one row is required")
         if rows > self.settings.max_rows:
-            raise RequestRejected("instances", f"{rows} rows exceed this server's limit of {self.settings.max_rows}")
+            raise RequestRejected(rows_field, f"{rows} rows exceed this server's limit of {self.settings.max_rows}")
         if samples is None:
             return model.checkpoint.model.num_samples(model.manifest.default_samples)  # type: ignore[union-attr]
         if not 1 <= samples <= self.settings.max_samples:

@@ -25,7 +25,11 @@ def _check_numeric(value: object, allow_missing: bool, field: str) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SchemaError(field, f"expected a number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond the float64 range
+        raise SchemaError(field, "expected a finite number, got an integer beyond the float64 range") from None
+    if not finite:
         raise SchemaError(field, f"expected a finite number, got {value}")
 
 
@@ -47,4 +51,10 @@ def validate_columns(manifest: Manifest, columns: Mapping[str, Sequence[object]]
             categories = spec.categories or []
             for row, value in enumerate(values):
                 _check_categorical(value, categories, locate(spec.name, row))
-    return manifest.preprocessing.transform(columns)
+    with np.errstate(over="ignore"):  # an overflow to inf is refused below, by field
+        x = manifest.preprocessing.transform(columns)
+    rows, cols = np.nonzero(~np.isfinite(x))
+    if rows.size:  # a finite number so large that its standardised value overflows float32: NaN scores otherwise
+        row, name = int(rows[0]), manifest.preprocessing.output_names[int(cols[0])]
+        raise SchemaError(locate(name, row), f"{columns[name][row]!r} is out of range for this feature's float32 input")
+    return x

@@ -215,7 +215,7 @@ async def _infer(name: str, request: InferenceRequest, dataplane: DataPlaneDep) 
             raise RequestRejected(f"outputs.{output.name}", f"unknown output; available: {sorted(OUTPUT_NAMES)}")
     columns = _columns(request, entry.manifest)
     rows = len(next(iter(columns.values())))
-    samples = dataplane.check_options(entry, rows, _parameter(request, "samples"), "parameters.samples")
+    samples = dataplane.check_options(entry, rows, _parameter(request, "samples"), "parameters.samples", "inputs")
     result = await dataplane.infer(
         entry, columns, samples, _parameter(request, "seed"), lambda f, row: f"inputs.{f}[{row}]"
     )

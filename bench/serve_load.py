@@ -1,0 +1,114 @@
+"""Load test of the real server with `hey`: 1-row predicts at the default S, and /v2/health/live as the floor.
+
+Usage: python bench/serve_load.py [--requests 400] [--concurrency 1,4,16,64]
+Starts `sbnn serve` on a free loopback port, runs hey (Debian package `hey`) against it, and writes
+bench/results/serve.md and bench/results/serve.json. Client and server share this machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+ROW = {"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 1.0, "mgus": 0}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def hey(url: str, requests: int, concurrency: int, body: Path | None) -> dict[str, float]:
+    cmd = ["hey", "-n", str(requests), "-c", str(concurrency)]
+    if body is not None:
+        cmd += ["-m", "POST", "-T", "application/json", "-D", str(body)]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True, timeout=600).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    pct = {p: float(v) * 1000 for p, v in re.findall(r"\s(\d+)% in ([\d.]+) secs", out)}
+    # hey sends n // c requests per worker, so the total can be below n; count what was answered.
+    statuses = dict(re.findall(r"\[(\d{3})\]\s+(\d+) responses", out))
+    nan = float("nan")  # hey leaves out percentiles it has too few requests for
+    return {"rps": rps, "p50_ms": pct.get("50", nan), "p90_ms": pct.get("90", nan), "p99_ms": pct.get("99", nan),
+            "ok": int(statuses.get("200", 0)), "requests": sum(int(v) for v in statuses.values())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--concurrency", default="1,4,16,64")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    if shutil.which("hey") is None:
+        sys.exit("hey is not installed: apt-get install hey")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "SBNN_MODELS": str(ROOT / "models"), "SBNN_PORT": str(port), "SBNN_LOG_LEVEL": "warning"}
+    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=env, cwd=ROOT)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            sys.exit("server did not become ready")
+        body = Path(tempfile.mkstemp(suffix=".json")[1])
+        body.write_text(json.dumps({"instances": [ROW]}))
+        predict_url = f"{base}/v1/models/flchain-mortality/predict"
+        hey(predict_url, 200, 4, body)  # warm-up
+        rows = []
+        for c in [int(v) for v in args.concurrency.split(",")]:
+            rows.append({"route": "predict (1 row, S=512)", "concurrency": c,
+                         **hey(predict_url, args.requests, c, body)})
+            rows.append({"route": "/v2/health/live (floor)", "concurrency": c,
+                         **hey(f"{base}/v2/health/live", args.requests, c, None)})
+        metrics = httpx.get(f"{base}/metrics").text
+        batch = {m: float(v) for m, v in re.findall(
+            r'^sbnn_batch_requests_(sum|count)\{model="flchain-mortality"\} ([\d.e+]+)$', metrics, re.M)}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+    )
+    mean_batch = batch.get("sum", 0) / max(batch.get("count", 1), 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serve.json").write_text(json.dumps({"machine": machine, "rows": rows,
+                                                      "mean_requests_per_batch": mean_batch}, indent=2) + "\n")
+    lines = [
+        "# Service load test",
+        "",
+        f"Command: `python bench/serve_load.py --requests {args.requests} --concurrency {args.concurrency}` "
+        f"(hey against `sbnn serve` on loopback; client and server share the machine). Machine: {machine}.",
+        "",
+        "| route | concurrency | requests/s | p50 ms | p90 ms | p99 ms | 200 / answered |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {r['route']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | "
+          f"{r['p99_ms']:.1f} | {r['ok']}/{r['requests']} |" for r in rows],
+        "",
+        f"Mean requests coalesced per batched pass over the whole run: {mean_batch:.2f}.",
+    ]
+    (args.out / "serve.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Fixtures of the service tests: one model repository, an in-process ASGI client and a real uvicorn server.
+
+The repository holds the bundled flchain model, the tiny session checkpoint ("tiny") and a copy of it whose
+weights have one flipped byte ("broken"), so every server shows a failed model next to ready ones.
+Async tests run on AnyIO's pytest plugin (shipped with anyio) on the asyncio backend; the ASGI app lives for
+the whole session on that one event loop, so its batching tasks and metrics persist between tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.serve.app import create_app
+from app.serve.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLED = REPO / "models" / "flchain-mortality"
+READY_TIMEOUT_S = 60.0
+FLCHAIN_ROW: dict[str, Any] = {
+    "age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 1.0, "mgus": 0,
+}
+CATEGORICAL = {"sex"}  # flchain's one categorical feature
+
+# The limits of every server under test (the ASGI app and the uvicorn process).
+LIMITS: dict[str, int] = {
+    "drift_min_rows": 20,
+    "drift_window": 200,
+    "max_rows": 64,
+    "max_samples": 2048,
+    "max_body_bytes": 65536,
+}
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """Session scope, so the session-scoped async fixtures share the tests' event loop."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    """flchain-mortality (ready), tiny (ready) and broken (weights modified after hashing: fails sha256)."""
+    root = tmp_path_factory.mktemp("serve-models")
+    shutil.copytree(BUNDLED, root / "flchain-mortality")
+    shutil.copytree(tiny_checkpoint, root / "tiny")
+    broken = root / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["name"] = "broken"  # the folder name; the flipped byte is then the only defect
+    (broken / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    weights = broken / manifest["weights"]["file"]
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    return root
+
+
+@pytest.fixture(scope="session")
+def serve_settings(model_repository: Path) -> Settings:
+    return Settings(models=model_repository, device="cpu", **LIMITS)
+
+
+async def _wait_ready(client: httpx.AsyncClient, timeout_s: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if (await client.get("/v2/health/ready")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass  # the real server is not listening yet
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"/v2/health/ready did not turn 200 within {timeout_s} s")
+        await anyio.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+async def asgi_client(serve_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client on the in-process app, inside its lifespan, once every model folder was tried."""
+    app = create_app(serve_settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sbnn.test", timeout=30.0) as client:
+            await _wait_ready(client)
+            yield client
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def live_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real uvicorn process serving the repository on a free loopback port; yields its base URL."""
+    port = _free_loopback_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SBNN_")}
+    env.update({
+        "SBNN_MODELS": str(model_repository),
+        "SBNN_DEVICE": "cpu",
+        "SBNN_BATCH_MAX_WAIT_MS": "5",
+        **{f"SBNN_{key.upper()}": str(value) for key, value in LIMITS.items()},
+    })
+    log_path = tmp_path_factory.mktemp("uvicorn") / "stderr.log"
+    command = [
+        sys.executable, "-m", "uvicorn", "--factory", "app.serve.app:app_from_env",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+    ]
+    base_url = f"http://127.0.0.1:{port}"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"uvicorn exited with {process.returncode} during startup:\n{log_path.read_text()}")
+            try:
+                if httpx.get(f"{base_url}/v2/health/ready", timeout=2.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"uvicorn not ready within {READY_TIMEOUT_S} s:\n{log_path.read_text()}")
+            time.sleep(0.1)
+        yield base_url
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+class Metrics:
+    """Samples of one Prometheus text exposition, looked up by name and (a subset of) labels."""
+
+    def __init__(self, text: str) -> None:
+        self.samples = [
+            (sample.name, dict(sample.labels), float(sample.value))
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        ]
+
+    def find(self, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+        return [
+            (found, value) for sample, found, value in self.samples
+            if sample == name and all(found.get(k) == v for k, v in labels.items())
+        ]
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """The sum over matching samples; None when no sample matches."""
+        matches = self.find(name, **labels)
+        return sum(value for _, value in matches) if matches else None
+
+    def count(self, name: str, **labels: str) -> float:
+        """Like ``value`` but 0 for a series not created yet (a counter before its first increment)."""
+        return self.value(name, **labels) or 0.0
+
+
+@pytest.fixture(scope="session")
+def parse_metrics() -> Callable[[str], Metrics]:
+    return Metrics
+
+
+@pytest.fixture
+def flchain_row() -> dict[str, Any]:
+    """A valid, in-distribution flchain record (a fresh copy per test)."""
+    return dict(FLCHAIN_ROW)
+
+
+def v2_inputs(rows: list[dict[str, Any]], datatypes: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Records -> one OIP tensor of shape [N] per feature (FP64 numbers, BYTES categories unless told)."""
+    datatypes = datatypes or {}
+    return [
+        {
+            "name": name,
+            "shape": [len(rows)],
+            "datatype": datatypes.get(name, "BYTES" if name in CATEGORICAL else "FP64"),
+            "data": [row[name] for row in rows],
+        }
+        for name in rows[0]
+    ]
+
+
+@pytest.fixture(scope="session")
+def to_v2() -> Callable[..., list[dict[str, Any]]]:
+    return v2_inputs

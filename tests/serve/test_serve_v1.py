@@ -1,0 +1,203 @@
+"""/v1 REST API on the in-process app: predict round trip, replay by seed, the OOD gate, model metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+PREDICT = "/v1/models/flchain-mortality/predict"
+
+
+def _manifest(repository: Path, name: str) -> dict[str, Any]:
+    return json.loads((repository / name / "manifest.json").read_text())
+
+
+def assert_valid_prediction_response(body: dict[str, Any], rows: int, manifest: dict[str, Any], weights: Path) -> None:
+    """Every invariant of a /v1 answer for ``rows`` rows of the model described by ``manifest``."""
+    labels = manifest["task"]["labels"]
+    threshold = manifest["ood"]["threshold"]
+    assert body["model"]["name"] == manifest["name"]
+    assert body["model"]["version"] == manifest["version"]
+    assert body["model"]["sha256"] == manifest["weights"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert isinstance(body["seed"], int) and not isinstance(body["seed"], bool)
+    assert len(body["predictions"]) == rows
+    for prediction in body["predictions"]:
+        probabilities = prediction["probabilities"]
+        assert list(probabilities) == labels
+        assert prediction["label"] in labels
+        assert prediction["label"] == max(probabilities, key=probabilities.__getitem__)
+        assert all(0.0 <= p <= 1.0 for p in probabilities.values())
+        assert math.fsum(probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+        u = prediction["uncertainty"]
+        assert u["epistemic"] >= 0.0 and u["aleatoric"] >= 0.0 and u["std"] >= 0.0
+        assert u["total"] == pytest.approx(u["aleatoric"] + u["epistemic"], abs=1e-6)
+        ood = prediction["ood"]
+        assert ood["threshold"] == threshold
+        assert ood["score"] == u["epistemic"]
+        assert ood["flag"] is (ood["score"] > threshold)
+        assert 0.0 <= ood["percentile"] <= 100.0
+        assert prediction["decision"] == ("refer" if ood["flag"] else "accept")
+
+
+async def test_predict_round_trip(
+    asgi_client: httpx.AsyncClient, model_repository: Path, flchain_row: dict[str, Any]
+) -> None:
+    rows = [flchain_row, {**flchain_row, "age": 55, "sex": "M", "kappa": 0.9}, {**flchain_row, "creatinine": 88.4}]
+    response = await asgi_client.post(PREDICT, json={"instances": rows})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    manifest = _manifest(model_repository, "flchain-mortality")
+    assert_valid_prediction_response(body, 3, manifest, model_repository / "flchain-mortality" / "weights.safetensors")
+    assert body["samples"] == 512 == manifest["default_samples"]
+    assert body["model"]["kind"] == "lowrank"
+
+
+async def test_predict_round_trip_on_the_tiny_model(asgi_client: httpx.AsyncClient, model_repository: Path) -> None:
+    rows = [{"x1": 0.3, "x2": -1.0, "site": "east"}, {"x1": -2.0, "x2": None, "site": "north"}]
+    response = await asgi_client.post("/v1/models/tiny/predict", json={"instances": rows, "seed": 9})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    manifest = _manifest(model_repository, "tiny")
+    assert_valid_prediction_response(body, 2, manifest, model_repository / "tiny" / "weights.safetensors")
+    assert body["samples"] == manifest["default_samples"] and body["seed"] == 9
+
+
+async def test_same_seed_reproduces_the_answer(asgi_client: httpx.AsyncClient, flchain_row: dict[str, Any]) -> None:
+    request = {"instances": [flchain_row, {**flchain_row, "age": 51}], "samples": 64, "seed": 123}
+    first = await asgi_client.post(PREDICT, json=request)
+    second = await asgi_client.post(PREDICT, json=request)
+    assert first.status_code == 200 and second.status_code == 200
+    assert first.json()["seed"] == 123
+    assert first.json() == second.json()
+
+
+async def test_reported_seed_replays_an_unseeded_answer(
+    asgi_client: httpx.AsyncClient, flchain_row: dict[str, Any]
+) -> None:
+    request: dict[str, Any] = {"instances": [flchain_row, {**flchain_row, "kappa": 2.5}], "samples": 64}
+    fresh = await asgi_client.post(PREDICT, json=request)
+    assert fresh.status_code == 200
+    seed = fresh.json()["seed"]
+    assert isinstance(seed, int) and seed >= 0
+    replay = await asgi_client.post(PREDICT, json={**request, "seed": seed})
+    assert replay.status_code == 200
+    assert replay.json() == fresh.json()
+
+
+async def test_different_seeds_give_different_probabilities(
+    asgi_client: httpx.AsyncClient, flchain_row: dict[str, Any]
+) -> None:
+    answers = []
+    for seed in (1, 2):
+        response = await asgi_client.post(PREDICT, json={"instances": [flchain_row], "samples": 64, "seed": seed})
+        assert response.status_code == 200
+        answers.append(response.json()["predictions"][0]["probabilities"])
+    assert answers[0] != answers[1]
+
+
+@pytest.mark.parametrize("samples", [1, 64, 2048])
+async def test_samples_override_is_honoured(
+    asgi_client: httpx.AsyncClient, flchain_row: dict[str, Any], samples: int
+) -> None:
+    response = await asgi_client.post(PREDICT, json={"instances": [flchain_row], "samples": samples, "seed": 4})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["samples"] == samples
+    if samples == 1:  # one weight draw: nothing to disagree with
+        assert body["predictions"][0]["uncertainty"]["epistemic"] == pytest.approx(0.0, abs=1e-6)
+
+
+async def test_unit_mismatch_is_referred_and_a_normal_row_accepted(
+    asgi_client: httpx.AsyncClient, flchain_row: dict[str, Any]
+) -> None:
+    umol = {**flchain_row, "creatinine": flchain_row["creatinine"] * 88.4}  # µmol/L sent instead of mg/dL
+    response = await asgi_client.post(PREDICT, json={"instances": [flchain_row, umol], "seed": 0})
+    assert response.status_code == 200
+    normal, shifted = response.json()["predictions"]
+    assert normal["ood"]["flag"] is False and normal["decision"] == "accept"
+    assert normal["ood"]["score"] < normal["ood"]["threshold"]
+    assert shifted["ood"]["flag"] is True and shifted["decision"] == "refer"
+    assert shifted["ood"]["score"] > 10 * shifted["ood"]["threshold"]
+    assert shifted["ood"]["percentile"] == 100.0
+
+
+async def test_model_list_shows_ready_and_failed_models(asgi_client: httpx.AsyncClient) -> None:
+    response = await asgi_client.get("/v1/models")
+    assert response.status_code == 200
+    models = {m["name"]: m for m in response.json()["models"]}
+    assert set(models) == {"flchain-mortality", "tiny", "broken"}
+    assert models["flchain-mortality"]["state"] == "ready" and models["flchain-mortality"]["version"] == "1"
+    assert models["flchain-mortality"]["kind"] == "lowrank" and models["flchain-mortality"]["reason"] is None
+    assert models["tiny"]["state"] == "ready"
+    assert models["broken"]["state"] == "failed"
+    assert "sha256" in models["broken"]["reason"]
+    assert models["broken"]["version"] is None
+
+
+async def test_model_metadata(asgi_client: httpx.AsyncClient, model_repository: Path) -> None:
+    response = await asgi_client.get("/v1/models/flchain-mortality")
+    assert response.status_code == 200
+    body = response.json()
+    manifest = _manifest(model_repository, "flchain-mortality")
+    assert body["name"] == "flchain-mortality" and body["state"] == "ready"
+    assert body["kind"] == "lowrank"
+    assert body["sha256"] == manifest["weights"]["sha256"]
+    assert body["ranks"] == manifest["ranks"] and body["ranks"][-1] == 1
+    assert body["parameter_count"] == 10918
+    assert [f["name"] for f in body["features"]] == ["age", "sex", "kappa", "lambda", "flc_grp", "creatinine", "mgus"]
+    features = {f["name"]: f for f in body["features"]}
+    assert features["sex"]["kind"] == "categorical" and features["sex"]["categories"] == ["F", "M"]
+    assert features["creatinine"]["missing_allowed"] is True and features["age"]["missing_allowed"] is False
+    assert body["ood"]["score"] == "mutual_information"
+    assert body["ood"]["threshold"] == manifest["ood"]["threshold"] and body["ood"]["target_fpr"] == 0.05
+    assert body["default_samples"] == 512 and body["max_samples"] == 2048
+    assert body["task"]["labels"] == ["alive", "died"]
+    assert body["metrics"]["test"]["auroc"] == pytest.approx(0.712619)
+
+
+async def test_failed_model_metadata_is_200_with_its_state(asgi_client: httpx.AsyncClient) -> None:
+    response = await asgi_client.get("/v1/models/broken")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["name"] == "broken" and body["state"] == "failed"
+    assert "sha256" in body["reason"]
+    assert body["features"] is None and body["sha256"] is None
+
+
+async def test_predict_on_a_failed_model_is_503(asgi_client: httpx.AsyncClient) -> None:
+    rows = [{"x1": 0.3, "x2": -1.0, "site": "east"}]
+    response = await asgi_client.post("/v1/models/broken/predict", json={"instances": rows})
+    assert response.status_code == 503
+    assert "broken" in response.json()["detail"] and "sha256" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/models/nope"),
+        ("POST", "/v1/models/nope/predict"),
+        ("GET", "/v2/models/nope"),
+        ("GET", "/v2/models/nope/ready"),
+        ("POST", "/v2/models/nope/infer"),
+        ("POST", "/v2/models/nope/versions/1/infer"),
+    ],
+)
+async def test_unknown_model_is_404(
+    asgi_client: httpx.AsyncClient, flchain_row: dict[str, Any], method: str, path: str
+) -> None:
+    if path.startswith("/v1"):
+        body: dict[str, Any] = {"instances": [flchain_row]}
+    else:
+        body = {"inputs": [{"name": "age", "shape": [1], "datatype": "FP64", "data": [62]}]}
+    response = await asgi_client.request(method, path, json=body if method == "POST" else None)
+    assert response.status_code == 404
+    message = response.json()["error" if path.startswith("/v2") else "detail"]
+    assert "nope" in message
