@@ -147,13 +147,13 @@ V2_CASES: list[tuple[str, dict[str, Any] | str, str]] = [
     ("shape not matching the data", _v2([ROW], age={"shape": [2]}), "inputs.age"),
     ("shape [N, 2]", _v2([ROW, ROW], age={"shape": [1, 2]}), "inputs.age"),
     ("negative shape", _v2([ROW], age={"shape": [-1]}), "inputs.age"),
-    ("three dimensions", _v2([ROW], age={"shape": [1, 1, 1]}), "shape"),
+    ("three dimensions", _v2([ROW], age={"shape": [1, 1, 1]}), "inputs.0.shape"),
     ("inputs of different N", _v2([ROW], age={"shape": [2], "data": [62, 63]}), "inputs"),
     ("duplicated input", _with_tensor(_v2([ROW]), {"name": "age", "shape": [1], "datatype": "FP64", "data": [1]}),
      "inputs.age"),
     ("unknown output", _v2([ROW], outputs=[{"name": "label"}, {"name": "logits"}]), "outputs.logits"),
-    ("tensor without data", {"inputs": [{"name": "age", "shape": [1], "datatype": "FP64"}]}, "data"),
-    ("unknown top-level field", _v2([ROW], input=[]), "input"),
+    ("tensor without data", {"inputs": [{"name": "age", "shape": [1], "datatype": "FP64"}]}, "inputs.0.data"),
+    ("unknown top-level field", _v2([ROW], input=[]), "body.input:"),
 ]
 
 
