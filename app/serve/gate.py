@@ -21,8 +21,11 @@ def percentile_in_reference(scores: np.ndarray, quantiles: list[float]) -> np.nd
 
 
 def flag(scores: np.ndarray, gate: OODGate) -> np.ndarray:
-    """(N,) bool: True where the score is strictly above the threshold (then the row is referred)."""
-    return scores > gate.threshold
+    """(N,) bool: True where the score is strictly above the threshold (then the row is referred).
+
+    Written as "not at or below" so that a NaN score, whatever produced it, is referred rather than accepted.
+    """
+    return ~(scores <= gate.threshold)
 
 
 def decide(flags: np.ndarray) -> list[Decision]:

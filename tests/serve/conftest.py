@@ -8,7 +8,9 @@ the whole session on that one event loop, so its batching tasks and metrics pers
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -202,3 +204,35 @@ def v2_inputs(rows: list[dict[str, Any]], datatypes: dict[str, str] | None = Non
 @pytest.fixture(scope="session")
 def to_v2() -> Callable[..., list[dict[str, Any]]]:
     return v2_inputs
+
+
+def assert_valid_prediction_response(body: dict[str, Any], rows: int, manifest: dict[str, Any], weights: Path) -> None:
+    """Every invariant of a /v1 answer for ``rows`` rows of the model described by ``manifest``."""
+    labels = manifest["task"]["labels"]
+    threshold = manifest["ood"]["threshold"]
+    assert body["model"]["name"] == manifest["name"]
+    assert body["model"]["version"] == manifest["version"]
+    assert body["model"]["sha256"] == manifest["weights"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert isinstance(body["seed"], int) and not isinstance(body["seed"], bool)
+    assert len(body["predictions"]) == rows
+    for prediction in body["predictions"]:
+        probabilities = prediction["probabilities"]
+        assert list(probabilities) == labels
+        assert prediction["label"] in labels
+        assert prediction["label"] == max(probabilities, key=probabilities.__getitem__)
+        assert all(0.0 <= p <= 1.0 for p in probabilities.values())
+        assert math.fsum(probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+        u = prediction["uncertainty"]
+        assert u["epistemic"] >= 0.0 and u["aleatoric"] >= 0.0 and u["std"] >= 0.0
+        assert u["total"] == pytest.approx(u["aleatoric"] + u["epistemic"], abs=1e-6)
+        ood = prediction["ood"]
+        assert ood["threshold"] == threshold
+        assert ood["score"] == u["epistemic"]
+        assert ood["flag"] is (ood["score"] > threshold)
+        assert 0.0 <= ood["percentile"] <= 100.0
+        assert prediction["decision"] == ("refer" if ood["flag"] else "accept")
+
+
+@pytest.fixture(scope="session")
+def check_prediction() -> Callable[[dict[str, Any], int, dict[str, Any], Path], None]:
+    return assert_valid_prediction_response

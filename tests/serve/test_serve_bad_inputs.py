@@ -30,10 +30,8 @@ def _without(row: dict[str, Any], key: str) -> dict[str, Any]:
 
 def _raw_v1(age: str = "62", kappa: str = "1.2") -> str:
     """A /v1 body as text, so that NaN and Infinity (JSON extensions Python's json accepts) go over the wire."""
-    return (
-        '{"instances": [{"age": %s, "sex": "F", "kappa": %s, "lambda": 1.5, "flc_grp": 5, "creatinine": 1.0, '
-        '"mgus": 0}], "samples": 8}' % (age, kappa)
-    )
+    body = json.dumps({"instances": [{**ROW, "age": "AGE", "kappa": "KAPPA"}], "samples": 8})
+    return body.replace('"AGE"', age).replace('"KAPPA"', kappa)
 
 
 def _raw_v2(age: str) -> str:
@@ -152,6 +150,11 @@ V2_CASES: list[tuple[str, dict[str, Any] | str, str]] = [
     ("duplicated input", _with_tensor(_v2([ROW]), {"name": "age", "shape": [1], "datatype": "FP64", "data": [1]}),
      "inputs.age"),
     ("unknown output", _v2([ROW], outputs=[{"name": "label"}, {"name": "logits"}]), "outputs.logits"),
+    ("output asked twice", _v2([ROW], outputs=[{"name": "label"}, {"name": "label"}]), "outputs.label"),
+    ("INT8 out of range", _v2([{**ROW, "age": 1000}], age={"datatype": "INT8"}), "inputs.age[0]"),
+    ("UINT32 negative", _v2([{**ROW, "mgus": -1}], mgus={"datatype": "UINT32"}), "inputs.mgus[0]"),
+    ("nesting not matching [N]", _v2([ROW], age={"data": [[62]]}), "inputs.age"),
+    ("nesting too deep", _v2([ROW], age={"shape": [1, 1], "data": [[[62]]]}), "inputs.age"),
     ("tensor without data", {"inputs": [{"name": "age", "shape": [1], "datatype": "FP64"}]}, "inputs.0.data"),
     ("unknown top-level field", _v2([ROW], input=[]), "body.input:"),
 ]
@@ -224,3 +227,14 @@ async def test_server_still_answers_after_bad_inputs(asgi_client: httpx.AsyncCli
     v2 = await asgi_client.post(INFER, json={"inputs": to_v2([ROW]), "parameters": {"samples": 8}})
     assert v2.status_code == 200
     assert len(v2.json()["outputs"]) == 10
+
+
+async def test_v2_unknown_path_and_method_keep_the_v2_error_shape(asgi_client: httpx.AsyncClient) -> None:
+    missing = await asgi_client.get("/v2/nothing-here")
+    assert missing.status_code == 404
+    assert "error" in missing.json()
+    wrong_method = await asgi_client.get(INFER)
+    assert wrong_method.status_code == 405
+    assert "error" in wrong_method.json() and wrong_method.headers["allow"] == "POST"
+    v1_missing = await asgi_client.get("/v1/nothing-here")
+    assert v1_missing.status_code == 404 and "detail" in v1_missing.json()

@@ -42,7 +42,10 @@ ERRORS = {
     503: {"model": ErrorResponse, "description": "The model is loading or failed verification."},
 }
 NUMERIC_DATATYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "FP16", "FP32", "FP64"}
-INTEGER_DATATYPES = {t for t in NUMERIC_DATATYPES if "INT" in t}
+INTEGER_RANGES = {
+    **{f"INT{bits}": (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) for bits in (8, 16, 32, 64)},
+    **{f"UINT{bits}": (0, 2**bits - 1) for bits in (8, 16, 32, 64)},
+}
 
 
 def _outputs_metadata(manifest: Manifest) -> list[TensorMetadata]:
@@ -106,29 +109,27 @@ def _model_metadata(name: str, dataplane: DataPlaneDep) -> ModelMetadataResponse
     )
 
 
-def _flatten(data: list[Any]) -> list[Any]:
-    flat: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for item in stack[-1]:
-            if isinstance(item, list):
-                stack.append(iter(item))
-                break
-            flat.append(item)
-        else:
-            stack.pop()
-    return flat
+def _values(tensor: RequestInput, field: str) -> list[Any]:
+    """The N values of a [N] (flat data) or [N, 1] (flat or nested [[v], …]) tensor."""
+    shape, data = tensor.shape, tensor.data
+    if any(d < 0 for d in shape) or (len(shape) == 2 and shape[1] != 1):
+        raise RequestRejected(field, f"shape must be [N] or [N, 1], got {shape}")
+    if any(isinstance(v, list) for v in data):
+        nested_ok = len(shape) == 2 and all(
+            isinstance(v, list) and len(v) == 1 and not isinstance(v[0], list) for v in data
+        )
+        if not nested_ok:
+            raise RequestRejected(field, f"nested data does not match shape {shape}")
+        data = [v[0] for v in data]
+    if len(data) != shape[0]:
+        raise RequestRejected(field, f"shape {shape} holds {math.prod(shape)} values, data has {len(data)}")
+    return data
 
 
 def _check_tensor(tensor: RequestInput, kind: FeatureKind) -> list[Any]:
     """Datatype, shape and element types of one input tensor -> its N values."""
     field = f"inputs.{tensor.name}"
-    shape = tensor.shape
-    if any(d < 0 for d in shape) or (len(shape) == 2 and shape[1] != 1):
-        raise RequestRejected(field, f"shape must be [N] or [N, 1], got {shape}")
-    values = _flatten(tensor.data)
-    if len(values) != math.prod(shape):
-        raise RequestRejected(field, f"shape {shape} holds {math.prod(shape)} values, data has {len(values)}")
+    values = _values(tensor, field)
     datatype = tensor.datatype
     if kind is FeatureKind.CATEGORICAL:
         if datatype != "BYTES":
@@ -139,10 +140,13 @@ def _check_tensor(tensor: RequestInput, kind: FeatureKind) -> list[Any]:
         return values
     if datatype not in NUMERIC_DATATYPES:
         raise RequestRejected(field, f"numeric feature needs one of {sorted(NUMERIC_DATATYPES)}, got {datatype}")
-    if datatype in INTEGER_DATATYPES:
+    if datatype in INTEGER_RANGES:
+        low, high = INTEGER_RANGES[datatype]
         for row, value in enumerate(values):
-            if isinstance(value, float) and not value.is_integer():
-                raise RequestRejected(f"{field}[{row}]", f"{datatype} element must be an integer, got {value!r}")
+            integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+            if value is not None and not isinstance(value, bool) and (not integral or not low <= value <= high):
+                raise RequestRejected(f"{field}[{row}]", f"{datatype} element must be an integer in [{low}, {high}], "
+                                      f"got {value!r}")
     return values
 
 
@@ -210,9 +214,12 @@ def _encode(result: InferenceResult, request: InferenceRequest) -> InferenceResp
 
 async def _infer(name: str, request: InferenceRequest, dataplane: DataPlaneDep) -> InferenceResponse:
     entry = dataplane.model(name)
-    for output in request.outputs or []:
-        if output.name not in OUTPUT_NAMES:
-            raise RequestRejected(f"outputs.{output.name}", f"unknown output; available: {sorted(OUTPUT_NAMES)}")
+    asked = [output.name for output in request.outputs or []]
+    for output in asked:
+        if output not in OUTPUT_NAMES:
+            raise RequestRejected(f"outputs.{output}", f"unknown output; available: {sorted(OUTPUT_NAMES)}")
+        if asked.count(output) > 1:
+            raise RequestRejected(f"outputs.{output}", "output requested more than once")
     columns = _columns(request, entry.manifest)
     rows = len(next(iter(columns.values())))
     samples = dataplane.check_options(entry, rows, _parameter(request, "samples"), "parameters.samples", "inputs")

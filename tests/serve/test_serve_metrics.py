@@ -1,0 +1,94 @@
+"""/metrics on the in-process app: Prometheus text, request latency by route, prediction counters, model gauges."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.anyio
+
+PREDICT_ROUTE = "/v1/models/{name}/predict"
+MODEL = "flchain-mortality"
+BUNDLED_SHA256 = "c1db139fe2b729e9d8ca5a629f3739c34363ff449ea15ff3e857a88acfe8f125"
+
+
+async def _scrape(client: httpx.AsyncClient, parse_metrics: Callable[[str], Any]) -> Any:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    return parse_metrics(response.text)
+
+
+async def test_metrics_is_prometheus_text(asgi_client: httpx.AsyncClient) -> None:
+    response = await asgi_client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    families = {family.name for family in text_string_to_metric_families(response.text)}
+    assert {
+        "sbnn_request_duration_seconds", "sbnn_inference_stage_duration_seconds", "sbnn_batch_rows",
+        "sbnn_batch_requests", "sbnn_predictions", "sbnn_decisions", "sbnn_model_info", "sbnn_model_ready",
+        "sbnn_drift_psi", "sbnn_drift_ks", "sbnn_drift_ood_rate",
+    } <= families
+
+
+async def test_model_gauges(asgi_client: httpx.AsyncClient, parse_metrics: Callable[[str], Any]) -> None:
+    metrics = await _scrape(asgi_client, parse_metrics)
+    info = metrics.find("sbnn_model_info", model=MODEL)
+    assert len(info) == 1
+    labels, value = info[0]
+    assert value == 1.0
+    assert labels["sha256"] == BUNDLED_SHA256 and labels["version"] == "1" and labels["kind"] == "lowrank"
+    assert labels["rank"] == "9/15/1"
+    assert metrics.value("sbnn_model_ready", model=MODEL) == 1.0
+    assert metrics.value("sbnn_model_ready", model="tiny") == 1.0
+    assert metrics.value("sbnn_model_ready", model="broken") == 0.0
+    assert metrics.find("sbnn_model_info", model="broken") == []
+
+
+async def test_traffic_moves_the_counters(
+    asgi_client: httpx.AsyncClient, parse_metrics: Callable[[str], Any], flchain_row: dict[str, Any]
+) -> None:
+    before = await _scrape(asgi_client, parse_metrics)
+    flagged = {**flchain_row, "creatinine": flchain_row["creatinine"] * 88.4}
+    for seed in range(3):
+        response = await asgi_client.post(
+            f"/v1/models/{MODEL}/predict", json={"instances": [flchain_row, flagged, flagged], "seed": seed}
+        )
+        assert response.status_code == 200
+        assert [p["decision"] for p in response.json()["predictions"]] == ["accept", "refer", "refer"]
+    missing = await asgi_client.post(f"/v1/models/{MODEL}/predict", json={"instances": []})
+    assert missing.status_code == 422
+    after = await _scrape(asgi_client, parse_metrics)
+
+    def delta(name: str, **labels: str) -> float:
+        return after.count(name, **labels) - before.count(name, **labels)
+
+    duration = "sbnn_request_duration_seconds_count"
+    assert delta(duration, model=MODEL, route=PREDICT_ROUTE, status="200") == 3
+    assert delta(duration, model=MODEL, route=PREDICT_ROUTE, status="422") == 1
+    assert delta("sbnn_predictions_total", model=MODEL) == 9
+    assert delta("sbnn_decisions_total", model=MODEL, decision="refer") == 6
+    assert delta("sbnn_decisions_total", model=MODEL, decision="accept") == 3
+    assert delta("sbnn_ood_flags_total", model=MODEL) == 6
+    assert delta("sbnn_epistemic_uncertainty_nats_count", model=MODEL) == 9
+    assert delta("sbnn_inference_stage_duration_seconds_count", model=MODEL, stage="queue") == 3
+    assert delta("sbnn_inference_stage_duration_seconds_count", model=MODEL, stage="compute") >= 1
+    assert delta("sbnn_batch_rows_sum", model=MODEL) == 9
+    assert after.value("sbnn_inference_stage_duration_seconds_sum", model=MODEL, stage="compute") > 0.0
+
+
+async def test_unknown_model_requests_are_labelled_unknown(
+    asgi_client: httpx.AsyncClient, parse_metrics: Callable[[str], Any]
+) -> None:
+    before = await _scrape(asgi_client, parse_metrics)
+    response = await asgi_client.get("/v1/models/some-random-name")
+    assert response.status_code == 404
+    after = await _scrape(asgi_client, parse_metrics)
+    labels = {"model": "unknown", "route": "/v1/models/{name}", "status": "404"}
+    assert after.count("sbnn_request_duration_seconds_count", **labels) == (
+        before.count("sbnn_request_duration_seconds_count", **labels) + 1
+    )
+    assert after.find("sbnn_request_duration_seconds_count", model="some-random-name") == []
