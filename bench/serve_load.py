@@ -47,6 +47,30 @@ def hey(url: str, requests: int, concurrency: int, body: Path | None) -> dict[st
             "ok": int(statuses.get("200", 0)), "requests": sum(int(v) for v in statuses.values())}
 
 
+def drift_gauges(base: str) -> dict[str, float]:
+    text = httpx.get(f"{base}/metrics").text
+    pattern = r'^sbnn_drift_(psi|ks|ood_rate|window_rows)\{model="flchain-mortality"\} ([\d.e+-]+)$'
+    found = re.findall(pattern, text, re.M)
+    return {name: float(value) for name, value in found}
+
+
+def drift_phase(base: str, url: str) -> list[tuple[str, dict[str, float]]]:
+    """The flchain test split (in distribution), then the same rows with creatinine in umol/L."""
+    from app.data.flchain import load_flchain  # needs sbnn[data]
+
+    frame = load_flchain(0).test.frame
+    rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+            for r in frame.to_dict(orient="records")]
+    for start in range(0, len(rows), 100):
+        httpx.post(url, json={"instances": rows[start:start + 100]}, timeout=60).raise_for_status()
+    found = [(f"after the {len(rows)} test-split rows (in distribution)", drift_gauges(base))]
+    shifted = [{**r, "creatinine": None if r["creatinine"] is None else r["creatinine"] * 88.4} for r in rows[:400]]
+    for start in range(0, len(shifted), 100):
+        httpx.post(url, json={"instances": shifted[start:start + 100]}, timeout=60).raise_for_status()
+    found.append(("after 400 more rows with creatinine sent in umol/L", drift_gauges(base)))
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=400)
@@ -73,6 +97,7 @@ def main() -> None:
         body = Path(tempfile.mkstemp(suffix=".json")[1])
         body.write_text(json.dumps({"instances": [ROW]}))
         predict_url = f"{base}/v1/models/flchain-mortality/predict"
+        drift = drift_phase(base, predict_url)
         hey(predict_url, 200, 4, body)  # warm-up
         rows = []
         for c in [int(v) for v in args.concurrency.split(",")]:
@@ -83,6 +108,7 @@ def main() -> None:
         metrics = httpx.get(f"{base}/metrics").text
         batch = {m: float(v) for m, v in re.findall(
             r'^sbnn_batch_requests_(sum|count)\{model="flchain-mortality"\} ([\d.e+]+)$', metrics, re.M)}
+        drift.append(("after the load test (one row repeated: a window unlike the reference)", drift_gauges(base)))
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -91,7 +117,7 @@ def main() -> None:
     )
     mean_batch = batch.get("sum", 0) / max(batch.get("count", 1), 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serve.json").write_text(json.dumps({"machine": machine, "rows": rows,
+    (args.out / "serve.json").write_text(json.dumps({"machine": machine, "rows": rows, "drift": drift,
                                                       "mean_requests_per_batch": mean_batch}, indent=2) + "\n")
     lines = [
         "# Service load test",
@@ -105,6 +131,13 @@ def main() -> None:
           f"{r['p99_ms']:.1f} | {r['ok']}/{r['requests']} |" for r in rows],
         "",
         f"Mean requests coalesced per batched pass over the whole run: {mean_batch:.2f}.",
+        "",
+        "Drift gauges of flchain-mortality (window of the last 1,000 rows), measured before the load test:",
+        "",
+        "| when | PSI | KS | OOD rate | rows in window |",
+        "|---|---|---|---|---|",
+        *[f"| {when} | {g.get('psi', float('nan')):.3f} | {g.get('ks', float('nan')):.3f} | "
+          f"{g.get('ood_rate', float('nan')):.3f} | {g.get('window_rows', 0):.0f} |" for when, g in drift],
     ]
     (args.out / "serve.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
