@@ -172,7 +172,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service for ``settings`` (default: from the environment)."""
     settings = settings or Settings()
     metrics = ServiceMetrics(CollectorRegistry())
-    repository = ModelRepository(settings.models, resolve_device(settings.device))
+    repository = ModelRepository(
+        settings.models, resolve_device(settings.device), settings.bank_samples, settings.bank_seed
+    )
     engine = BatchingEngine(settings, metrics)
     dataplane = DataPlane(settings, repository, engine, metrics)
 

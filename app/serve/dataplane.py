@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.bnn.engine import Sampler
 from app.checkpoint.manifest import Manifest
 from app.serve.drift import DriftMonitor
-from app.serve.engine import BatchingEngine, Scores
+from app.serve.engine import BatchingEngine, InferenceOptions, Scores
 from app.serve.errors import RequestRejected
 from app.serve.gate import Decision, decide, flag, percentile_in_reference
 from app.serve.metrics import ServiceMetrics
@@ -57,32 +58,48 @@ class DataPlane:
         """The ready model ``name`` (404 unknown, 503 not ready)."""
         return self.repository.get(name)
 
-    def check_options(
-        self, model: ServedModel, rows: int, samples: int | None, samples_field: str, rows_field: str = "instances"
-    ) -> int:
-        """Row and sample limits; returns the sample count to use."""
+    def options(
+        self,
+        model: ServedModel,
+        rows: int,
+        samples: int | None,
+        seed: int | None,
+        sampler: Sampler | None,
+        tolerance: float | None,
+        prefix: str = "",
+        rows_field: str = "instances",
+    ) -> InferenceOptions:
+        """Check a request's rows and Monte Carlo options against the server's limits and the model."""
         if rows < 1:
             raise RequestRejected(rows_field, "at least one row is required")
         if rows > self.settings.max_rows:
             raise RequestRejected(rows_field, f"{rows} rows exceed this server's limit of {self.settings.max_rows}")
+        if samples is not None and not 1 <= samples <= self.settings.max_samples:
+            limit = self.settings.max_samples
+            raise RequestRejected(f"{prefix}samples", f"must be between 1 and {limit}, got {samples}")
+        if tolerance is not None and not 0.0 < tolerance < 1.0:
+            raise RequestRejected(f"{prefix}tolerance", f"must be in (0, 1), got {tolerance}")
+        engine = model.engine
+        assert engine is not None  # a ready model has its engine
         if samples is None:
-            return model.checkpoint.model.num_samples(model.manifest.default_samples)  # type: ignore[union-attr]
-        if not 1 <= samples <= self.settings.max_samples:
-            raise RequestRejected(samples_field, f"must be between 1 and {self.settings.max_samples}, got {samples}")
-        return model.checkpoint.model.num_samples(samples)  # type: ignore[union-attr]
+            # Adaptive requests stop by themselves: their cap is the server's maximum.
+            samples = self.settings.max_samples if tolerance is not None else model.manifest.default_samples
+        sampler = sampler or self.settings.sampler
+        if sampler is not Sampler.AUTO and (reason := engine.refuse(sampler, samples, seed)) is not None:
+            raise RequestRejected(f"{prefix}sampler", reason)
+        return InferenceOptions(samples=samples, seed=seed, sampler=sampler, tolerance=tolerance)
 
     async def infer(
         self,
         model: ServedModel,
         columns: Mapping[str, Sequence[object]],
-        samples: int,
-        seed: int | None,
+        options: InferenceOptions,
         locate: Locate,
     ) -> InferenceResult:
-        """Score validated raw columns with ``samples`` weight samples (and ``seed``, or a fresh one)."""
+        """Score validated raw columns as ``options`` ask (the seed, when absent, is chosen and returned)."""
         manifest = model.manifest
         x = validate_columns(manifest, columns, locate)
-        scores = await self.engine.submit(model, x, samples, seed)
+        scores = await self.engine.submit(model, x, options)
         flags = flag(scores.epistemic, manifest.ood)
         result = InferenceResult(
             model=model,

@@ -1,10 +1,12 @@
-"""Dynamic batching and the batched Monte Carlo pass, off the event loop.
+"""Dynamic batching over the fast Monte Carlo engine, off the event loop.
 
 Requests for one model queue up; a per-model task takes what is queued (up to ``batch_max_rows`` rows,
-waiting at most ``batch_max_wait_ms`` for more) and runs it on the single compute thread. Requests of a
-batch that share (samples, seed) share one weight draw; requests without a seed get the batch's seed, which
-the response reports. Each request's rows then go through the drawn weights on their own, so replaying a
-request alone with its reported seed gives bitwise the same answer.
+waiting at most ``batch_max_wait_ms`` for more) and runs it on the single compute thread. Each request gets
+a sampler (``app.bnn.engine``): the frozen bank by default, whose draws every request shares at no cost;
+``fresh`` requests of a batch with the same (samples, seed) share one weight draw, and requests without a seed
+take the batch's seed, which the response reports; ``local`` and adaptive requests run on their own. A
+request's rows always go through the draws on their own, so replaying it alone with its reported seed and
+sampler gives bitwise the same answer.
 """
 
 from __future__ import annotations
@@ -20,10 +22,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from app.bnn.predictive import decompose, predict_with
+from app.bnn.engine import EngineResult, MonteCarloError, Sampler
+from app.bnn.predictive import decompose
 from app.serve.metrics import ServiceMetrics
 from app.serve.repository import ServedModel
 from app.serve.settings import Settings
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """What a request asks of the Monte Carlo pass."""
+
+    samples: int  # the sample count, or the cap when ``tolerance`` is set
+    seed: int | None = None
+    sampler: Sampler = Sampler.AUTO
+    tolerance: float | None = None  # adaptive: stop once both MC standard errors are at most this
 
 
 @dataclass(frozen=True)
@@ -37,13 +50,14 @@ class Scores:
     std: np.ndarray
     samples: int
     seed: int
+    sampler: Sampler
+    mc_error: MonteCarloError
 
 
 @dataclass
 class _Job:
     x: np.ndarray  # (N, d) float32
-    samples: int
-    seed: int | None
+    options: InferenceOptions
     future: asyncio.Future[Scores]
     enqueued: float
 
@@ -57,32 +71,44 @@ def new_seed() -> int:
     return secrets.randbits(31)
 
 
+def _scores(result: EngineResult, seed: int) -> Scores:
+    predictive = result.predictive
+    u = decompose(predictive)
+    return Scores(
+        probs=predictive.mean.double().cpu().numpy(),
+        total=u.total.cpu().numpy(),
+        aleatoric=u.aleatoric.cpu().numpy(),
+        epistemic=u.epistemic.cpu().numpy(),
+        std=u.std.cpu().numpy(),
+        samples=predictive.samples,
+        seed=seed,
+        sampler=result.sampler,
+        mc_error=result.mc_error,
+    )
+
+
 @torch.no_grad()
 def compute(model: ServedModel, jobs: list[_Job], batch_seed: int) -> list[Scores]:
-    """The batched pass for ``jobs`` of one model: one weight draw per (samples, seed) group."""
-    checkpoint = model.checkpoint
-    assert checkpoint is not None  # only ready models are queued
-    network, device = checkpoint.model, model.device
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for index, job in enumerate(jobs):
-        groups[(job.samples, batch_seed if job.seed is None else job.seed)].append(index)
+    """The batch's Monte Carlo passes: one shared weight draw per (samples, seed) among ``fresh`` requests."""
+    engine = model.engine
+    assert engine is not None  # only ready models are queued
     results: list[Scores | None] = [None] * len(jobs)
-    for (samples, seed), members in groups.items():
-        generator = torch.Generator(device=device).manual_seed(seed)
-        weights = network.sample(samples, generator)
+    shared: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for index, job in enumerate(jobs):
+        o = job.options
+        sampler, seed = engine.resolve(o.sampler, job.rows, o.samples, o.seed, batch_seed)
+        x = torch.from_numpy(job.x).to(model.device)
+        if o.tolerance is not None:
+            results[index] = _scores(engine.run_adaptive(x, seed, o.tolerance, o.samples, sampler=sampler), seed)
+        elif sampler is Sampler.FRESH:
+            shared[(engine.model.num_samples(o.samples), seed)].append(index)
+        else:
+            results[index] = _scores(engine.run(x, o.samples, seed, sampler), seed)
+    for (samples, seed), members in shared.items():
+        weights = engine.model.sample(samples, torch.Generator(device=model.device).manual_seed(seed))
         for index in members:
-            x = torch.from_numpy(jobs[index].x).to(device)
-            predictive = predict_with(network, x, weights)
-            u = decompose(predictive)
-            results[index] = Scores(
-                probs=predictive.mean.double().cpu().numpy(),
-                total=u.total.cpu().numpy(),
-                aleatoric=u.aleatoric.cpu().numpy(),
-                epistemic=u.epistemic.cpu().numpy(),
-                std=u.std.cpu().numpy(),
-                samples=predictive.samples,
-                seed=seed,
-            )
+            x = torch.from_numpy(jobs[index].x).to(model.device)
+            results[index] = _scores(engine.evaluate(x, weights), seed)
     return [r for r in results if r is not None]
 
 
@@ -96,14 +122,14 @@ class BatchingEngine:
         self._queues: dict[str, asyncio.Queue[_Job]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
-    async def submit(self, model: ServedModel, x: np.ndarray, samples: int, seed: int | None) -> Scores:
+    async def submit(self, model: ServedModel, x: np.ndarray, options: InferenceOptions) -> Scores:
         """Queue ``x`` (N, d) for ``model`` and wait for its scores."""
         loop = asyncio.get_running_loop()
         queue = self._queues.get(model.name)
         if queue is None:
             queue = self._queues[model.name] = asyncio.Queue()
             self._tasks[model.name] = asyncio.create_task(self._batch_loop(model, queue), name=f"batch-{model.name}")
-        job = _Job(x=x, samples=samples, seed=seed, future=loop.create_future(), enqueued=time.perf_counter())
+        job = _Job(x=x, options=options, future=loop.create_future(), enqueued=time.perf_counter())
         await queue.put(job)
         return await job.future
 

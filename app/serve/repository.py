@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from app.bnn.predictive import predict
+from app.bnn.engine import MonteCarloEngine
 from app.checkpoint.io import Checkpoint, load_checkpoint
 from app.checkpoint.manifest import Manifest
 from app.errors import CheckpointError
@@ -37,6 +37,7 @@ class ServedModel:
     state: ModelState = ModelState.LOADING
     reason: str = ""
     checkpoint: Checkpoint | None = None
+    engine: MonteCarloEngine | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
@@ -65,9 +66,11 @@ def typical_row(manifest: Manifest) -> dict[str, list[object]]:
 class ModelRepository:
     """Maps model names to loaded models; ``ready`` once every folder has been tried."""
 
-    def __init__(self, root: Path, device: torch.device) -> None:
+    def __init__(self, root: Path, device: torch.device, bank_samples: int | None = None, bank_seed: int = 0) -> None:
         self.root = root
         self.device = device
+        self.bank_samples = bank_samples  # None: each model's default_samples
+        self.bank_seed = bank_seed
         self._models: dict[str, ServedModel] = {}
         self._lock = threading.Lock()
         self.loaded = threading.Event()
@@ -102,16 +105,20 @@ class ModelRepository:
                 raise CheckpointError(
                     str(entry.path / "manifest.json"), f"manifest name '{name}' differs from its folder name"
                 )
+            bank = checkpoint.manifest.default_samples if self.bank_samples is None else self.bank_samples
+            engine = MonteCarloEngine(checkpoint.model, bank_size=bank, bank_seed=self.bank_seed)
             x = torch.as_tensor(checkpoint.manifest.preprocessing.transform(typical_row(checkpoint.manifest)))
-            probs = predict(checkpoint.model, x.to(self.device), checkpoint.manifest.default_samples,
-                            torch.Generator(device=self.device).manual_seed(0)).mean
-            if not bool(torch.isfinite(probs).all()):
-                raise CheckpointError(str(entry.path), "warm-up prediction is not finite")
+            for sampler in engine.warm_up_samplers():
+                bank = sampler.value == "bank"
+                samples = engine.bank_size if bank else checkpoint.manifest.default_samples
+                probs = engine.run(x.to(self.device), samples, None if bank else 0, sampler).predictive.mean
+                if not bool(torch.isfinite(probs).all()):
+                    raise CheckpointError(str(entry.path), f"warm-up prediction ({sampler.value}) is not finite")
         except (CheckpointError, ValueError, RuntimeError) as exc:
             entry.state, entry.reason = ModelState.FAILED, str(exc)
             log.error("model %s not ready: %s", entry.name, exc)
             return
-        entry.checkpoint, entry.state, entry.reason = checkpoint, ModelState.READY, ""
+        entry.checkpoint, entry.engine, entry.state, entry.reason = checkpoint, engine, ModelState.READY, ""
         log.info("model %s ready on %s (%s)", entry.name, self.device, checkpoint.manifest.weights.sha256[:12])
 
     def get(self, name: str) -> ServedModel:

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.bnn.engine import Sampler
+
 
 class Settings(BaseSettings):
     """Every setting of the server; see docs/serving.md for the table."""
@@ -22,6 +24,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
     batch_max_rows: int = Field(2048, ge=1, description="Dynamic batching: most rows coalesced into one pass.")
     batch_max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, description="Dynamic batching: longest wait to fill.")
+    sampler: Sampler = Field(Sampler.AUTO, description="Default sampler: auto (cost model), bank, fresh or local.")
+    bank_samples: int | None = Field(
+        None, ge=0, le=65536, description="Weight samples in each model's frozen bank (default: its default S; 0 none)."
+    )
+    bank_seed: int = Field(0, ge=0, lt=2**63, description="Seed of the frozen banks' draws.")
     drift_window: int = Field(1000, ge=10, le=1_000_000, description="Recent predictions per model used for drift.")
     drift_min_rows: int = Field(50, ge=1, description="Rows in the window before drift gauges are reported.")
     log_level: str = Field("info", pattern=r"^(critical|error|warning|info|debug)$")

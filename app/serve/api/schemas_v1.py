@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.bnn.engine import Sampler
 from app.data.schema import FeatureSpec
 
 FeatureValue = str | int | float | bool | None
@@ -21,8 +22,18 @@ class PredictRequest(_Wire):
         description="Feature records, one per row, keyed by the model's feature names (see GET /v1/models/{name}).",
         examples=[[{"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 1.0, "mgus": 0}]],
     )
-    samples: int | None = Field(None, ge=1, description="Monte Carlo weight samples (default: the model's).")
+    samples: int | None = Field(
+        None, ge=1, description="Monte Carlo weight samples (default: the model's); the cap when `tolerance` is set."
+    )
     seed: int | None = Field(None, ge=0, lt=2**63, description="Seed of the weight samples; omit for a fresh one.")
+    sampler: Sampler | None = Field(
+        None, description="bank (frozen samples), fresh (drawn per request), local (local reparameterisation) or "
+        "auto (the cost model); default: the server's."
+    )
+    tolerance: float | None = Field(
+        None, gt=0.0, lt=1.0, description="Adaptive: draw 64 samples at a time until the Monte Carlo standard "
+        "errors of the probability and of the mutual information are at most this (or `samples` are used).",
+    )
 
 
 class UncertaintyOut(_Wire):
@@ -54,10 +65,19 @@ class ModelRef(_Wire):
     kind: str
 
 
+class MonteCarloErrorOut(_Wire):
+    probability: float = Field(description="Largest standard error over rows of the predicted class's probability.")
+    mutual_information: float | None = Field(
+        description="Largest standard error over rows of the mutual information (null below 16 samples)."
+    )
+
+
 class PredictResponse(_Wire):
     model: ModelRef
     samples: int = Field(description="Weight samples used.")
-    seed: int = Field(description="Seed used: send it back with the same rows and samples to replay the answer.")
+    seed: int = Field(description="Seed used: send it back with the same rows, samples and sampler to replay.")
+    sampler: Sampler = Field(description="The sampler that ran (bank, fresh or local).")
+    mc_error: MonteCarloErrorOut
     predictions: list[PredictionOut]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi import APIRouter
 
 from app.errors import SchemaError
@@ -12,6 +14,7 @@ from app.serve.api.schemas_v1 import (
     ModelMetadataResponse,
     ModelRef,
     ModelSummaryOut,
+    MonteCarloErrorOut,
     OODGateOut,
     OODOut,
     PredictionOut,
@@ -85,6 +88,10 @@ def _columns(request: PredictRequest, entry: ServedModel) -> dict[str, list[obje
     return {name: [instance[name] for instance in request.instances] for name in names}
 
 
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
 def _encode(result: InferenceResult) -> PredictResponse:
     m, s = result.manifest, result.scores
     labels = m.task.labels
@@ -113,6 +120,10 @@ def _encode(result: InferenceResult) -> PredictResponse:
         model=ModelRef(name=m.name, version=m.version, sha256=m.weights.sha256, kind=m.kind.value),
         samples=result.samples,
         seed=result.seed,
+        sampler=s.sampler,
+        mc_error=MonteCarloErrorOut(
+            probability=s.mc_error.probability, mutual_information=_finite_or_none(s.mc_error.mutual_information)
+        ),
         predictions=predictions,
     )
 
@@ -125,7 +136,9 @@ def _encode(result: InferenceResult) -> PredictResponse:
 )
 async def predict(name: str, request: PredictRequest, dataplane: DataPlaneDep) -> PredictResponse:
     entry = dataplane.model(name)
-    samples = dataplane.check_options(entry, len(request.instances), request.samples, "samples")
+    options = dataplane.options(
+        entry, len(request.instances), request.samples, request.seed, request.sampler, request.tolerance
+    )
     columns = _columns(request, entry)
-    result = await dataplane.infer(entry, columns, samples, request.seed, lambda f, row: f"instances[{row}].{f}")
+    result = await dataplane.infer(entry, columns, options, lambda f, row: f"instances[{row}].{f}")
     return _encode(result)

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from app.bnn.engine import Sampler
 from app.checkpoint.manifest import Manifest
 from app.data.schema import FeatureKind
 from app.serve.api.deps import DataPlaneDep
@@ -179,6 +180,27 @@ def _parameter(request: InferenceRequest, key: str) -> int | None:
     return value
 
 
+def _sampler(request: InferenceRequest) -> Sampler | None:
+    value = (request.parameters or {}).get("sampler")
+    if value is None:
+        return None
+    try:
+        return Sampler(value)
+    except ValueError:
+        raise RequestRejected(
+            "parameters.sampler", f"unknown sampler {value!r}; expected one of {[s.value for s in Sampler]}"
+        ) from None
+
+
+def _tolerance(request: InferenceRequest) -> float | None:
+    value = (request.parameters or {}).get("tolerance")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RequestRejected("parameters.tolerance", f"must be a number, got {value!r}")
+    return float(value)
+
+
 def _encode(result: InferenceResult, request: InferenceRequest) -> InferenceResponse:
     s, m = result.scores, result.manifest
     n = len(result.decisions)
@@ -202,6 +224,10 @@ def _encode(result: InferenceResult, request: InferenceRequest) -> InferenceResp
         parameters={
             "samples": result.samples,
             "seed": result.seed,
+            "sampler": s.sampler.value,
+            "mc_error_probability": s.mc_error.probability,
+            **({"mc_error_mutual_information": s.mc_error.mutual_information}
+               if math.isfinite(s.mc_error.mutual_information) else {}),
             "model_sha256": m.weights.sha256,
             "ood_threshold": m.ood.threshold,
         },
@@ -222,10 +248,11 @@ async def _infer(name: str, request: InferenceRequest, dataplane: DataPlaneDep) 
             raise RequestRejected(f"outputs.{output}", "output requested more than once")
     columns = _columns(request, entry.manifest)
     rows = len(next(iter(columns.values())))
-    samples = dataplane.check_options(entry, rows, _parameter(request, "samples"), "parameters.samples", "inputs")
-    result = await dataplane.infer(
-        entry, columns, samples, _parameter(request, "seed"), lambda f, row: f"inputs.{f}[{row}]"
+    options = dataplane.options(
+        entry, rows, _parameter(request, "samples"), _parameter(request, "seed"), _sampler(request),
+        _tolerance(request), prefix="parameters.", rows_field="inputs",
     )
+    result = await dataplane.infer(entry, columns, options, lambda f, row: f"inputs.{f}[{row}]")
     return _encode(result, request)
 
 
