@@ -139,11 +139,12 @@ class MonteCarloEngine:
             return compute + self._weight_normals(samples) * self.cost.seconds_per_normal
         return 2 * compute + self._local_normals(rows, samples) * self.cost.seconds_per_normal
 
-    def choose(self, rows: int, samples: int, seed: int | None) -> Sampler:
-        """The bank when the call can use it (no seed or the bank's seed, S within the bank); otherwise the
-        cheaper of fresh and local by the cost model."""
+    def choose(self, rows: int, samples: int, seed: int | None, adaptive: bool = False) -> Sampler:
+        """The bank when the call can use it (no seed or the bank's seed, S within the bank, or any S for an
+        adaptive call, which the bank then caps); otherwise the cheaper of fresh and local by the cost model."""
         samples = self.model.num_samples(samples)
-        if self._bank is not None and samples <= self.bank_size and seed in (None, self.bank_seed):
+        fits = samples <= self.bank_size or adaptive
+        if self._bank is not None and fits and seed in (None, self.bank_seed):
             return Sampler.BANK
         if not self.lowrank or self.model.num_samples(2) != 2:
             return Sampler.FRESH
@@ -169,11 +170,11 @@ class MonteCarloEngine:
         return None
 
     def resolve(
-        self, sampler: Sampler, rows: int, samples: int, seed: int | None, fresh_seed: int
+        self, sampler: Sampler, rows: int, samples: int, seed: int | None, fresh_seed: int, adaptive: bool = False
     ) -> tuple[Sampler, int]:
         """The sampler a call will use and the seed that replays it (the bank's, the call's or ``fresh_seed``)."""
         if sampler is Sampler.AUTO:
-            sampler = self.choose(rows, samples, seed)
+            sampler = self.choose(rows, samples, seed, adaptive)
         if sampler is Sampler.BANK:
             return sampler, self.bank_seed
         return sampler, fresh_seed if seed is None else seed
@@ -255,7 +256,7 @@ class MonteCarloEngine:
             return self.run(x, max_samples, seed, sampler)
         chunk = max(8, chunk - chunk % 8)
         if sampler is Sampler.AUTO:
-            sampler = self.choose(x.shape[0], max_samples, seed)
+            sampler = self.choose(x.shape[0], max_samples, seed, adaptive=True)
         if sampler is Sampler.BANK:
             max_samples = min(max_samples, self.bank_size)
         generator = None

@@ -85,7 +85,9 @@ class DataPlane:
             # Adaptive requests stop by themselves: their cap is the server's maximum.
             samples = self.settings.max_samples if tolerance is not None else model.manifest.default_samples
         sampler = sampler or self.settings.sampler
-        if sampler is not Sampler.AUTO and (reason := engine.refuse(sampler, samples, seed)) is not None:
+        # An adaptive request may name the bank whatever its cap: the bank's size then caps it.
+        asked = min(samples, engine.bank_size) if tolerance is not None and sampler is Sampler.BANK else samples
+        if sampler is not Sampler.AUTO and (reason := engine.refuse(sampler, asked, seed)) is not None:
             raise RequestRejected(f"{prefix}sampler", reason)
         return InferenceOptions(samples=samples, seed=seed, sampler=sampler, tolerance=tolerance)
 

@@ -96,7 +96,7 @@ def compute(model: ServedModel, jobs: list[_Job], batch_seed: int) -> list[Score
     shared: dict[tuple[int, int], list[int]] = defaultdict(list)
     for index, job in enumerate(jobs):
         o = job.options
-        sampler, seed = engine.resolve(o.sampler, job.rows, o.samples, o.seed, batch_seed)
+        sampler, seed = engine.resolve(o.sampler, job.rows, o.samples, o.seed, batch_seed, o.tolerance is not None)
         x = torch.from_numpy(job.x).to(model.device)
         if o.tolerance is not None:
             results[index] = _scores(engine.run_adaptive(x, seed, o.tolerance, o.samples, sampler=sampler), seed)

@@ -179,3 +179,56 @@ async def test_unknown_model_is_404(
     assert response.status_code == 404
     message = response.json()["error" if path.startswith("/v2") else "detail"]
     assert "nope" in message
+
+
+async def test_samplers_are_reported_and_replay(asgi_client: httpx.AsyncClient, flchain_row: dict[str, Any]) -> None:
+    plain = await asgi_client.post(PREDICT, json={"instances": [flchain_row]})
+    assert plain.status_code == 200
+    assert plain.json()["sampler"] == "bank" and plain.json()["seed"] == 0  # unseeded: the frozen bank
+    for sampler in ("bank", "fresh", "local"):
+        body = {"instances": [flchain_row], "sampler": sampler, "samples": 256}
+        if sampler != "bank":
+            body["seed"] = 42
+        first = await asgi_client.post(PREDICT, json=body)
+        assert first.status_code == 200, first.text
+        answer = first.json()
+        assert answer["sampler"] == sampler and answer["samples"] == 256
+        assert answer["mc_error"]["probability"] > 0
+        replay = await asgi_client.post(PREDICT, json={**body, "seed": answer["seed"]})
+        assert replay.json() == answer
+
+
+async def test_auto_picks_local_for_one_seeded_row(asgi_client: httpx.AsyncClient, flchain_row: dict[str, Any]) -> None:
+    response = await asgi_client.post(PREDICT, json={"instances": [flchain_row], "seed": 5})
+    assert response.status_code == 200
+    assert response.json()["sampler"] == "local"
+
+
+async def test_adaptive_request_stops_at_its_tolerance(
+    asgi_client: httpx.AsyncClient, flchain_row: dict[str, Any]
+) -> None:
+    body = {"instances": [flchain_row], "tolerance": 0.01, "seed": 8, "sampler": "fresh", "samples": 2048}
+    response = await asgi_client.post(PREDICT, json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert 64 <= answer["samples"] < 2048
+    assert max(answer["mc_error"]["probability"], answer["mc_error"]["mutual_information"]) <= 0.01
+    assert (await asgi_client.post(PREDICT, json=body)).json() == answer
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"sampler": "bank", "seed": 7}, "sampler"),
+        ({"sampler": "bank", "samples": 1024}, "sampler"),
+        ({"sampler": "magic"}, "sampler"),
+        ({"tolerance": 0}, "tolerance"),
+        ({"tolerance": 1.5}, "tolerance"),
+    ],
+)
+async def test_bad_sampler_options_are_422(
+    asgi_client: httpx.AsyncClient, flchain_row: dict[str, Any], body: dict[str, Any], field: str
+) -> None:
+    response = await asgi_client.post(PREDICT, json={"instances": [flchain_row], **body})
+    assert response.status_code == 422, response.text
+    assert field in response.json()["detail"][0]["loc"]

@@ -108,6 +108,7 @@ async def test_infer_round_trip_matches_v1(
     body = response.json()
     assert body["model_name"] == "flchain-mortality" and body["model_version"] == "1" and body["id"] == "req-1"
     assert body["parameters"]["samples"] == 64 and body["parameters"]["seed"] == 5
+    assert body["parameters"]["sampler"] in {"fresh", "local"} and body["parameters"]["mc_error_probability"] > 0
     manifest = json.loads((model_repository / "flchain-mortality" / "manifest.json").read_text())
     assert body["parameters"]["model_sha256"] == manifest["weights"]["sha256"]
     assert body["parameters"]["ood_threshold"] == manifest["ood"]["threshold"]
@@ -203,3 +204,13 @@ async def test_openapi_lists_every_route_and_request_schema(asgi_client: httpx.A
     assert predict_body["$ref"].endswith("/PredictRequest")
     infer_body = paths["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert infer_body["$ref"].endswith("/InferenceRequest")
+
+
+async def test_infer_sampler_parameter_is_honoured(
+    asgi_client: httpx.AsyncClient, flchain_row: dict[str, Any], to_v2: V2Inputs
+) -> None:
+    for sampler in ("bank", "fresh", "local"):
+        parameters = {"sampler": sampler, "samples": 128, **({} if sampler == "bank" else {"seed": 3})}
+        response = await asgi_client.post(INFER, json={"inputs": to_v2([flchain_row]), "parameters": parameters})
+        assert response.status_code == 200, response.text
+        assert response.json()["parameters"]["sampler"] == sampler

@@ -1,0 +1,139 @@
+"""The Monte Carlo engine: fused paths equal the reference propagate, every sampler is exact, choices, adaptivity."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from app.bnn import BayesianMLP, LayerKind, NetworkSpec
+from app.bnn.engine import CostModel, MonteCarloEngine, Sampler, monte_carlo_error
+from app.bnn.predictive import Predictive, decompose, predict_with
+
+COST = CostModel(seconds_per_normal=7e-9, seconds_per_mac=5e-11)  # fixed, so choices do not depend on load
+
+
+def lowrank(hidden: int = 32, seed: int = 0, d: int = 5) -> BayesianMLP:
+    spec = NetworkSpec(in_features=d, hidden=[hidden, hidden], ranks=[4, 6, 1])
+    model = BayesianMLP(spec, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():  # wider posteriors than at initialisation, so sampling noise matters
+        for layer in model.layers:
+            for block in (layer.factor_a, layer.factor_b):
+                block.rho.add_(1.5)
+    return model.eval()
+
+
+def rows(n: int, d: int = 5, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("n", [1, 5, 16, 17, 300])
+def test_fused_lowrank_paths_equal_the_reference_propagate(n: int) -> None:
+    model = lowrank()
+    engine = MonteCarloEngine(model, bank_size=64, cost=COST)
+    x = rows(n)
+    with torch.no_grad():
+        reference = predict_with(model, x, engine._bank).probs  # noqa: SLF001 - the bank's own draws
+    result = engine.run(x, 64, None, Sampler.BANK)
+    torch.testing.assert_close(result.predictive.probs, reference, rtol=1e-5, atol=1e-6)
+    again = engine.run(x, 64, None, Sampler.BANK)
+    assert torch.equal(result.predictive.probs, again.predictive.probs), "the bank is bitwise reproducible"
+    assert result.seed == engine.bank_seed
+
+
+@pytest.mark.parametrize("sampler", [Sampler.BANK, Sampler.FRESH, Sampler.LOCAL])
+def test_every_sampler_agrees_with_a_long_reference_run(sampler: Sampler) -> None:
+    """Predictive mean and MI within their Monte Carlo error of a 40,000-sample reference (fixed seeds)."""
+    model = lowrank()
+    x = rows(3)
+    reference_engine = MonteCarloEngine(model, bank_size=0, cost=COST)
+    reference = decompose(reference_engine.run(x, 40_000, 123, Sampler.FRESH).predictive)
+    reference_mean = reference_engine.run(x, 40_000, 123, Sampler.FRESH).predictive.mean
+    engine = MonteCarloEngine(model, bank_size=4096, bank_seed=7, cost=COST)
+    result = engine.run(x, 4096, None if sampler is Sampler.BANK else 5, sampler)
+    u = decompose(result.predictive)
+    probs = result.predictive.probs[..., 1]  # (S, N)
+    se_p = probs.std(0) / math.sqrt(probs.shape[0])
+    assert ((result.predictive.mean[:, 1] - reference_mean[:, 1]).abs() <= 4 * se_p + 1e-4).all()
+    se_mi = result.mc_error.mutual_information
+    assert ((u.epistemic - reference.epistemic).abs() <= 4 * se_mi + 2e-3).all(), (u.epistemic, reference.epistemic)
+
+
+def test_seeded_samplers_replay_and_differ_by_seed() -> None:
+    engine = MonteCarloEngine(lowrank(), bank_size=0, cost=COST)
+    x = rows(4)
+    for sampler in (Sampler.FRESH, Sampler.LOCAL):
+        a = engine.run(x, 128, 9, sampler).predictive.probs
+        assert torch.equal(a, engine.run(x, 128, 9, sampler).predictive.probs)
+        assert not torch.equal(a, engine.run(x, 128, 10, sampler).predictive.probs)
+
+
+def test_global_rng_untouched() -> None:
+    engine = MonteCarloEngine(lowrank(), bank_size=32, cost=COST)
+    state = torch.random.get_rng_state()
+    for sampler in (Sampler.BANK, Sampler.FRESH, Sampler.LOCAL):
+        engine.run(rows(2), 32, None if sampler is Sampler.BANK else 1, sampler)
+    engine.run_adaptive(rows(2), 3, 0.01, 256)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_cost_model_choices() -> None:
+    engine = MonteCarloEngine(lowrank(hidden=128, d=9), bank_size=512, cost=COST)
+    assert engine.choose(1, 512, None) is Sampler.BANK
+    assert engine.choose(1, 512, engine.bank_seed) is Sampler.BANK
+    assert engine.choose(1, 512, 5) is Sampler.LOCAL  # a fresh seed, one row: r + m normals per row win
+    assert engine.choose(1024, 512, 5) is Sampler.FRESH  # many rows: one weight draw shared by all wins
+    assert engine.choose(1, 1024, None) is not Sampler.BANK  # more than the bank holds
+    assert engine.estimate(Sampler.BANK, 1, 512) < engine.estimate(Sampler.FRESH, 1, 512)
+
+
+def test_refusals_name_the_reason() -> None:
+    engine = MonteCarloEngine(lowrank(), bank_size=64, bank_seed=3, cost=COST)
+    assert "holds 64" in engine.refuse(Sampler.BANK, 65, None)
+    assert "seed 3" in engine.refuse(Sampler.BANK, 8, 4)
+    assert engine.refuse(Sampler.BANK, 8, 3) is None
+    ensemble = BayesianMLP(NetworkSpec(in_features=5, hidden=[8], kind=LayerKind.ENSEMBLE),
+                           generator=torch.Generator().manual_seed(0))
+    other = MonteCarloEngine(ensemble, bank_size=0, cost=COST)
+    assert "lowrank" in other.refuse(Sampler.LOCAL, 8, 1)
+    assert "no frozen bank" in other.refuse(Sampler.BANK, 8, None)
+    with pytest.raises(ValueError, match="needs a seed"):
+        engine.run(rows(1), 8, None, Sampler.FRESH)
+
+
+@pytest.mark.parametrize("kind", [LayerKind.FULLRANK, LayerKind.RANK1, LayerKind.MCDROPOUT, LayerKind.ENSEMBLE,
+                                  LayerKind.DETERMINISTIC])
+def test_other_kinds_run_through_the_generic_path(kind: LayerKind) -> None:
+    model = BayesianMLP(NetworkSpec(in_features=5, hidden=[8], kind=kind), generator=torch.Generator().manual_seed(0))
+    engine = MonteCarloEngine(model, bank_size=32, cost=COST)
+    x = rows(6)
+    bank = engine.run(x, 32, None)
+    with torch.no_grad():
+        torch.testing.assert_close(bank.predictive.probs, predict_with(model, x, engine._bank).probs)  # noqa: SLF001
+    fresh = engine.run(x, 32, 4, Sampler.FRESH)
+    assert fresh.predictive.samples == model.num_samples(32)
+    assert engine.choose(6, 32, 4) is Sampler.FRESH
+
+
+def test_adaptive_stops_at_the_tolerance_and_replays() -> None:
+    engine = MonteCarloEngine(lowrank(), bank_size=0, cost=COST)
+    x = rows(2)
+    loose = engine.run_adaptive(x, 11, 0.02, 4096, chunk=64)
+    assert loose.predictive.samples < 4096
+    assert max(loose.mc_error.probability, loose.mc_error.mutual_information) <= 0.02
+    assert torch.equal(loose.predictive.probs, engine.run_adaptive(x, 11, 0.02, 4096, chunk=64).predictive.probs)
+    strict = engine.run_adaptive(x, 11, 1e-6, 256, chunk=64)
+    assert strict.predictive.samples == 256
+    banked = MonteCarloEngine(lowrank(), bank_size=512, cost=COST).run_adaptive(x, None, 1e-6, 4096)
+    assert banked.predictive.samples == 512 and banked.sampler is Sampler.BANK  # capped by the bank
+
+
+def test_monte_carlo_error_of_known_spread() -> None:
+    generator = torch.Generator().manual_seed(0)
+    p = torch.rand(1600, 1, generator=generator) * 0.2 + 0.4  # uniform on [0.4, 0.6]: std 0.2/sqrt(12)
+    probs = torch.stack([1 - p, p], dim=-1)
+    error = monte_carlo_error(Predictive(probs))
+    assert error.probability == pytest.approx(0.2 / math.sqrt(12) / 40, rel=0.1)
+    assert math.isnan(monte_carlo_error(Predictive(probs[:8])).mutual_information)
+    assert monte_carlo_error(Predictive(probs[:1])).probability == 0.0
