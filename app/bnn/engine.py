@@ -20,6 +20,7 @@ import math
 import time
 from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -29,7 +30,9 @@ from app.bnn.network import BayesianMLP, LayerKind
 from app.bnn.predictive import Predictive, class_probabilities, entropy, predict_with
 
 ROW_MAJOR_MAX_ROWS = 16  # measured crossover between the two low-rank layouts on 2 CPU cores
-FEATURE_MAJOR_SAMPLE_CHUNK = 16  # keeps (chunk, 128, 1024) activations in a 32 MiB L3; measured best
+# Feature-major path: samples per chunk so one (chunk, width, N) activation holds about this many floats
+# (8 MiB: well inside a 32 MiB L3; 16 samples for the bundled model at N = 1024, measured best).
+FEATURE_MAJOR_CHUNK_FLOATS = 1 << 21
 
 
 class Sampler(str, Enum):
@@ -48,12 +51,16 @@ class MonteCarloError:
     mutual_information: float
 
 
-@dataclass(frozen=True)
+@dataclass
 class EngineResult:
     predictive: Predictive
     sampler: Sampler
     seed: int
-    mc_error: MonteCarloError
+
+    @cached_property
+    def mc_error(self) -> MonteCarloError:
+        """Computed on first use (it costs another pass over the samples' entropies)."""
+        return monte_carlo_error(self.predictive)
 
 
 @dataclass(frozen=True)
@@ -184,7 +191,7 @@ class MonteCarloEngine:
     def evaluate(self, x: Tensor, weights: list) -> EngineResult:
         """x: (N, d) through a draw from ``model.sample`` shared with other calls (seed set by the caller)."""
         predictive = Predictive(self._propagate(x, weights))
-        return EngineResult(predictive, Sampler.FRESH, -1, monte_carlo_error(predictive))
+        return EngineResult(predictive, Sampler.FRESH, -1)
 
     @torch.no_grad()
     def run(self, x: Tensor, samples: int, seed: int | None, sampler: Sampler = Sampler.AUTO) -> EngineResult:
@@ -206,7 +213,7 @@ class MonteCarloEngine:
             else:
                 probs = self._local(x, samples, generator)
         predictive = Predictive(probs)
-        return EngineResult(predictive, sampler, seed, monte_carlo_error(predictive))
+        return EngineResult(predictive, sampler, seed)
 
     def _propagate(self, x: Tensor, weights: list, layout: list | None = None) -> Tensor:
         """x: (N, d) through drawn weights (and their feature-major layout, if at hand) -> probs (S, N, C)."""
@@ -216,7 +223,9 @@ class MonteCarloEngine:
             logits = _lowrank_row_major(x, weights, self.model)
         else:
             layout = layout if layout is not None else feature_major(weights)
-            logits = _lowrank_feature_major(x, layout, FEATURE_MAJOR_SAMPLE_CHUNK, self.model)
+            widest = max(m for _, m in self.model.spec.layer_shapes())
+            chunk = max(1, FEATURE_MAJOR_CHUNK_FLOATS // (widest * x.shape[0]))
+            logits = _lowrank_feature_major(x, layout, chunk, self.model)
         return class_probabilities(logits, self.model.spec.likelihood)
 
     def _local(self, x: Tensor, samples: int, generator: torch.Generator) -> Tensor:
@@ -281,8 +290,7 @@ class MonteCarloEngine:
             if max(error.probability, error.mutual_information) <= tolerance:
                 break
         predictive = Predictive(torch.cat(parts))
-        return EngineResult(predictive, sampler, self.bank_seed if sampler is Sampler.BANK else seed,
-                            monte_carlo_error(predictive))  # type: ignore[arg-type]
+        return EngineResult(predictive, sampler, self.bank_seed if sampler is Sampler.BANK else seed)  # type: ignore[arg-type]
 
 
 def _slice(weights: list | None, start: int, stop: int) -> list | None:
