@@ -152,11 +152,11 @@ def main() -> None:
                                    ranks=[16, 16, 2]), generator=torch.Generator().manual_seed(0))
     results = bench_network("bundled 9→128→128→1 (ranks 9/15/1)", bundled, sizes, samples_list, device, peak)
     results += bench_network("wide 256→512→512→2 (ranks 16/16/2)", wide, sizes, samples_list, device, peak)
-    try:
-        import bayesian_torch  # noqa: F401
+    from importlib import metadata
 
-        bt_version = "bayesian-torch installed"
-    except ImportError:
+    try:
+        bt_version = f"bayesian-torch {metadata.version('bayesian-torch')}"
+    except metadata.PackageNotFoundError:
         bt_version = "bayesian-torch not installed (its rows are missing)"
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, device {device}"
                + (f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else "")

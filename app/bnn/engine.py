@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from functools import cached_property
@@ -73,18 +74,17 @@ class CostModel:
     @classmethod
     def measure(cls, device: torch.device) -> CostModel:
         g = torch.Generator(device=device).manual_seed(0)
-        noise = lambda: torch.randn(1 << 20, generator=g, device=device)  # noqa: E731
         a = torch.randn(256, 256, device=device)
-        gemm = lambda: a @ a  # noqa: E731
-        return cls(_timed(noise) / (1 << 20), _timed(gemm) / 256**3)
+        noise_seconds = _timed(lambda: torch.randn(1 << 20, generator=g, device=device))
+        return cls(noise_seconds / (1 << 20), _timed(lambda: a @ a) / 256**3)
 
 
-def _timed(fn: object, repeats: int = 5) -> float:
-    fn()  # type: ignore[operator]
+def _timed(fn: Callable[[], object], repeats: int = 5) -> float:
+    fn()
     _sync()
     start = time.perf_counter()
     for _ in range(repeats):
-        fn()  # type: ignore[operator]
+        fn()
     _sync()
     return (time.perf_counter() - start) / repeats
 
