@@ -37,6 +37,15 @@ class _PointLinear(_StochasticLinear):
         self.weight.normal_(0.0, std, generator=generator)
         self.bias.zero_()
 
+    def sample(self, samples: int, generator: torch.Generator | None = None) -> LayerSample:
+        """The point estimates themselves: weight (M, m, n), bias (M, m); nothing is drawn."""
+        self._check_samples(samples)
+        return self.weight, self.bias
+
+    def propagate(self, x: Tensor, weights: LayerSample) -> Tensor:
+        weight, bias = weights
+        return BF.batched_linear(x, weight, bias)
+
 
 class DeterministicLinear(_PointLinear):
     """``y = x Wᵀ + b`` with one point estimate: the predictive has a single member (no epistemic term).
@@ -50,13 +59,6 @@ class DeterministicLinear(_PointLinear):
     def __init__(self, in_features: int, out_features: int, **kwargs: object) -> None:
         super().__init__(in_features, out_features, members=1, **kwargs)  # type: ignore[arg-type]
 
-    def sample(self, samples: int, generator: torch.Generator | None = None) -> LayerSample:
-        self._check_samples(samples)
-        return self.weight, self.bias
-
-    def propagate(self, x: Tensor, weights: LayerSample) -> Tensor:
-        weight, bias = weights
-        return BF.batched_linear(x, weight, bias)
 
 
 class EnsembleLinear(_PointLinear):
@@ -74,13 +76,6 @@ class EnsembleLinear(_PointLinear):
         super().__init__(in_features, out_features, members=members, **kwargs)  # type: ignore[arg-type]
         self.fixed_samples = members
 
-    def sample(self, samples: int, generator: torch.Generator | None = None) -> LayerSample:
-        self._check_samples(samples)
-        return self.weight, self.bias
-
-    def propagate(self, x: Tensor, weights: LayerSample) -> Tensor:
-        weight, bias = weights
-        return BF.batched_linear(x, weight, bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, members={self.members}"

@@ -21,13 +21,14 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.device import resolve_device
 from app.errors import SchemaError
 from app.serve.api import ops, v1, v2
 from app.serve.dataplane import DataPlane
 from app.serve.engine import BatchingEngine
 from app.serve.errors import ModelNotFound, ModelNotReady, RequestRejected
 from app.serve.metrics import ServiceMetrics
-from app.serve.repository import ModelRepository, resolve_device
+from app.serve.repository import ModelRepository
 from app.serve.settings import Settings
 
 log = logging.getLogger("sbnn.serve")

@@ -47,15 +47,6 @@ class ServedModel:
         return self.checkpoint.manifest
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{name}' requested but CUDA is not available")
-    return device
-
-
 def typical_row(manifest: Manifest) -> dict[str, list[object]]:
     """A one-row record at the training medians and first categories (used for warm-up)."""
     columns: dict[str, list[object]] = {t.name: [t.impute] for t in manifest.preprocessing.numeric}

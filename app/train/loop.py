@@ -19,6 +19,7 @@ from app.bnn.init import InitSpec
 from app.bnn.network import BayesianMLP, LayerKind, Likelihood, NetworkSpec, default_ranks
 from app.bnn.predictive import predict
 from app.bnn.priors import PriorSpec
+from app.device import resolve_device
 from app.train.config import ClassWeight, TrainConfig
 
 
@@ -42,16 +43,6 @@ class TrainResult:
     duration_seconds: float
     device: str
     history: list[EpochLog] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' → CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{name}' requested but CUDA is not available")
-    return device
 
 
 def build_spec(config: TrainConfig, in_features: int, classes: int) -> NetworkSpec:
