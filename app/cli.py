@@ -231,6 +231,30 @@ def info(
     console.print(table)
 
 
+@app.command("export-onnx")
+def export_onnx_command(
+    model_dir: Annotated[Path, typer.Argument(help="Checkpoint folder.")],
+    samples: Annotated[int | None, typer.Option(help="Weight samples in the graph (default: the manifest's).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the frozen bank (the server's default bank seed is 0).")] = 0,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    tolerance: Annotated[float, typer.Option(help="Largest |onnxruntime − torch| accepted.")] = 1e-4,
+) -> None:
+    """Export the Monte Carlo predictive (frozen bank) to model.onnx, validated against torch."""
+    from app.checkpoint.io import load_checkpoint
+    from app.checkpoint.onnx_export import export_onnx
+
+    try:
+        report = export_onnx(load_checkpoint(model_dir), samples=samples, seed=seed, opset=opset, tolerance=tolerance)
+    except SbnnError as exc:
+        _fail(exc)
+    info = report.info
+    console.print(
+        f"wrote [bold]{report.path}[/] ({info.bytes / 1e6:.1f} MB, opset {info.opset}, bank of {info.samples} "
+        f"samples, seed {info.bank_seed}); onnxruntime {info.onnxruntime_version} matches torch within "
+        f"{info.max_abs_diff:.2g} (tolerance {info.tolerance:g})"
+    )
+
+
 @app.command()
 def serve(
     models: Annotated[

@@ -165,3 +165,20 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
     model.load_state_dict(tensors, strict=True)
     model.eval()
     return Checkpoint(path=folder, manifest=manifest, model=model)
+
+
+def read_onnx(folder: str | Path, manifest: Manifest) -> bytes:
+    """The verified bytes of the checkpoint's exported ONNX graph (size and sha256 against the manifest)."""
+    folder = Path(folder)
+    if manifest.onnx is None:
+        raise CheckpointError(str(folder / MANIFEST_FILE), "no ONNX export recorded (run `sbnn export-onnx`)")
+    name = manifest.onnx.file
+    if Path(name).name != name or not name.endswith(".onnx"):
+        raise CheckpointError(str(folder / MANIFEST_FILE), f"onnx.file must be a plain .onnx file name, got {name!r}")
+    path = folder / name
+    if not path.is_file():
+        raise CheckpointError(str(path), "ONNX file is missing")
+    data = path.read_bytes()
+    if len(data) != manifest.onnx.bytes or sha256_bytes(data) != manifest.onnx.sha256:
+        raise CheckpointError(str(path), "size or sha256 differs from the manifest's onnx record (modified)")
+    return data

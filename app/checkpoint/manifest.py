@@ -80,6 +80,21 @@ class TrainingInfo(_Strict):
     sbnn_version: str
 
 
+class OnnxInfo(_Strict):
+    """The exported ONNX predictive (``sbnn export-onnx``), validated against torch when it was written."""
+
+    file: str = "model.onnx"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=1)
+    opset: int = Field(ge=13)
+    sampler: Literal["bank"] = "bank"
+    samples: int = Field(ge=1)
+    bank_seed: int
+    tolerance: float = Field(gt=0.0)
+    max_abs_diff: float = Field(ge=0.0, description="Largest |onnxruntime − torch| over the reference inputs.")
+    onnxruntime_version: str
+
+
 class Manifest(_Strict):
     format: Literal["sbnn-checkpoint"] = FORMAT_NAME
     format_version: int
@@ -99,6 +114,7 @@ class Manifest(_Strict):
     data: DataProvenance
     metrics: dict[str, Any] = Field(default_factory=dict, description="Written by `sbnn evaluate`.")
     weights: WeightsInfo
+    onnx: OnnxInfo | None = Field(None, description="Written by `sbnn export-onnx`.")
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

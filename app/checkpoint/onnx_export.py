@@ -1,0 +1,119 @@
+"""Export a checkpoint's Monte Carlo predictive to ONNX, with the frozen bank of weight samples as constants.
+
+The graph maps preprocessed rows x: (N, d) to the whole S-sample predictive summary: mean probabilities
+(N, C), total entropy, aleatoric, mutual information and the std of the predicted class's probability (N,),
+exactly what the torch engine's ``bank`` sampler computes. It is bitwise-stable (no random numbers) and is
+validated against torch on export. The sampling graph (fresh noise as an input) is not built yet.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from app.bnn.network import BayesianMLP
+from app.bnn.predictive import Predictive, class_probabilities, decompose
+from app.checkpoint.io import Checkpoint, sha256_bytes, write_manifest
+from app.checkpoint.manifest import OnnxInfo
+from app.errors import CheckpointError
+
+ONNX_FILE = "model.onnx"
+OUTPUTS = ["probabilities", "total_entropy", "aleatoric", "mutual_information", "predictive_std"]
+TINY = 1e-30  # log(0) guard: p·log(max(p, TINY)) is 0 at p = 0, as xlogy is
+
+
+class BankPredictive(nn.Module):
+    """x: (N, d) -> (mean probs (N, C), total, aleatoric, mutual information, std (N,)) over a fixed bank."""
+
+    def __init__(self, model: BayesianMLP, bank: list) -> None:
+        super().__init__()
+        self.model = model
+        self.shapes = [len(layer) for layer in bank]
+        self.flat = nn.ParameterList()  # constants of the graph; None entries (no mask) stay None
+        self.present: list[list[bool]] = []
+        for layer in bank:
+            self.present.append([t is not None for t in layer])
+            for t in layer:
+                if t is not None:
+                    self.flat.append(nn.Parameter(t.detach().clone(), requires_grad=False))
+
+    def _bank(self) -> list:
+        out, k = [], 0
+        for present in self.present:
+            layer = []
+            for has in present:
+                layer.append(self.flat[k] if has else None)
+                k += has
+            out.append(tuple(layer))
+        return out
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        probs = class_probabilities(self.model.propagate(x, self._bank()), self.model.spec.likelihood)  # (S, N, C)
+        mean = probs.mean(0)
+        total = -(mean * torch.log(mean.clamp_min(TINY))).sum(-1)
+        aleatoric = -(probs * torch.log(probs.clamp_min(TINY))).sum(-1).mean(0)
+        mutual_information = torch.relu(total - aleatoric)
+        onehot = nn.functional.one_hot(mean.argmax(-1), mean.shape[-1]).to(probs.dtype)  # (N, C)
+        chosen = (probs * onehot).sum(-1)  # (S, N)
+        std = (chosen - chosen.mean(0)).square().mean(0).sqrt()
+        return mean, total, aleatoric, mutual_information, std
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    path: Path
+    info: OnnxInfo
+
+
+def reference_inputs(checkpoint: Checkpoint, rows: int = 64, seed: int = 0) -> np.ndarray:
+    """Rows to validate on: the training medians plus standard-normal preprocessed rows (N, d) float32."""
+    from app.serve.repository import typical_row  # a pure helper; keeps one definition of the typical row
+
+    typical = checkpoint.manifest.preprocessing.transform(typical_row(checkpoint.manifest))
+    noise = np.random.default_rng(seed).standard_normal((rows - 1, typical.shape[1])).astype(np.float32)
+    return np.concatenate([typical, noise])
+
+
+@torch.no_grad()
+def export_onnx(checkpoint: Checkpoint, samples: int | None = None, seed: int = 0, opset: int = 17,
+                tolerance: float = 1e-4) -> ExportReport:
+    """Write ``model.onnx`` (bank of ``samples`` draws from ``seed``) into the checkpoint folder, validate it
+    with onnxruntime against torch on reference inputs, and record it in the manifest. Raises
+    CheckpointError when the two disagree by more than ``tolerance``."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise CheckpointError(str(checkpoint.path), "onnxruntime is needed: pip install 'sbnn[onnx]'") from exc
+    model = checkpoint.model.to("cpu").eval()
+    samples = model.num_samples(samples or checkpoint.manifest.default_samples)
+    bank = model.sample(samples, torch.Generator().manual_seed(seed))
+    wrapper = BankPredictive(model, bank).eval()
+    d = model.spec.in_features
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        wrapper, (torch.zeros(1, d),), buffer, dynamo=False, opset_version=opset, input_names=["x"],
+        output_names=OUTPUTS, dynamic_axes={"x": {0: "rows"}, **{name: {0: "rows"} for name in OUTPUTS}},
+    )
+    data = buffer.getvalue()
+    x = reference_inputs(checkpoint)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    onnx_out = session.run(OUTPUTS, {"x": x})
+    predictive = Predictive(class_probabilities(model.propagate(torch.from_numpy(x), bank), model.spec.likelihood))
+    u = decompose(predictive)
+    torch_out = [predictive.mean, u.total, u.aleatoric, u.epistemic, u.std]
+    worst = max(float(np.abs(a - b.numpy()).max()) for a, b in zip(onnx_out, torch_out, strict=True))
+    if not worst <= tolerance:
+        raise CheckpointError(str(checkpoint.path / ONNX_FILE),
+                              f"onnxruntime and torch differ by {worst:.3g} > tolerance {tolerance:g}; not written")
+    path = checkpoint.path / ONNX_FILE
+    path.write_bytes(data)
+    info = OnnxInfo(file=ONNX_FILE, sha256=sha256_bytes(data), bytes=len(data), opset=opset, sampler="bank",
+                    samples=samples, bank_seed=seed, tolerance=tolerance, max_abs_diff=worst,
+                    onnxruntime_version=ort.__version__)
+    write_manifest(checkpoint.path, checkpoint.manifest.model_copy(update={"onnx": info}))
+    return ExportReport(path=path, info=info)
