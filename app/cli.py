@@ -13,8 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from app.bnn.network import LayerKind
-from app.bnn.priors import PriorKind
+from app.bnn.spec import LayerKind, PriorKind
 from app.errors import SbnnError
 from app.train.config import ClassWeight
 

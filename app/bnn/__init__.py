@@ -1,63 +1,50 @@
 """Singular (low-rank) Bayesian layers, baselines, networks and the predictive.
 
-Dimensions: S samples, N rows, n in, m out, r rank, C classes.
+Dimensions: S samples, N rows, n in, m out, r rank, C classes. Names are imported on first use, so that
+``app.bnn.spec`` (pydantic only) can be read without importing torch.
 """
 
-from app.bnn.fullrank import BayesLinear
-from app.bnn.gaussian import MeanFieldGaussian
-from app.bnn.init import InitSpec, Reference
-from app.bnn.lowrank import LowRankBayesLinear
-from app.bnn.network import (
-    Activation,
-    BayesianMLP,
-    LayerKind,
-    Likelihood,
-    NetworkSpec,
-    default_ranks,
-    parameter_count,
-)
-from app.bnn.pointestimate import DeterministicLinear, EnsembleLinear, MCDropoutLinear
-from app.bnn.predictive import (
-    Predictive,
-    RegressionSummary,
-    Uncertainty,
-    class_probabilities,
-    decompose,
-    entropy,
-    predict,
-    regression_summary,
-)
-from app.bnn.priors import GaussianPrior, PriorKind, PriorSpec, ScaleMixturePrior, kl_quadrature
-from app.bnn.rank1 import Rank1BayesLinear
+from __future__ import annotations
 
-__all__ = [
-    "Activation",
-    "BayesLinear",
-    "BayesianMLP",
-    "DeterministicLinear",
-    "EnsembleLinear",
-    "GaussianPrior",
-    "InitSpec",
-    "LayerKind",
-    "Likelihood",
-    "LowRankBayesLinear",
-    "MCDropoutLinear",
-    "MeanFieldGaussian",
-    "NetworkSpec",
-    "Predictive",
-    "PriorKind",
-    "PriorSpec",
-    "Rank1BayesLinear",
-    "Reference",
-    "RegressionSummary",
-    "ScaleMixturePrior",
-    "Uncertainty",
-    "class_probabilities",
-    "decompose",
-    "default_ranks",
-    "entropy",
-    "kl_quadrature",
-    "parameter_count",
-    "predict",
-    "regression_summary",
-]
+import importlib
+from typing import Any
+
+_HOMES = {
+    "Activation": "app.bnn.spec",
+    "BayesLinear": "app.bnn.fullrank",
+    "BayesianMLP": "app.bnn.network",
+    "DeterministicLinear": "app.bnn.pointestimate",
+    "EnsembleLinear": "app.bnn.pointestimate",
+    "GaussianPrior": "app.bnn.priors",
+    "InitSpec": "app.bnn.init",
+    "LayerKind": "app.bnn.spec",
+    "Likelihood": "app.bnn.spec",
+    "LowRankBayesLinear": "app.bnn.lowrank",
+    "MCDropoutLinear": "app.bnn.pointestimate",
+    "MeanFieldGaussian": "app.bnn.gaussian",
+    "NetworkSpec": "app.bnn.spec",
+    "Predictive": "app.bnn.predictive",
+    "PriorKind": "app.bnn.spec",
+    "PriorSpec": "app.bnn.spec",
+    "Rank1BayesLinear": "app.bnn.rank1",
+    "Reference": "app.bnn.init",
+    "RegressionSummary": "app.bnn.predictive",
+    "ScaleMixturePrior": "app.bnn.priors",
+    "Uncertainty": "app.bnn.predictive",
+    "class_probabilities": "app.bnn.predictive",
+    "decompose": "app.bnn.predictive",
+    "default_ranks": "app.bnn.spec",
+    "entropy": "app.bnn.predictive",
+    "kl_quadrature": "app.bnn.priors",
+    "parameter_count": "app.bnn.network",
+    "predict": "app.bnn.predictive",
+    "regression_summary": "app.bnn.predictive",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)

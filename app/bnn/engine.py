@@ -20,7 +20,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 from functools import cached_property
 
 import torch
@@ -29,18 +28,12 @@ from torch import Tensor
 from app.bnn.lowrank import LowRankBayesLinear
 from app.bnn.network import BayesianMLP, LayerKind
 from app.bnn.predictive import Predictive, class_probabilities, entropy, predict_with
+from app.bnn.spec import Sampler
 
 ROW_MAJOR_MAX_ROWS = 16  # measured crossover between the two low-rank layouts on 2 CPU cores
 # Feature-major path: samples per chunk so one (chunk, width, N) activation holds about this many floats
 # (8 MiB: well inside a 32 MiB L3; 16 samples for the bundled model at N = 1024, measured best).
 FEATURE_MAJOR_CHUNK_FLOATS = 1 << 21
-
-
-class Sampler(str, Enum):
-    AUTO = "auto"
-    BANK = "bank"
-    FRESH = "fresh"
-    LOCAL = "local"
 
 
 @dataclass(frozen=True)

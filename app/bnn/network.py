@@ -2,103 +2,22 @@
 
 from __future__ import annotations
 
-from enum import Enum
-
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from app.bnn._base import LayerSample, _StochasticLinear
 from app.bnn.fullrank import BayesLinear
-from app.bnn.init import InitSpec
 from app.bnn.lowrank import LowRankBayesLinear
 from app.bnn.pointestimate import DeterministicLinear, EnsembleLinear, MCDropoutLinear
-from app.bnn.priors import PriorSpec
 from app.bnn.rank1 import Rank1BayesLinear
-
-
-class LayerKind(str, Enum):
-    LOWRANK = "lowrank"
-    FULLRANK = "fullrank"
-    RANK1 = "rank1"
-    DETERMINISTIC = "deterministic"
-    MCDROPOUT = "mcdropout"
-    ENSEMBLE = "ensemble"
-
-
-class Activation(str, Enum):
-    RELU = "relu"
-    TANH = "tanh"
-    GELU = "gelu"
-
-
-class Likelihood(str, Enum):
-    BERNOULLI = "bernoulli"  # one logit, two classes
-    CATEGORICAL = "categorical"  # one logit per class
-
-
-BAYESIAN_KINDS = frozenset({LayerKind.LOWRANK, LayerKind.FULLRANK, LayerKind.RANK1})
-
-
-class NetworkSpec(BaseModel):
-    """Everything needed to rebuild a network; saved whole in the checkpoint manifest.
-
-    The default is the paper's clinical MLP: d → 128 → 128 → 1, ReLU, rank 15 in the hidden layers and
-    rank 1 at the output (a requested rank is capped at min(m, n) of its layer).
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    in_features: int = Field(ge=1)
-    hidden: list[int] = Field(default_factory=lambda: [128, 128])
-    out_features: int = Field(1, ge=1)
-    kind: LayerKind = LayerKind.LOWRANK
-    ranks: list[int] | None = Field(None, description="Rank per layer (lowrank only); None: 15 hidden, 1 out.")
-    activation: Activation = Activation.RELU
-    likelihood: Likelihood = Likelihood.BERNOULLI
-    prior: PriorSpec = Field(default_factory=PriorSpec)
-    init: InitSpec = Field(default_factory=InitSpec)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="MC dropout rate on hidden layers' inputs.")
-    members: int = Field(5, ge=2, le=64, description="Ensemble members.")
-
-    @model_validator(mode="after")
-    def _check(self) -> NetworkSpec:
-        if any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden sizes must be ≥ 1, got {self.hidden}")
-        if self.likelihood is Likelihood.BERNOULLI and self.out_features != 1:
-            raise ValueError("a bernoulli likelihood needs out_features = 1")
-        if self.likelihood is Likelihood.CATEGORICAL and self.out_features < 2:
-            raise ValueError("a categorical likelihood needs out_features ≥ 2")
-        if self.ranks is not None:
-            if self.kind is not LayerKind.LOWRANK:
-                raise ValueError(f"ranks apply to kind 'lowrank' only, not '{self.kind.value}'")
-            shapes = self.layer_shapes()
-            if len(self.ranks) != len(shapes):
-                raise ValueError(f"ranks needs one entry per layer ({len(shapes)}), got {len(self.ranks)}")
-            for i, (rank, (n, m)) in enumerate(zip(self.ranks, shapes, strict=True)):
-                if not 1 <= rank <= min(n, m):
-                    raise ValueError(f"ranks[{i}] must be in [1, {min(n, m)}] for a {n}→{m} layer, got {rank}")
-        return self
-
-    def layer_shapes(self) -> list[tuple[int, int]]:
-        """(in, out) of every linear layer."""
-        sizes = [self.in_features, *self.hidden, self.out_features]
-        return list(zip(sizes[:-1], sizes[1:], strict=True))
-
-    def layer_ranks(self) -> list[int | None]:
-        """The rank of every layer (None for kinds without one)."""
-        if self.kind is not LayerKind.LOWRANK:
-            return [None] * len(self.layer_shapes())
-        if self.ranks is not None:
-            return list(self.ranks)
-        return default_ranks(self.layer_shapes())
-
-
-def default_ranks(shapes: list[tuple[int, int]], hidden_rank: int = 15, output_rank: int = 1) -> list[int]:
-    """The paper's ranks (15 hidden, 1 at the output), each capped at min(n, m) of its layer."""
-    ranks = [hidden_rank] * (len(shapes) - 1) + [output_rank]
-    return [min(r, n, m) for r, (n, m) in zip(ranks, shapes, strict=True)]
-
+from app.bnn.spec import (  # noqa: F401 - re-exported: the specs' historical home
+    BAYESIAN_KINDS,
+    Activation,
+    LayerKind,
+    Likelihood,
+    NetworkSpec,
+    default_ranks,
+)
 
 _ACTIVATIONS: dict[Activation, type[nn.Module]] = {
     Activation.RELU: nn.ReLU,

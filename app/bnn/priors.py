@@ -9,37 +9,14 @@ quadrature, for tests and bound reports.
 from __future__ import annotations
 
 import math
-from enum import Enum
 from typing import Protocol
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from app.bnn import functional as BF
-
-
-class PriorKind(str, Enum):
-    MIXTURE = "mixture"
-    GAUSSIAN = "gaussian"
-
-
-class PriorSpec(BaseModel):
-    """Serializable description of a prior; ``build()`` returns the prior object."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: PriorKind = PriorKind.MIXTURE
-    pi: float = Field(0.5, gt=0.0, lt=1.0, description="Weight of the wide component (mixture).")
-    sigma1: float = Field(1.0, gt=0.0, description="Std dev of the wide component (mixture).")
-    sigma2: float = Field(math.exp(-6.0), gt=0.0, description="Std dev of the narrow component (mixture).")
-    sigma: float = Field(1.0, gt=0.0, description="Std dev of the Gaussian prior.")
-
-    def build(self) -> Prior:
-        if self.kind is PriorKind.MIXTURE:
-            return ScaleMixturePrior(self.pi, self.sigma1, self.sigma2)
-        return GaussianPrior(self.sigma)
+from app.bnn.spec import PriorKind, PriorSpec  # noqa: F401 - re-exported
 
 
 class Prior(Protocol):

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.bnn.network import LayerKind, NetworkSpec
+from app.bnn.spec import LayerKind, NetworkSpec
 from app.data.dataset import DataProvenance
 from app.data.preprocess import Preprocessing
 from app.data.schema import FeatureSpec

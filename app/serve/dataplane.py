@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.bnn.engine import Sampler
+from app.bnn.spec import Sampler
 from app.checkpoint.manifest import Manifest
 from app.serve.drift import DriftMonitor
 from app.serve.engine import BatchingEngine, InferenceOptions, Scores

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.bnn.engine import Sampler
+from app.bnn.spec import Sampler
 
 
 class Settings(BaseSettings):

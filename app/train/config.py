@@ -7,8 +7,7 @@ from enum import Enum
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.bnn.init import Reference
-from app.bnn.network import Activation, LayerKind
-from app.bnn.priors import PriorKind
+from app.bnn.spec import Activation, LayerKind, PriorKind
 
 
 class ClassWeight(str, Enum):

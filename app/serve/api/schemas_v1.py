@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.bnn.engine import Sampler
+from app.bnn.spec import Sampler
 from app.data.schema import FeatureSpec
 
 FeatureValue = str | int | float | bool | None

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from app.bnn.engine import Sampler
+from app.bnn.spec import Sampler
 from app.checkpoint.manifest import Manifest
 from app.data.schema import FeatureKind
 from app.serve.api.deps import DataPlaneDep
