@@ -5,25 +5,25 @@ Nothing here unpickles: a folder holding pickle-style weights is refused with a 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from app.bnn.network import BayesianMLP
-from app.checkpoint.manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE, WEIGHTS_FILE, Manifest
+from app.checkpoint.files import (  # noqa: F401 - re-exported for callers of the torch side
+    atomic_write,
+    read_manifest,
+    read_onnx,
+    sha256_bytes,
+    verified_weights_bytes,
+    write_manifest,
+)
+from app.checkpoint.manifest import FORMAT_NAME, WEIGHTS_FILE, Manifest
 from app.errors import CheckpointError
-
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024
-PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib")
 
 
 @dataclass(frozen=True)
@@ -35,31 +35,10 @@ class Checkpoint:
     model: BayesianMLP
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def weights_bytes(model: BayesianMLP) -> bytes:
     """The network's state as safetensors bytes (CPU, contiguous)."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     return save_safetensors(state, metadata={"format": FORMAT_NAME})
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write through a temporary file and rename, so a crash never leaves a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are meant to be shared read-only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_manifest(folder: Path, manifest: Manifest) -> None:
-    _atomic_write(folder / MANIFEST_FILE, (manifest.model_dump_json(indent=2) + "\n").encode())
 
 
 def save_checkpoint(folder: str | Path, model: BayesianMLP, manifest: Manifest) -> Manifest:
@@ -72,70 +51,14 @@ def save_checkpoint(folder: str | Path, model: BayesianMLP, manifest: Manifest) 
         update={"weights": manifest.weights.model_copy(update={"sha256": sha256_bytes(data), "bytes": len(data)})}
     )
     Manifest.model_validate(manifest.model_dump())  # re-validate the updated copy
-    _atomic_write(folder / WEIGHTS_FILE, data)
+    atomic_write(folder / WEIGHTS_FILE, data)
     write_manifest(folder, manifest)
     return manifest
 
 
-def read_manifest(folder: str | Path) -> Manifest:
-    """Parse and validate ``manifest.json`` (format name and version first, for a clear refusal)."""
-    folder = Path(folder)
-    path = folder / MANIFEST_FILE
-    if not folder.is_dir():
-        raise CheckpointError(str(folder), "not a checkpoint folder (no such directory)")
-    if not path.is_file():
-        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        if pickles:
-            raise CheckpointError(
-                str(folder / pickles[0]),
-                "pickle-style weights are refused (loading them can execute code); "
-                "re-save as safetensors with a manifest.json",
-            )
-        raise CheckpointError(str(path), "missing manifest.json")
-    size = path.stat().st_size
-    if size > MAX_MANIFEST_BYTES:
-        raise CheckpointError(str(path), f"manifest is {size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit")
-    try:
-        raw = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(str(path), f"not valid JSON ({exc})") from exc
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
-        raise CheckpointError(str(path), f"not an {FORMAT_NAME} manifest (field 'format')")
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            str(path),
-            f"unsupported format_version {raw.get('format_version')!r}; this sbnn reads version {FORMAT_VERSION}",
-        )
-    try:
-        return Manifest.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "manifest"
-        reason = f"invalid field '{where}': {first['msg']} ({exc.error_count()} error(s))"
-        raise CheckpointError(str(path), reason) from exc
-
-
 def _read_weights(folder: Path, manifest: Manifest) -> dict[str, torch.Tensor]:
-    name = manifest.weights.file
-    if Path(name).name != name or name in {"", ".", ".."}:
-        raise CheckpointError(str(folder / MANIFEST_FILE), f"weights.file must be a plain file name, got {name!r}")
-    path = folder / name
-    if path.suffix in PICKLE_SUFFIXES or path.suffix != ".safetensors":
-        raise CheckpointError(
-            str(path), "only safetensors weights are accepted; pickle-style formats are refused (they can run code)"
-        )
-    if not path.is_file():
-        raise CheckpointError(str(path), "weights file is missing")
-    data = path.read_bytes()  # hash and parse the very same bytes
-    if len(data) != manifest.weights.bytes:
-        raise CheckpointError(
-            str(path), f"size {len(data)} bytes differs from the manifest's {manifest.weights.bytes} (truncated?)"
-        )
-    digest = sha256_bytes(data)
-    if digest != manifest.weights.sha256:
-        raise CheckpointError(
-            str(path), f"sha256 {digest[:12]}… differs from the manifest's {manifest.weights.sha256[:12]}… (modified)"
-        )
+    data = verified_weights_bytes(folder, manifest)
+    path = folder / manifest.weights.file
     try:
         return load_safetensors(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -165,20 +88,3 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
     model.load_state_dict(tensors, strict=True)
     model.eval()
     return Checkpoint(path=folder, manifest=manifest, model=model)
-
-
-def read_onnx(folder: str | Path, manifest: Manifest) -> bytes:
-    """The verified bytes of the checkpoint's exported ONNX graph (size and sha256 against the manifest)."""
-    folder = Path(folder)
-    if manifest.onnx is None:
-        raise CheckpointError(str(folder / MANIFEST_FILE), "no ONNX export recorded (run `sbnn export-onnx`)")
-    name = manifest.onnx.file
-    if Path(name).name != name or not name.endswith(".onnx"):
-        raise CheckpointError(str(folder / MANIFEST_FILE), f"onnx.file must be a plain .onnx file name, got {name!r}")
-    path = folder / name
-    if not path.is_file():
-        raise CheckpointError(str(path), "ONNX file is missing")
-    data = path.read_bytes()
-    if len(data) != manifest.onnx.bytes or sha256_bytes(data) != manifest.onnx.sha256:
-        raise CheckpointError(str(path), "size or sha256 differs from the manifest's onnx record (modified)")
-    return data
