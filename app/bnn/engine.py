@@ -28,21 +28,12 @@ from torch import Tensor
 from app.bnn.lowrank import LowRankBayesLinear
 from app.bnn.network import BayesianMLP, LayerKind
 from app.bnn.predictive import Predictive, class_probabilities, entropy, predict_with
-from app.bnn.spec import Sampler
+from app.bnn.spec import MonteCarloError, Sampler  # noqa: F401 - MonteCarloError re-exported
 
 ROW_MAJOR_MAX_ROWS = 16  # measured crossover between the two low-rank layouts on 2 CPU cores
 # Feature-major path: samples per chunk so one (chunk, width, N) activation holds about this many floats
 # (8 MiB: well inside a 32 MiB L3; 16 samples for the bundled model at N = 1024, measured best).
 FEATURE_MAJOR_CHUNK_FLOATS = 1 << 21
-
-
-@dataclass(frozen=True)
-class MonteCarloError:
-    """Monte Carlo standard errors, the largest over rows: of the predicted class's probability, and of
-    the mutual information (batch means over 8 equal groups of samples)."""
-
-    probability: float
-    mutual_information: float
 
 
 @dataclass

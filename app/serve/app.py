@@ -7,6 +7,7 @@ Checkpoints load in the lifespan on a worker thread, so /v2/health/live answers 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
 import time
@@ -21,9 +22,9 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.device import resolve_device
 from app.errors import SchemaError
 from app.serve.api import ops, v1, v2
+from app.serve.backend import BackendKind
 from app.serve.dataplane import DataPlane
 from app.serve.engine import BatchingEngine
 from app.serve.errors import ModelNotFound, ModelNotReady, RequestRejected
@@ -173,8 +174,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service for ``settings`` (default: from the environment)."""
     settings = settings or Settings()
     metrics = ServiceMetrics(CollectorRegistry())
+    if settings.backend is not BackendKind.ONNX and importlib.util.find_spec("torch"):
+        from app.device import resolve_device
+
+        resolve_device(settings.device)  # refuse an unusable device at start, not per model
     repository = ModelRepository(
-        settings.models, resolve_device(settings.device), settings.bank_samples, settings.bank_seed
+        settings.models, settings.device, settings.bank_samples, settings.bank_seed, settings.backend
     )
     engine = BatchingEngine(settings, metrics)
     dataplane = DataPlane(settings, repository, engine, metrics)

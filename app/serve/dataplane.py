@@ -12,8 +12,9 @@ import numpy as np
 
 from app.bnn.spec import Sampler
 from app.checkpoint.manifest import Manifest
+from app.serve.backend import InferenceOptions, Scores
 from app.serve.drift import DriftMonitor
-from app.serve.engine import BatchingEngine, InferenceOptions, Scores
+from app.serve.engine import BatchingEngine
 from app.serve.errors import RequestRejected
 from app.serve.gate import Decision, decide, flag, percentile_in_reference
 from app.serve.metrics import ServiceMetrics
@@ -79,16 +80,16 @@ class DataPlane:
             raise RequestRejected(f"{prefix}samples", f"must be between 1 and {limit}, got {samples}")
         if tolerance is not None and not 0.0 < tolerance < 1.0:
             raise RequestRejected(f"{prefix}tolerance", f"must be in (0, 1), got {tolerance}")
-        engine = model.engine
-        assert engine is not None  # a ready model has its engine
+        backend = model.backend
+        assert backend is not None  # a ready model has its backend
         if samples is None:
             # Adaptive requests stop by themselves: their cap is the server's maximum.
             samples = self.settings.max_samples if tolerance is not None else model.manifest.default_samples
+            samples = backend.num_samples(samples) if tolerance is None else samples
         sampler = sampler or self.settings.sampler
-        # An adaptive request may name the bank whatever its cap: the bank's size then caps it.
-        asked = min(samples, engine.bank_size) if tolerance is not None and sampler is Sampler.BANK else samples
-        if sampler is not Sampler.AUTO and (reason := engine.refuse(sampler, asked, seed)) is not None:
-            raise RequestRejected(f"{prefix}sampler", reason)
+        if (reason := backend.refuse(sampler, samples, seed, tolerance)) is not None:
+            field = "tolerance" if tolerance is not None and "adaptive" in reason else "sampler"
+            raise RequestRejected(f"{prefix}{field}", reason)
         return InferenceOptions(samples=samples, seed=seed, sampler=sampler, tolerance=tolerance)
 
     async def infer(

@@ -1,4 +1,4 @@
-"""Dynamic batching over the fast Monte Carlo engine, off the event loop.
+"""Dynamic batching over each model's backend, off the event loop.
 
 Requests for one model queue up; a per-model task takes what is queued (up to ``batch_max_rows`` rows,
 waiting at most ``batch_max_wait_ms`` for more) and runs it on the single compute thread. Each request gets
@@ -15,43 +15,15 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from app.bnn.engine import EngineResult, MonteCarloError, Sampler
-from app.bnn.predictive import decompose
+from app.serve.backend import InferenceOptions, Scores
 from app.serve.metrics import ServiceMetrics
 from app.serve.repository import ServedModel
 from app.serve.settings import Settings
-
-
-@dataclass(frozen=True)
-class InferenceOptions:
-    """What a request asks of the Monte Carlo pass."""
-
-    samples: int  # the sample count, or the cap when ``tolerance`` is set
-    seed: int | None = None
-    sampler: Sampler = Sampler.AUTO
-    tolerance: float | None = None  # adaptive: stop once both MC standard errors are at most this
-
-
-@dataclass(frozen=True)
-class Scores:
-    """One request's predictive: probs (N, C) and each uncertainty (N,) in nats."""
-
-    probs: np.ndarray
-    total: np.ndarray
-    aleatoric: np.ndarray
-    epistemic: np.ndarray
-    std: np.ndarray
-    samples: int
-    seed: int
-    sampler: Sampler
-    mc_error: MonteCarloError
 
 
 @dataclass
@@ -71,49 +43,13 @@ def new_seed() -> int:
     return secrets.randbits(31)
 
 
-def _scores(result: EngineResult, seed: int) -> Scores:
-    predictive = result.predictive
-    u = decompose(predictive)
-    return Scores(
-        probs=predictive.mean.double().cpu().numpy(),
-        total=u.total.cpu().numpy(),
-        aleatoric=u.aleatoric.cpu().numpy(),
-        epistemic=u.epistemic.cpu().numpy(),
-        std=u.std.cpu().numpy(),
-        samples=predictive.samples,
-        seed=seed,
-        sampler=result.sampler,
-        mc_error=result.mc_error,
-    )
-
-
-@torch.no_grad()
-def compute(model: ServedModel, jobs: list[_Job], batch_seed: int) -> list[Scores]:
-    """The batch's Monte Carlo passes: one shared weight draw per (samples, seed) among ``fresh`` requests."""
-    engine = model.engine
-    assert engine is not None  # only ready models are queued
-    results: list[Scores | None] = [None] * len(jobs)
-    shared: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for index, job in enumerate(jobs):
-        o = job.options
-        sampler, seed = engine.resolve(o.sampler, job.rows, o.samples, o.seed, batch_seed, o.tolerance is not None)
-        x = torch.from_numpy(job.x).to(model.device)
-        if o.tolerance is not None:
-            results[index] = _scores(engine.run_adaptive(x, seed, o.tolerance, o.samples, sampler=sampler), seed)
-        elif sampler is Sampler.FRESH:
-            shared[(engine.model.num_samples(o.samples), seed)].append(index)
-        else:
-            results[index] = _scores(engine.run(x, o.samples, seed, sampler), seed)
-    for (samples, seed), members in shared.items():
-        weights = engine.model.sample(samples, torch.Generator(device=model.device).manual_seed(seed))
-        for index in members:
-            x = torch.from_numpy(jobs[index].x).to(model.device)
-            results[index] = _scores(engine.evaluate(x, weights), seed)
-    return [r for r in results if r is not None]
+def _compute(model: ServedModel, jobs: list[_Job], batch_seed: int) -> list[Scores]:
+    assert model.backend is not None  # only ready models are queued
+    return model.backend.compute([(job.x, job.options) for job in jobs], batch_seed)
 
 
 class BatchingEngine:
-    """Per-model queues feeding one compute thread (torch uses the cores inside each pass)."""
+    """Per-model queues feeding one compute thread (the backend uses the cores inside each pass)."""
 
     def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
         self.settings = settings
@@ -164,7 +100,7 @@ class BatchingEngine:
             for job in jobs:
                 self.metrics.stage_duration.labels(model.name, "queue").observe(started - job.enqueued)
             try:
-                results = await loop.run_in_executor(self.executor, compute, model, jobs, new_seed())
+                results = await loop.run_in_executor(self.executor, _compute, model, jobs, new_seed())
             except Exception as exc:  # a failed pass fails its requests, never the loop
                 for job in jobs:
                     if not job.future.done():

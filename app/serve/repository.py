@@ -5,18 +5,16 @@ A folder that fails verification stays listed as not ready with the reason; the 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-import torch
-
-from app.bnn.engine import MonteCarloEngine
-from app.checkpoint.io import Checkpoint, load_checkpoint
 from app.checkpoint.manifest import Manifest
 from app.errors import CheckpointError
+from app.serve.backend import Backend, BackendKind
 from app.serve.errors import ModelNotFound, ModelNotReady
 
 log = logging.getLogger("sbnn.serve")
@@ -36,15 +34,13 @@ class ServedModel:
     path: Path
     state: ModelState = ModelState.LOADING
     reason: str = ""
-    checkpoint: Checkpoint | None = None
-    engine: MonteCarloEngine | None = None
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    backend: Backend | None = None
 
     @property
     def manifest(self) -> Manifest:
-        if self.checkpoint is None:
+        if self.backend is None:
             raise ModelNotReady(self.name, self.reason or self.state.value)
-        return self.checkpoint.manifest
+        return self.backend.manifest
 
 
 def typical_row(manifest: Manifest) -> dict[str, list[object]]:
@@ -57,9 +53,19 @@ def typical_row(manifest: Manifest) -> dict[str, list[object]]:
 class ModelRepository:
     """Maps model names to loaded models; ``ready`` once every folder has been tried."""
 
-    def __init__(self, root: Path, device: torch.device, bank_samples: int | None = None, bank_seed: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        device: str = "auto",
+        bank_samples: int | None = None,
+        bank_seed: int = 0,
+        backend: BackendKind = BackendKind.AUTO,
+    ) -> None:
         self.root = root
-        self.device = device
+        self.device = device  # resolved by the torch backend (the onnx backend runs on the CPU)
+        if backend is BackendKind.AUTO:
+            backend = BackendKind.TORCH if importlib.util.find_spec("torch") else BackendKind.ONNX
+        self.backend_kind = backend
         self.bank_samples = bank_samples  # None: each model's default_samples
         self.bank_seed = bank_seed
         self._models: dict[str, ServedModel] = {}
@@ -73,7 +79,7 @@ class ModelRepository:
             return []
         entries = []
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            entry = ServedModel(name=folder.name, path=folder, device=self.device)
+            entry = ServedModel(name=folder.name, path=folder)
             entries.append(entry)
             with self._lock:
                 self._models[entry.name] = entry
@@ -89,28 +95,31 @@ class ModelRepository:
 
     def _load(self, entry: ServedModel) -> None:
         try:
-            checkpoint = load_checkpoint(entry.path, device=self.device)
-            name = checkpoint.manifest.name
-            if name != entry.name:
+            backend = self._open(entry.path)
+            if backend.manifest.name != entry.name:
                 # The folder name is the URL name; a manifest that disagrees would make replay ambiguous.
                 raise CheckpointError(
-                    str(entry.path / "manifest.json"), f"manifest name '{name}' differs from its folder name"
+                    str(entry.path / "manifest.json"),
+                    f"manifest name '{backend.manifest.name}' differs from its folder name",
                 )
-            bank = checkpoint.manifest.default_samples if self.bank_samples is None else self.bank_samples
-            engine = MonteCarloEngine(checkpoint.model, bank_size=bank, bank_seed=self.bank_seed)
-            x = torch.as_tensor(checkpoint.manifest.preprocessing.transform(typical_row(checkpoint.manifest)))
-            for sampler in engine.warm_up_samplers():
-                bank = sampler.value == "bank"
-                samples = engine.bank_size if bank else checkpoint.manifest.default_samples
-                probs = engine.run(x.to(self.device), samples, None if bank else 0, sampler).predictive.mean
-                if not bool(torch.isfinite(probs).all()):
-                    raise CheckpointError(str(entry.path), f"warm-up prediction ({sampler.value}) is not finite")
         except (CheckpointError, ValueError, RuntimeError) as exc:
             entry.state, entry.reason = ModelState.FAILED, str(exc)
             log.error("model %s not ready: %s", entry.name, exc)
             return
-        entry.checkpoint, entry.engine, entry.state, entry.reason = checkpoint, engine, ModelState.READY, ""
-        log.info("model %s ready on %s (%s)", entry.name, self.device, checkpoint.manifest.weights.sha256[:12])
+        entry.backend, entry.state, entry.reason = backend, ModelState.READY, ""
+        sha = backend.manifest.weights.sha256[:12]
+        log.info("model %s ready (%s backend, weights %s)", entry.name, backend.kind.value, sha)
+
+    def _open(self, folder: Path) -> Backend:
+        # Imported on use: a torch-free install never imports the torch backend.
+        if self.backend_kind is BackendKind.ONNX:
+            from app.serve.backend_onnx import OnnxBackend
+
+            return OnnxBackend.load(folder)
+        from app.device import resolve_device
+        from app.serve.backend_torch import TorchBackend
+
+        return TorchBackend.load(folder, resolve_device(self.device), self.bank_samples, self.bank_seed)
 
     def get(self, name: str) -> ServedModel:
         """The ready model called ``name``: ModelNotFound (404) or ModelNotReady (503) otherwise."""

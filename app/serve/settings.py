@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.bnn.spec import Sampler
+from app.serve.backend import BackendKind
 
 
 class Settings(BaseSettings):
@@ -24,6 +25,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
     batch_max_rows: int = Field(2048, ge=1, description="Dynamic batching: most rows coalesced into one pass.")
     batch_max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, description="Dynamic batching: longest wait to fill.")
+    backend: BackendKind = Field(
+        BackendKind.AUTO, description="torch (every sampler), onnx (the exported bank, no torch) or auto."
+    )
     sampler: Sampler = Field(Sampler.AUTO, description="Default sampler: auto (cost model), bank, fresh or local.")
     bank_samples: int | None = Field(
         None, ge=0, le=65536, description="Weight samples in each model's frozen bank (default: its default S; 0 none)."

@@ -1,0 +1,112 @@
+"""The onnxruntime backend: a server that cannot import torch answers /v1 and /v2 as the torch backend's bank."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.checkpoint.io import load_checkpoint
+from app.checkpoint.onnx_export import export_onnx
+from app.serve.app import create_app
+from app.serve.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+ROW = {"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 1.0, "mgus": 0}
+ROWS = [ROW, {**ROW, "creatinine": 88.4}, {**ROW, "age": 55, "sex": "M", "creatinine": None}]
+
+# Runs in a fresh interpreter where `import torch` fails: the whole serving path must do without it.
+TORCH_FREE_CLIENT = """
+import asyncio, json, sys
+sys.modules["torch"] = None
+import httpx
+from app.serve.app import create_app
+from app.serve.settings import Settings
+
+async def main():
+    app = create_app(Settings(models=sys.argv[1], backend="onnx"))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://onnx") as client:
+            for _ in range(200):
+                if (await client.get("/v2/health/ready")).status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            rows = json.loads(sys.argv[2])
+            v1 = await client.post("/v1/models/flchain-mortality/predict", json={"instances": rows})
+            inputs = [{"name": k, "shape": [len(rows)], "datatype": "BYTES" if k == "sex" else "FP64",
+                       "data": [r[k] for r in rows]} for k in rows[0]]
+            v2 = await client.post("/v2/models/flchain-mortality/infer", json={"inputs": inputs})
+            fresh = await client.post("/v1/models/flchain-mortality/predict",
+                                      json={"instances": rows, "sampler": "fresh", "seed": 1})
+            models = await client.get("/v1/models")
+            print(json.dumps({"v1": [v1.status_code, v1.json()], "v2": [v2.status_code, v2.json()],
+                              "fresh": [fresh.status_code, fresh.json()], "models": models.json(),
+                              "torch_imported": sys.modules.get("torch") is not None}))
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture(scope="module")
+def onnx_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repository = tmp_path_factory.mktemp("onnx-models")
+    folder = repository / "flchain-mortality"
+    shutil.copytree(ROOT / "models" / "flchain-mortality", folder)
+    export_onnx(load_checkpoint(folder), seed=0)
+    broken = repository / "broken-onnx"
+    shutil.copytree(folder, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["name"] = "broken-onnx"
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    data = bytearray((broken / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (broken / "model.onnx").write_bytes(bytes(data))
+    return repository
+
+
+def test_torch_free_server_matches_the_torch_bank(onnx_repository: Path) -> None:
+    run = subprocess.run([sys.executable, "-c", TORCH_FREE_CLIENT, str(onnx_repository), json.dumps(ROWS)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["torch_imported"] is False
+    status, onnx_v1 = out["v1"]
+    assert status == 200, onnx_v1
+    assert onnx_v1["sampler"] == "bank" and onnx_v1["samples"] == 512 and onnx_v1["seed"] == 0
+    assert out["v2"][0] == 200 and out["v2"][1]["parameters"]["sampler"] == "bank"
+    assert out["fresh"][0] == 422 and "bank only" in json.dumps(out["fresh"][1])
+    states = {m["name"]: m for m in out["models"]["models"]}
+    assert states["flchain-mortality"]["state"] == "ready"
+    assert states["broken-onnx"]["state"] == "failed" and "sha256" in states["broken-onnx"]["reason"]
+
+    torch_v1 = _torch_answer(onnx_repository)
+    for onnx_row, torch_row in zip(onnx_v1["predictions"], torch_v1["predictions"], strict=True):
+        assert onnx_row["label"] == torch_row["label"] and onnx_row["decision"] == torch_row["decision"]
+        assert onnx_row["ood"]["flag"] == torch_row["ood"]["flag"]
+        for label, p in torch_row["probabilities"].items():
+            assert onnx_row["probabilities"][label] == pytest.approx(p, abs=1e-5)
+        for key in ("total", "aleatoric", "epistemic", "std"):
+            assert onnx_row["uncertainty"][key] == pytest.approx(torch_row["uncertainty"][key], abs=1e-5)
+
+
+def _torch_answer(repository: Path) -> dict:
+    import asyncio
+
+    async def ask() -> dict:
+        app = create_app(Settings(models=repository, backend="torch", device="cpu"))
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://torch") as client:
+                for _ in range(200):
+                    if (await client.get("/v2/health/ready")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.05)
+                response = await client.post("/v1/models/flchain-mortality/predict", json={"instances": ROWS})
+                assert response.status_code == 200
+                return response.json()
+
+    return asyncio.run(ask())
