@@ -262,6 +262,9 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (env SBNN_HOST, default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (env SBNN_PORT, default 8000).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (env SBNN_DEVICE, default auto).")] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="torch, onnx (exported bank, no torch) or auto (env SBNN_BACKEND).")
+    ] = None,
 ) -> None:
     """Serve every checkpoint under the model folder: REST /v1, Open Inference Protocol /v2, /metrics."""
     import uvicorn
@@ -270,7 +273,8 @@ def serve(
     from app.serve.app import create_app
     from app.serve.settings import Settings
 
-    overrides = {k: v for k, v in {"models": models, "host": host, "port": port, "device": device}.items() if v}
+    given = {"models": models, "host": host, "port": port, "device": device, "backend": backend}
+    overrides = {k: v for k, v in given.items() if v}
     try:
         settings = Settings(**overrides)
         application = create_app(settings)
