@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
-# sbnn serving image. CPU build of torch by default; for CUDA pass
-#   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126   (run with --gpus all)
+# sbnn serving images.
+#   default (runtime): torch, every sampler; CPU build of torch unless
+#     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126   (run with --gpus all)
+#   --target slim: no torch; onnxruntime on the bundled models' exported frozen-bank graphs (SBNN_BACKEND=onnx)
 # Air-gapped: put the wheels in deploy/wheelhouse (docs/deploy.md) and pass --build-arg WHEELHOUSE=1.
 ARG BASE_IMAGE=python:3.11-slim
 
@@ -23,6 +25,50 @@ COPY pyproject.toml README.md ./
 COPY app/ app/
 RUN /opt/sbnn/bin/pip install --no-deps --no-index --no-build-isolation . \
  && find /opt/sbnn -name '__pycache__' -prune -exec rm -rf {} +
+
+# The bundled models with their ONNX exports (torch is needed to write them, not to serve them).
+FROM build AS export
+ARG WHEELHOUSE=0
+# hadolint ignore=SC2086
+RUN if [ "$WHEELHOUSE" = "1" ]; then source="--no-index --find-links /wheelhouse"; else source=""; fi \
+ && /opt/sbnn/bin/pip install $source -c deploy/constraints.txt onnx onnxruntime
+COPY models/ /models/
+RUN for model in /models/*/; do /opt/sbnn/bin/sbnn export-onnx "$model"; done
+
+FROM ${BASE_IMAGE} AS build-slim
+ARG WHEELHOUSE=0
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY deploy/constraints.txt deploy/constraints.txt
+COPY deploy/wheelhouse/ /wheelhouse/
+# hadolint ignore=SC2086
+RUN python3 -m venv /opt/sbnn \
+ && if [ "$WHEELHOUSE" = "1" ]; then source="--no-index --find-links /wheelhouse"; else source=""; fi \
+ && /opt/sbnn/bin/pip install $source -c deploy/constraints.txt \
+      onnxruntime numpy pydantic pydantic-settings typer rich fastapi uvicorn prometheus-client setuptools
+COPY pyproject.toml README.md ./
+COPY app/ app/
+# --no-deps: the package's torch requirement is for the torch backend, which this image does not run.
+RUN /opt/sbnn/bin/pip install --no-deps --no-index --no-build-isolation . \
+ && find /opt/sbnn -name '__pycache__' -prune -exec rm -rf {} +
+
+FROM ${BASE_IMAGE} AS slim
+RUN groupadd --system --gid 10001 sbnn \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin sbnn
+COPY --from=build-slim /opt/sbnn /opt/sbnn
+COPY --from=export /models/ /models/
+ENV PATH=/opt/sbnn/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    SBNN_MODELS=/models \
+    SBNN_HOST=0.0.0.0 \
+    SBNN_PORT=8000 \
+    SBNN_BACKEND=onnx
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+  CMD ["python3", "-c", "import os, sys, urllib.request as u; u.urlopen('http://127.0.0.1:%s/v2/health/ready' % os.environ['SBNN_PORT'], timeout=2); sys.exit(0)"]
+STOPSIGNAL SIGTERM
+CMD ["sbnn", "serve"]
 
 FROM ${BASE_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 sbnn \

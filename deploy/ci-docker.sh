@@ -20,7 +20,7 @@ step() { echo "== docker: $* ($(( $(date +%s) - started )) s)"; }
 
 cleanup() {
   set +e
-  docker rm -f sbnn-ci >/dev/null 2>&1
+  docker rm -f sbnn-ci sbnn-ci-slim >/dev/null 2>&1
   [ -n "${prometheus_pid:-}" ] && kill "$prometheus_pid" 2>/dev/null
   [ -n "${dockerd_pid:-}" ] && kill "$dockerd_pid" 2>/dev/null && wait "$dockerd_pid" 2>/dev/null
   umount "$work/exec/netns/"* 2>/dev/null
@@ -62,13 +62,36 @@ tar -C "$work/rootfs" -c . | docker import - "$base" >/dev/null
 
 step "wheelhouse on the host (the air-gapped build path)"
 python -m pip download --quiet --only-binary=:all: -d deploy/wheelhouse -c deploy/constraints.txt \
-  torch numpy pydantic pydantic-settings safetensors typer rich fastapi uvicorn prometheus-client setuptools
+  torch numpy pydantic pydantic-settings safetensors typer rich fastapi uvicorn prometheus-client setuptools \
+  onnx onnxruntime
 
-step "build"
+megabytes() { docker image inspect -f '{{.Size}}' "$1" | awk '{printf "%.0f MB", $1/1e6}'; }
+step "build the default (torch) image"
 build_started=$(date +%s)
 docker build --network host --build-arg WHEELHOUSE=1 -t "$image" . > "$work/build.log" 2>&1 \
   || { tail -40 "$work/build.log"; exit 1; }
-echo "image built in $(( $(date +%s) - build_started )) s; size $(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}') (base $(docker image inspect -f '{{.Size}}' "$base" | awk '{printf "%.0f MB", $1/1e6}'))"
+echo "image built in $(( $(date +%s) - build_started )) s; size $(megabytes "$image") (base $(megabytes "$base"))"
+
+step "build the slim (onnxruntime, no torch) image"
+build_started=$(date +%s)
+docker build --network host --build-arg WHEELHOUSE=1 --target slim -t sbnn:ci-slim . > "$work/build-slim.log" 2>&1 \
+  || { tail -40 "$work/build-slim.log"; exit 1; }
+echo "slim image built in $(( $(date +%s) - build_started )) s (after the default one); size $(megabytes sbnn:ci-slim)"
+docker run --rm --entrypoint python3 sbnn:ci-slim -c \
+  "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" || { echo "torch in the slim image"; exit 1; }
+slim_port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+docker run -d --name sbnn-ci-slim --network host -e SBNN_PORT="$slim_port" -e SBNN_HOST=127.0.0.1 sbnn:ci-slim >/dev/null
+for _ in $(seq 1 60); do
+  [ "$(docker inspect -f '{{.State.Health.Status}}' sbnn-ci-slim)" = healthy ] && break
+  sleep 2
+done
+slim_answer=$(curl -sf "http://127.0.0.1:$slim_port/v1/models/flchain-mortality/predict" -H 'content-type: application/json' \
+  -d '{"instances": [{"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 88.4, "mgus": 0}]}') \
+  || { docker logs sbnn-ci-slim | tail -30; exit 1; }
+grep -q '"sampler":"bank"' <<<"$slim_answer" && grep -q '"decision":"refer"' <<<"$slim_answer" \
+  || { echo "unexpected slim answer: $slim_answer"; exit 1; }
+echo "slim image (no torch) answered: ${slim_answer:0:100}..."
+docker rm -f sbnn-ci-slim >/dev/null
 
 step "run and wait for health"
 port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
