@@ -59,6 +59,29 @@ def lowrank_flops(model: BayesianMLP, rows: int, samples: int) -> float:
     return 2.0 * rows * samples * sum(layer.rank * (layer.in_features + layer.out_features) for layer in model.layers)
 
 
+def onnx_sessions(model: BayesianMLP, samples_list: list[int]) -> dict[int, object] | None:
+    """An onnxruntime session on the exported frozen-bank graph per S (None when onnxruntime is missing)."""
+    try:
+        import io
+
+        import onnxruntime as ort
+
+        from app.checkpoint.onnx_export import OUTPUTS, BankPredictive
+    except ImportError:
+        return None
+    cpu_model = BayesianMLP(model.spec, device="cpu")
+    cpu_model.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
+    sessions = {}
+    for samples in samples_list:
+        bank = cpu_model.sample(cpu_model.num_samples(samples), torch.Generator().manual_seed(0))
+        buffer = io.BytesIO()
+        torch.onnx.export(BankPredictive(cpu_model, bank).eval(), (torch.zeros(1, model.spec.in_features),), buffer,
+                          dynamo=False, opset_version=17, input_names=["x"], output_names=OUTPUTS,
+                          dynamic_axes={"x": {0: "rows"}, **{name: {0: "rows"} for name in OUTPUTS}})
+        sessions[samples] = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    return sessions
+
+
 def bayesian_torch_net(shapes: list[tuple[int, int]], device: torch.device) -> torch.nn.Module | None:
     try:
         from bayesian_torch.layers import LinearReparameterization
@@ -90,6 +113,7 @@ def bench_network(name: str, model: BayesianMLP, sizes: list[int], samples_list:
     fullrank = BayesianMLP(model.spec.model_copy(update={"kind": LayerKind.FULLRANK, "ranks": None}),
                            generator=torch.Generator().manual_seed(0)).to(device).eval()
     bt = bayesian_torch_net(shapes, device)
+    session = onnx_sessions(model, samples_list)
     rows_out = []
     for samples in samples_list:
         for n in sizes:
@@ -109,6 +133,10 @@ def bench_network(name: str, model: BayesianMLP, sizes: list[int], samples_list:
                            for _ in range(s)])
 
             entries["per-sample loop"] = timed(loop, device)
+            if session is not None and samples in session:
+                xn = x.cpu().numpy()
+                entries["onnxruntime bank (CPU)"] = timed(
+                    lambda xn=xn, s=samples: session[s].run(None, {"x": xn}), torch.device("cpu"))
             if bt is not None:
                 entries["bayesian-torch loop"] = timed(lambda x=x, s=samples: [bt(x) for _ in range(s)], device)
             entries["full-rank BBB batched"] = timed(
