@@ -146,18 +146,19 @@ class MonteCarloEngine:
         """Every sampler this engine can run (each is run once before the model reports ready)."""
         return [s for s in (Sampler.BANK, Sampler.FRESH, Sampler.LOCAL) if self.refuse(s, 1, None) is None]
 
-    def refuse(self, sampler: Sampler, samples: int, seed: int | None) -> str | None:
-        """Why ``sampler`` cannot serve (samples, seed), or None when it can."""
+    def refuse(self, sampler: Sampler, samples: int, seed: int | None) -> tuple[str, str] | None:
+        """(option, reason) when ``sampler`` cannot serve (samples, seed), the option being "sampler",
+        "samples" or "seed"; None when it can."""
         samples = self.model.num_samples(samples)
         if sampler is Sampler.BANK:
             if self._bank is None:
-                return "this model has no frozen bank"
+                return "sampler", "this model has no frozen bank"
             if samples > self.bank_size:
-                return f"the bank holds {self.bank_size} samples; {samples} asked"
+                return "samples", f"the bank holds {self.bank_size} samples; {samples} asked"
             if seed not in (None, self.bank_seed):
-                return f"the bank was drawn with seed {self.bank_seed}; omit the seed or send that one"
+                return "seed", f"the bank was drawn with seed {self.bank_seed}; omit the seed or send that one"
         if sampler is Sampler.LOCAL and (not self.lowrank or self.model.num_samples(2) != 2):
-            return f"local reparameterisation needs a lowrank network, not '{self.model.spec.kind.value}'"
+            return "sampler", f"local reparameterisation needs a lowrank network, not '{self.model.spec.kind.value}'"
         return None
 
     def resolve(
@@ -183,8 +184,8 @@ class MonteCarloEngine:
         samples = self.model.num_samples(samples)
         if sampler is Sampler.AUTO:
             sampler = self.choose(x.shape[0], samples, seed)
-        if (reason := self.refuse(sampler, samples, seed if sampler is Sampler.BANK else None)) is not None:
-            raise ValueError(reason)
+        if (refusal := self.refuse(sampler, samples, seed if sampler is Sampler.BANK else None)) is not None:
+            raise ValueError(f"{refusal[0]}: {refusal[1]}")
         if sampler is Sampler.BANK:
             probs = self._propagate(x, _slice(self._bank, 0, samples), _slice(self._bank_layout, 0, samples))
             seed = self.bank_seed

@@ -54,8 +54,11 @@ class Backend(Protocol):
     def num_samples(self, samples: int) -> int:
         """The samples a request for ``samples`` gets (fixed for deterministic models and ensembles)."""
 
-    def refuse(self, sampler: Sampler, samples: int, seed: int | None, tolerance: float | None) -> str | None:
-        """Why this backend cannot serve these options, or None."""
+    def refuse(
+        self, sampler: Sampler, samples: int, seed: int | None, tolerance: float | None
+    ) -> tuple[str, str] | None:
+        """(option, reason) when this backend cannot serve these options (option: sampler, samples, seed or
+        tolerance), or None."""
 
     def compute(self, jobs: list[tuple[np.ndarray, InferenceOptions]], batch_seed: int) -> list[Scores]:
         """Score a batch of requests (x: (N, d) float32 each) on the compute thread."""

@@ -55,15 +55,17 @@ class OnnxBackend:
     def num_samples(self, samples: int) -> int:
         return self.onnx.samples
 
-    def refuse(self, sampler: Sampler, samples: int, seed: int | None, tolerance: float | None) -> str | None:
+    def refuse(
+        self, sampler: Sampler, samples: int, seed: int | None, tolerance: float | None
+    ) -> tuple[str, str] | None:
         if sampler not in (Sampler.AUTO, Sampler.BANK):
-            return f"the onnx backend serves the frozen bank only, not '{sampler.value}'"
+            return "sampler", f"the onnx backend serves the frozen bank only, not '{sampler.value}'"
         if samples != self.onnx.samples:
-            return f"the ONNX export holds {self.onnx.samples} samples; {samples} asked"
+            return "samples", f"the ONNX export holds {self.onnx.samples} samples; {samples} asked"
         if seed not in (None, self.onnx.bank_seed):
-            return f"the ONNX export's bank was drawn with seed {self.onnx.bank_seed}; omit the seed or send that one"
+            return "seed", f"the ONNX export's bank was drawn with seed {self.onnx.bank_seed}; omit it or send that one"
         if tolerance is not None:
-            return "adaptive sample counts need the torch backend"
+            return "tolerance", "adaptive sample counts need the torch backend"
         return None
 
     def compute(self, jobs: list[tuple[np.ndarray, InferenceOptions]], batch_seed: int) -> list[Scores]:

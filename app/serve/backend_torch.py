@@ -66,7 +66,9 @@ class TorchBackend:
     def num_samples(self, samples: int) -> int:
         return self.engine.model.num_samples(samples)
 
-    def refuse(self, sampler: Sampler, samples: int, seed: int | None, tolerance: float | None) -> str | None:
+    def refuse(
+        self, sampler: Sampler, samples: int, seed: int | None, tolerance: float | None
+    ) -> tuple[str, str] | None:
         if sampler is Sampler.AUTO:
             return None
         # An adaptive request may name the bank whatever its cap: the bank's size then caps it.

@@ -87,9 +87,9 @@ class DataPlane:
             samples = self.settings.max_samples if tolerance is not None else model.manifest.default_samples
             samples = backend.num_samples(samples) if tolerance is None else samples
         sampler = sampler or self.settings.sampler
-        if (reason := backend.refuse(sampler, samples, seed, tolerance)) is not None:
-            field = "tolerance" if tolerance is not None and "adaptive" in reason else "sampler"
-            raise RequestRejected(f"{prefix}{field}", reason)
+        if (refusal := backend.refuse(sampler, samples, seed, tolerance)) is not None:
+            option, reason = refusal
+            raise RequestRejected(f"{prefix}{option}", reason)
         return InferenceOptions(samples=samples, seed=seed, sampler=sampler, tolerance=tolerance)
 
     async def infer(

@@ -90,14 +90,16 @@ def test_cost_model_choices() -> None:
 
 def test_refusals_name_the_reason() -> None:
     engine = MonteCarloEngine(lowrank(), bank_size=64, bank_seed=3, cost=COST)
-    assert "holds 64" in engine.refuse(Sampler.BANK, 65, None)
-    assert "seed 3" in engine.refuse(Sampler.BANK, 8, 4)
+    option, reason = engine.refuse(Sampler.BANK, 65, None)
+    assert option == "samples" and "holds 64" in reason
+    option, reason = engine.refuse(Sampler.BANK, 8, 4)
+    assert option == "seed" and "seed 3" in reason
     assert engine.refuse(Sampler.BANK, 8, 3) is None
     ensemble = BayesianMLP(NetworkSpec(in_features=5, hidden=[8], kind=LayerKind.ENSEMBLE),
                            generator=torch.Generator().manual_seed(0))
     other = MonteCarloEngine(ensemble, bank_size=0, cost=COST)
-    assert "lowrank" in other.refuse(Sampler.LOCAL, 8, 1)
-    assert "no frozen bank" in other.refuse(Sampler.BANK, 8, None)
+    assert "lowrank" in other.refuse(Sampler.LOCAL, 8, 1)[1]
+    assert other.refuse(Sampler.BANK, 8, None) == ("sampler", "this model has no frozen bank")
     with pytest.raises(ValueError, match="needs a seed"):
         engine.run(rows(1), 8, None, Sampler.FRESH)
 

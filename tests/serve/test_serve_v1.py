@@ -219,8 +219,8 @@ async def test_adaptive_request_stops_at_its_tolerance(
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ({"sampler": "bank", "seed": 7}, "sampler"),
-        ({"sampler": "bank", "samples": 1024}, "sampler"),
+        ({"sampler": "bank", "seed": 7}, "seed"),
+        ({"sampler": "bank", "samples": 1024}, "samples"),
         ({"sampler": "magic"}, "sampler"),
         ({"tolerance": 0}, "tolerance"),
         ({"tolerance": 1.5}, "tolerance"),
