@@ -52,30 +52,10 @@ COPY app/ app/
 RUN /opt/sbnn/bin/pip install --no-deps --no-index --no-build-isolation . \
  && find /opt/sbnn -name '__pycache__' -prune -exec rm -rf {} +
 
-FROM ${BASE_IMAGE} AS slim
+# What both serving images share: the user, the settings, the health check, the command.
+FROM ${BASE_IMAGE} AS serving-base
 RUN groupadd --system --gid 10001 sbnn \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin sbnn
-COPY --from=build-slim /opt/sbnn /opt/sbnn
-COPY --from=export /models/ /models/
-ENV PATH=/opt/sbnn/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
-    SBNN_MODELS=/models \
-    SBNN_HOST=0.0.0.0 \
-    SBNN_PORT=8000 \
-    SBNN_BACKEND=onnx
-USER 10001:10001
-EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-  CMD ["python3", "-c", "import os, sys, urllib.request as u; u.urlopen('http://127.0.0.1:%s/v2/health/ready' % os.environ['SBNN_PORT'], timeout=2); sys.exit(0)"]
-STOPSIGNAL SIGTERM
-CMD ["sbnn", "serve"]
-
-FROM ${BASE_IMAGE} AS runtime
-RUN groupadd --system --gid 10001 sbnn \
- && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin sbnn
-COPY --from=build /opt/sbnn /opt/sbnn
-# The bundled models; mount more as /models/<name> (read-only), or a whole repository over /models.
-COPY models/ /models/
 ENV PATH=/opt/sbnn/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     SBNN_MODELS=/models \
@@ -88,3 +68,13 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
 # uvicorn drains in-flight requests on SIGTERM before it exits (docker stop waits 10 s, compose 30 s).
 STOPSIGNAL SIGTERM
 CMD ["sbnn", "serve"]
+
+FROM serving-base AS slim
+COPY --from=build-slim /opt/sbnn /opt/sbnn
+COPY --from=export /models/ /models/
+ENV SBNN_BACKEND=onnx
+
+FROM serving-base AS runtime
+COPY --from=build /opt/sbnn /opt/sbnn
+# The bundled models; mount more as /models/<name> (read-only), or a whole repository over /models.
+COPY models/ /models/

@@ -10,8 +10,6 @@ import argparse
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,8 +27,7 @@ from app.checkpoint.io import load_checkpoint  # noqa: E402
 from app.data.tabular import load_table  # noqa: E402
 from app.train.config import TrainConfig  # noqa: E402
 from app.train.pipeline import train_checkpoint  # noqa: E402
-
-ROW = {"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 1.0, "mgus": 0}
+from bench._server import ROW, running_server  # noqa: E402
 
 
 def synthetic(path: Path, rows: int = 3000) -> None:
@@ -55,26 +52,11 @@ def timed(fn, repeats: int) -> float:
 def serve_latency(device: str, requests: int) -> dict[str, float]:
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "SBNN_MODELS": str(ROOT / "models"), "SBNN_PORT": str(port), "SBNN_DEVICE": device,
-           "SBNN_LOG_LEVEL": "warning", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    log = tempfile.TemporaryFile(mode="w+")
-    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=env, cwd=ROOT, stderr=log, stdout=log)
-    base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None:
-                log.seek(0)
-                return {"error": f"server exited with {server.returncode}: {log.read()[-3000:]}"}
-            time.sleep(0.2)
-        with httpx.Client(base_url=base, timeout=60) as client:
+        with (
+            running_server(timeout=60, device=device) as server,
+            httpx.Client(base_url=server.base, timeout=60) as client,
+        ):
             url = "/v1/models/flchain-mortality/predict"
             for _ in range(10):
                 client.post(url, json={"instances": [ROW]}).raise_for_status()
@@ -89,9 +71,8 @@ def serve_latency(device: str, requests: int) -> dict[str, float]:
             client.post(url, json=bulk).raise_for_status()
             bulk_ms = (time.perf_counter() - t) * 1000
             ready = client.get("/v1/models/flchain-mortality").json()["state"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    except RuntimeError as exc:  # the server never got ready: report why instead of failing the whole check
+        return {"error": str(exc)}
     return {"p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)),
             "bulk_1024_rows_ms": bulk_ms, "state": ready}
 

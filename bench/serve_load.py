@@ -13,24 +13,18 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-ROW = {"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 1.0, "mgus": 0}
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench._server import ROW, running_server  # noqa: E402
 
 
 def hey(url: str, requests: int, concurrency: int, body: Path | None) -> dict[str, float]:
@@ -79,21 +73,8 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("hey") is None:
         sys.exit("hey is not installed: apt-get install hey")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "SBNN_MODELS": str(ROOT / "models"), "SBNN_PORT": str(port), "SBNN_LOG_LEVEL": "warning"}
-    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=env, cwd=ROOT)
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            sys.exit("server did not become ready")
+    with running_server(models=str(ROOT / "models")) as server:
+        base = server.base
         body = Path(tempfile.mkstemp(suffix=".json")[1])
         body.write_text(json.dumps({"instances": [ROW]}))
         predict_url = f"{base}/v1/models/flchain-mortality/predict"
@@ -109,9 +90,6 @@ def main() -> None:
         batch = {m: float(v) for m, v in re.findall(
             r'^sbnn_batch_requests_(sum|count)\{model="flchain-mortality"\} ([\d.e+]+)$', metrics, re.M)}
         drift.append(("after the load test (one row repeated: a window unlike the reference)", drift_gauges(base)))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     machine = (
         f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
     )

@@ -7,10 +7,7 @@ one-row predicts, and reads the process's VmRSS from /proc.
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +17,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-ROW = {"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 1.0, "mgus": 0}
+
+from bench._server import ROW, running_server  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -31,33 +29,16 @@ def rss_mb(pid: int) -> float:
 
 
 def measure(models: Path, backend: str) -> dict[str, float]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "SBNN_MODELS": str(models), "SBNN_PORT": str(port), "SBNN_BACKEND": backend,
-           "SBNN_LOG_LEVEL": "warning", "SBNN_DEVICE": "cpu"}
-    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=env, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+    with running_server(models=str(models), backend=backend, device="cpu") as server:
         ready = rss_mb(server.pid)
         latencies = []
-        with httpx.Client(base_url=base) as client:
+        with httpx.Client(base_url=server.base) as client:
             for _ in range(200):
                 start = time.perf_counter()
                 client.post("/v1/models/flchain-mortality/predict", json={"instances": [ROW]}).raise_for_status()
                 latencies.append((time.perf_counter() - start) * 1000)
         latencies.sort()
         return {"rss_ready_mb": ready, "rss_after_mb": rss_mb(server.pid), "p50_ms": latencies[100]}
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def main() -> None:

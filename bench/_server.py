@@ -1,0 +1,60 @@
+"""Starting `sbnn serve` for a benchmark: a free loopback port, wait until ready, always stop it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+ROW = {"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 1.0, "mgus": 0}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Server:
+    base: str
+    pid: int
+
+
+@contextmanager
+def running_server(timeout: float = 60.0, **settings: str) -> Iterator[Server]:
+    """`sbnn serve` with SBNN_<KEY>=value for each setting; raises with the server's log if it never gets ready."""
+    port = free_port()
+    env = {**os.environ, "SBNN_PORT": str(port), "SBNN_LOG_LEVEL": "warning",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           **{f"SBNN_{key.upper()}": str(value) for key, value in settings.items()}}
+    env.setdefault("SBNN_MODELS", str(ROOT / "models"))
+    log = tempfile.TemporaryFile(mode="w+")
+    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=env, cwd=ROOT, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.time() > deadline:
+                log.seek(0)
+                raise RuntimeError(f"server not ready (exit {server.poll()}): {log.read()[-3000:]}")
+            time.sleep(0.2)
+        yield Server(base=base, pid=server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
