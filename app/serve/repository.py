@@ -28,7 +28,7 @@ class ModelState(str, Enum):
 
 @dataclass
 class ServedModel:
-    """One entry of the repository; ``checkpoint`` is set once the folder verified and warmed up."""
+    """One entry of the repository; ``backend`` is set once the folder verified and warmed up."""
 
     name: str
     path: Path
