@@ -72,9 +72,7 @@ class ExportReport:
 
 def reference_inputs(checkpoint: Checkpoint, rows: int = 64, seed: int = 0) -> np.ndarray:
     """Rows to validate on: the training medians plus standard-normal preprocessed rows (N, d) float32."""
-    from app.serve.repository import typical_row  # a pure helper; keeps one definition of the typical row
-
-    typical = checkpoint.manifest.preprocessing.transform(typical_row(checkpoint.manifest))
+    typical = checkpoint.manifest.preprocessing.typical_input()
     noise = np.random.default_rng(seed).standard_normal((rows - 1, typical.shape[1])).astype(np.float32)
     return np.concatenate([typical, noise])
 

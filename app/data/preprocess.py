@@ -119,6 +119,13 @@ class Preprocessing(BaseModel):
             )
         return cls(numeric=numeric, categorical=categorical)
 
+    def typical_input(self) -> np.ndarray:
+        """(1, d) input of a record at the training medians and each categorical's first category (used to
+        warm up and to validate exports)."""
+        columns: dict[str, list[object]] = {t.name: [t.impute] for t in self.numeric}
+        columns.update({t.name: [t.categories[0]] for t in self.categorical})
+        return self.transform(columns)
+
     def transform(self, columns: Mapping[str, Sequence[object] | np.ndarray]) -> np.ndarray:
         """Map raw columns (feature name -> N values) to the (N, d) float32 input; raise SchemaError on bad data."""
         names = [t.name for t in self.numeric] + [t.name for t in self.categorical]

@@ -44,9 +44,7 @@ class OnnxBackend:
         options = ort.SessionOptions()
         session = ort.InferenceSession(read_onnx(folder, manifest), options, providers=["CPUExecutionProvider"])
         backend = cls(manifest, session)
-        from app.serve.repository import typical_row
-
-        x = manifest.preprocessing.transform(typical_row(manifest))
+        x = manifest.preprocessing.typical_input()
         (scores,) = backend.compute([(x, InferenceOptions(samples=backend.onnx.samples))], batch_seed=0)
         if not np.isfinite(scores.probs).all():
             raise CheckpointError(str(folder), "warm-up prediction is not finite")

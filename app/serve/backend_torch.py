@@ -52,9 +52,7 @@ class TorchBackend:
         return backend
 
     def warm_up(self, folder: Path) -> None:
-        from app.serve.repository import typical_row
-
-        x = self.manifest.preprocessing.transform(typical_row(self.manifest))
+        x = self.manifest.preprocessing.typical_input()
         for sampler in self.engine.warm_up_samplers():
             bank = sampler is Sampler.BANK
             samples = self.engine.bank_size if bank else self.manifest.default_samples

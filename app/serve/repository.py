@@ -43,13 +43,6 @@ class ServedModel:
         return self.backend.manifest
 
 
-def typical_row(manifest: Manifest) -> dict[str, list[object]]:
-    """A one-row record at the training medians and first categories (used for warm-up)."""
-    columns: dict[str, list[object]] = {t.name: [t.impute] for t in manifest.preprocessing.numeric}
-    columns.update({t.name: [t.categories[0]] for t in manifest.preprocessing.categorical})
-    return columns
-
-
 class ModelRepository:
     """Maps model names to loaded models; ``ready`` once every folder has been tried."""
 
