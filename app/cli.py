@@ -161,13 +161,14 @@ def _evaluate(model_dir: Path, samples: int | None, seed: int, data_path: str | 
     from app.checkpoint.io import load_checkpoint
     from app.data.dataset import load_dataset
     from app.evaluate.evaluate import evaluate as run_evaluation
-    from app.evaluate.evaluate import write_evaluation
+    from app.evaluate.evaluate import score_sets, write_evaluation
 
     try:
         checkpoint = load_checkpoint(model_dir)
         data = load_dataset(checkpoint.manifest.data, data_path)
-        result = run_evaluation(checkpoint, data, samples=samples, seed=seed)
-        written = write_evaluation(checkpoint, data, result, figures=figures)
+        scored = score_sets(checkpoint, data, samples=samples, seed=seed)  # once, for metrics and figures
+        result = run_evaluation(checkpoint, data, scored=scored)
+        written = write_evaluation(checkpoint, data, result, figures=figures, scored=scored)
     except (SbnnError, ValueError) as exc:
         _fail(exc)
     test = result["test"]

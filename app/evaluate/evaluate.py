@@ -55,20 +55,50 @@ def score_split(checkpoint: Checkpoint, split: Split, samples: int, seed: int) -
     )
 
 
+@dataclass(frozen=True)
+class ScoredSets:
+    """The test split's and every OOD set's scores, from one seed and sample count."""
+
+    samples: int
+    seed: int
+    test: Scores
+    ood: dict[str, Scores]
+
+
+def score_sets(
+    checkpoint: Checkpoint, dataset: TabularDataset, samples: int | None = None, seed: int = 0
+) -> ScoredSets:
+    """Score the test split and every OOD set once (the metrics and the figures both read these)."""
+    samples = checkpoint.model.num_samples(samples or checkpoint.manifest.default_samples)
+    return ScoredSets(
+        samples=samples,
+        seed=seed,
+        test=score_split(checkpoint, dataset.test, samples, seed),
+        ood={name: score_split(checkpoint, split, samples, seed) for name, split in dataset.ood.items()},
+    )
+
+
 def _rounded(values: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 6) if isinstance(v, float) else v for k, v in values.items()}
 
 
-def evaluate(checkpoint: Checkpoint, dataset: TabularDataset, samples: int | None = None, seed: int = 0) -> dict:
-    """Metrics of ``checkpoint`` on ``dataset``'s test split and every OOD set (JSON-ready dict)."""
+def evaluate(
+    checkpoint: Checkpoint,
+    dataset: TabularDataset,
+    samples: int | None = None,
+    seed: int = 0,
+    scored: ScoredSets | None = None,
+) -> dict:
+    """Metrics of ``checkpoint`` on ``dataset``'s test split and every OOD set (JSON-ready dict), from
+    ``scored`` when given (else scored here with ``samples`` and ``seed``)."""
     manifest = checkpoint.manifest
-    samples = checkpoint.model.num_samples(samples or manifest.default_samples)
+    scored = scored or score_sets(checkpoint, dataset, samples, seed)
     threshold = manifest.ood.threshold
-    test = score_split(checkpoint, dataset.test, samples, seed)
+    test = scored.test
     result: dict[str, Any] = {
         "split": "test",
-        "samples": samples,
-        "seed": seed,
+        "samples": scored.samples,
+        "seed": scored.seed,
         "ece_binning": ECE_BINNING,
         "parameter_count": manifest.parameter_count,
         "test": _rounded(
@@ -81,7 +111,7 @@ def evaluate(checkpoint: Checkpoint, dataset: TabularDataset, samples: int | Non
         "ood": {},
     }
     for name, split in dataset.ood.items():
-        scores = score_split(checkpoint, split, samples, seed)
+        scores = scored.ood[name]
         entry: dict[str, Any] = {
             "mutual_information": _rounded(M.ood_metrics(test.mutual_information, scores.mutual_information).as_dict()),
             "predictive_std": _rounded(M.ood_metrics(test.std, scores.std).as_dict()),
@@ -94,9 +124,16 @@ def evaluate(checkpoint: Checkpoint, dataset: TabularDataset, samples: int | Non
     return result
 
 
-def write_evaluation(checkpoint: Checkpoint, dataset: TabularDataset, result: dict, figures: bool = True) -> list[Path]:
-    """Write metrics.json, card.md (and the figures) into the checkpoint folder; store the metrics in the
-    manifest so a server can show them. Returns the written paths."""
+def write_evaluation(
+    checkpoint: Checkpoint,
+    dataset: TabularDataset,
+    result: dict,
+    figures: bool = True,
+    scored: ScoredSets | None = None,
+) -> list[Path]:
+    """Write metrics.json, card.md (and the figures, from ``scored`` when given, else scored again with the
+    result's seed and samples) into the checkpoint folder; store the metrics in the manifest so a server can
+    show them. Returns the written paths."""
     folder = checkpoint.path
     stamped = {**result, "evaluated": datetime.now(UTC).replace(microsecond=0).isoformat()}
     written = [folder / "metrics.json"]
@@ -104,15 +141,12 @@ def write_evaluation(checkpoint: Checkpoint, dataset: TabularDataset, result: di
     if figures:
         from app.evaluate.plots import write_reliability_diagram, write_score_histogram
 
-        test = score_split(checkpoint, dataset.test, result["samples"], result["seed"])
+        scored = scored or score_sets(checkpoint, dataset, result["samples"], result["seed"])
         title = f"{checkpoint.manifest.name}: test split"
-        write_reliability_diagram(folder / "reliability.png", dataset.test.y, test.probs, ECE_BINS, title=title)
-        ood = {
-            name: score_split(checkpoint, split, result["samples"], result["seed"]).mutual_information
-            for name, split in dataset.ood.items()
-        }
+        write_reliability_diagram(folder / "reliability.png", dataset.test.y, scored.test.probs, ECE_BINS, title=title)
+        ood = {name: scores.mutual_information for name, scores in scored.ood.items()}
         write_score_histogram(
-            folder / "ood_scores.png", test.mutual_information, ood, threshold=checkpoint.manifest.ood.threshold
+            folder / "ood_scores.png", scored.test.mutual_information, ood, threshold=checkpoint.manifest.ood.threshold
         )
         written += [folder / "reliability.png", folder / "ood_scores.png"]
     (folder / "card.md").write_text(render_card(checkpoint.manifest, result, figures=figures))
