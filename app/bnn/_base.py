@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
@@ -9,14 +12,28 @@ from app.bnn.init import InitSpec
 from app.bnn.priors import PriorSpec
 
 LayerSample = tuple[Tensor | None, ...]
+LayerNoise = tuple[Tensor, ...]
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """One block of standard noise a weight sample is a deterministic function of: (S, *shape) per draw.
+
+    ``normal``: N(0, 1) entries; ``uniform``: U[0, 1) entries. Exporters use these to declare the noise inputs
+    of a sampling graph; ``draw_noise`` draws them in this order.
+    """
+
+    shape: tuple[int, ...]
+    distribution: Literal["normal", "uniform"] = "normal"
 
 
 class _StochasticLinear(nn.Module):
     """Base of all linear layer kinds (as ``_ConvNd`` is for convolutions).
 
-    Subclasses implement ``sample`` (S weight draws), ``propagate`` (rows through given draws) and,
-    when Bayesian, ``kl``. Splitting draw from use lets a network draw once and reuse the draws over
-    row chunks, so every row of a request sees the same S weight samples.
+    Subclasses implement ``noise_specs`` and ``sample_from_noise`` (a weight sample as a function of standard
+    noise), ``propagate`` (rows through given draws) and, when Bayesian, ``kl``. Splitting draw from use lets a
+    network draw once and reuse the draws over row chunks, so every row of a request sees the same S weight
+    samples; splitting noise from transform lets a graph take the noise as an input (the ONNX sampling graph).
 
     Attributes:
         fixed_samples: members of the predictive for kinds whose sample set is fixed (deterministic: 1,
@@ -35,9 +52,28 @@ class _StochasticLinear(nn.Module):
         self.prior = prior.build()
         self.init = init
 
+    def noise_specs(self) -> list[NoiseSpec]:
+        """The standard noise one weight sample needs, in draw order; none for point estimates."""
+        return []
+
+    def draw_noise(self, samples: int, generator: torch.Generator | None = None) -> LayerNoise:
+        """Standard noise for ``samples`` weight samples: one (S, *shape) tensor per :meth:`noise_specs` entry."""
+        like = next(self.parameters())
+        factory = {"generator": generator, "device": like.device, "dtype": like.dtype}
+        return tuple(
+            torch.randn((samples, *spec.shape), **factory) if spec.distribution == "normal"
+            else torch.rand((samples, *spec.shape), **factory)
+            for spec in self.noise_specs()
+        )
+
+    def sample_from_noise(self, noise: LayerNoise) -> LayerSample:
+        """Weight samples (tensors with a leading S dimension) as a deterministic function of ``noise``."""
+        raise NotImplementedError
+
     def sample(self, samples: int, generator: torch.Generator | None = None) -> LayerSample:
         """Draw ``samples`` weight samples (tensors with a leading S dimension)."""
-        raise NotImplementedError
+        self._check_samples(samples)
+        return self.sample_from_noise(self.draw_noise(samples, generator))
 
     def propagate(self, x: Tensor, weights: LayerSample) -> Tensor:
         """x: (S or 1, N, n) -> (S, N, m) through drawn ``weights``."""

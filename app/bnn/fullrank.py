@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from app.bnn import functional as BF
-from app.bnn._base import LayerSample, _StochasticLinear
+from app.bnn._base import LayerNoise, LayerSample, NoiseSpec, _StochasticLinear
 from app.bnn.gaussian import MeanFieldGaussian
 from app.bnn.init import InitSpec, reference_variance
 from app.bnn.priors import PriorSpec
@@ -50,10 +50,13 @@ class BayesLinear(_StochasticLinear):
         self.weight.reset_parameters(0.0, std, self.init.eta * std, generator)
         self.bias.reset_parameters(0.0, 0.0, self.init.eta * std)
 
-    def sample(self, samples: int, generator: torch.Generator | None = None) -> LayerSample:
-        """-> W: (S, m, n), b: (S, m)."""
-        self._check_samples(samples)
-        return self.weight.sample(samples, generator), self.bias.sample(samples, generator)
+    def noise_specs(self) -> list[NoiseSpec]:
+        return [NoiseSpec(self.weight.shape), NoiseSpec(self.bias.shape)]
+
+    def sample_from_noise(self, noise: LayerNoise) -> LayerSample:
+        """Standard normals (S, m, n), (S, m) -> W: (S, m, n), b: (S, m)."""
+        eps_weight, eps_bias = noise
+        return self.weight.transform(eps_weight), self.bias.transform(eps_bias)
 
     def propagate(self, x: Tensor, weights: LayerSample) -> Tensor:
         weight, bias = weights

@@ -54,6 +54,10 @@ class MeanFieldGaussian(nn.Module):
         """Reparameterised draws: -> (S, *shape)."""
         return BF.sample_gaussian(self.mu, self.sigma, samples, generator)
 
+    def transform(self, eps: Tensor) -> Tensor:
+        """Reparameterised draws from given standard normals ``mu + sigma * eps``: (S, *shape) -> (S, *shape)."""
+        return self.mu + self.sigma * eps
+
     def kl(self, prior: Prior, generator: torch.Generator | None = None) -> Tensor:
         """KL(q ‖ prior) summed over the block (Monte Carlo or closed form, as the prior provides)."""
         return prior.kl(self.mu - self.prior_offset, self.sigma, generator)

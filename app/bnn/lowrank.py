@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from app.bnn import functional as BF
-from app.bnn._base import LayerSample, _StochasticLinear
+from app.bnn._base import LayerNoise, LayerSample, NoiseSpec, _StochasticLinear
 from app.bnn.gaussian import MeanFieldGaussian
 from app.bnn.init import InitSpec, default_damping, factor_scale, reference_variance
 from app.bnn.priors import PriorSpec
@@ -78,14 +78,13 @@ class LowRankBayesLinear(_StochasticLinear):
         if bias is not None:
             self.bias.mu.copy_(bias)
 
-    def sample(self, samples: int, generator: torch.Generator | None = None) -> LayerSample:
-        """-> A: (S, m, r), B: (S, n, r), b: (S, m)."""
-        self._check_samples(samples)
-        return (
-            self.factor_a.sample(samples, generator),
-            self.factor_b.sample(samples, generator),
-            self.bias.sample(samples, generator),
-        )
+    def noise_specs(self) -> list[NoiseSpec]:
+        return [NoiseSpec(p.shape) for p in (self.factor_a, self.factor_b, self.bias)]
+
+    def sample_from_noise(self, noise: LayerNoise) -> LayerSample:
+        """Standard normals (S, m, r), (S, n, r), (S, m) -> A: (S, m, r), B: (S, n, r), b: (S, m)."""
+        eps_a, eps_b, eps_bias = noise
+        return self.factor_a.transform(eps_a), self.factor_b.transform(eps_b), self.bias.transform(eps_bias)
 
     def propagate(self, x: Tensor, weights: LayerSample) -> Tensor:
         a, b, bias = weights

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from app.bnn._base import LayerSample, _StochasticLinear
+from app.bnn._base import LayerNoise, LayerSample, NoiseSpec, _StochasticLinear
 from app.bnn.fullrank import BayesLinear
 from app.bnn.lowrank import LowRankBayesLinear
 from app.bnn.pointestimate import DeterministicLinear, EnsembleLinear, MCDropoutLinear
@@ -82,6 +82,20 @@ class BayesianMLP(nn.Module):
         """Draw weight samples for every layer, in layer order (reproducible for a seeded generator)."""
         return [layer.sample(samples, generator) for layer in self.layers]
 
+    def noise_specs(self) -> list[list[NoiseSpec]]:
+        """The standard noise each layer's weight sample is a function of (empty for point estimates)."""
+        return [layer.noise_specs() for layer in self.layers]
+
+    def draw_noise(self, samples: int, generator: torch.Generator | None = None) -> list[LayerNoise]:
+        """Standard noise for every layer in layer order; ``sample_from_noise`` of it equals ``sample``."""
+        for layer in self.layers:
+            layer._check_samples(samples)
+        return [layer.draw_noise(samples, generator) for layer in self.layers]
+
+    def sample_from_noise(self, noise: list[LayerNoise]) -> list[LayerSample]:
+        """Weight samples for every layer as a deterministic function of ``noise`` (see ``noise_specs``)."""
+        return [layer.sample_from_noise(n) for layer, n in zip(self.layers, noise, strict=True)]
+
     def propagate(self, x: Tensor, weights: list[LayerSample]) -> Tensor:
         """x: (N, d) -> logits (S, N, k) through drawn ``weights``."""
         h = x.unsqueeze(0)  # (1, N, d): the input is shared by every sample
@@ -108,3 +122,26 @@ class BayesianMLP(nn.Module):
 def parameter_count(module: nn.Module) -> int:
     """Number of trainable scalars (variational means and scales both count, as in the paper)."""
     return sum(p.numel() for p in module.parameters())
+
+
+@torch.no_grad()
+def svd_warm_start_(model: BayesianMLP, twin: BayesianMLP) -> None:
+    """SVD warm start of a low-rank network from a trained deterministic ``twin`` of the same shape.
+
+    Every layer gets μ_A = U_r Σ_r^{1/2}, μ_B = V_r Σ_r^{1/2} from the SVD of the twin's weight W (m, n), so
+    μ_A μ_Bᵀ is W's best rank-r approximation (Eckart–Young), and μ_b = the twin's bias; σ keeps its
+    initial value. Raises ValueError when the kinds are not (lowrank, deterministic) or the layers differ.
+    """
+    if model.spec.kind is not LayerKind.LOWRANK:
+        raise ValueError(f"SVD warm start needs a 'lowrank' network, got '{model.spec.kind.value}'")
+    if twin.spec.kind is not LayerKind.DETERMINISTIC:
+        raise ValueError(f"SVD warm start needs a 'deterministic' twin, got '{twin.spec.kind.value}'")
+    if model.spec.layer_shapes() != twin.spec.layer_shapes():
+        raise ValueError(
+            f"twin layers (in, out) {twin.spec.layer_shapes()} differ from the network's {model.spec.layer_shapes()}"
+        )
+    if model.spec.activation is not twin.spec.activation or model.spec.likelihood is not twin.spec.likelihood:
+        raise ValueError("twin activation or likelihood differs from the network's")
+    for layer, dense in zip(model.layers, twin.layers, strict=True):
+        assert isinstance(layer, LowRankBayesLinear) and isinstance(dense, DeterministicLinear)  # kinds checked
+        layer.warm_start_(dense.weight[0], dense.bias[0])  # weight (1, m, n) -> (m, n), bias (1, m) -> (m,)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from app.bnn import functional as BF
-from app.bnn._base import LayerSample, _StochasticLinear
+from app.bnn._base import LayerNoise, LayerSample, NoiseSpec, _StochasticLinear
 from app.bnn.init import InitSpec, reference_variance
 from app.bnn.priors import PriorSpec
 
@@ -37,9 +37,8 @@ class _PointLinear(_StochasticLinear):
         self.weight.normal_(0.0, std, generator=generator)
         self.bias.zero_()
 
-    def sample(self, samples: int, generator: torch.Generator | None = None) -> LayerSample:
-        """The point estimates themselves: weight (M, m, n), bias (M, m); nothing is drawn."""
-        self._check_samples(samples)
+    def sample_from_noise(self, noise: LayerNoise) -> LayerSample:
+        """The point estimates themselves: weight (M, m, n), bias (M, m); there is no noise."""
         return self.weight, self.bias
 
     def propagate(self, x: Tensor, weights: LayerSample) -> Tensor:
@@ -101,14 +100,14 @@ class MCDropoutLinear(_PointLinear):
         super().__init__(in_features, out_features, members=1, **kwargs)  # type: ignore[arg-type]
         self.p = p
 
-    def sample(self, samples: int, generator: torch.Generator | None = None) -> LayerSample:
-        """-> keep mask scaled by 1/(1 − p): (S, n), or None when p = 0."""
-        self._check_samples(samples)
+    def noise_specs(self) -> list[NoiseSpec]:
+        return [] if self.p == 0.0 else [NoiseSpec((self.in_features,), "uniform")]
+
+    def sample_from_noise(self, noise: LayerNoise) -> LayerSample:
+        """Uniforms (S, n) -> keep mask scaled by 1/(1 − p): (S, n); (None,) when p = 0 (no noise)."""
         if self.p == 0.0:
             return (None,)
-        uniform = torch.rand(
-            (samples, self.in_features), generator=generator, device=self.weight.device, dtype=self.weight.dtype
-        )
+        (uniform,) = noise
         return ((uniform >= self.p).to(self.weight.dtype) / (1.0 - self.p),)
 
     def propagate(self, x: Tensor, weights: LayerSample) -> Tensor:

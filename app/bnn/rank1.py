@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from app.bnn._base import LayerSample, _StochasticLinear
+from app.bnn._base import LayerNoise, LayerSample, NoiseSpec, _StochasticLinear
 from app.bnn.gaussian import MeanFieldGaussian
 from app.bnn.init import InitSpec, reference_variance
 from app.bnn.priors import PriorSpec
@@ -58,10 +58,13 @@ class Rank1BayesLinear(_StochasticLinear):
         self.scale_out.reset_parameters(1.0, 0.0, self.init.eta)
         self.scale_in.reset_parameters(1.0, 0.0, self.init.eta)
 
-    def sample(self, samples: int, generator: torch.Generator | None = None) -> LayerSample:
-        """-> r: (S, m), s: (S, n)."""
-        self._check_samples(samples)
-        return self.scale_out.sample(samples, generator), self.scale_in.sample(samples, generator)
+    def noise_specs(self) -> list[NoiseSpec]:
+        return [NoiseSpec(self.scale_out.shape), NoiseSpec(self.scale_in.shape)]
+
+    def sample_from_noise(self, noise: LayerNoise) -> LayerSample:
+        """Standard normals (S, m), (S, n) -> r: (S, m), s: (S, n)."""
+        eps_out, eps_in = noise
+        return self.scale_out.transform(eps_out), self.scale_in.transform(eps_in)
 
     def propagate(self, x: Tensor, weights: LayerSample) -> Tensor:
         scale_out, scale_in = weights

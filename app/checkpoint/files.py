@@ -11,10 +11,11 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError
 
-from app.checkpoint.manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE, Manifest
+from app.checkpoint.manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE, Manifest, OnnxInfo, OnnxSampling
 from app.errors import CheckpointError
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
@@ -105,18 +106,22 @@ def verified_weights_bytes(folder: Path, manifest: Manifest) -> bytes:
     return data
 
 
-def read_onnx(folder: str | Path, manifest: Manifest) -> bytes:
-    """The verified bytes of the checkpoint's exported ONNX graph (size and sha256 against the manifest)."""
+def read_onnx(folder: str | Path, manifest: Manifest, graph: Literal["bank", "sampling"] = "bank") -> bytes:
+    """The verified bytes of one of the checkpoint's exported ONNX graphs (size and sha256 against the
+    manifest): the frozen bank's, or the sampling graph's."""
     folder = Path(folder)
     if manifest.onnx is None:
         raise CheckpointError(str(folder / MANIFEST_FILE), "no ONNX export recorded (run `sbnn export-onnx`)")
-    name = manifest.onnx.file
+    record: OnnxInfo | OnnxSampling | None = manifest.onnx if graph == "bank" else manifest.onnx.sampling
+    if record is None:
+        raise CheckpointError(str(folder / MANIFEST_FILE), f"no ONNX {graph} graph recorded for this model")
+    name, where = record.file, "onnx.file" if graph == "bank" else "onnx.sampling.file"
     if Path(name).name != name or not name.endswith(".onnx"):
-        raise CheckpointError(str(folder / MANIFEST_FILE), f"onnx.file must be a plain .onnx file name, got {name!r}")
+        raise CheckpointError(str(folder / MANIFEST_FILE), f"{where} must be a plain .onnx file name, got {name!r}")
     path = folder / name
     if not path.is_file():
         raise CheckpointError(str(path), "ONNX file is missing")
     data = path.read_bytes()
-    if len(data) != manifest.onnx.bytes or sha256_bytes(data) != manifest.onnx.sha256:
-        raise CheckpointError(str(path), "size or sha256 differs from the manifest's onnx record (modified)")
+    if len(data) != record.bytes or sha256_bytes(data) != record.sha256:
+        raise CheckpointError(str(path), f"size or sha256 differs from the manifest's {where} record (modified)")
     return data

@@ -80,8 +80,30 @@ class TrainingInfo(_Strict):
     sbnn_version: str
 
 
+class NoiseInput(_Strict):
+    """One noise input of the sampling graph: (S, *shape) standard normal or U[0, 1) entries."""
+
+    name: str = Field(pattern=r"^noise_\d+_\d+$")
+    shape: list[int]
+    distribution: Literal["normal", "uniform"]
+
+
+class OnnxSampling(_Strict):
+    """The sampling graph: x (N, d) and the noise inputs (S leading) -> per-sample probabilities (S, N, C)."""
+
+    file: str = "model-sampling.onnx"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=1)
+    inputs: list[NoiseInput] = Field(min_length=1, description="In the order the torch layers draw them.")
+    max_abs_diff: float = Field(ge=0.0, description="Largest |onnxruntime − torch| on shared reference noise.")
+
+
 class OnnxInfo(_Strict):
-    """The exported ONNX predictive (``sbnn export-onnx``), validated against torch when it was written."""
+    """The exported ONNX predictive (``sbnn export-onnx``), validated against torch when it was written.
+
+    ``file`` holds the frozen bank (form a); ``sampling``, when present, the graph that takes noise as input
+    (form b) for fresh samples per request. Point-estimate kinds (deterministic, ensemble) have none.
+    """
 
     file: str = "model.onnx"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -93,6 +115,7 @@ class OnnxInfo(_Strict):
     tolerance: float = Field(gt=0.0)
     max_abs_diff: float = Field(ge=0.0, description="Largest |onnxruntime − torch| over the reference inputs.")
     onnxruntime_version: str
+    sampling: OnnxSampling | None = None
 
 
 class Manifest(_Strict):

@@ -1,9 +1,15 @@
-"""Export a checkpoint's Monte Carlo predictive to ONNX, with the frozen bank of weight samples as constants.
+"""Export a checkpoint's Monte Carlo predictive to ONNX, in two forms, each validated against torch.
 
-The graph maps preprocessed rows x: (N, d) to the whole S-sample predictive summary: mean probabilities
-(N, C), total entropy, aleatoric, mutual information and the std of the predicted class's probability (N,),
-exactly what the torch engine's ``bank`` sampler computes. It is bitwise-stable (no random numbers) and is
-validated against torch on export. The sampling graph (fresh noise as an input) is not built yet.
+(a) ``model.onnx``, the frozen bank as constants: preprocessed rows x: (N, d) -> the whole S-sample predictive
+    summary: mean probabilities (N, C), total entropy, aleatoric, mutual information and the std of the
+    predicted class's probability (N,), exactly what the torch engine's ``bank`` sampler computes. No random
+    numbers: bitwise-stable.
+(b) ``model-sampling.onnx``, the sampling graph: x (N, d) and one standard-noise input per stochastic parameter
+    block, ``noise_<layer>_<block>``: (S, *shape), -> per-sample probabilities ``sample_probabilities``:
+    (S, N, C), S free. A weight sample is ``mu + sigma * noise`` (a dropout mask ``noise >= p``), the very
+    function the torch layers apply to their own draws, so fresh samples per request need only a random
+    number generator beside the graph. Deterministic networks and ensembles have nothing to sample: form (a)
+    only.
 """
 
 from __future__ import annotations
@@ -19,11 +25,14 @@ from torch import Tensor, nn
 from app.bnn.network import BayesianMLP
 from app.bnn.predictive import Predictive, class_probabilities, decompose
 from app.checkpoint.io import Checkpoint, sha256_bytes, write_manifest
-from app.checkpoint.manifest import OnnxInfo
+from app.checkpoint.manifest import NoiseInput, OnnxInfo, OnnxSampling
 from app.errors import CheckpointError
 
 ONNX_FILE = "model.onnx"
+SAMPLING_FILE = "model-sampling.onnx"
 OUTPUTS = ["probabilities", "total_entropy", "aleatoric", "mutual_information", "predictive_std"]
+SAMPLING_OUTPUT = "sample_probabilities"
+VALIDATION_SAMPLES = 32  # noise draws the sampling graph is validated on (S is a free axis of the graph)
 TINY = 1e-30  # log(0) guard: p·log(max(p, TINY)) is 0 at p = 0, as xlogy is
 
 
@@ -62,6 +71,46 @@ class BankPredictive(nn.Module):
         chosen = (probs * onehot).sum(-1)  # (S, N)
         std = (chosen - chosen.mean(0)).square().mean(0).sqrt()
         return mean, total, aleatoric, mutual_information, std
+
+
+class SamplingPredictive(nn.Module):
+    """(x: (N, d), *noise: (S, *shape) each) -> per-sample probabilities (S, N, C).
+
+    The noise tensors are the network's ``noise_specs`` flattened in layer order (layers without noise add
+    none); ``sample_from_noise`` turns them into weight samples exactly as ``sample`` does.
+    """
+
+    def __init__(self, model: BayesianMLP) -> None:
+        super().__init__()
+        self.model = model
+        self.counts = [len(specs) for specs in model.noise_specs()]
+
+    def forward(self, x: Tensor, *noise: Tensor) -> Tensor:
+        per_layer, k = [], 0
+        for count in self.counts:
+            per_layer.append(tuple(noise[k:k + count]))
+            k += count
+        weights = self.model.sample_from_noise(per_layer)
+        return class_probabilities(self.model.propagate(x, weights), self.model.spec.likelihood)
+
+
+def noise_inputs(model: BayesianMLP) -> list[NoiseInput]:
+    """The sampling graph's noise inputs, in draw order; empty for kinds with nothing to sample."""
+    return [
+        NoiseInput(name=f"noise_{layer}_{block}", shape=list(spec.shape), distribution=spec.distribution)
+        for layer, specs in enumerate(model.noise_specs())
+        for block, spec in enumerate(specs)
+    ]
+
+
+def draw_reference_noise(inputs: list[NoiseInput], samples: int, seed: int) -> dict[str, np.ndarray]:
+    """Standard noise for the sampling graph from numpy's generator: name -> (S, *shape) float32."""
+    rng = np.random.default_rng(seed)
+    return {
+        i.name: (rng.standard_normal((samples, *i.shape)) if i.distribution == "normal"
+                 else rng.random((samples, *i.shape))).astype(np.float32)
+        for i in inputs
+    }
 
 
 @dataclass(frozen=True)
@@ -108,10 +157,46 @@ def export_onnx(checkpoint: Checkpoint, samples: int | None = None, seed: int = 
     if not worst <= tolerance:
         raise CheckpointError(str(checkpoint.path / ONNX_FILE),
                               f"onnxruntime and torch differ by {worst:.3g} > tolerance {tolerance:g}; not written")
+    sampling = _export_sampling(model, x, opset, tolerance, checkpoint.path / SAMPLING_FILE, ort)
     path = checkpoint.path / ONNX_FILE
     path.write_bytes(data)
+    if sampling is None:
+        (checkpoint.path / SAMPLING_FILE).unlink(missing_ok=True)  # a stale graph of earlier weights
     info = OnnxInfo(file=ONNX_FILE, sha256=sha256_bytes(data), bytes=len(data), opset=opset, sampler="bank",
                     samples=samples, bank_seed=seed, tolerance=tolerance, max_abs_diff=worst,
-                    onnxruntime_version=ort.__version__)
+                    onnxruntime_version=ort.__version__, sampling=sampling)
     write_manifest(checkpoint.path, checkpoint.manifest.model_copy(update={"onnx": info}))
     return ExportReport(path=path, info=info)
+
+
+def _export_sampling(model: BayesianMLP, x: np.ndarray, opset: int, tolerance: float, path: Path,
+                     ort: object) -> OnnxSampling | None:
+    """Export, validate on shared reference noise and write the sampling graph; None for kinds without noise.
+    Raises CheckpointError (and writes nothing) when onnxruntime and torch differ by more than ``tolerance``."""
+    inputs = noise_inputs(model)
+    if not inputs:
+        return None
+    noise = draw_reference_noise(inputs, VALIDATION_SAMPLES, seed=0)
+    names = [i.name for i in inputs]
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        SamplingPredictive(model).eval(), (torch.from_numpy(x), *(torch.from_numpy(noise[n]) for n in names)),
+        buffer, dynamo=False, opset_version=opset, input_names=["x", *names], output_names=[SAMPLING_OUTPUT],
+        dynamic_axes={"x": {0: "rows"}, **{n: {0: "samples"} for n in names},
+                      SAMPLING_OUTPUT: {0: "samples", 1: "rows"}},
+    )
+    data = buffer.getvalue()
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+    (onnx_probs,) = session.run([SAMPLING_OUTPUT], {"x": x, **noise})
+    per_layer, k = [], 0
+    for count in (len(specs) for specs in model.noise_specs()):
+        per_layer.append(tuple(torch.from_numpy(noise[n]) for n in names[k:k + count]))
+        k += count
+    torch_probs = class_probabilities(model.propagate(torch.from_numpy(x), model.sample_from_noise(per_layer)),
+                                      model.spec.likelihood)
+    worst = float(np.abs(onnx_probs - torch_probs.numpy()).max())
+    if not worst <= tolerance:
+        raise CheckpointError(str(path), f"sampling graph: onnxruntime and torch differ by {worst:.3g} > tolerance "
+                                         f"{tolerance:g}; not written")
+    path.write_bytes(data)
+    return OnnxSampling(file=path.name, sha256=sha256_bytes(data), bytes=len(data), inputs=inputs, max_abs_diff=worst)

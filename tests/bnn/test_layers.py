@@ -70,6 +70,27 @@ def test_same_generator_seed_same_draws_and_global_rng_untouched(kind: LayerKind
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
+def test_sample_is_a_function_of_declared_noise(kind: LayerKind) -> None:
+    """``sample`` = ``sample_from_noise(draw_noise)`` bit for bit, and the noise has the declared shapes (the
+    ONNX sampling graph relies on both)."""
+    model = network(kind)
+    samples = model.num_samples(5)
+    drawn = model.sample(samples, gen(7))
+    noise = model.draw_noise(samples, gen(7))
+    for layer_noise, specs in zip(noise, model.noise_specs(), strict=True):
+        assert [tuple(t.shape) for t in layer_noise] == [(samples, *spec.shape) for spec in specs]
+        for t, spec in zip(layer_noise, specs, strict=True):
+            inside = (t >= 0).all() and (t < 1).all()
+            assert bool(inside) if spec.distribution == "uniform" else not bool(inside)
+    rebuilt = model.sample_from_noise(noise)
+    for layer_a, layer_b in zip(drawn, rebuilt, strict=True):
+        for a, b in zip(layer_a, layer_b, strict=True):
+            assert (a is None and b is None) or torch.equal(a, b)
+    if kind in (LayerKind.DETERMINISTIC, LayerKind.ENSEMBLE):
+        assert all(specs == [] for specs in model.noise_specs())
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_row_answer_independent_of_batch(kind: LayerKind) -> None:
     """Weight samples are shared across rows: a row's draws do not depend on its neighbours."""
     model = network(kind)

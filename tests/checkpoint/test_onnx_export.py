@@ -1,4 +1,5 @@
-"""ONNX export of the frozen-bank predictive: parity with torch for every kind, recorded, hash-checked."""
+"""ONNX export of the frozen-bank predictive and of the sampling graph: parity with torch for every kind,
+recorded, hash-checked."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ import pytest
 import torch
 
 from app.bnn import LayerKind, NetworkSpec
-from app.bnn.engine import MonteCarloEngine, Sampler
-from app.bnn.predictive import decompose
+from app.bnn.engine import MonteCarloEngine, Sampler, monte_carlo_error
+from app.bnn.predictive import Predictive, class_probabilities, decompose
 from app.checkpoint.io import load_checkpoint, read_onnx, save_checkpoint
-from app.checkpoint.onnx_export import OUTPUTS, export_onnx
+from app.checkpoint.onnx_export import OUTPUTS, SAMPLING_FILE, SAMPLING_OUTPUT, export_onnx
 from app.errors import CheckpointError
+from app.serve import backend_onnx
+
+NOISE_FREE = (LayerKind.DETERMINISTIC, LayerKind.ENSEMBLE)
 
 
 def checkpoint_of_kind(tiny_checkpoint: Path, tmp_path: Path, kind: LayerKind) -> Path:
@@ -75,5 +79,74 @@ def test_export_refuses_a_loose_match(tiny_checkpoint: Path, tmp_path: Path) -> 
     shutil.copytree(tiny_checkpoint, folder)
     with pytest.raises(CheckpointError, match="differ by"):
         export_onnx(load_checkpoint(folder), tolerance=1e-12)
-    assert not (folder / "model.onnx").exists()
+    assert not (folder / "model.onnx").exists() and not (folder / SAMPLING_FILE).exists()
     assert load_checkpoint(folder).manifest.onnx is None
+
+
+@pytest.mark.parametrize("kind", list(LayerKind))
+def test_sampling_graph_matches_torch_on_shared_noise(tiny_checkpoint: Path, tmp_path: Path, kind: LayerKind) -> None:
+    """Form (b): the same noise through onnxruntime and through the torch layers gives the same per-sample
+    probabilities; the backend's numpy summaries equal torch's decomposition and Monte Carlo errors."""
+    folder = checkpoint_of_kind(tiny_checkpoint, tmp_path, kind)
+    sampling = export_onnx(load_checkpoint(folder), seed=0).info.sampling
+    checkpoint = load_checkpoint(folder)
+    model = checkpoint.model
+    if kind in NOISE_FREE:
+        assert sampling is None and not (folder / SAMPLING_FILE).exists()
+        return
+    assert sampling is not None and sampling.max_abs_diff <= 1e-4
+    assert [(i.name, tuple(i.shape)) for i in sampling.inputs] == [
+        (f"noise_{layer}_{block}", spec.shape)
+        for layer, specs in enumerate(model.noise_specs()) for block, spec in enumerate(specs)
+    ]
+    session = ort.InferenceSession(read_onnx(folder, checkpoint.manifest, "sampling"),
+                                   providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((7, model.spec.in_features)).astype(np.float32)
+    for samples in (1, 100):  # S is a free axis of the graph
+        noise = backend_onnx.NoiseStream(sampling.inputs, seed=4).next(samples)
+        (onnx_probs,) = session.run([SAMPLING_OUTPUT], {"x": x, **noise})
+        per_layer, names = [], iter(noise)
+        for specs in model.noise_specs():
+            per_layer.append(tuple(torch.from_numpy(noise[next(names)]) for _ in specs))
+        with torch.no_grad():
+            logits = model.propagate(torch.from_numpy(x), model.sample_from_noise(per_layer))
+        torch_probs = class_probabilities(logits, model.spec.likelihood)
+        assert onnx_probs.shape == (samples, 7, 2)
+        np.testing.assert_allclose(onnx_probs, torch_probs.numpy(), atol=1e-5)
+
+    predictive = Predictive(torch.from_numpy(onnx_probs))
+    mean, total, aleatoric, mi, std = backend_onnx.summarise(onnx_probs)
+    u = decompose(predictive)
+    for ours, theirs in [(mean, predictive.mean), (total, u.total), (aleatoric, u.aleatoric), (mi, u.epistemic),
+                         (std, u.std)]:
+        np.testing.assert_allclose(ours, theirs.double().numpy(), atol=1e-6)
+    ours_error, theirs_error = backend_onnx.monte_carlo_error(onnx_probs), monte_carlo_error(predictive)
+    assert ours_error.probability == pytest.approx(theirs_error.probability, rel=1e-4)
+    assert ours_error.mutual_information == pytest.approx(theirs_error.mutual_information, rel=1e-3, abs=1e-9)
+
+
+def test_noise_stream_is_a_prefix_whatever_the_total(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The k-th chunk of a seed's noise does not depend on how many samples were asked: an adaptive run that
+    stops early saw the first samples of the full run."""
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_checkpoint, folder)
+    inputs = export_onnx(load_checkpoint(folder)).info.sampling.inputs
+    full = backend_onnx.NoiseStream(inputs, seed=9)
+    short = backend_onnx.NoiseStream(inputs, seed=9)
+    first, again = full.next(64), short.next(64)
+    assert all(np.array_equal(first[name], again[name]) for name in first)
+    assert not np.array_equal(full.next(64)[inputs[0].name], first[inputs[0].name])
+
+
+def test_tampered_sampling_graph_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_checkpoint, folder)
+    export_onnx(load_checkpoint(folder))
+    path = folder / SAMPLING_FILE
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    manifest = load_checkpoint(folder).manifest
+    read_onnx(folder, manifest)  # the bank graph is untouched
+    with pytest.raises(CheckpointError, match="sha256"):
+        read_onnx(folder, manifest, "sampling")

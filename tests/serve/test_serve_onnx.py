@@ -1,4 +1,5 @@
-"""The onnxruntime backend: a server that cannot import torch answers /v1 and /v2 as the torch backend's bank."""
+"""The onnxruntime backend: a server that cannot import torch answers /v1 and /v2 as the torch backend does:
+the bank with the same numbers, fresh samples (seeded, replayable, adaptive) from the sampling graph."""
 
 from __future__ import annotations
 
@@ -37,16 +38,30 @@ async def main():
                     break
                 await asyncio.sleep(0.05)
             rows = json.loads(sys.argv[2])
-            v1 = await client.post("/v1/models/flchain-mortality/predict", json={"instances": rows})
+            first = await client.post("/v1/models/flchain-mortality/predict", json={"instances": rows})
             inputs = [{"name": k, "shape": [len(rows)], "datatype": "BYTES" if k == "sex" else "FP64",
                        "data": [r[k] for r in rows]} for k in rows[0]]
             v2 = await client.post("/v2/models/flchain-mortality/infer", json={"inputs": inputs})
-            fresh = await client.post("/v1/models/flchain-mortality/predict",
-                                      json={"instances": rows, "sampler": "fresh", "seed": 1})
+            async def v1(body):
+                response = await client.post("/v1/models/flchain-mortality/predict", json={"instances": rows, **body})
+                return [response.status_code, response.json()]
+
+            v2_fresh = await client.post("/v2/models/flchain-mortality/infer",
+                                         json={"inputs": inputs, "parameters": {"sampler": "fresh", "seed": 2}})
+            answers = {
+                "fresh": await v1({"sampler": "fresh", "seed": 1}),
+                "fresh_again": await v1({"sampler": "fresh", "seed": 1}),
+                "seeded_auto": await v1({"seed": 7}),
+                "many": await v1({"samples": 4096, "seed": 3}),
+                "adaptive": await v1({"tolerance": 0.01, "seed": 5}),
+                "local": await v1({"sampler": "local", "seed": 1}),
+                "bank_seed": await v1({"sampler": "bank", "seed": 3}),
+                "unseeded_fresh": await v1({"sampler": "fresh"}),
+                "v2_fresh": [v2_fresh.status_code, v2_fresh.json()],
+            }
             models = await client.get("/v1/models")
-            print(json.dumps({"v1": [v1.status_code, v1.json()], "v2": [v2.status_code, v2.json()],
-                              "fresh": [fresh.status_code, fresh.json()], "models": models.json(),
-                              "torch_imported": sys.modules.get("torch") is not None}))
+            print(json.dumps({"v1": [first.status_code, first.json()], "v2": [v2.status_code, v2.json()], **answers,
+                              "models": models.json(), "torch_imported": sys.modules.get("torch") is not None}))
 
 asyncio.run(main())
 """
@@ -69,23 +84,23 @@ def onnx_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repository
 
 
-def test_torch_free_server_matches_the_torch_bank(onnx_repository: Path) -> None:
+def test_torch_free_server_matches_the_torch_backend(onnx_repository: Path) -> None:
     run = subprocess.run([sys.executable, "-c", TORCH_FREE_CLIENT, str(onnx_repository), json.dumps(ROWS)],
                          cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["torch_imported"] is False
-    status, onnx_v1 = out["v1"]
-    assert status == 200, onnx_v1
-    assert onnx_v1["sampler"] == "bank" and onnx_v1["samples"] == 512 and onnx_v1["seed"] == 0
-    assert out["v2"][0] == 200 and out["v2"][1]["parameters"]["sampler"] == "bank"
-    assert out["fresh"][0] == 422 and "bank only" in json.dumps(out["fresh"][1])
     states = {m["name"]: m for m in out["models"]["models"]}
     assert states["flchain-mortality"]["state"] == "ready"
     assert states["broken-onnx"]["state"] == "failed" and "sha256" in states["broken-onnx"]["reason"]
 
-    torch_v1 = _torch_answer(onnx_repository)
-    for onnx_row, torch_row in zip(onnx_v1["predictions"], torch_v1["predictions"], strict=True):
+    # The bank: the same numbers as the torch backend's bank.
+    status, onnx_v1 = out["v1"]
+    assert status == 200, onnx_v1
+    assert onnx_v1["sampler"] == "bank" and onnx_v1["samples"] == 512 and onnx_v1["seed"] == 0
+    assert out["v2"][0] == 200 and out["v2"][1]["parameters"]["sampler"] == "bank"
+    torch_bank = _torch_answer(onnx_repository, {})
+    for onnx_row, torch_row in zip(onnx_v1["predictions"], torch_bank["predictions"], strict=True):
         assert onnx_row["label"] == torch_row["label"] and onnx_row["decision"] == torch_row["decision"]
         assert onnx_row["ood"]["flag"] == torch_row["ood"]["flag"]
         for label, p in torch_row["probabilities"].items():
@@ -93,8 +108,40 @@ def test_torch_free_server_matches_the_torch_bank(onnx_repository: Path) -> None
         for key in ("total", "aleatoric", "epistemic", "std"):
             assert onnx_row["uncertainty"][key] == pytest.approx(torch_row["uncertainty"][key], abs=1e-5)
 
+    # Fresh samples from the sampling graph: replayable by seed; a seed other than the bank's means fresh.
+    (status, fresh), (_, again) = out["fresh"], out["fresh_again"]
+    assert status == 200, fresh
+    assert fresh["sampler"] == "fresh" and fresh["seed"] == 1 and fresh["samples"] == 512
+    assert fresh["predictions"] == again["predictions"]
+    assert fresh["predictions"] != onnx_v1["predictions"]
+    assert out["seeded_auto"][0] == 200 and out["seeded_auto"][1]["sampler"] == "fresh"
+    status, unseeded = out["unseeded_fresh"]
+    assert status == 200 and unseeded["sampler"] == "fresh" and isinstance(unseeded["seed"], int)
+    status, v2_fresh = out["v2_fresh"]
+    assert status == 200 and v2_fresh["parameters"]["sampler"] == "fresh" and v2_fresh["parameters"]["seed"] == 2
 
-def _torch_answer(repository: Path) -> dict:
+    # 4096 fresh samples (numpy noise) estimate the same predictive as torch's: within 5 Monte Carlo errors.
+    status, many = out["many"]
+    assert status == 200 and many["samples"] == 4096
+    torch_many = _torch_answer(onnx_repository, {"samples": 4096, "seed": 3, "sampler": "fresh"})
+    both_errors = many["mc_error"]["probability"] + torch_many["mc_error"]["probability"]
+    for onnx_row, torch_row in zip(many["predictions"], torch_many["predictions"], strict=True):
+        for label, p in torch_row["probabilities"].items():
+            assert abs(onnx_row["probabilities"][label] - p) <= 5 * both_errors
+        assert onnx_row["uncertainty"]["epistemic"] == pytest.approx(torch_row["uncertainty"]["epistemic"], rel=0.2)
+
+    # Adaptive: chunks of 64 until both errors are within the tolerance (or the cap).
+    status, adaptive = out["adaptive"]
+    assert status == 200 and adaptive["sampler"] == "fresh" and adaptive["samples"] % 64 == 0
+    errors = adaptive["mc_error"]
+    assert max(errors["probability"], errors["mutual_information"]) <= 0.01
+
+    # What only the torch engine does is refused by name.
+    assert out["local"][0] == 422 and out["local"][1]["detail"][0]["loc"] == ["body", "sampler"]
+    assert out["bank_seed"][0] == 422 and out["bank_seed"][1]["detail"][0]["loc"] == ["body", "seed"]
+
+
+def _torch_answer(repository: Path, options: dict) -> dict:
     import asyncio
 
     async def ask() -> dict:
@@ -105,7 +152,8 @@ def _torch_answer(repository: Path) -> dict:
                     if (await client.get("/v2/health/ready")).status_code == 200:
                         break
                     await asyncio.sleep(0.05)
-                response = await client.post("/v1/models/flchain-mortality/predict", json={"instances": ROWS})
+                body = {"instances": ROWS, **options}
+                response = await client.post("/v1/models/flchain-mortality/predict", json=body)
                 assert response.status_code == 200
                 return response.json()
 
