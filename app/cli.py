@@ -239,12 +239,14 @@ def export_onnx_command(
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     tolerance: Annotated[float, typer.Option(help="Largest |onnxruntime − torch| accepted.")] = 1e-4,
 ) -> None:
-    """Export the Monte Carlo predictive (frozen bank) to model.onnx, validated against torch."""
+    """Export the Monte Carlo predictive to ONNX, validated against torch: model.onnx (the frozen bank) and,
+    for kinds with weight noise, model-sampling.onnx (noise in, per-sample probabilities out)."""
     from app.checkpoint.io import load_checkpoint
     from app.checkpoint.onnx_export import export_onnx
 
     try:
-        report = export_onnx(load_checkpoint(model_dir), samples=samples, seed=seed, opset=opset, tolerance=tolerance)
+        checkpoint = load_checkpoint(model_dir)
+        report = export_onnx(checkpoint, samples=samples, seed=seed, opset=opset, tolerance=tolerance)
     except SbnnError as exc:
         _fail(exc)
     info = report.info
@@ -253,6 +255,15 @@ def export_onnx_command(
         f"samples, seed {info.bank_seed}); onnxruntime {info.onnxruntime_version} matches torch within "
         f"{info.max_abs_diff:.2g} (tolerance {info.tolerance:g})"
     )
+    if info.sampling is not None:
+        console.print(
+            f"wrote [bold]{report.path.parent / info.sampling.file}[/] ({info.sampling.bytes / 1e3:.0f} KB, "
+            f"{len(info.sampling.inputs)} noise inputs); matches torch on shared noise within "
+            f"{info.sampling.max_abs_diff:.2g}"
+        )
+    else:
+        console.print(f"no sampling graph: a '{checkpoint.manifest.kind.value}' model has no weight noise (the "
+                      "bank graph serves it whole)")
 
 
 @app.command()

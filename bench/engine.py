@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +58,32 @@ def sgemm_peak(device: torch.device) -> float:
 
 def lowrank_flops(model: BayesianMLP, rows: int, samples: int) -> float:
     return 2.0 * rows * samples * sum(layer.rank * (layer.in_features + layer.out_features) for layer in model.layers)
+
+
+def onnx_fresh(model: BayesianMLP) -> Callable[[np.ndarray, int], object] | None:
+    """The onnx backend's fresh path on the exported sampling graph: (x, S) -> scores with numpy noise, as the
+    server runs it (None when onnxruntime is missing)."""
+    try:
+        import io
+
+        import onnxruntime as ort
+
+        from app.checkpoint.onnx_export import SAMPLING_OUTPUT, SamplingPredictive, noise_inputs
+        from app.serve.backend_onnx import run_fresh
+    except ImportError:
+        return None
+    cpu_model = BayesianMLP(model.spec, device="cpu")
+    cpu_model.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
+    inputs = noise_inputs(cpu_model)
+    names = [i.name for i in inputs]
+    example = [torch.zeros(1, *i.shape) for i in inputs]
+    buffer = io.BytesIO()
+    torch.onnx.export(SamplingPredictive(cpu_model).eval(), (torch.zeros(1, model.spec.in_features), *example),
+                      buffer, dynamo=False, opset_version=17, input_names=["x", *names], output_names=[SAMPLING_OUTPUT],
+                      dynamic_axes={"x": {0: "rows"}, **{n: {0: "samples"} for n in names},
+                                    SAMPLING_OUTPUT: {0: "samples", 1: "rows"}})
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    return lambda x, samples: run_fresh(session, inputs, x, samples, seed=5)
 
 
 def onnx_sessions(model: BayesianMLP, samples_list: list[int]) -> dict[int, object] | None:
@@ -114,6 +141,7 @@ def bench_network(name: str, model: BayesianMLP, sizes: list[int], samples_list:
                            generator=torch.Generator().manual_seed(0)).to(device).eval()
     bt = bayesian_torch_net(shapes, device)
     session = onnx_sessions(model, samples_list)
+    fresh = onnx_fresh(model)
     rows_out = []
     for samples in samples_list:
         for n in sizes:
@@ -137,6 +165,10 @@ def bench_network(name: str, model: BayesianMLP, sizes: list[int], samples_list:
                 xn = x.cpu().numpy()
                 entries["onnxruntime bank (CPU)"] = timed(
                     lambda xn=xn, s=samples: session[s].run(None, {"x": xn}), torch.device("cpu"))
+            if fresh is not None:
+                xn = x.cpu().numpy()
+                entries["onnxruntime fresh (CPU, numpy noise)"] = timed(
+                    lambda xn=xn, s=samples: fresh(xn, s), torch.device("cpu"))
             if bt is not None:
                 entries["bayesian-torch loop"] = timed(lambda x=x, s=samples: [bt(x) for _ in range(s)], device)
             entries["full-rank BBB batched"] = timed(

@@ -91,6 +91,12 @@ slim_answer=$(curl -sf "http://127.0.0.1:$slim_port/v1/models/flchain-mortality/
 grep -q '"sampler":"bank"' <<<"$slim_answer" && grep -q '"decision":"refer"' <<<"$slim_answer" \
   || { echo "unexpected slim answer: $slim_answer"; exit 1; }
 echo "slim image (no torch) answered: ${slim_answer:0:100}..."
+slim_fresh=$(curl -sf "http://127.0.0.1:$slim_port/v1/models/flchain-mortality/predict" -H 'content-type: application/json' \
+  -d '{"instances": [{"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 1.0, "mgus": 0}], "seed": 7}') \
+  || { docker logs sbnn-ci-slim | tail -30; exit 1; }
+grep -q '"sampler":"fresh"' <<<"$slim_fresh" && grep -q '"seed":7' <<<"$slim_fresh" \
+  || { echo "unexpected slim fresh answer: $slim_fresh"; exit 1; }
+echo "slim image fresh samples (sampling graph): ${slim_fresh:0:100}..."
 docker rm -f sbnn-ci-slim >/dev/null
 
 step "run and wait for health"

@@ -17,7 +17,7 @@ def sbnn(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["info"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["info"], ["export-onnx"], ["compare"]])
 def test_help_for_every_command(command: list[str]) -> None:
     result = sbnn(*command, "--help")
     assert result.returncode == 0, result.stderr
@@ -38,6 +38,10 @@ def test_train_info_evaluate_on_a_user_csv(table_files: tuple[Path, Path], tmp_p
     evaluated = sbnn("evaluate", str(out), "--no-figures")
     assert evaluated.returncode == 0, evaluated.stderr
     assert "ood-file" in evaluated.stdout and (out / "metrics.json").is_file() and (out / "card.md").is_file()
+    exported = sbnn("export-onnx", str(out))
+    assert exported.returncode == 0, exported.stderr
+    assert "model.onnx" in exported.stdout and "model-sampling.onnx" in exported.stdout
+    assert json.loads((out / "manifest.json").read_text())["onnx"]["sampling"]["inputs"][0]["name"] == "noise_0_0"
 
 
 def test_errors_are_messages_not_tracebacks(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -47,3 +51,7 @@ def test_errors_are_messages_not_tracebacks(tiny_checkpoint: Path, tmp_path: Pat
     assert missing.returncode == 2 and "no such directory" in missing.stderr and "Traceback" not in missing.stderr
     bad_rank = sbnn("train", "--dataset", "flchain", "--out", str(tmp_path / "m"), "--ranks", "a,b")
     assert bad_rank.returncode == 2 and "comma-separated integers" in bad_rank.stderr
+    warm_fullrank = sbnn("train", "--dataset", "flchain", "--kind", "fullrank", "--warm-start", str(tiny_checkpoint),
+                         "--out", str(tmp_path / "m"))
+    assert warm_fullrank.returncode == 2 and "--warm-start" in warm_fullrank.stderr
+    assert "lowrank" in warm_fullrank.stderr and "Traceback" not in warm_fullrank.stderr

@@ -173,28 +173,33 @@ class OnnxBackend:
             mc_error=MonteCarloError(float(std.max()) / math.sqrt(samples), float("nan")),
         )
 
-    def sample_probabilities(self, x: np.ndarray, noise: dict[str, np.ndarray]) -> np.ndarray:
-        """x: (N, d) and noise (S, *shape) per input -> per-sample probabilities (S, N, C)."""
-        (probs,) = self.sampling.run([SAMPLING_OUTPUT], {"x": x, **noise})  # type: ignore[union-attr]
-        return probs
-
     def _run_fresh(self, x: np.ndarray, samples: int, seed: int, tolerance: float | None) -> Scores:
-        """``samples`` fresh samples from ``seed``; with a tolerance, chunk by chunk until both Monte Carlo
-        errors are within it (``samples`` is then the cap)."""
-        assert self.onnx.sampling is not None  # refuse() sent bank-only models elsewhere
-        stream = NoiseStream(self.onnx.sampling.inputs, seed)
-        sizes = [min(NOISE_CHUNK, samples - start) for start in range(0, samples, NOISE_CHUNK)]
-        if tolerance is None:  # one graph run over all the samples: the draws are the same chunks, concatenated
-            chunks = [stream.next(size) for size in sizes]
-            probs = self.sample_probabilities(x, {n: np.concatenate([c[n] for c in chunks]) for n in chunks[0]})
-        else:
-            parts: list[np.ndarray] = []
-            for size in sizes:
-                parts.append(self.sample_probabilities(x, stream.next(size)))
-                error = monte_carlo_error(np.concatenate(parts))
-                if max(error.probability, error.mutual_information) <= tolerance:
-                    break
-            probs = np.concatenate(parts)
-        mean, total, aleatoric, mi, std = summarise(probs)
-        return Scores(probs=mean, total=total, aleatoric=aleatoric, epistemic=mi, std=std, samples=probs.shape[0],
-                      seed=seed, sampler=Sampler.FRESH, mc_error=monte_carlo_error(probs))
+        assert self.onnx.sampling is not None and self.sampling is not None  # refuse() sent the others to the bank
+        return run_fresh(self.sampling, self.onnx.sampling.inputs, x, samples, seed, tolerance)
+
+
+def run_fresh(session: object, inputs: list[NoiseInput], x: np.ndarray, samples: int, seed: int,
+              tolerance: float | None = None) -> Scores:
+    """``samples`` fresh samples from ``seed`` through a sampling graph's onnxruntime ``session``; with a
+    tolerance, chunk by chunk until both Monte Carlo errors are within it (``samples`` is then the cap)."""
+
+    def sample_probabilities(noise: dict[str, np.ndarray]) -> np.ndarray:
+        (probs,) = session.run([SAMPLING_OUTPUT], {"x": x, **noise})  # type: ignore[attr-defined]
+        return probs  # (S, N, C)
+
+    stream = NoiseStream(inputs, seed)
+    sizes = [min(NOISE_CHUNK, samples - start) for start in range(0, samples, NOISE_CHUNK)]
+    if tolerance is None:  # one graph run over all the samples: the draws are the same chunks, concatenated
+        chunks = [stream.next(size) for size in sizes]
+        probs = sample_probabilities({name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]})
+    else:
+        parts: list[np.ndarray] = []
+        for size in sizes:
+            parts.append(sample_probabilities(stream.next(size)))
+            error = monte_carlo_error(np.concatenate(parts))
+            if max(error.probability, error.mutual_information) <= tolerance:
+                break
+        probs = np.concatenate(parts)
+    mean, total, aleatoric, mi, std = summarise(probs)
+    return Scores(probs=mean, total=total, aleatoric=aleatoric, epistemic=mi, std=std, samples=probs.shape[0],
+                  seed=seed, sampler=Sampler.FRESH, mc_error=monte_carlo_error(probs))
