@@ -76,6 +76,10 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for splits, initialisation and noise.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     evaluate: Annotated[bool, typer.Option(help="Run `sbnn evaluate` on the result.")] = True,
+    warm_start: Annotated[
+        Path | None,
+        typer.Option(help="Trained deterministic checkpoint (same data, widths) for an SVD warm start (lowrank)."),
+    ] = None,
 ) -> None:
     """Train a network, calibrate its OOD gate and save a checkpoint folder."""
     from pydantic import ValidationError
@@ -104,6 +108,7 @@ def train(
             target_fpr=target_fpr,
             seed=seed,
             device=device,
+            warm_start=None if warm_start is None else str(warm_start),
         )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -202,6 +207,132 @@ def evaluate(
 ) -> None:
     """Evaluate a checkpoint on its test split and OOD sets; write metrics.json, card.md and figures."""
     _evaluate(model_dir, samples, seed, data, figures)
+
+
+@app.command()
+def compare(
+    out: Annotated[
+        Path | None, typer.Option(help="Runs folder [default: runs/compare; quick: runs/compare-quick].")
+    ] = None,
+    docs: Annotated[
+        Path | None, typer.Option(help="Where results.md and results/ go [default: docs; quick: OUT/docs].")
+    ] = None,
+    models: Annotated[
+        Path | None, typer.Option(help="Where the best model of each kind goes [default: models; quick: OUT/models].")
+    ] = None,
+    seeds: Annotated[int | None, typer.Option(help="Training seeds 0..N-1 [default: 3; quick: 2].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs of every run [default: 200; quick: 30].")] = None,
+    skip_ablation: Annotated[bool, typer.Option(help="Skip the rank ablation.")] = False,
+    quick: Annotated[bool, typer.Option(help="Smoke test of the pipeline: fewer seeds, epochs and samples.")] = False,
+    threads: Annotated[
+        int, typer.Option(help="torch CPU threads; 1 keeps timings comparable (the networks are small).")
+    ] = 1,
+) -> None:
+    """Train every kind on flchain with the same budget over several seeds (resumable), then write
+    docs/results.md with tables, claims and figures, and save the best model of each kind."""
+    import time
+
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from app.data.flchain import load_flchain
+    from app.evaluate.compare import RichReporter, make_plan, run_comparison
+    from app.evaluate.results import command_line, write_results
+
+    if threads < 1:
+        raise typer.BadParameter(f"must be ≥ 1, got {threads}", param_hint="--threads")
+    torch.set_num_threads(threads)
+    out = out or Path("runs/compare-quick" if quick else "runs/compare")
+    docs = docs or (out / "docs" if quick else Path("docs"))
+    models = models or (out / "models" if quick else Path("models"))
+    started = time.perf_counter()
+    try:
+        plan = make_plan(seeds=seeds, epochs=epochs, ablation=not skip_ablation, quick=quick)
+        # The bundled model's split (seed 0) for every run: only the training seed varies.
+        dataset = load_flchain(seed=0)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=False) as progress:
+            outcomes = run_comparison(plan, dataset, out, ablation=not skip_ablation, reporter=RichReporter(progress))
+        console.print("measuring inference times, drawing figures, saving the best model of each kind …")
+        report = write_results(plan, dataset, out, docs, models, command_line(), ablation=not skip_ablation)
+    except (SbnnError, ValueError) as exc:
+        _fail(exc)
+    trained = sum(o.trained for o in outcomes)
+    console.print(
+        f"{trained} of {len(outcomes)} runs trained now ({len(outcomes) - trained} done before); wrote "
+        f"[bold]{docs / 'results.md'}[/] and {len(report['models'])} models under {models} in "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+    for claim in report["claims"]:
+        console.print(f"  {claim['verdict']:<14} {claim['statement']}")
+
+
+@app.command("bound")
+def bound_command(
+    model_dir: Annotated[Path, typer.Argument(help="Checkpoint folder of a lowrank, fullrank or rank1 model.")],
+    twin: Annotated[
+        Path | None, typer.Option(help="Trained deterministic checkpoint with the same layers: adds the rank bias.")
+    ] = None,
+    delta: Annotated[float, typer.Option(help="δ: the bound holds with probability ≥ 1 − δ.")] = 0.05,
+    samples: Annotated[int, typer.Option(help="Posterior samples for the Gibbs empirical risk.")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed of the posterior samples.")] = 0,
+    data: Annotated[str | None, typer.Option(help="Path of the training table if it moved (CSV models).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the model card's Markdown section.")] = False,
+) -> None:
+    """PAC-Bayes (McAllester) bound on the training split: KL per layer by quadrature, complexity ratio,
+    Gibbs empirical risk, the bound and whether it is vacuous; with --twin, the rank bias per layer."""
+    from app.checkpoint.io import load_checkpoint
+    from app.data.dataset import load_dataset
+    from app.evaluate.bound import bound_report, render_bound_markdown
+
+    try:
+        checkpoint = load_checkpoint(model_dir)
+        twin_checkpoint = None if twin is None else load_checkpoint(twin)
+        dataset = load_dataset(checkpoint.manifest.data, data)
+        report = bound_report(checkpoint, dataset, twin=twin_checkpoint, delta=delta, samples=samples, seed=seed)
+    except (SbnnError, ValueError) as exc:
+        _fail(exc)
+    if as_json:
+        console.print_json(data=report.as_dict())
+        return
+    if markdown:
+        console.print(render_bound_markdown(report), markup=False, highlight=False, soft_wrap=True)
+        return
+    layers = Table(title=f"{report.model} ({report.kind}): KL per layer, prior {report.prior}")
+    # Factor entries: r(m+n) lowrank, mn fullrank, m+n for rank1's scales.
+    columns = ["layer", "m × n", "rank", "factor entries", "mn", "√(factors/mn)", "KL (nats)", "quad. error"]
+    if report.has_twin:
+        columns += ["σ>r", "energy kept", "‖μ_Aμ_Bᵀ − W*_r‖"]
+    for column in columns:
+        layers.add_column(column, justify="right")
+    for layer in report.layers:
+        m, n = layer.shape
+        cells = [str(layer.index), f"{m} × {n}", "-" if layer.rank is None else str(layer.rank),
+                 f"{layer.factor_parameters:,}", f"{layer.dense_parameters:,}", f"{layer.complexity_ratio:.3f}",
+                 f"{layer.kl:,.1f}", f"{layer.kl_error:.1e}"]
+        if report.has_twin:
+            cells += ["-" if v is None else f"{v:.4g}" for v in (layer.rank_bias, layer.retained_energy,
+                                                                 layer.learning_error)]
+        layers.add_row(*cells)
+    console.print(layers)
+    summary = Table(title=f"McAllester bound, δ = {report.delta:g}", show_header=False)
+    summary.add_row("N (training rows)", f"{report.rows:,}")
+    summary.add_row(
+        "KL(Q‖P)", f"{report.kl:,.1f} nats (quadrature, {report.points} nodes, error {report.kl_error:.1e})"
+    )
+    summary.add_row("Gibbs 0–1 risk L̂", f"{report.gibbs_risk:.4f} ± {report.gibbs_risk_std_error:.1e} "
+                    f"({report.samples} samples, seed {report.seed})")
+    summary.add_row("majority-class error", f"{report.majority_error:.4f}")
+    summary.add_row("ln(2√N/δ)", f"{report.confidence_term:.3f}")
+    summary.add_row("sqrt((KL + ln(2√N/δ))/(2N))", f"{report.complexity:.4f}")
+    summary.add_row("bound", f"{report.bound:.4f}")
+    summary.add_row("KL for a bound below 1", f"≤ {report.kl_max:,.1f} nats")
+    console.print(summary)
+    status = "[bold red]vacuous[/] (bound ≥ 1)" if report.vacuous else "[bold green]non-vacuous[/] (bound < 1)"
+    console.print(f"status: {status}")
+    if report.caveat:
+        console.print(f"caveat: {report.caveat}")
 
 
 @app.command()

@@ -27,3 +27,16 @@ class CheckpointError(SbnnError):
 
 class DataError(SbnnError, ValueError):
     """A training or evaluation table cannot be used as asked."""
+
+
+class WarmStartError(SbnnError, ValueError):
+    """A warm-start twin cannot seed this training run (other kind, layers, features or preprocessing)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class BoundError(SbnnError, ValueError):
+    """A PAC-Bayes bound report cannot be made as asked (a point-estimate kind, or a twin that does not fit)."""

@@ -28,6 +28,10 @@ def _close(stored: object, fresh: object, where: str) -> None:
         assert isinstance(fresh, dict) and stored.keys() == fresh.keys(), where
         for key in stored:
             _close(stored[key], fresh[key], f"{where}.{key}")
+    elif isinstance(stored, list):  # the bound's per-layer entries: their floats get the tolerance too
+        assert isinstance(fresh, list) and len(stored) == len(fresh), where
+        for i, (a, b) in enumerate(zip(stored, fresh, strict=True)):
+            _close(a, b, f"{where}[{i}]")
     elif isinstance(stored, float):
         assert fresh == pytest.approx(stored, abs=TOLERANCE), where
     else:

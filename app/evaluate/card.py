@@ -14,7 +14,8 @@ def _fmt(value: Any) -> str:
 
 
 def render_card(manifest: Manifest, result: dict[str, Any], figures: bool = True) -> str:
-    """A model card: intended use, data, metrics, OOD gate operating point, limits."""
+    """A model card: intended use, data, metrics, OOD gate operating point, PAC-Bayes bound (when the
+    result has one), limits."""
     m, test, gate = manifest, result["test"], manifest.ood
     ranks = ", ".join("-" if r is None else str(r) for r in m.ranks)
     shapes = " → ".join(str(s) for s in [m.network.in_features, *m.network.hidden, m.network.out_features])
@@ -72,6 +73,13 @@ def render_card(manifest: Manifest, result: dict[str, Any], figures: bool = True
         f"quantile of the {gate.calibration_rows} in-distribution `{gate.calibration_split}` rows "
         f"(target false-positive rate {gate.target_fpr:.0%}, achieved {gate.achieved_fpr:.1%}).",
         f"- On the test split {test['flagged_rate']:.1%} of rows are referred.",
+    ]
+    if "bound" in result:
+        # Imported here: the bound module needs torch, rendering a card from stored metrics otherwise does not.
+        from app.evaluate.bound import BoundReport, render_bound_markdown
+
+        lines += ["", *render_bound_markdown(BoundReport.from_dict(result["bound"])).rstrip("\n").split("\n")]
+    lines += [
         "",
         "## Limits",
         "- Trained on one cohort; the OOD sets above show which shifts the gate sees and which it misses. "

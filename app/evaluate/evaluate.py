@@ -15,9 +15,11 @@ import numpy as np
 import torch
 
 from app.bnn.predictive import decompose, predict
+from app.bnn.spec import BAYESIAN_KINDS
 from app.checkpoint.io import Checkpoint, write_manifest
 from app.data.dataset import Split, TabularDataset
 from app.evaluate import metrics as M
+from app.evaluate.bound import bound_report
 from app.evaluate.card import render_card
 
 ECE_BINS = 10
@@ -90,7 +92,8 @@ def evaluate(
     scored: ScoredSets | None = None,
 ) -> dict:
     """Metrics of ``checkpoint`` on ``dataset``'s test split and every OOD set (JSON-ready dict), from
-    ``scored`` when given (else scored here with ``samples`` and ``seed``)."""
+    ``scored`` when given (else scored here with ``samples`` and ``seed``); Bayesian kinds also get the
+    PAC-Bayes bound report on the training split under ``"bound"`` (see :mod:`app.evaluate.bound`)."""
     manifest = checkpoint.manifest
     scored = scored or score_sets(checkpoint, dataset, samples, seed)
     threshold = manifest.ood.threshold
@@ -121,6 +124,10 @@ def evaluate(
         if known.size == split.y.size and np.unique(known).size == len(dataset.labels):
             entry["classification"] = _rounded(M.classification_metrics(split.y, scores.probs, n_bins=ECE_BINS))
         result["ood"][name] = entry
+    if checkpoint.model.spec.kind in BAYESIAN_KINDS:
+        # The bound's own sample count (its default), the evaluation's seed: `sbnn bound` with that seed
+        # reproduces this section.
+        result["bound"] = bound_report(checkpoint, dataset, seed=scored.seed).as_dict()
     return result
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from app.bnn.init import Reference
 from app.bnn.spec import Activation, LayerKind, PriorKind
@@ -35,7 +35,9 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     beta: float = Field(0.5, ge=0.0, description="KL weight relative to the ELBO (1 = plain ELBO).")
-    kl_warmup_epochs: int = Field(10, ge=0, description="Linear KL annealing from 0 to beta over these epochs.")
+    kl_warmup_epochs: int = Field(
+        10, ge=0, validate_default=True, description="Linear KL annealing from 0 to beta over these epochs."
+    )
     patience: int = Field(20, ge=1, description="Early stopping: epochs without a better validation NLL.")
     class_weight: ClassWeight = ClassWeight.NONE
     val_samples: int = Field(32, ge=1, description="MC samples for the validation NLL each epoch.")
@@ -43,3 +45,28 @@ class TrainConfig(BaseModel):
     target_fpr: float = Field(0.05, gt=0.0, lt=1.0, description="OOD gate: share of in-distribution flagged.")
     seed: int = 0
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    warm_start: str | None = Field(
+        None,
+        min_length=1,
+        description="Folder of a trained deterministic checkpoint (same data and hidden sizes) whose weights' "
+        "rank-r SVD truncations initialise the factor means (lowrank only).",
+    )
+
+    @field_validator("kl_warmup_epochs")
+    @classmethod
+    def _warmup_within_epochs(cls, value: int, info: ValidationInfo) -> int:
+        epochs = info.data.get("epochs")
+        if epochs is not None and value > epochs:
+            raise ValueError(
+                f"the KL warm-up ({value} epochs) exceeds epochs ({epochs}): only epochs after the warm-up can be "
+                "kept as the best, so no epoch would be"
+            )
+        return value
+
+    @field_validator("warm_start")
+    @classmethod
+    def _warm_start_is_lowrank(cls, value: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("kind")
+        if value is not None and kind is not None and kind is not LayerKind.LOWRANK:
+            raise ValueError(f"warm_start applies to kind 'lowrank' only, not '{kind.value}'")
+        return value

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from app.bnn.init import InitSpec
-from app.bnn.network import BayesianMLP, LayerKind, Likelihood, NetworkSpec, default_ranks
+from app.bnn.network import BayesianMLP, LayerKind, Likelihood, NetworkSpec, default_ranks, svd_warm_start_
 from app.bnn.predictive import predict
 from app.bnn.priors import PriorSpec
 from app.device import resolve_device
@@ -114,11 +114,16 @@ def train(
     classes: int,
     config: TrainConfig,
     on_epoch: Callable[[EpochLog], None] | None = None,
+    twin: BayesianMLP | None = None,
 ) -> TrainResult:
     """Fit a network of ``config.kind`` to (x_train, y_train); returns the best-validation-NLL weights.
 
-    x: (N, d) float32 preprocessed inputs, y: (N,) int64 class ids.
+    x: (N, d) float32 preprocessed inputs, y: (N,) int64 class ids. ``twin``: the trained deterministic
+    network that ``config.warm_start`` names (loaded and checked by the caller, this loop does no I/O); its
+    weights' SVD truncations initialise the factor means before the first step.
     """
+    if (config.warm_start is None) != (twin is None):
+        raise ValueError("pass the loaded twin exactly when config.warm_start is set (see train_checkpoint)")
     started = time.perf_counter()
     device = resolve_device(config.device)
     generator = torch.Generator(device=device).manual_seed(config.seed)  # init and weight noise
@@ -129,6 +134,8 @@ def train(
     yv = torch.as_tensor(y_val, dtype=torch.long, device=device)
     spec = build_spec(config, xt.shape[1], classes)
     model = BayesianMLP(spec, generator=generator, device=device)
+    if twin is not None:
+        svd_warm_start_(model, twin)
     weights = class_weights(y_train, classes, config.class_weight)
     weights = None if weights is None else weights.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)

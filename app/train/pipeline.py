@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.bnn.network import parameter_count
+from app.bnn.network import BayesianMLP, LayerKind, parameter_count
 from app.bnn.predictive import decompose, predict
-from app.checkpoint.io import save_checkpoint
+from app.checkpoint.io import load_checkpoint, save_checkpoint
 from app.checkpoint.manifest import (
     FORMAT_VERSION,
     Manifest,
@@ -23,6 +23,8 @@ from app.checkpoint.manifest import (
 )
 from app.data.dataset import TabularDataset
 from app.data.preprocess import Preprocessing
+from app.data.schema import FeatureSpec
+from app.errors import WarmStartError
 from app.train.calibrate import calibrate_gate
 from app.train.config import TrainConfig
 from app.train.loop import EpochLog, TrainResult, train
@@ -43,6 +45,34 @@ def ood_scores(result_model: torch.nn.Module, x: np.ndarray, samples: int, seed:
     return decompose(predict(result_model, xt, samples, generator)).epistemic.cpu().numpy()
 
 
+def load_twin(
+    folder: str | Path,
+    preprocessing: Preprocessing,
+    features: list[FeatureSpec],
+    hidden: list[int],
+    device: str | torch.device = "cpu",
+) -> BayesianMLP:
+    """The deterministic network of checkpoint ``folder``, for an SVD warm start of a network with ``hidden``
+    widths on data preprocessed by ``preprocessing``; :class:`WarmStartError` when it is another kind, has
+    other widths, or saw other features or preprocessing (its weights would then map other inputs)."""
+    checkpoint = load_checkpoint(folder, device=device)
+    manifest = checkpoint.manifest
+    if manifest.kind is not LayerKind.DETERMINISTIC:
+        raise WarmStartError(str(folder), f"the twin must be a 'deterministic' checkpoint, not '{manifest.kind.value}'")
+    twin_names = [f.name for f in manifest.features]
+    names = [f.name for f in features]
+    if twin_names != names:
+        raise WarmStartError(str(folder), f"the twin's features {twin_names} differ from the data set's {names}")
+    if list(manifest.network.hidden) != list(hidden):
+        raise WarmStartError(str(folder), f"the twin's hidden widths {manifest.network.hidden} differ from {hidden}")
+    if manifest.preprocessing != preprocessing:
+        raise WarmStartError(
+            str(folder),
+            "the twin's preprocessing differs from the one fitted on this training split (other data or split)",
+        )
+    return checkpoint.model
+
+
 def train_checkpoint(
     dataset: TabularDataset,
     config: TrainConfig,
@@ -57,7 +87,10 @@ def train_checkpoint(
     x_train = preprocessing.transform(dataset.train.frame)
     x_val = preprocessing.transform(dataset.val.frame)
     classes = len(dataset.labels)
-    result = train(x_train, dataset.train.y, x_val, dataset.val.y, classes, config, on_epoch)
+    twin = None
+    if config.warm_start is not None:
+        twin = load_twin(config.warm_start, preprocessing, dataset.features, config.hidden)
+    result = train(x_train, dataset.train.y, x_val, dataset.val.y, classes, config, on_epoch, twin=twin)
 
     calibration_seed = config.seed + 3
     scores = ood_scores(result.model, x_val, config.default_samples, calibration_seed)
