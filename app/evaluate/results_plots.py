@@ -35,6 +35,15 @@ def _grid(count: int, columns: int = 4) -> tuple[int, int]:
     return math.ceil(count / columns), columns
 
 
+def _save_grid(fig: object, axes: np.ndarray, used: int, note: str, path: str | os.PathLike[str]) -> None:
+    """Blank the grid's unused panels, title the figure with ``note`` and write it as a PNG."""
+    for ax in list(axes.flat)[used:]:
+        ax.axis("off")
+    if note:
+        fig.suptitle(note, fontsize=9)  # type: ignore[attr-defined]
+    fig.savefig(_prepare(path), dpi=_DPI, format="png")  # type: ignore[attr-defined]
+
+
 def write_reliability_grid(
     path: str | os.PathLike[str], panels: Mapping[str, tuple[np.ndarray, np.ndarray]], n_bins: int, note: str = ""
 ) -> None:
@@ -62,11 +71,7 @@ def write_reliability_grid(
             twin = ax.twinx()
             twin.bar(centers, bins.count, width=np.diff(bins.edges), color="grey", alpha=0.15)
             twin.set_yticks([])
-        for ax in list(axes.flat)[len(panels):]:
-            ax.axis("off")
-        if note:
-            fig.suptitle(note, fontsize=9)
-        fig.savefig(_prepare(path), dpi=_DPI, format="png")
+        _save_grid(fig, axes, len(panels), note, path)
     finally:
         plt.close(fig)
 
@@ -109,11 +114,7 @@ def write_ood_histogram_grid(
             ax.set_xlabel(xlabel, fontsize=8)
         first = axes.flat[0]
         first.legend(fontsize=7, loc="upper left")
-        for ax in list(axes.flat)[len(panels):]:
-            ax.axis("off")
-        if note:
-            fig.suptitle(note, fontsize=9)
-        fig.savefig(_prepare(path), dpi=_DPI, format="png")
+        _save_grid(fig, axes, len(panels), note, path)
     finally:
         plt.close(fig)
 
