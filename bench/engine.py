@@ -64,25 +64,16 @@ def onnx_fresh(model: BayesianMLP) -> Callable[[np.ndarray, int], object] | None
     """The onnx backend's fresh path on the exported sampling graph: (x, S) -> scores with numpy noise, as the
     server runs it (None when onnxruntime is missing)."""
     try:
-        import io
-
         import onnxruntime as ort
 
-        from app.checkpoint.onnx_export import SAMPLING_OUTPUT, SamplingPredictive, noise_inputs
+        from app.checkpoint.onnx_export import noise_inputs, sampling_graph
         from app.serve.backend_onnx import run_fresh
     except ImportError:
         return None
     cpu_model = BayesianMLP(model.spec, device="cpu")
     cpu_model.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
     inputs = noise_inputs(cpu_model)
-    names = [i.name for i in inputs]
-    example = [torch.zeros(1, *i.shape) for i in inputs]
-    buffer = io.BytesIO()
-    torch.onnx.export(SamplingPredictive(cpu_model).eval(), (torch.zeros(1, model.spec.in_features), *example),
-                      buffer, dynamo=False, opset_version=17, input_names=["x", *names], output_names=[SAMPLING_OUTPUT],
-                      dynamic_axes={"x": {0: "rows"}, **{n: {0: "samples"} for n in names},
-                                    SAMPLING_OUTPUT: {0: "samples", 1: "rows"}})
-    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(sampling_graph(cpu_model), providers=["CPUExecutionProvider"])
     return lambda x, samples: run_fresh(session, inputs, x, samples, seed=5)
 
 

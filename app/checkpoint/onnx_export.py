@@ -26,6 +26,7 @@ from app.bnn.network import BayesianMLP
 from app.bnn.predictive import Predictive, class_probabilities, decompose
 from app.checkpoint.io import Checkpoint, sha256_bytes, write_manifest
 from app.checkpoint.manifest import NoiseInput, OnnxInfo, OnnxSampling
+from app.checkpoint.noise import NoiseStream
 from app.errors import CheckpointError
 
 ONNX_FILE = "model.onnx"
@@ -103,16 +104,6 @@ def noise_inputs(model: BayesianMLP) -> list[NoiseInput]:
     ]
 
 
-def draw_reference_noise(inputs: list[NoiseInput], samples: int, seed: int) -> dict[str, np.ndarray]:
-    """Standard noise for the sampling graph from numpy's generator: name -> (S, *shape) float32."""
-    rng = np.random.default_rng(seed)
-    return {
-        i.name: (rng.standard_normal((samples, *i.shape)) if i.distribution == "normal"
-                 else rng.random((samples, *i.shape))).astype(np.float32)
-        for i in inputs
-    }
-
-
 @dataclass(frozen=True)
 class ExportReport:
     path: Path
@@ -169,31 +160,35 @@ def export_onnx(checkpoint: Checkpoint, samples: int | None = None, seed: int = 
     return ExportReport(path=path, info=info)
 
 
-def _export_sampling(model: BayesianMLP, x: np.ndarray, opset: int, tolerance: float, path: Path,
-                     ort: object) -> OnnxSampling | None:
-    """Export, validate on shared reference noise and write the sampling graph; None for kinds without noise.
-    Raises CheckpointError (and writes nothing) when onnxruntime and torch differ by more than ``tolerance``."""
+def sampling_graph(model: BayesianMLP, opset: int = 17) -> bytes:
+    """The sampling graph of ``model`` as ONNX bytes (not validated): inputs ``x`` (N, d) and the
+    :func:`noise_inputs` (S, *shape), output ``sample_probabilities`` (S, N, C), N and S free."""
     inputs = noise_inputs(model)
-    if not inputs:
-        return None
-    noise = draw_reference_noise(inputs, VALIDATION_SAMPLES, seed=0)
     names = [i.name for i in inputs]
+    example = (torch.zeros(1, model.spec.in_features), *(torch.zeros(1, *i.shape) for i in inputs))
     buffer = io.BytesIO()
     torch.onnx.export(
-        SamplingPredictive(model).eval(), (torch.from_numpy(x), *(torch.from_numpy(noise[n]) for n in names)),
-        buffer, dynamo=False, opset_version=opset, input_names=["x", *names], output_names=[SAMPLING_OUTPUT],
+        SamplingPredictive(model).eval(), example, buffer, dynamo=False, opset_version=opset,
+        input_names=["x", *names], output_names=[SAMPLING_OUTPUT],
         dynamic_axes={"x": {0: "rows"}, **{n: {0: "samples"} for n in names},
                       SAMPLING_OUTPUT: {0: "samples", 1: "rows"}},
     )
-    data = buffer.getvalue()
+    return buffer.getvalue()
+
+
+def _export_sampling(model: BayesianMLP, x: np.ndarray, opset: int, tolerance: float, path: Path,
+                     ort: object) -> OnnxSampling | None:
+    """Export, validate on the serving backend's noise (seed 0) and write the sampling graph; None for kinds
+    without noise. Raises CheckpointError (and writes nothing) when onnxruntime and torch differ by more than
+    ``tolerance``."""
+    inputs = noise_inputs(model)
+    if not inputs:
+        return None
+    data = sampling_graph(model, opset)
+    noise = NoiseStream(inputs, seed=0).draw(VALIDATION_SAMPLES)
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
     (onnx_probs,) = session.run([SAMPLING_OUTPUT], {"x": x, **noise})
-    per_layer, k = [], 0
-    for count in (len(specs) for specs in model.noise_specs()):
-        per_layer.append(tuple(torch.from_numpy(noise[n]) for n in names[k:k + count]))
-        k += count
-    torch_probs = class_probabilities(model.propagate(torch.from_numpy(x), model.sample_from_noise(per_layer)),
-                                      model.spec.likelihood)
+    torch_probs = SamplingPredictive(model)(torch.from_numpy(x), *(torch.from_numpy(noise[i.name]) for i in inputs))
     worst = float(np.abs(onnx_probs - torch_probs.numpy()).max())
     if not worst <= tolerance:
         raise CheckpointError(str(path), f"sampling graph: onnxruntime and torch differ by {worst:.3g} > tolerance "

@@ -1,7 +1,7 @@
 """What the batching engine asks of a model's backend, and what a backend answers (no torch here).
 
 Two backends: ``torch`` (``app.serve.backend_torch``: the Monte Carlo engine with every sampler) and ``onnx``
-(``app.serve.backend_onnx``: onnxruntime on the exported frozen-bank graph, for torch-free images).
+(``app.serve.backend_onnx``: onnxruntime on the exported frozen-bank and sampling graphs, for torch-free images).
 """
 
 from __future__ import annotations

@@ -23,12 +23,12 @@ import numpy as np
 from app.bnn.spec import MonteCarloError, Sampler
 from app.checkpoint.files import read_manifest, read_onnx, verified_weights_bytes
 from app.checkpoint.manifest import Manifest, NoiseInput
+from app.checkpoint.noise import NOISE_CHUNK, NoiseStream
 from app.errors import CheckpointError
 from app.serve.backend import BackendKind, InferenceOptions, Scores
 
 OUTPUTS = ["probabilities", "total_entropy", "aleatoric", "mutual_information", "predictive_std"]
 SAMPLING_OUTPUT = "sample_probabilities"
-NOISE_CHUNK = 64  # samples drawn per step: an adaptive run's draws are a prefix of a fixed-S run's
 MC_ERROR_GROUPS = 8  # batch means for the MI's Monte Carlo error, as the torch engine
 
 
@@ -65,23 +65,6 @@ def monte_carlo_error(probs: np.ndarray, groups: int = MC_ERROR_GROUPS) -> Monte
     grouped = probs[: groups * size].reshape(groups, size, rows, classes)
     mi = np.maximum(_entropy(grouped.mean(1)) - _entropy(grouped).mean(1), 0.0)  # (groups, N)
     return MonteCarloError(se_p, float((mi.std(0, ddof=1) / math.sqrt(groups)).max()))
-
-
-class NoiseStream:
-    """Standard noise for the sampling graph from one seeded numpy generator, ``NOISE_CHUNK`` samples at a
-    time, so the first k samples of a seed are the same whatever the total asked."""
-
-    def __init__(self, inputs: list[NoiseInput], seed: int) -> None:
-        self.inputs = inputs
-        self.rng = np.random.default_rng(seed)
-
-    def next(self, samples: int) -> dict[str, np.ndarray]:
-        """Noise for the next ``samples`` (≤ NOISE_CHUNK) samples: name -> (samples, *shape) float32."""
-        return {
-            i.name: (self.rng.standard_normal((samples, *i.shape), dtype=np.float32) if i.distribution == "normal"
-                     else self.rng.random((samples, *i.shape), dtype=np.float32))
-            for i in self.inputs
-        }
 
 
 class OnnxBackend:
@@ -188,14 +171,12 @@ def run_fresh(session: object, inputs: list[NoiseInput], x: np.ndarray, samples:
         return probs  # (S, N, C)
 
     stream = NoiseStream(inputs, seed)
-    sizes = [min(NOISE_CHUNK, samples - start) for start in range(0, samples, NOISE_CHUNK)]
-    if tolerance is None:  # one graph run over all the samples: the draws are the same chunks, concatenated
-        chunks = [stream.next(size) for size in sizes]
-        probs = sample_probabilities({name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]})
+    if tolerance is None:  # one graph run over all the samples: the same chunks, concatenated
+        probs = sample_probabilities(stream.draw(samples))
     else:
         parts: list[np.ndarray] = []
-        for size in sizes:
-            parts.append(sample_probabilities(stream.next(size)))
+        for start in range(0, samples, NOISE_CHUNK):
+            parts.append(sample_probabilities(stream.next(min(NOISE_CHUNK, samples - start))))
             error = monte_carlo_error(np.concatenate(parts))
             if max(error.probability, error.mutual_information) <= tolerance:
                 break

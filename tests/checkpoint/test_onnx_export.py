@@ -16,6 +16,7 @@ from app.bnn import LayerKind, NetworkSpec
 from app.bnn.engine import MonteCarloEngine, Sampler, monte_carlo_error
 from app.bnn.predictive import Predictive, class_probabilities, decompose
 from app.checkpoint.io import load_checkpoint, read_onnx, save_checkpoint
+from app.checkpoint.noise import NoiseStream
 from app.checkpoint.onnx_export import OUTPUTS, SAMPLING_FILE, SAMPLING_OUTPUT, export_onnx
 from app.errors import CheckpointError
 from app.serve import backend_onnx
@@ -103,7 +104,7 @@ def test_sampling_graph_matches_torch_on_shared_noise(tiny_checkpoint: Path, tmp
                                    providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).standard_normal((7, model.spec.in_features)).astype(np.float32)
     for samples in (1, 100):  # S is a free axis of the graph
-        noise = backend_onnx.NoiseStream(sampling.inputs, seed=4).next(samples)
+        noise = NoiseStream(sampling.inputs, seed=4).next(samples)
         (onnx_probs,) = session.run([SAMPLING_OUTPUT], {"x": x, **noise})
         per_layer, names = [], iter(noise)
         for specs in model.noise_specs():
@@ -131,8 +132,8 @@ def test_noise_stream_is_a_prefix_whatever_the_total(tiny_checkpoint: Path, tmp_
     folder = tmp_path / "copy"
     shutil.copytree(tiny_checkpoint, folder)
     inputs = export_onnx(load_checkpoint(folder)).info.sampling.inputs
-    full = backend_onnx.NoiseStream(inputs, seed=9)
-    short = backend_onnx.NoiseStream(inputs, seed=9)
+    full = NoiseStream(inputs, seed=9)
+    short = NoiseStream(inputs, seed=9)
     first, again = full.next(64), short.next(64)
     assert all(np.array_equal(first[name], again[name]) for name in first)
     assert not np.array_equal(full.next(64)[inputs[0].name], first[inputs[0].name])
