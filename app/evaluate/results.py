@@ -364,6 +364,11 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _mean_ood_auroc(result: Mapping[str, Any]) -> float:
+    """A run's OOD AUROC (mutual information) averaged over its OOD sets."""
+    return float(np.mean([entry["mutual_information"]["auroc"] for entry in result["metrics"]["ood"].values()]))
+
+
 def _ablation(plan: Plan, out: Path) -> list[dict[str, Any]]:
     rows = []
     points = plan.ablation_points(out)
@@ -376,9 +381,7 @@ def _ablation(plan: Plan, out: Path) -> list[dict[str, Any]]:
                 raise FileNotFoundError(f"{folder}: no result.json; run the comparison (sbnn compare) first")
             results.append(result)
         summary = summarise(results)
-        per_seed_ood = [
-            float(np.mean([e["mutual_information"]["auroc"] for e in r["metrics"]["ood"].values()])) for r in results
-        ]
+        per_seed_ood = [_mean_ood_auroc(r) for r in results]
         rows.append({"rank": rank, "runs": [f.name for f in folders], **summary,
                      "ood_auroc_mean_over_sets": mean_std(per_seed_ood)})
     return rows
@@ -416,18 +419,9 @@ def _export_model(source: Path, target: Path, dataset: TabularDataset) -> dict[s
 
 def _bound_sections(best: Mapping[str, Path], out: Path, dataset: TabularDataset) -> tuple[str, dict[str, Any]]:
     """PAC-Bayes bound sections of the best lowrank and fullrank models, the deterministic run of the same seed
-    as twin, when :mod:`app.evaluate.bound` is present; else a marked hook."""
-    try:
-        from app.evaluate import bound
-    except ImportError:
-        bound = None
-    if bound is None or not hasattr(bound, "bound_report") or not hasattr(bound, "render_bound_markdown"):
-        return (
-            "<!-- hook: PAC-Bayes bound section (app.evaluate.bound.bound_report / render_bound_markdown) -->\n"
-            "Not computed: `app.evaluate.bound` was not available when this report was written.\n",
-            {},
-        )
+    as twin."""
     from app.checkpoint.io import load_checkpoint
+    from app.evaluate.bound import bound_report, render_bound_markdown
 
     parts, numbers = [], {}
     for label in ("lowrank", "fullrank"):
@@ -438,15 +432,15 @@ def _bound_sections(best: Mapping[str, Path], out: Path, dataset: TabularDataset
         twin = load_checkpoint(twin_folder) if (twin_folder / MANIFEST_FILE).is_file() else None
         heading = f"### {label}: `{best[label].name}`, deterministic twin `{twin_folder.name if twin else 'none'}`"
         try:
-            report = bound.bound_report(checkpoint, dataset, twin=twin)
+            report = bound_report(checkpoint, dataset, twin=twin)
         except SbnnError as exc:  # a refusal is reported, not fatal: the rest of the report stands
             parts.append(f"{heading}\n\nNot computed: {exc}\n")
             continue
-        rendered = bound.render_bound_markdown(report).strip().splitlines()
+        rendered = render_bound_markdown(report).strip().splitlines()
         if rendered and rendered[0].startswith("#"):  # its own title ("PAC-Bayes bound …"): ours stands for it
             rendered = rendered[1:]
         parts.append(heading + "\n" + "\n".join(rendered) + "\n")
-        numbers[label] = report.as_dict() if hasattr(report, "as_dict") else str(report)
+        numbers[label] = report.as_dict()
     return "\n".join(parts) or "No lowrank or fullrank run to bound.\n", numbers
 
 
@@ -747,9 +741,7 @@ def write_results(
             s = summary[label]
             auroc_points.append(ParetoPoint(label, s["parameter_count"], s["test"]["auroc"]["mean"],
                                             s["test"]["auroc"]["std"], False))
-            per_seed = [float(np.mean([e["mutual_information"]["auroc"] for e in r["metrics"]["ood"].values()]))
-                        for r in grouped[label]]
-            ms = mean_std(per_seed)
+            ms = mean_std([_mean_ood_auroc(r) for r in grouped[label]])
             ood_points.append(ParetoPoint(label, s["parameter_count"], ms["mean"], ms["std"], False))
         energy_curves = {layer: (np.array(c["ranks"]), np.array(c["mean"]), np.array(c["std"]))
                          for layer, c in energy.items()}
