@@ -85,18 +85,21 @@ for _ in $(seq 1 60); do
   [ "$(docker inspect -f '{{.State.Health.Status}}' sbnn-ci-slim)" = healthy ] && break
   sleep 2
 done
-slim_answer=$(curl -sf "http://127.0.0.1:$slim_port/v1/models/flchain-mortality/predict" -H 'content-type: application/json' \
-  -d '{"instances": [{"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 88.4, "mgus": 0}]}') \
-  || { docker logs sbnn-ci-slim | tail -30; exit 1; }
-grep -q '"sampler":"bank"' <<<"$slim_answer" && grep -q '"decision":"refer"' <<<"$slim_answer" \
-  || { echo "unexpected slim answer: $slim_answer"; exit 1; }
-echo "slim image (no torch) answered: ${slim_answer:0:100}..."
-slim_fresh=$(curl -sf "http://127.0.0.1:$slim_port/v1/models/flchain-mortality/predict" -H 'content-type: application/json' \
-  -d '{"instances": [{"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 1.0, "mgus": 0}], "seed": 7}') \
-  || { docker logs sbnn-ci-slim | tail -30; exit 1; }
-grep -q '"sampler":"fresh"' <<<"$slim_fresh" && grep -q '"seed":7' <<<"$slim_fresh" \
-  || { echo "unexpected slim fresh answer: $slim_fresh"; exit 1; }
-echo "slim image fresh samples (sampling graph): ${slim_fresh:0:100}..."
+# slim_expect WHAT BODY PATTERN...: POST BODY to the slim container's predict; every pattern must be in the answer.
+slim_expect() {
+  local what=$1 body=$2 answer pattern
+  shift 2
+  answer=$(curl -sf "http://127.0.0.1:$slim_port/v1/models/flchain-mortality/predict" \
+    -H 'content-type: application/json' -d "$body") || { docker logs sbnn-ci-slim | tail -30; exit 1; }
+  for pattern in "$@"; do
+    grep -q "$pattern" <<<"$answer" || { echo "unexpected slim $what answer: $answer"; exit 1; }
+  done
+  echo "slim image (no torch), $what: ${answer:0:100}..."
+}
+row='"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "mgus": 0'
+slim_expect "frozen bank" "{\"instances\": [{$row, \"creatinine\": 88.4}]}" '"sampler":"bank"' '"decision":"refer"'
+slim_expect "fresh samples (sampling graph)" "{\"instances\": [{$row, \"creatinine\": 1.0}], \"seed\": 7}" \
+  '"sampler":"fresh"' '"seed":7'
 docker rm -f sbnn-ci-slim >/dev/null
 
 step "run and wait for health"
