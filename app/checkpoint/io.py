@@ -16,6 +16,7 @@ from safetensors.torch import save as save_safetensors
 from app.bnn.network import BayesianMLP
 from app.checkpoint.files import (  # noqa: F401 - re-exported for callers of the torch side
     atomic_write,
+    read_gate,
     read_manifest,
     read_onnx,
     sha256_bytes,
@@ -24,15 +25,17 @@ from app.checkpoint.files import (  # noqa: F401 - re-exported for callers of th
 )
 from app.checkpoint.manifest import FORMAT_NAME, WEIGHTS_FILE, Manifest
 from app.errors import CheckpointError
+from app.gate.gate import Gate, GateTensors
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A verified checkpoint: its folder, manifest and the rebuilt network (eval mode)."""
+    """A verified checkpoint: its folder, manifest, the rebuilt network (eval mode) and its gate."""
 
     path: Path
     manifest: Manifest
     model: BayesianMLP
+    gate: Gate
 
 
 def weights_bytes(model: BayesianMLP) -> bytes:
@@ -41,17 +44,23 @@ def weights_bytes(model: BayesianMLP) -> bytes:
     return save_safetensors(state, metadata={"format": FORMAT_NAME})
 
 
-def save_checkpoint(folder: str | Path, model: BayesianMLP, manifest: Manifest) -> Manifest:
-    """Write ``weights.safetensors`` and ``manifest.json`` into ``folder``; returns the manifest with the
-    weights' sha256 and size filled in."""
+def save_checkpoint(folder: str | Path, model: BayesianMLP, manifest: Manifest, gate: GateTensors) -> Manifest:
+    """Write ``weights.safetensors``, ``gate.safetensors`` and ``manifest.json`` into ``folder``; returns the
+    manifest with both files' sha256 and size filled in."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    data = weights_bytes(model)
+    data, gate_data = weights_bytes(model), gate.to_bytes()
+    spec = manifest.gate
     manifest = manifest.model_copy(
-        update={"weights": manifest.weights.model_copy(update={"sha256": sha256_bytes(data), "bytes": len(data)})}
+        update={
+            "weights": manifest.weights.model_copy(update={"sha256": sha256_bytes(data), "bytes": len(data)}),
+            "gate": spec.model_copy(update={"tensors": spec.tensors.model_copy(
+                update={"sha256": sha256_bytes(gate_data), "bytes": len(gate_data)})}),
+        }
     )
     Manifest.model_validate(manifest.model_dump())  # re-validate the updated copy
     atomic_write(folder / WEIGHTS_FILE, data)
+    atomic_write(folder / spec.tensors.file, gate_data)
     write_manifest(folder, manifest)
     return manifest
 
@@ -84,7 +93,8 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
         if not torch.isfinite(tensors[key]).all():
             raise CheckpointError(str(path), f"tensor '{key}' holds NaN or infinite values")
     # Allocate without initialising (no RNG use), then fill from the verified tensors.
+    gate = read_gate(folder, manifest)
     model = model.to_empty(device=device)
     model.load_state_dict(tensors, strict=True)
     model.eval()
-    return Checkpoint(path=folder, manifest=manifest, model=model)
+    return Checkpoint(path=folder, manifest=manifest, model=model, gate=gate)

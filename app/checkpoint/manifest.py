@@ -16,9 +16,10 @@ from app.bnn.spec import LayerKind, NetworkSpec
 from app.data.dataset import DataProvenance
 from app.data.preprocess import Preprocessing
 from app.data.schema import FeatureSpec
+from app.gate.spec import GateSpec
 
 FORMAT_NAME = "sbnn-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the layered gate (app.gate); 1 had a mutual-information threshold only
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.safetensors"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -37,29 +38,6 @@ class TaskInfo(_Strict):
     type: TaskType
     target: str
     labels: list[str] = Field(min_length=2, description="Class labels; index = class id.")
-
-
-class OODGate(_Strict):
-    """The calibrated OOD gate: flag a row when its score exceeds ``threshold``."""
-
-    score: Literal["mutual_information"] = "mutual_information"
-    threshold: float = Field(ge=0.0)
-    target_fpr: float = Field(gt=0.0, lt=1.0, description="Share of in-distribution rows flagged at calibration.")
-    achieved_fpr: float = Field(ge=0.0, le=1.0, description="Share of calibration rows actually above threshold.")
-    reference_quantiles: list[float] = Field(
-        min_length=2, description="Quantiles 0%, 1%, …, 100% of the score on the calibration split (drift reference)."
-    )
-    calibration_split: str = "val"
-    calibration_rows: int = Field(ge=1)
-    calibration_samples: int = Field(ge=1)
-    calibration_seed: int
-
-    @model_validator(mode="after")
-    def _sorted(self) -> OODGate:
-        q = self.reference_quantiles
-        if any(b < a for a, b in zip(q[:-1], q[1:], strict=True)):
-            raise ValueError("reference_quantiles must be non-decreasing")
-        return self
 
 
 class WeightsInfo(_Strict):
@@ -131,7 +109,7 @@ class Manifest(_Strict):
     task: TaskInfo
     features: list[FeatureSpec] = Field(min_length=1)
     preprocessing: Preprocessing
-    ood: OODGate
+    gate: GateSpec
     default_samples: int = Field(ge=1, le=65536)
     training: TrainingInfo
     data: DataProvenance
@@ -150,6 +128,9 @@ class Manifest(_Strict):
         transformed = {t.name for t in self.preprocessing.numeric} | {t.name for t in self.preprocessing.categorical}
         if names != transformed:
             raise ValueError(f"features {sorted(names)} differ from preprocessed columns {sorted(transformed)}")
+        if self.gate.density.dimension != self.network.in_features:
+            dimension, expected = self.gate.density.dimension, self.network.in_features
+            raise ValueError(f"the gate's density has dimension {dimension}, the network expects {expected}")
         classes = 2 if self.network.out_features == 1 else self.network.out_features
         if len(self.task.labels) != classes:
             raise ValueError(f"{len(self.task.labels)} labels for a network with {classes} classes")

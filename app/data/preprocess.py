@@ -94,8 +94,8 @@ class Preprocessing(BaseModel):
             try:
                 if spec.kind is FeatureKind.NUMERIC:
                     x, missing = _numeric_values(spec.name, frame[spec.name])
-                else:
-                    _category_codes(spec.name, frame[spec.name], spec.categories or [])
+                elif (_category_codes(spec.name, frame[spec.name], spec.categories or []) < 0).any():
+                    raise DataError(f"{spec.name}: training values outside its categories {spec.categories}")
             except SchemaError as err:  # bad training data is a data problem, not a request problem
                 raise DataError(str(err)) from err
             if spec.kind is FeatureKind.CATEGORICAL:
@@ -127,7 +127,25 @@ class Preprocessing(BaseModel):
         return self.transform(columns)
 
     def transform(self, columns: Mapping[str, Sequence[object] | np.ndarray]) -> np.ndarray:
-        """Map raw columns (feature name -> N values) to the (N, d) float32 input; raise SchemaError on bad data."""
+        """Map raw columns (feature name -> N values) to the (N, d) float32 input; raise SchemaError on bad data,
+        on a missing value where training had none and on an unseen category."""
+        numeric, codes = self.raw_values(columns)
+        for t in self.numeric:
+            if not t.missing_indicator and np.isnan(numeric[t.name]).any():
+                raise SchemaError(t.name, "missing value; this feature had no missing values in training")
+        for c in self.categorical:
+            unseen = np.flatnonzero(codes[c.name] < 0)
+            if unseen.size:
+                value = columns[c.name][int(unseen[0])]
+                raise SchemaError(c.name, f"unknown category '{value}'; expected one of {c.categories}")
+        return self.encode(numeric, codes)
+
+    def raw_values(
+        self, columns: Mapping[str, Sequence[object] | np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Raw columns -> (numeric values (N,) float64 with NaN where missing, category codes (N,) int64 with -1
+        for an unseen category), per feature; SchemaError on a missing feature, unequal lengths, a non-numeric
+        or infinite number, or a missing category."""
         names = [t.name for t in self.numeric] + [t.name for t in self.categorical]
         for name in names:
             if name not in columns:
@@ -136,19 +154,29 @@ class Preprocessing(BaseModel):
         for name in names:
             if len(columns[name]) != n:
                 raise SchemaError(name, f"column has {len(columns[name])} values; expected {n}")
+        numeric = {t.name: _numeric_values(t.name, columns[t.name])[0] for t in self.numeric}
+        codes = {c.name: _category_codes(c.name, columns[c.name], c.categories) for c in self.categorical}
+        return numeric, codes
 
+    def encode(self, numeric: Mapping[str, np.ndarray], codes: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Checked raw values (as ``raw_values`` returns them) -> the (N, d) float32 input.
+
+        A missing value is imputed with the training median (and marked in its indicator column, if the
+        feature has one); an unseen category (code -1) encodes as all-zero one-hot columns. The gate refers
+        both (support), so whatever the network answers for such a row is never accepted unseen.
+        """
         blocks: list[np.ndarray] = []
         for t in self.numeric:
-            x, missing = _numeric_values(t.name, columns[t.name])
-            if missing.any() and not t.missing_indicator:
-                raise SchemaError(t.name, "missing value; this feature had no missing values in training")
+            x = numeric[t.name]
+            missing = np.isnan(x)
             blocks.append(((np.where(missing, t.impute, x) - t.mean) / t.std)[:, None])
             if t.missing_indicator:
                 blocks.append(missing.astype(np.float64)[:, None])
         for c in self.categorical:
-            codes = _category_codes(c.name, columns[c.name], c.categories)
-            onehot = np.zeros((n, len(c.categories)), dtype=np.float64)
-            onehot[np.arange(n), codes] = 1.0
+            code = codes[c.name]
+            onehot = np.zeros((code.size, len(c.categories)), dtype=np.float64)
+            known = np.flatnonzero(code >= 0)
+            onehot[known, code[known]] = 1.0
             blocks.append(onehot)
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
@@ -204,17 +232,15 @@ def _numeric_values(name: str, column: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _category_codes(name: str, column: Any, categories: list[str]) -> np.ndarray:
-    """A column -> (N,) int64 index into `categories`, comparing values as strings."""
+    """A column -> (N,) int64 index into `categories` (-1 for a value not among them), comparing values as
+    strings; SchemaError on a missing value."""
     values = column.tolist() if hasattr(column, "tolist") else list(column)
     lookup = {cat: i for i, cat in enumerate(categories)}
     codes = np.empty(len(values), dtype=np.int64)
     for row, value in enumerate(values):
         if _is_missing(value):
             raise SchemaError(name, f"missing value at row {row}; categorical features cannot be missing")
-        code = lookup.get(str(value))
-        if code is None:
-            raise SchemaError(name, f"unknown category '{value}'; expected one of {categories}")
-        codes[row] = code
+        codes[row] = lookup.get(str(value), -1)
     return codes
 
 

@@ -6,6 +6,7 @@ Stored in the checkpoint and used by the server to validate records, so this mod
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -18,12 +19,45 @@ class FeatureKind(str, Enum):
     CATEGORICAL = "categorical"
 
 
+class PlausibleRange(BaseModel):
+    """Physically possible values of a numeric feature, inclusive; None leaves that side open.
+
+    Not learned from data: it comes from the data set's definitions (the bundled flchain cohort) or from the
+    user (``sbnn train --bounds age=0:120``). A row outside it is rejected by the gate, never scored.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    low: float | None = None
+    high: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PlausibleRange:
+        for value in (self.low, self.high):
+            if value is not None and not math.isfinite(value):
+                raise ValueError("plausible bounds must be finite numbers (leave a side open with null)")
+        if self.low is None and self.high is None:
+            raise ValueError("a plausible range needs a low or a high bound")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"plausible low {self.low} exceeds high {self.high}")
+        return self
+
+    def contains(self, value: float) -> bool:
+        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+
+    def __str__(self) -> str:
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        return f"[{low}, {high}]"
+
+
 class FeatureSpec(BaseModel):
     """One raw input feature as seen in the training split.
 
     `categories` (categorical only) lists the training categories in encoding order; `minimum`/`maximum`
-    (numeric only) are the observed, non-missing training range; `missing_allowed` is True when the training
-    data had missing values (they are imputed).
+    (numeric only) are the observed, non-missing training range (the gate's support); `missing_allowed` is
+    True when the training data had missing values (they are imputed); `plausible` (numeric only) bounds the
+    physically possible values (the gate rejects a row outside it).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -34,6 +68,7 @@ class FeatureSpec(BaseModel):
     minimum: float | None = None
     maximum: float | None = None
     missing_allowed: bool = False
+    plausible: PlausibleRange | None = None
     unit: str | None = None
     description: str = ""
 
@@ -46,8 +81,8 @@ class FeatureSpec(BaseModel):
                 raise ValueError(f"{self.name}: a categorical feature needs a non-empty list of categories")
             if len(set(self.categories)) != len(self.categories):
                 raise ValueError(f"{self.name}: categories must be unique")
-            if self.minimum is not None or self.maximum is not None:
-                raise ValueError(f"{self.name}: a categorical feature has no minimum/maximum")
+            if self.minimum is not None or self.maximum is not None or self.plausible is not None:
+                raise ValueError(f"{self.name}: a categorical feature has no minimum/maximum or plausible range")
         else:
             if self.categories is not None:
                 raise ValueError(f"{self.name}: a numeric feature has no categories")

@@ -5,6 +5,7 @@ Training-only: needs pandas (and pyarrow for Parquet).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from app.data.dataset import (
     split_population,
 )
 from app.data.preprocess import infer_feature_specs
+from app.data.schema import FeatureKind, FeatureSpec, PlausibleRange
 from app.errors import DataError
 
 OOD_NAME = "ood-file"
@@ -75,6 +77,21 @@ def _encode(values: pd.Series, labels: list[str], where: str) -> np.ndarray:
     return ids
 
 
+def _annotate(
+    specs: list[FeatureSpec], plausible: Mapping[str, PlausibleRange], units: Mapping[str, str]
+) -> list[FeatureSpec]:
+    """Feature specs with the user's plausible ranges and units; DataError naming an unknown or categorical
+    feature."""
+    numeric = {s.name for s in specs if s.kind is FeatureKind.NUMERIC}
+    for option, given in (("bounds", plausible), ("units", units)):
+        for name in given:
+            if name not in numeric:
+                raise DataError(f"{name}: --{option} names a feature that is not a numeric feature of the table")
+    return [
+        s.model_copy(update={"plausible": plausible.get(s.name), "unit": units.get(s.name)}) for s in specs
+    ]
+
+
 def load_table(
     path: str | Path,
     target: str,
@@ -83,10 +100,14 @@ def load_table(
     ood_path: str | Path | None = None,
     seed: int = 0,
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    plausible: Mapping[str, PlausibleRange] | None = None,
+    units: Mapping[str, str] | None = None,
 ) -> TabularDataset:
     """Load a classification table, drop rows without a target, split stratified, and add an optional OOD file.
 
     Labels are the sorted unique target values as strings; features default to every column but the target.
+    ``plausible`` bounds numeric features' physically possible values (the gate rejects rows outside them) and
+    ``units`` names their units (the stress suite converts them); both are kept in the provenance.
     """
     path = Path(path)
     fractions = check_fractions(fractions)
@@ -113,7 +134,7 @@ def load_table(
         raise DataError(f"features must be a non-empty list of distinct columns, got {features}")
 
     train, val, test = split_population(table[features], y, fractions, seed)
-    specs = infer_feature_specs(train.frame, features, categorical)
+    specs = _annotate(infer_feature_specs(train.frame, features, categorical), plausible or {}, units or {})
 
     options: dict[str, object] = {
         "path": str(path.resolve()),
@@ -122,6 +143,8 @@ def load_table(
         "ood_path": None,
         "ood_sha256": None,
         "dropped_missing_target": dropped,
+        "plausible": {k: v.model_dump() for k, v in (plausible or {}).items()} or None,
+        "units": dict(units) if units else None,
     }
     ood: dict[str, Split] = {}
     ood_reasons: dict[str, str] = {}

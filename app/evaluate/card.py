@@ -13,10 +13,77 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _share(value: float) -> str:
+    return f"{value:.1%}"
+
+
+def _gate_table(reports: dict[str, Any]) -> list[str]:
+    lines = [
+        "| set | rows | AUROC support | density | epistemic | gate | refers: support | density | epistemic | "
+        "gate | of which rejected |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in reports.items():
+        a, f = r["auroc"], r["referred"]
+        lines.append(
+            f"| `{name}` | {r['rows']} | " + " | ".join(_fmt(a[k]) for k in ("support", "density", "epistemic", "gate"))
+            + " | " + " | ".join(_share(f[k]) for k in ("support", "density", "epistemic", "gate", "rejected")) + " |"
+        )
+    return lines
+
+
+def gate_section(manifest: Manifest, evaluation: dict[str, Any] | None) -> list[str]:
+    """The card's gate section: operating point, rates on validation and test, warnings, and (from an
+    evaluation) what each component catches on every OOD and stress set."""
+    gate = manifest.gate
+    c = gate.calibration
+    bounded = [f for f in manifest.features if f.plausible is not None]
+    thresholds = {
+        "density": gate.density.threshold,
+        "epistemic": gate.epistemic.threshold,
+    }
+    lines = [
+        "## The OOD gate",
+        f"One false-positive budget of {gate.target_fpr:.1%} for the union of support, density and epistemic, "
+        f"calibrated on the {c.rows} `{c.split}` rows (conformal, against the {c.reference_rows} `{c.reference_split}` "
+        f"rows' scores) with the server's frozen bank ({c.samples} samples, seed {c.bank_seed}).",
+        "",
+        "- bounds (reject): "
+        + (", ".join(f"`{f.name}` {f.plausible}{' ' + f.unit if f.unit else ''}" for f in bounded) or "none given"),
+        "- support (refer): outside the training range of a numeric feature (its quantiles "
+        f"{gate.support.range_quantiles[0]:g} and {gate.support.range_quantiles[1]:g}), missing where training "
+        "had no missing value, or an unseen category",
+        f"- density (refer): Mahalanobis distance (Ledoit–Wolf covariance, shrinkage {gate.density.shrinkage:.3f}) "
+        f"above {_threshold(thresholds['density'])}",
+        f"- epistemic (refer): mutual information above {_threshold(thresholds['epistemic'])} nats",
+        "",
+        "| split | rows | not accepted | rejected | support | density | epistemic |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for split, rates in gate.achieved.items():
+        shares = (rates.referred, rates.rejected, rates.support, rates.density, rates.epistemic)
+        lines.append(f"| {split} | {rates.rows} | " + " | ".join(_share(v) for v in shares) + " |")
+    warnings = list(gate.warnings)
+    if evaluation is not None:
+        warnings += [w for w in evaluation.get("warnings", []) if w not in warnings]
+    if warnings:
+        lines += ["", "**Warnings** (what this gate misses):", *[f"- **{w}**" for w in warnings]]
+    if evaluation is not None:
+        lines += ["", "AUROC of each component against the test split, and the share each refers on its own "
+                  "(the gate's share counts referred and rejected rows).", "", "### OOD sets", "",
+                  *_gate_table(evaluation["ood"]), "", "### Stress suite (generated from the test split)", "",
+                  *_gate_table(evaluation["stress"])]
+    return lines
+
+
+def _threshold(value: float | None) -> str:
+    return "(never: too few calibration rows)" if value is None else f"{value:.4g}"
+
+
 def render_card(manifest: Manifest, result: dict[str, Any], figures: bool = True) -> str:
     """A model card: intended use, data, metrics, OOD gate operating point, PAC-Bayes bound (when the
     result has one), limits."""
-    m, test, gate = manifest, result["test"], manifest.ood
+    m, test = manifest, result["test"]
     ranks = ", ".join("-" if r is None else str(r) for r in m.ranks)
     shapes = " → ".join(str(s) for s in [m.network.in_features, *m.network.hidden, m.network.out_features])
     lines = [
@@ -24,10 +91,11 @@ def render_card(manifest: Manifest, result: dict[str, Any], figures: bool = True
         "",
         "## Intended use",
         f"Predicts `{m.task.target}` ({' / '.join(m.task.labels)}) for rows like the training population, and "
-        "says when a row is unlike it: the **OOD gate** refers a row whose epistemic uncertainty (mutual "
-        "information between prediction and weights) exceeds the calibrated threshold. A referred row needs "
-        "a human; an accepted row still carries its probability and uncertainty. Decision support only, "
-        "not a diagnosis.",
+        "says when a row is unlike it: the layered **OOD gate** rejects a row with a physically impossible value "
+        "(no prediction) and refers a row outside the training support, far from the training rows in input "
+        "density, or with high epistemic uncertainty (mutual information between prediction and weights). A "
+        "referred row needs a human; an accepted row still carries its probability and uncertainty. Decision "
+        "support only, not a diagnosis.",
         "",
         "## Model",
         f"- Kind: `{m.kind.value}`, network {shapes}, activation {m.network.activation.value}, ranks per layer: "
@@ -54,8 +122,8 @@ def render_card(manifest: Manifest, result: dict[str, Any], figures: bool = True
         "",
         f"ECE: {result['ece_binning']}.",
         "",
-        "## OOD detection (score: mutual information; in-distribution = test split)",
-        "| set | rows | AUROC | AUPR-OOD | AUPR-In | FPR@95%TPR | flagged | AUROC (std score) | task AUROC |",
+        "## OOD detection by mutual information alone (in-distribution = test split)",
+        "| set | rows | AUROC | AUPR-OOD | AUPR-In | FPR@95%TPR | AUROC (std score) | gate refers | task AUROC |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in result["ood"].items():
@@ -63,17 +131,10 @@ def render_card(manifest: Manifest, result: dict[str, Any], figures: bool = True
         task_auroc = entry.get("classification", {}).get("auroc")
         lines.append(
             f"| `{name}` | {mi['n_ood']} | {_fmt(mi['auroc'])} | {_fmt(mi['aupr_ood'])} | {_fmt(mi['aupr_in'])} | "
-            f"{_fmt(mi['fpr_at_95_tpr'])} | {_fmt(entry['flagged_rate'])} | {_fmt(std['auroc'])} | "
+            f"{_fmt(mi['fpr_at_95_tpr'])} | {_fmt(std['auroc'])} | {_fmt(entry['referred_rate'])} | "
             f"{_fmt(task_auroc) if task_auroc is not None else '-'} |"
         )
-    lines += [
-        "",
-        "## The OOD gate's operating point",
-        f"- Threshold on mutual information: {gate.threshold:.6g} nats, set at the {1 - gate.target_fpr:.0%} "
-        f"quantile of the {gate.calibration_rows} in-distribution `{gate.calibration_split}` rows "
-        f"(target false-positive rate {gate.target_fpr:.0%}, achieved {gate.achieved_fpr:.1%}).",
-        f"- On the test split {test['flagged_rate']:.1%} of rows are referred.",
-    ]
+    lines += ["", *gate_section(m, result.get("gate"))]
     if "bound" in result:
         # Imported here: the bound module needs torch, rendering a card from stored metrics otherwise does not.
         from app.evaluate.bound import BoundReport, render_bound_markdown
@@ -89,8 +150,8 @@ def render_card(manifest: Manifest, result: dict[str, Any], figures: bool = True
         "- Monte Carlo estimates vary with the seed; the response's seed and sample count replay an answer.",
     ]
     if m.kind.value == "deterministic":
-        lines.append("- A deterministic network has no epistemic uncertainty: its OOD score is 0 and the gate never "
-                     "refers.")
+        lines.append("- A deterministic network has no epistemic uncertainty: its mutual information is 0, so the "
+                     "gate's epistemic component never refers (bounds, support and density still do).")
     if figures:
         lines += ["", "## Figures", "![reliability diagram](reliability.png)", "",
                   "![OOD score histograms](ood_scores.png)"]

@@ -217,17 +217,21 @@ def is_done(run: RunSpec) -> bool:
 
 
 def _score_arrays(scored: Any, y_test: np.ndarray) -> dict[str, np.ndarray]:
-    """The per-row scores the figures need: test probs (N, C), labels and uncertainties; OOD MI and std."""
+    """The per-row scores the figures need: test probs (N, C), labels, uncertainties and gate levels; OOD MI,
+    std and gate levels."""
+    test = scored.test.predictions
     arrays = {
         "test_y": y_test,
-        "test_probs": scored.test.probs,
-        "test_mi": scored.test.mutual_information,
-        "test_std": scored.test.std,
-        "test_total": scored.test.total,
+        "test_probs": test.probs,
+        "test_mi": test.epistemic,
+        "test_std": test.std,
+        "test_total": test.total,
+        "test_gate": scored.test.level,
     }
-    for name, scores in scored.ood.items():
-        arrays[f"ood_mi__{name}"] = scores.mutual_information
-        arrays[f"ood_std__{name}"] = scores.std
+    for name, gated in scored.ood.items():
+        arrays[f"ood_mi__{name}"] = gated.predictions.epistemic
+        arrays[f"ood_std__{name}"] = gated.predictions.std
+        arrays[f"ood_gate__{name}"] = gated.level
     return arrays
 
 
@@ -259,7 +263,7 @@ def run_one(run: RunSpec, dataset: TabularDataset, on_epoch: Callable[[EpochLog]
         "parameter_count": manifest.parameter_count,
         "ranks": manifest.ranks,
         "default_samples": manifest.default_samples,
-        "ood_threshold": manifest.ood.threshold,
+        "epistemic_threshold": manifest.gate.epistemic.threshold,
         "training": {
             "duration_seconds": trained.duration_seconds,
             "epochs_run": trained.epochs_run,

@@ -1,6 +1,7 @@
-"""Evaluate a checkpoint on its test split and OOD sets: metrics, model card and figures.
+"""Evaluate a checkpoint on its test split, its OOD sets and the stress suite: metrics, model card and figures.
 
-Every set is scored with the same S weight samples (one seed), so the numbers compare like for like.
+Every set is scored as the server scores it (:mod:`app.evaluate.scoring`): the same bank of S weight samples
+(one seed) and the layered gate, so the numbers compare like for like and match what a default request gets.
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from app.bnn.predictive import decompose, predict
 from app.bnn.spec import BAYESIAN_KINDS
 from app.checkpoint.io import Checkpoint, write_manifest
-from app.data.dataset import Split, TabularDataset
+from app.data.dataset import TabularDataset
 from app.evaluate import metrics as M
 from app.evaluate.bound import bound_report
 from app.evaluate.card import render_card
+from app.evaluate.gate import LARGE, gate_warnings, in_distribution_rates, set_report
+from app.evaluate.scoring import BankScorer, GatedSet, gate_set
+from app.evaluate.stress import stress_sets
 
 ECE_BINS = 10
 ECE_BINNING = (
@@ -30,54 +32,41 @@ ECE_BINNING = (
 
 
 @dataclass(frozen=True)
-class Scores:
-    """Per-row predictive of one set: probs (N, C) and uncertainty (N,) each, in nats."""
-
-    probs: np.ndarray
-    total: np.ndarray
-    aleatoric: np.ndarray
-    mutual_information: np.ndarray
-    std: np.ndarray
-
-
-def score_split(checkpoint: Checkpoint, split: Split, samples: int, seed: int) -> Scores:
-    """Preprocess ``split`` with the checkpoint's own preprocessing and score it with a seeded generator."""
-    model = checkpoint.model
-    device = next(model.parameters()).device
-    x = torch.as_tensor(checkpoint.manifest.preprocessing.transform(split.frame), device=device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    predictive = predict(model, x, samples, generator)
-    u = decompose(predictive)
-    return Scores(
-        probs=predictive.mean.double().cpu().numpy(),
-        total=u.total.cpu().numpy(),
-        aleatoric=u.aleatoric.cpu().numpy(),
-        mutual_information=u.epistemic.cpu().numpy(),
-        std=u.std.cpu().numpy(),
-    )
-
-
-@dataclass(frozen=True)
 class ScoredSets:
-    """The test split's and every OOD set's scores, from one seed and sample count."""
+    """The test split, every OOD set and every stress set scored as served, from one bank (S samples, seed)."""
 
     samples: int
     seed: int
-    test: Scores
-    ood: dict[str, Scores]
+    test: GatedSet
+    ood: dict[str, GatedSet]
+    stress: dict[str, GatedSet]
+    stress_descriptions: dict[str, str]
 
 
 def score_sets(
     checkpoint: Checkpoint, dataset: TabularDataset, samples: int | None = None, seed: int = 0
 ) -> ScoredSets:
-    """Score the test split and every OOD set once (the metrics and the figures both read these)."""
-    samples = checkpoint.model.num_samples(samples or checkpoint.manifest.default_samples)
+    """Score the test split, every OOD set and the stress suite once, through the bank of ``samples`` draws
+    from ``seed`` (by default the server's: the model's default samples, seed 0)."""
+    manifest = checkpoint.manifest
+    scorer = BankScorer(checkpoint.model, samples or manifest.default_samples, bank_seed=seed)
+
+    def scored(frame: object) -> GatedSet:
+        return gate_set(scorer, checkpoint.gate, manifest.preprocessing, frame)
+
+    suite = stress_sets(dataset.test.frame, dataset.train.frame, manifest.features)
     return ScoredSets(
-        samples=samples,
+        samples=scorer.samples,
         seed=seed,
-        test=score_split(checkpoint, dataset.test, samples, seed),
-        ood={name: score_split(checkpoint, split, samples, seed) for name, split in dataset.ood.items()},
+        test=scored(dataset.test.frame),
+        ood={name: scored(split.frame) for name, split in dataset.ood.items()},
+        stress={s.name: scored(s.frame) for s in suite},
+        stress_descriptions={s.name: s.description for s in suite},
     )
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    return np.nan_to_num(values, nan=LARGE, posinf=LARGE)
 
 
 def _rounded(values: dict[str, Any]) -> dict[str, Any]:
@@ -96,8 +85,8 @@ def evaluate(
     PAC-Bayes bound report on the training split under ``"bound"`` (see :mod:`app.evaluate.bound`)."""
     manifest = checkpoint.manifest
     scored = scored or score_sets(checkpoint, dataset, samples, seed)
-    threshold = manifest.ood.threshold
-    test = scored.test
+    gate = checkpoint.gate
+    test, test_predictions = scored.test, scored.test.predictions
     result: dict[str, Any] = {
         "split": "test",
         "samples": scored.samples,
@@ -106,24 +95,37 @@ def evaluate(
         "parameter_count": manifest.parameter_count,
         "test": _rounded(
             {
-                **M.classification_metrics(dataset.test.y, test.probs, n_bins=ECE_BINS),
-                "mean_mutual_information": float(test.mutual_information.mean()),
-                "flagged_rate": float((test.mutual_information > threshold).mean()),
+                **M.classification_metrics(dataset.test.y, test_predictions.probs, n_bins=ECE_BINS),
+                "mean_mutual_information": float(test_predictions.epistemic.mean()),
+                "referred_rate": in_distribution_rates(test).referred,
             }
         ),
         "ood": {},
     }
     for name, split in dataset.ood.items():
-        scores = scored.ood[name]
+        shifted = scored.ood[name].predictions
         entry: dict[str, Any] = {
-            "mutual_information": _rounded(M.ood_metrics(test.mutual_information, scores.mutual_information).as_dict()),
-            "predictive_std": _rounded(M.ood_metrics(test.std, scores.std).as_dict()),
-            "flagged_rate": round(float((scores.mutual_information > threshold).mean()), 6),
+            "mutual_information": _rounded(
+                M.ood_metrics(_finite(test_predictions.epistemic), _finite(shifted.epistemic)).as_dict()
+            ),
+            "predictive_std": _rounded(M.ood_metrics(_finite(test_predictions.std), _finite(shifted.std)).as_dict()),
+            "referred_rate": round(1.0 - float(scored.ood[name].result.accepted.mean()), 6),
         }
         known = split.y[split.y >= 0]
-        if known.size == split.y.size and np.unique(known).size == len(dataset.labels):
-            entry["classification"] = _rounded(M.classification_metrics(split.y, scores.probs, n_bins=ECE_BINS))
+        rows = np.isfinite(shifted.probs).all(1)
+        if known.size == split.y.size and np.unique(known).size == len(dataset.labels) and rows.all():
+            entry["classification"] = _rounded(M.classification_metrics(split.y, shifted.probs, n_bins=ECE_BINS))
         result["ood"][name] = entry
+    ood_reports = {name: set_report(gate, test, s) for name, s in scored.ood.items()}
+    result["gate"] = {
+        "target_fpr": manifest.gate.target_fpr,
+        "test": in_distribution_rates(test).model_dump(),
+        "ood": ood_reports,
+        "stress": {
+            name: set_report(gate, test, s, scored.stress_descriptions[name]) for name, s in scored.stress.items()
+        },
+        "warnings": gate_warnings(ood_reports),
+    }
     if checkpoint.model.spec.kind in BAYESIAN_KINDS:
         # The bound's own sample count (its default), the evaluation's seed: `sbnn bound` with that seed
         # reproduces this section.
@@ -150,10 +152,11 @@ def write_evaluation(
 
         scored = scored or score_sets(checkpoint, dataset, result["samples"], result["seed"])
         title = f"{checkpoint.manifest.name}: test split"
-        write_reliability_diagram(folder / "reliability.png", dataset.test.y, scored.test.probs, ECE_BINS, title=title)
-        ood = {name: scores.mutual_information for name, scores in scored.ood.items()}
+        test = scored.test.predictions
+        write_reliability_diagram(folder / "reliability.png", dataset.test.y, test.probs, ECE_BINS, title=title)
+        ood = {name: _finite(s.predictions.epistemic) for name, s in scored.ood.items()}
         write_score_histogram(
-            folder / "ood_scores.png", scored.test.mutual_information, ood, threshold=checkpoint.manifest.ood.threshold
+            folder / "ood_scores.png", test.epistemic, ood, threshold=checkpoint.manifest.gate.epistemic.threshold
         )
         written += [folder / "reliability.png", folder / "ood_scores.png"]
     (folder / "card.md").write_text(render_card(checkpoint.manifest, result, figures=figures))

@@ -30,6 +30,8 @@ from app.checkpoint.manifest import MANIFEST_FILE, WEIGHTS_FILE
 from app.data.dataset import TabularDataset
 from app.errors import SbnnError
 from app.evaluate.compare import ABLATION_BASE, EVALUATION_SEED, SCORES_FILE, Plan, RunSpec, load_result
+from app.evaluate.results_gate import render_gate, summarise_gate
+from app.evaluate.tables import mean_std, ms, table
 
 # Rules of the claims; the report states each one next to its verdict.
 SIMILAR_AUROC = 0.02  # "similar AUROC": low-rank's mean at most this far below the other kind's
@@ -207,16 +209,6 @@ def assess_claims(summary: Mapping[str, Any]) -> list[Claim]:
 # --------------------------------------------------------------------------------------------------
 
 
-def mean_std(values: Sequence[float]) -> dict[str, float]:
-    """Mean and sample standard deviation (ddof = 1; 0 for a single value) of ``values``."""
-    array = np.asarray(values, dtype=np.float64)
-    return {
-        "mean": float(array.mean()),
-        "std": float(array.std(ddof=1)) if array.size > 1 else 0.0,
-        "n": int(array.size),
-    }
-
-
 def summarise(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Mean ± std over seeds of one label's results: test metrics, OOD metrics per set and score, training."""
     first = results[0]
@@ -226,7 +218,7 @@ def summarise(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         ood[name] = {
             score: {m: mean_std([e[score][m] for e in entries]) for m in OOD_METRICS} for score in OOD_SCORES
         }
-        ood[name]["flagged_rate"] = mean_std([e["flagged_rate"] for e in entries])
+        ood[name]["referred_rate"] = mean_std([e["referred_rate"] for e in entries])
         ood[name]["rows"] = entries[0]["mutual_information"]["n_ood"]
     return {
         "kind": first["kind"],
@@ -243,6 +235,7 @@ def summarise(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             [r["training"]["duration_seconds"] / r["training"]["epochs_run"] for r in results]
         ),
         "best_val_nll": mean_std([r["training"]["best_val_nll"] for r in results]),
+        "gate": summarise_gate(results),
     }
 
 
@@ -389,8 +382,8 @@ def _ablation(plan: Plan, out: Path) -> list[dict[str, Any]]:
 
 def _export_model(source: Path, target: Path, dataset: TabularDataset) -> dict[str, Any]:
     """Copy a run's checkpoint to ``target`` (the folder name becomes the model name) and evaluate it there,
-    so its metrics.json, card.md and figures are its own. The weights' sha256 covers the weights file only,
-    so renaming leaves it valid (checked by loading)."""
+    so its metrics.json, card.md and figures are its own. The sha256 of the weights and of the gate's tensors
+    cover those files only, so renaming leaves them valid (checked by loading)."""
     from app.checkpoint.files import read_manifest, write_manifest
     from app.checkpoint.io import load_checkpoint
     from app.evaluate.evaluate import evaluate, score_sets, write_evaluation
@@ -400,8 +393,9 @@ def _export_model(source: Path, target: Path, dataset: TabularDataset) -> dict[s
             raise FileExistsError(f"{target} exists and is not a checkpoint folder; not replacing it")
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    shutil.copy2(source / WEIGHTS_FILE, target / WEIGHTS_FILE)
     manifest = read_manifest(source)
+    for name in (WEIGHTS_FILE, manifest.gate.tensors.file):
+        shutil.copy2(source / name, target / name)
     write_manifest(target, manifest.model_copy(update={"name": target.name, "metrics": {}}))
     checkpoint = load_checkpoint(target)
     scored = score_sets(checkpoint, dataset, seed=EVALUATION_SEED)
@@ -447,19 +441,6 @@ def _bound_sections(best: Mapping[str, Path], out: Path, dataset: TabularDataset
 # --------------------------------------------------------------------------------------------------
 # The report
 # --------------------------------------------------------------------------------------------------
-
-
-def _ms(entry: Mapping[str, float], digits: int = 3) -> str:
-    if entry["n"] > 1:
-        return f"{entry['mean']:.{digits}f} ± {entry['std']:.{digits}f}"
-    return f"{entry['mean']:.{digits}f}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "r") -> str:
-    separator = ["---"] + ["--:" if align == "r" else "---"] * (len(header) - 1)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(separator) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def _threads(count: int) -> str:
@@ -514,11 +495,11 @@ def render_markdown(report: Mapping[str, Any], observations: str, figures: Mappi
          or "needs " + ", ".join(c["missing"]), f"**{c['verdict']}**"]
         for c in report["claims"]
     ]
-    out.append(_table(["claim", "rule", "evidence", "verdict"], claim_rows, align="l"))
+    out.append(table(["claim", "rule", "evidence", "verdict"], claim_rows, align="l"))
 
     out.append(f"## Test split ({summary[labels[0]]['test_rows']} rows)\n")
-    rows = [[label, *(_ms(summary[label]["test"][m]) for m in TEST_METRICS)] for label in labels]
-    out.append(_table(["kind", "AUROC", "AUPRC", "NLL", "ECE", "Brier", "accuracy"], rows))
+    rows = [[label, *(ms(summary[label]["test"][m]) for m in TEST_METRICS)] for label in labels]
+    out.append(table(["kind", "AUROC", "AUPRC", "NLL", "ECE", "Brier", "accuracy"], rows))
     out.append(f"ECE: {ECE_BINS} equal-width bins of the predicted risk. Paper (MIMIC-III) for context: "
                + "; ".join(f"{k} AUROC {v[0]:.3f}, NLL {v[1]:.3f}" for k, v in PAPER.items()) + ".\n")
 
@@ -534,15 +515,15 @@ def render_markdown(report: Mapping[str, Any], observations: str, figures: Mappi
             f"{s['parameter_count']:,}",
             f"{s['parameter_count'] / base:.2f}×" if base else "",
             f"{paper[3]:,}" if paper else "",
-            _ms(s["training_seconds"], 1),
-            _ms(s["epochs_run"], 0),
-            _ms(s["seconds_per_epoch"], 2),
+            ms(s["training_seconds"], 1),
+            ms(s["epochs_run"], 0),
+            ms(s["seconds_per_epoch"], 2),
             str(s["default_samples"]),
-            _ms(timing["rows_1"], 2) if timing else "",
-            _ms(timing["seeded_rows_1"], 2) if timing else "",
-            _ms(timing["rows_1024"], 1) if timing else "",
+            ms(timing["rows_1"], 2) if timing else "",
+            ms(timing["seeded_rows_1"], 2) if timing else "",
+            ms(timing["rows_1024"], 1) if timing else "",
         ])
-    out.append(_table(["kind", "parameters", "× lowrank", "paper", "training (s)", "epochs", "s / epoch", "S",
+    out.append(table(["kind", "parameters", "× lowrank", "paper", "training (s)", "epochs", "s / epoch", "S",
                        "1 row, bank (ms)", "1 row, seeded (ms)", "1024 rows, bank (ms)"], rows))
     load = report["timing_load_average"]
     out.append(f"Parameters count variational means and scales (as the paper does). Training time: wall clock of "
@@ -557,7 +538,8 @@ def render_markdown(report: Mapping[str, Any], observations: str, figures: Mappi
     out.append("## OOD detection\n")
     out.append("Each OOD set is pooled with the in-distribution test split (OOD = positive). Scores: mutual "
                "information (MI, the paper's) and the predictive std of the predicted class (std). "
-               "'Referred' is the share of the set above the model's calibrated gate (5% of validation rows). "
+               "'Referred' is the share of the set the model's layered gate does not accept (referred or "
+               "rejected; next section). "
                "A deterministic network has MI = std = 0 everywhere: its AUROC is 0.5 by construction.\n")
     for name in summary[labels[0]]["ood"]:
         rows_ood = summary[labels[0]]["ood"][name]["rows"]
@@ -565,11 +547,13 @@ def render_markdown(report: Mapping[str, Any], observations: str, figures: Mappi
         rows = []
         for label in labels:
             entry = summary[label]["ood"][name]
-            rows.append([label, *(_ms(entry["mutual_information"][m]) for m in OOD_METRICS),
-                         _ms(entry["flagged_rate"]),
-                         *(_ms(entry["predictive_std"][m]) for m in OOD_METRICS)])
-        out.append(_table(["kind", "AUROC (MI)", "AUPR-OOD (MI)", "AUPR-In (MI)", "FPR@95%TPR (MI)", "referred",
+            rows.append([label, *(ms(entry["mutual_information"][m]) for m in OOD_METRICS),
+                         ms(entry["referred_rate"]),
+                         *(ms(entry["predictive_std"][m]) for m in OOD_METRICS)])
+        out.append(table(["kind", "AUROC (MI)", "AUPR-OOD (MI)", "AUPR-In (MI)", "FPR@95%TPR (MI)", "referred",
                            "AUROC (std)", "AUPR-OOD (std)", "AUPR-In (std)", "FPR@95%TPR (std)"], rows))
+
+    out.append(render_gate(summary))
 
     out.append("## Calibration and selective prediction\n")
     out.append(f"![reliability diagrams]({figures['reliability']})\n")
@@ -584,8 +568,8 @@ def render_markdown(report: Mapping[str, Any], observations: str, figures: Mappi
     rows = []
     for label in labels:
         curve = report["risk_coverage"][label]
-        rows.append([label, _ms(curve["total"]["0.0"]), *(_ms(curve[score][str(f)]) for score, f in referral)])
-    out.append(_table(header, rows))
+        rows.append([label, ms(curve["total"]["0.0"]), *(ms(curve[score][str(f)]) for score, f in referral)])
+    out.append(table(header, rows))
 
     out.append("## OOD score distributions\n")
     out.append(f"![OOD score histograms]({figures['ood_histograms']})\n")
@@ -598,10 +582,10 @@ def render_markdown(report: Mapping[str, Any], observations: str, figures: Mappi
         rows = []
         for row in report["ablation"]:
             rows.append([str(row["rank"]), "/".join(map(str, row["ranks"])), f"{row['parameter_count']:,}",
-                         _ms(row["test"]["auroc"]), _ms(row["test"]["nll"]), _ms(row["test"]["ece"]),
-                         *(_ms(row["ood"][s]["mutual_information"]["auroc"]) for s in sets),
-                         _ms(row["ood_auroc_mean_over_sets"])])
-        out.append(_table(["r", "layer ranks", "parameters", "AUROC", "NLL", "ECE",
+                         ms(row["test"]["auroc"]), ms(row["test"]["nll"]), ms(row["test"]["ece"]),
+                         *(ms(row["ood"][s]["mutual_information"]["auroc"]) for s in sets),
+                         ms(row["ood_auroc_mean_over_sets"])])
+        out.append(table(["r", "layer ranks", "parameters", "AUROC", "NLL", "ECE",
                            *(f"OOD AUROC (MI) {s}" for s in sets), "OOD AUROC mean"], rows))
         ablation_seeds = ", ".join(map(str, plan["ablation_seeds"]))
         out.append(f"Seeds {ablation_seeds}; the row of lowrank's own rank reuses the comparison's lowrank runs. "
@@ -619,7 +603,7 @@ def render_markdown(report: Mapping[str, Any], observations: str, figures: Mappi
                 rows.append([layer, *cells])
             out.append("Singular-value energy Σ_{i≤r} σ_i² / Σ σ_i² of the trained deterministic networks' "
                        f"hidden layers (mean over seeds {seeds}; the paper: {PAPER_ENERGY_AT_15:.0%} at r = 15):\n")
-            out.append(_table(["layer", *(f"r = {r}" for r in ranks)], rows))
+            out.append(table(["layer", *(f"r = {r}" for r in ranks)], rows))
 
     out.append("## PAC-Bayes bound\n")
     out.append("The McAllester bound (`app.evaluate.bound`) of the served lowrank and fullrank models, with the "
@@ -631,7 +615,7 @@ def render_markdown(report: Mapping[str, Any], observations: str, figures: Mappi
                "`sbnn serve` through the same interface; the manifest's `kind` names the kind.\n")
     rows = [[f"`{e['folder']}`", e["kind"], str(e["seed"]), f"{e['best_val_nll']:.4f}", f"{e['bytes'] / 1e3:.0f} KB"]
             for e in report["models"].values()]
-    out.append(_table(["model", "kind", "seed", "val NLL", "size"], rows, align="l"))
+    out.append(table(["model", "kind", "seed", "val NLL", "size"], rows, align="l"))
 
     out.append("## Observations\n")
     out.append(f"{OBSERVATIONS_START}\n{observations}\n{OBSERVATIONS_END}\n")
@@ -726,7 +710,7 @@ def write_results(
     for label in labels:
         best_scores = _scores(best[label])
         ood = {k.split("__", 1)[1]: v for k, v in best_scores.items() if k.startswith("ood_mi__")}
-        threshold = load_result(best[label])["ood_threshold"]  # type: ignore[index]
+        threshold = load_result(best[label])["epistemic_threshold"]  # type: ignore[index]
         histograms[f"{label} ({best[label].name})"] = (best_scores["test_mi"], ood, threshold)
     write_ood_histogram_grid(docs / figures["ood_histograms"], histograms,
                              note="the served (best validation NLL) seed of each kind; dashed: its OOD gate")
@@ -741,8 +725,8 @@ def write_results(
             s = summary[label]
             auroc_points.append(ParetoPoint(label, s["parameter_count"], s["test"]["auroc"]["mean"],
                                             s["test"]["auroc"]["std"], False))
-            ms = mean_std([_mean_ood_auroc(r) for r in grouped[label]])
-            ood_points.append(ParetoPoint(label, s["parameter_count"], ms["mean"], ms["std"], False))
+            ood_auroc = mean_std([_mean_ood_auroc(r) for r in grouped[label]])
+            ood_points.append(ParetoPoint(label, s["parameter_count"], ood_auroc["mean"], ood_auroc["std"], False))
         energy_curves = {layer: (np.array(c["ranks"]), np.array(c["mean"]), np.array(c["std"]))
                          for layer, c in energy.items()}
         write_rank_ablation(docs / figures["rank_ablation"], auroc_points, ood_points, energy_curves,

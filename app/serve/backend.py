@@ -51,6 +51,10 @@ class Backend(Protocol):
     kind: BackendKind
     manifest: Manifest
 
+    @property
+    def default_bank(self) -> tuple[int, int] | None:
+        """(samples, seed) of the frozen bank a default request is answered with; None without a bank."""
+
     def num_samples(self, samples: int) -> int:
         """The samples a request for ``samples`` gets (fixed for deterministic models and ensembles)."""
 

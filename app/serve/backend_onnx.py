@@ -105,6 +105,10 @@ class OnnxBackend:
                 raise CheckpointError(str(folder), f"warm-up prediction ({options.sampler.value}) is not finite")
         return backend
 
+    @property
+    def default_bank(self) -> tuple[int, int] | None:
+        return (self.onnx.samples, self.onnx.bank_seed)
+
     def num_samples(self, samples: int) -> int:
         return samples if self.sampling is not None else self.onnx.samples
 

@@ -61,6 +61,10 @@ class TorchBackend:
             if not np.isfinite(scores.probs).all():
                 raise CheckpointError(str(folder), f"warm-up prediction ({sampler.value}) is not finite")
 
+    @property
+    def default_bank(self) -> tuple[int, int] | None:
+        return (self.engine.bank_size, self.engine.bank_seed) if self.engine.bank_size else None
+
     def num_samples(self, samples: int) -> int:
         return self.engine.model.num_samples(samples)
 

@@ -1,48 +1,65 @@
 """The protocol-agnostic data plane: one ``infer`` for /v1 and /v2, and model metadata.
 
-validate -> preprocess -> batched Monte Carlo pass -> decompose -> gate -> metrics and drift, once.
+validate -> screen (bounds, support) -> preprocess -> batched Monte Carlo pass of the rows not rejected ->
+density and epistemic -> the gate's decisions and reasons -> metrics and drift, once.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from app.bnn.spec import Sampler
 from app.checkpoint.manifest import Manifest
+from app.errors import SchemaError
+from app.gate.gate import Decision, GateResult
+from app.gate.spec import Component
 from app.serve.backend import InferenceOptions, Scores
 from app.serve.drift import DriftMonitor
 from app.serve.engine import BatchingEngine
 from app.serve.errors import RequestRejected
-from app.serve.gate import Decision, decide, flag, percentile_in_reference
 from app.serve.metrics import ServiceMetrics
 from app.serve.repository import ModelRepository, ModelState, ServedModel
-from app.serve.settings import Settings
-from app.serve.validation import Locate, validate_columns
+from app.serve.settings import RejectMode, Settings
+from app.serve.validation import Locate, encode_scored, validate_columns
 
 
 @dataclass(frozen=True)
 class InferenceResult:
-    """A request's answer, per row arrays (N,) except probs (N, C)."""
+    """A request's answer: the predictive of the rows the gate let through (``scores``, None when it rejected
+    every row; ``scored``: (N,) bool marks them among the request's rows) and the gate's answer for all N."""
 
     model: ServedModel
-    samples: int
-    seed: int
-    scores: Scores
-    percentile: np.ndarray
-    flags: np.ndarray
-    decisions: list[Decision]
+    options: InferenceOptions
+    scores: Scores | None
+    scored: np.ndarray
+    gate: GateResult
 
     @property
     def manifest(self) -> Manifest:
         return self.model.manifest
 
     @property
-    def labels(self) -> list[str]:
+    def rows(self) -> int:
+        return int(self.scored.size)
+
+    def per_row(self, values: np.ndarray) -> list[Any]:
+        """Scored rows' values (N_scored, ...) as a list over all N rows, None for a rejected row."""
+        out: list[Any] = [None] * self.rows
+        for row, value in zip(np.flatnonzero(self.scored).tolist(), values.tolist(), strict=True):
+            out[row] = value
+        return out
+
+    @property
+    def labels(self) -> list[str | None]:
+        if self.scores is None:
+            return [None] * self.rows
         names = self.manifest.task.labels
-        return [names[i] for i in self.scores.probs.argmax(1).tolist()]
+        return self.per_row(np.array([names[i] for i in self.scores.probs.argmax(1).tolist()], dtype=object))
 
 
 class DataPlane:
@@ -99,45 +116,61 @@ class DataPlane:
         options: InferenceOptions,
         locate: Locate,
     ) -> InferenceResult:
-        """Score validated raw columns as ``options`` ask (the seed, when absent, is chosen and returned)."""
-        manifest = model.manifest
-        x = validate_columns(manifest, columns, locate)
-        scores = await self.engine.submit(model, x, options)
-        flags = flag(scores.epistemic, manifest.ood)
-        result = InferenceResult(
-            model=model,
-            samples=scores.samples,
-            seed=scores.seed,
-            scores=scores,
-            percentile=percentile_in_reference(scores.epistemic, manifest.ood.reference_quantiles),
-            flags=flags,
-            decisions=decide(flags),
-        )
+        """Gate and score validated raw columns as ``options`` ask (the seed, when absent, is chosen and
+        returned): rows the bounds reject are not scored, the others are, and every row is explained."""
+        manifest, gate = model.manifest, model.gate
+        assert gate is not None  # a ready model has its gate
+        raw = validate_columns(manifest, columns, locate)
+        screen = gate.screen(*raw)
+        if self.settings.reject_mode is RejectMode.REQUEST and screen.rejected.any():
+            row = int(np.flatnonzero(screen.rejected)[0])
+            feature = screen.reasons[row][0].split(":", 1)[1]
+            raise SchemaError(locate(feature, row), screen.details[row][0])
+        scored = ~screen.rejected
+        x = encode_scored(manifest, raw, scored, columns, locate)
+        scores = await self.engine.submit(model, x, options) if scored.any() else None
+        density = np.full(scored.size, np.nan)
+        epistemic = np.full(scored.size, np.nan)
+        if scores is not None:
+            density[scored] = gate.density(x)
+            epistemic[scored] = scores.epistemic
+        result = InferenceResult(model, options, scores, scored, gate.decide(screen, density, epistemic))
         self._record(model, result)
         return result
 
     def _record(self, model: ServedModel, result: InferenceResult) -> None:
-        name = model.name
-        histogram = self.metrics.epistemic.labels(name)
-        for value in result.scores.epistemic.tolist():
-            histogram.observe(value)
-        rows = len(result.decisions)
-        referred = int(result.flags.sum())
-        self.metrics.predictions.labels(name).inc(rows)
-        self.metrics.ood_flags.labels(name).inc(referred)
-        self.metrics.decisions.labels(name, Decision.REFER.value).inc(referred)
-        self.metrics.decisions.labels(name, Decision.ACCEPT.value).inc(rows - referred)
+        name, metrics, gate = model.name, self.metrics, result.gate
+        if result.scores is not None:
+            histogram = metrics.epistemic.labels(name)
+            for value in result.scores.epistemic.tolist():
+                histogram.observe(value)
+        metrics.predictions.labels(name).inc(result.rows)
+        counts = Counter(gate.decisions)
+        for decision in Decision:
+            if counts[decision]:
+                metrics.decisions.labels(name, decision.value).inc(counts[decision])
+        # A row counts once per component, however many of its features that component named.
+        components = Counter(c for reasons in gate.reasons for c in {r.split(":", 1)[0] for r in reasons})
+        for component, count in components.items():
+            metrics.gate_reasons.labels(name, component).inc(count)
         monitor = self._drift.get(name)
         if monitor is None:
-            monitor = self._drift[name] = DriftMonitor(
-                model.manifest.ood.reference_quantiles, self.settings.drift_window, self.settings.drift_min_rows
-            )
-        snapshot = monitor.record(result.scores.epistemic, result.flags)
+            spec = model.manifest.gate
+            references = {"epistemic": spec.epistemic.reference_quantiles, "density": spec.density.reference_quantiles}
+            monitor = self._drift[name] = DriftMonitor(references, self.settings.drift_window,
+                                                       self.settings.drift_min_rows)
+        scored = result.scored
+        snapshot = monitor.record(
+            {"epistemic": gate.scores[Component.EPISTEMIC][scored], "density": gate.scores[Component.DENSITY][scored]},
+            ~gate.accepted,
+        )
         if snapshot is not None:
-            self.metrics.drift_psi.labels(name).set(snapshot.psi)
-            self.metrics.drift_ks.labels(name).set(snapshot.ks)
-            self.metrics.drift_ood_rate.labels(name).set(snapshot.ood_rate)
-            self.metrics.drift_window_rows.labels(name).set(snapshot.rows)
+            for score, statistics in snapshot.scores.items():
+                if statistics is not None:
+                    metrics.drift_psi.labels(name, score).set(statistics.psi)
+                    metrics.drift_ks.labels(name, score).set(statistics.ks)
+            metrics.drift_ood_rate.labels(name).set(snapshot.ood_rate)
+            metrics.drift_window_rows.labels(name).set(snapshot.rows)
 
     def publish_model_metrics(self) -> None:
         """Model info and readiness gauges, after loading."""

@@ -1,7 +1,8 @@
-"""Drift of the OOD score over a sliding window of recent predictions, against the checkpoint's reference.
+"""Drift of the gate's scores over a sliding window of recent predictions, against the calibration split.
 
-Population stability index over the reference's deciles, the Kolmogorov–Smirnov statistic against the
-reference's piecewise-linear CDF (from its 101 percentiles), and the windowed OOD rate.
+Per score (epistemic, density): the population stability index over the reference's deciles and the
+Kolmogorov–Smirnov statistic against the reference's piecewise-linear CDF (from its 101 percentiles); and
+the windowed share of rows the gate did not accept.
 """
 
 from __future__ import annotations
@@ -16,36 +17,27 @@ PSI_EPSILON = 1e-4  # keeps empty bins finite; the usual choice in PSI reports
 
 
 @dataclass(frozen=True)
-class DriftSnapshot:
+class ScoreDrift:
     rows: int
     psi: float
     ks: float
+
+
+@dataclass(frozen=True)
+class DriftSnapshot:
+    rows: int  # rows in the window, scored or not
     ood_rate: float
+    scores: dict[str, ScoreDrift | None]  # None until a score's window holds min_rows rows
 
 
-class DriftMonitor:
-    """A thread-safe window of the last ``window`` scores and flags of one model."""
+class ScoreReference:
+    """One score's reference distribution (its 101 percentiles on the calibration split)."""
 
-    def __init__(self, reference_quantiles: list[float], window: int, min_rows: int) -> None:
-        self.quantiles = np.asarray(reference_quantiles, dtype=np.float64)
+    def __init__(self, quantiles: list[float]) -> None:
+        self.quantiles = np.asarray(quantiles, dtype=np.float64)
         self.levels = np.linspace(0.0, 1.0, self.quantiles.size)
         deciles = self.quantiles[:: max(1, (self.quantiles.size - 1) // 10)]
         self.cuts = deciles[1:-1]  # 9 inner edges of 10 equal-mass reference bins
-        self.min_rows = min_rows
-        self._scores: deque[float] = deque(maxlen=window)
-        self._flags: deque[bool] = deque(maxlen=window)
-        self._lock = threading.Lock()
-
-    def record(self, scores: np.ndarray, flags: np.ndarray) -> DriftSnapshot | None:
-        """Add rows; returns the current statistics once the window holds ``min_rows`` rows."""
-        with self._lock:
-            self._scores.extend(scores.tolist())
-            self._flags.extend(flags.tolist())
-            if len(self._scores) < self.min_rows:
-                return None
-            window = np.fromiter(self._scores, dtype=np.float64)
-            rate = float(np.mean(np.fromiter(self._flags, dtype=bool)))
-        return DriftSnapshot(rows=window.size, psi=self.psi(window), ks=self.ks(window), ood_rate=rate)
 
     def psi(self, window: np.ndarray) -> float:
         """Σ (o − e) ln(o / e) over the reference's decile bins (e = 0.1 each)."""
@@ -64,3 +56,35 @@ class DriftMonitor:
         above = np.arange(1, n + 1) / n - reference_cdf
         below = reference_cdf - np.arange(0, n) / n
         return float(max(above.max(), below.max(), 0.0))
+
+
+class DriftMonitor:
+    """A thread-safe window of one model's last ``window`` rows: whether the gate accepted each, and each gate
+    score of the rows it scored (a rejected row has none)."""
+
+    def __init__(self, references: dict[str, list[float]], window: int, min_rows: int) -> None:
+        self.references = {name: ScoreReference(q) for name, q in references.items()}
+        self.min_rows = min_rows
+        self._scores: dict[str, deque[float]] = {name: deque(maxlen=window) for name in references}
+        self._flags: deque[bool] = deque(maxlen=window)
+        self._lock = threading.Lock()
+
+    def record(self, scores: dict[str, np.ndarray], flags: np.ndarray) -> DriftSnapshot | None:
+        """Add rows: each score's values (N_scored,) and every row's flag (N,), True where not accepted;
+        returns the statistics once the window holds ``min_rows`` rows."""
+        with self._lock:
+            for name, values in scores.items():
+                self._scores[name].extend(values.tolist())
+            self._flags.extend(flags.tolist())
+            if len(self._flags) < self.min_rows:
+                return None
+            rows, rate = len(self._flags), float(np.mean(np.fromiter(self._flags, dtype=bool)))
+            windows = {name: np.fromiter(values, dtype=np.float64) for name, values in self._scores.items()}
+        drift: dict[str, ScoreDrift | None] = {}
+        for name, window in windows.items():
+            reference = self.references[name]
+            drift[name] = (
+                ScoreDrift(window.size, reference.psi(window), reference.ks(window))
+                if window.size >= self.min_rows else None
+            )
+        return DriftSnapshot(rows=rows, ood_rate=rate, scores=drift)

@@ -53,28 +53,38 @@ class ServiceMetrics:
             registry=registry,
         )
         self.predictions = Counter(
-            "sbnn_predictions_total", "Rows predicted.", ["model"], registry=registry
-        )
-        self.ood_flags = Counter(
-            "sbnn_ood_flags_total", "Rows whose OOD score exceeded the model's threshold.", ["model"], registry=registry
+            "sbnn_predictions_total", "Rows answered, whatever the gate decided.", ["model"], registry=registry
         )
         self.decisions = Counter(
-            "sbnn_decisions_total", "Rows by gate decision (accept or refer).", ["model", "decision"], registry=registry
+            "sbnn_decisions_total", "Rows by gate decision (accept, refer or reject).", ["model", "decision"],
+            registry=registry,
+        )
+        self.gate_reasons = Counter(
+            "sbnn_gate_reasons_total",
+            "Rows referred or rejected, by the gate component that gave a reason (bounds, support, density, "
+            "epistemic); a row with several reasons counts under each.",
+            ["model", "reason"],
+            registry=registry,
         )
         self.drift_psi = Gauge(
             "sbnn_drift_psi",
-            "Population stability index of the OOD score over the recent window against the reference.",
-            ["model"],
+            "Population stability index of a gate score (epistemic or density) over the recent window against the "
+            "calibration split.",
+            ["model", "score"],
             registry=registry,
         )
         self.drift_ks = Gauge(
             "sbnn_drift_ks",
-            "Kolmogorov-Smirnov statistic of the OOD score over the recent window against the reference.",
-            ["model"],
+            "Kolmogorov-Smirnov statistic of a gate score (epistemic or density) over the recent window against the "
+            "calibration split.",
+            ["model", "score"],
             registry=registry,
         )
         self.drift_ood_rate = Gauge(
-            "sbnn_drift_ood_rate", "Share of rows flagged OOD over the recent window.", ["model"], registry=registry
+            "sbnn_drift_ood_rate",
+            "Share of rows the gate did not accept (referred or rejected) over the recent window.",
+            ["model"],
+            registry=registry,
         )
         self.drift_window_rows = Gauge(
             "sbnn_drift_window_rows", "Rows currently in the drift window.", ["model"], registry=registry

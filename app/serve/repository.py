@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from app.checkpoint.files import read_gate
 from app.checkpoint.manifest import Manifest
 from app.errors import CheckpointError
+from app.gate.gate import Gate
 from app.serve.backend import Backend, BackendKind
 from app.serve.errors import ModelNotFound, ModelNotReady
 
@@ -28,13 +30,14 @@ class ModelState(str, Enum):
 
 @dataclass
 class ServedModel:
-    """One entry of the repository; ``backend`` is set once the folder verified and warmed up."""
+    """One entry of the repository; ``backend`` and ``gate`` are set once the folder verified and warmed up."""
 
     name: str
     path: Path
     state: ModelState = ModelState.LOADING
     reason: str = ""
     backend: Backend | None = None
+    gate: Gate | None = None
 
     @property
     def manifest(self) -> Manifest:
@@ -95,11 +98,21 @@ class ModelRepository:
                     str(entry.path / "manifest.json"),
                     f"manifest name '{backend.manifest.name}' differs from its folder name",
                 )
+            gate = read_gate(entry.path, backend.manifest)
         except (CheckpointError, ValueError, RuntimeError) as exc:
             entry.state, entry.reason = ModelState.FAILED, str(exc)
             log.error("model %s not ready: %s", entry.name, exc)
             return
-        entry.backend, entry.state, entry.reason = backend, ModelState.READY, ""
+        calibration = gate.spec.calibration
+        if backend.default_bank != (calibration.samples, calibration.bank_seed):
+            bank = backend.default_bank
+            served = "fresh (no bank)" if bank is None else f"a bank of {bank[0]} samples from seed {bank[1]}"
+            log.warning(
+                "model %s: its gate was calibrated on a bank of %d samples from seed %d, this server's default "
+                "draws are %s; the gate's false-positive rate then holds only approximately",
+                entry.name, calibration.samples, calibration.bank_seed, served,
+            )
+        entry.backend, entry.gate, entry.state, entry.reason = backend, gate, ModelState.READY, ""
         sha = backend.manifest.weights.sha256[:12]
         log.info("model %s ready (%s backend, weights %s)", entry.name, backend.kind.value, sha)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -9,6 +10,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.bnn.spec import Sampler
 from app.serve.backend import BackendKind
+
+
+class RejectMode(str, Enum):
+    ROW = "row"  # a row outside its plausible bounds is answered "reject" (no prediction); the others are scored
+    REQUEST = "request"  # such a row fails the whole request with a 4xx naming the field and the bound
 
 
 class Settings(BaseSettings):
@@ -33,6 +39,9 @@ class Settings(BaseSettings):
         None, ge=0, le=65536, description="Weight samples in each model's frozen bank (default: its default S; 0 none)."
     )
     bank_seed: int = Field(0, ge=0, lt=2**63, description="Seed of the frozen banks' draws.")
+    reject_mode: RejectMode = Field(
+        RejectMode.ROW, description="row: a row outside the plausible bounds is rejected alone; request: 422/400."
+    )
     drift_window: int = Field(1000, ge=10, le=1_000_000, description="Recent predictions per model used for drift.")
     drift_min_rows: int = Field(50, ge=1, description="Rows in the window before drift gauges are reported.")
     log_level: str = Field("info", pattern=r"^(critical|error|warning|info|debug)$")

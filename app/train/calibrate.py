@@ -1,31 +1,148 @@
-"""Calibrating the OOD gate on in-distribution validation scores."""
+"""Fitting the layered OOD gate after training and calibrating it under one false-positive budget.
+
+1. Reference (training split): the input density is fitted there (Ledoit–Wolf shrinkage covariance of the
+   preprocessed rows), and each scored component's training scores become its reference.
+2. Calibration (validation split): every row gets a level, the largest rank of its scored components among
+   the reference (how many reference scores lie below it), or more than any rank when a support fact or a
+   bound refers it whatever the scores. The accepted levels end at the conformal (n + 1)-quantile of the
+   validation levels at 1 − budget, so the union refers at most the budget of exchangeable rows; each
+   component's threshold on its own score follows (:func:`app.gate.gate.thresholds_for`).
+3. Every epistemic score comes from the frozen bank the server answers default requests with (S = the model's
+   default samples, bank seed 0), so the served gate is the calibrated one.
+
+The test split's rates are recorded beside the validation's, and each provided OOD set is checked for
+components that rank it below chance or a gate that refers less than half of it (the manifest's warnings).
+"""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from app.checkpoint.manifest import OODGate
+from app.bnn.network import BayesianMLP
+from app.data.dataset import TabularDataset
+from app.data.preprocess import Preprocessing
+from app.errors import DataError
+from app.evaluate.gate import gate_warnings, in_distribution_rates, set_report
+from app.evaluate.scoring import BankScorer, gate_set
+from app.gate.gate import Density, Gate, GateTensors, Screening, thresholds_for
+from app.gate.spec import (
+    REFERENCE_LEVELS,
+    Component,
+    DensityComponent,
+    EpistemicComponent,
+    GateCalibration,
+    GateFile,
+    GateRates,
+    GateSpec,
+    SupportComponent,
+)
 
-REFERENCE_LEVELS = np.linspace(0.0, 1.0, 101)
+SERVER_BANK_SEED = 0  # the server's default SBNN_BANK_SEED: the bank the gate is calibrated on
 
 
-def calibrate_gate(scores: np.ndarray, target_fpr: float, samples: int, seed: int, split: str = "val") -> OODGate:
-    """Threshold = the (1 − target_fpr) quantile of in-distribution scores, so about ``target_fpr`` of
-    in-distribution rows score above it; the 101 percentiles are kept as the drift reference.
+def fit_density(x_train: np.ndarray) -> tuple[Density, float]:
+    """Ledoit–Wolf shrinkage covariance of the preprocessed training rows x: (N, d) -> (density, shrinkage).
 
-    scores: (N,) OOD scores (mutual information, nats) of the calibration split.
+    Shrinkage keeps the precision finite where one-hot columns make the sample covariance singular.
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.ndim != 1 or scores.size == 0 or not np.isfinite(scores).all():
-        raise ValueError("calibration scores must be a non-empty 1-D array of finite values")
-    threshold = float(np.quantile(scores, 1.0 - target_fpr, method="higher"))
-    return OODGate(
-        threshold=threshold,
-        target_fpr=target_fpr,
-        achieved_fpr=float((scores > threshold).mean()),
-        reference_quantiles=[float(q) for q in np.quantile(scores, REFERENCE_LEVELS)],
-        calibration_split=split,
-        calibration_rows=int(scores.size),
-        calibration_samples=samples,
-        calibration_seed=seed,
+    from sklearn.covariance import LedoitWolf  # the training extra; serving reads the fitted tensors only
+
+    fitted = LedoitWolf().fit(x_train.astype(np.float64))
+    return Density(np.asarray(fitted.location_), np.asarray(fitted.precision_)), float(fitted.shrinkage_)
+
+
+def conformal_level(levels: np.ndarray, target_fpr: float, reference_rows: int) -> int | None:
+    """The largest accepted level: the ⌈(n + 1)(1 − budget)⌉-th smallest of the n calibration levels, capped
+    below the reference's size so that a row beyond every reference score is always referred; None when n is
+    too small for the budget (no finite quantile)."""
+    n = levels.size
+    k = math.ceil((n + 1) * (1.0 - target_fpr))
+    if k > n:
+        return None
+    return int(min(np.sort(levels)[k - 1], reference_rows - 1))
+
+
+def _quantiles(values: np.ndarray) -> list[float]:
+    return [float(q) for q in np.quantile(values, np.linspace(0.0, 1.0, REFERENCE_LEVELS))]
+
+
+def _check_bounds(screening: Screening, preprocessing: Preprocessing, dataset: TabularDataset) -> None:
+    """Training rows are real: one outside a plausible range means the data or the bounds are wrong."""
+    screen = screening.screen(*preprocessing.raw_values(dataset.train.frame))
+    if screen.rejected.any():
+        row = int(np.flatnonzero(screen.rejected)[0])
+        raise DataError(
+            f"{int(screen.rejected.sum())} training rows lie outside the plausible bounds (first: training row "
+            f"{row}, {screen.reasons[row][0]}); check the data or the bounds"
+        )
+
+
+def build_gate(
+    model: BayesianMLP,
+    dataset: TabularDataset,
+    preprocessing: Preprocessing,
+    target_fpr: float,
+    samples: int,
+    bank_seed: int = SERVER_BANK_SEED,
+) -> tuple[GateSpec, GateTensors]:
+    """Fit and calibrate the gate of a trained ``model`` on ``dataset`` (see the module's docstring)."""
+    screening = Screening(dataset.features, preprocessing)
+    _check_bounds(screening, preprocessing, dataset)
+    scorer = BankScorer(model, samples, bank_seed)
+
+    x_train = preprocessing.transform(dataset.train.frame)
+    density, shrinkage = fit_density(x_train)
+    reference = {
+        Component.DENSITY: np.sort(density(x_train)),
+        Component.EPISTEMIC: np.sort(scorer(x_train).epistemic),
+    }
+    tensors = GateTensors(density, reference)
+    n_reference = x_train.shape[0]
+
+    numeric, codes = preprocessing.raw_values(dataset.val.frame)
+    screen = screening.screen(numeric, codes)
+    x_val = preprocessing.encode(numeric, codes)
+    val_density, val_epistemic = density(x_val), scorer(x_val).epistemic
+    ranks = np.maximum(
+        np.searchsorted(reference[Component.DENSITY], val_density, side="left"),
+        np.searchsorted(reference[Component.EPISTEMIC], val_epistemic, side="left"),
     )
+    levels = np.where(screen.rejected | screen.support_flag, n_reference + 1, ranks)
+    level = conformal_level(levels, target_fpr, n_reference)
+    thresholds = thresholds_for(level, reference)
+
+    placeholder = {"val": GateRates(rows=1, referred=0, rejected=0, support=0, density=0, epistemic=0)}
+    spec = GateSpec(
+        target_fpr=target_fpr,
+        support=SupportComponent(reference_quantiles=_quantiles(screen.support_score)),
+        density=DensityComponent(
+            threshold=thresholds[Component.DENSITY], reference_quantiles=_quantiles(val_density),
+            shrinkage=shrinkage, dimension=x_train.shape[1],
+        ),
+        epistemic=EpistemicComponent(
+            threshold=thresholds[Component.EPISTEMIC], reference_quantiles=_quantiles(val_epistemic)
+        ),
+        calibration=GateCalibration(
+            rows=levels.size, reference_rows=n_reference, level=level, samples=scorer.samples, bank_seed=bank_seed
+        ),
+        achieved=placeholder,
+        tensors=GateFile(sha256="0" * 64, bytes=1),  # filled in by save_checkpoint
+    )
+    gate = Gate(spec, screening, tensors)
+    val, test = (gate_set(scorer, gate, preprocessing, split.frame) for split in (dataset.val, dataset.test))
+    achieved = {"val": in_distribution_rates(val), "test": in_distribution_rates(test)}
+    reports = {
+        name: set_report(gate, test, gate_set(scorer, gate, preprocessing, split.frame))
+        for name, split in dataset.ood.items()
+    }
+    warnings = gate_warnings(reports)
+    if level is None:
+        warnings.insert(0, f"{levels.size} validation rows are too few for a {target_fpr:.1%} budget: the density "
+                           "and epistemic components refer nothing (only bounds and support act)")
+    elif achieved["val"].referred > target_fpr:
+        warnings.insert(0, f"the gate refers {achieved['val'].referred:.1%} of validation rows, over its "
+                           f"{target_fpr:.1%} budget: that many lie beyond the training data (support, or beyond "
+                           "every training score), and those are always referred")
+    return spec.model_copy(update={"achieved": achieved, "warnings": warnings}), tensors

@@ -42,7 +42,9 @@ class TrainConfig(BaseModel):
     class_weight: ClassWeight = ClassWeight.NONE
     val_samples: int = Field(32, ge=1, description="MC samples for the validation NLL each epoch.")
     default_samples: int = Field(512, ge=1, description="MC samples at test time, stored in the manifest.")
-    target_fpr: float = Field(0.05, gt=0.0, lt=1.0, description="OOD gate: share of in-distribution flagged.")
+    target_fpr: float = Field(
+        0.02, gt=0.0, lt=1.0, description="OOD gate: the false-positive budget of the union of its components."
+    )
     seed: int = 0
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     warm_start: str | None = Field(

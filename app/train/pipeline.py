@@ -1,4 +1,4 @@
-"""From a split data set to a saved checkpoint: preprocess, train, calibrate the OOD gate, save."""
+"""From a split data set to a saved checkpoint: preprocess, train, fit and calibrate the OOD gate, save."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from app.bnn.network import BayesianMLP, LayerKind, parameter_count
-from app.bnn.predictive import decompose, predict
 from app.checkpoint.io import load_checkpoint, save_checkpoint
 from app.checkpoint.manifest import (
     FORMAT_VERSION,
@@ -25,7 +23,7 @@ from app.data.dataset import TabularDataset
 from app.data.preprocess import Preprocessing
 from app.data.schema import FeatureSpec
 from app.errors import WarmStartError
-from app.train.calibrate import calibrate_gate
+from app.train.calibrate import build_gate
 from app.train.config import TrainConfig
 from app.train.loop import EpochLog, TrainResult, train
 
@@ -35,14 +33,6 @@ def sbnn_version() -> str:
         return metadata.version("sbnn")
     except metadata.PackageNotFoundError:
         return "0+unknown"
-
-
-def ood_scores(result_model: torch.nn.Module, x: np.ndarray, samples: int, seed: int) -> np.ndarray:
-    """Mutual information (nats) per row of x: (N, d) with a seeded generator: -> (N,)."""
-    device = next(result_model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    xt = torch.as_tensor(x, dtype=torch.float32, device=device)
-    return decompose(predict(result_model, xt, samples, generator)).epistemic.cpu().numpy()
 
 
 def load_twin(
@@ -92,9 +82,7 @@ def train_checkpoint(
         twin = load_twin(config.warm_start, preprocessing, dataset.features, config.hidden)
     result = train(x_train, dataset.train.y, x_val, dataset.val.y, classes, config, on_epoch, twin=twin)
 
-    calibration_seed = config.seed + 3
-    scores = ood_scores(result.model, x_val, config.default_samples, calibration_seed)
-    gate = calibrate_gate(scores, config.target_fpr, result.model.num_samples(config.default_samples), calibration_seed)
+    gate, gate_tensors = build_gate(result.model, dataset, preprocessing, config.target_fpr, config.default_samples)
 
     manifest = Manifest(
         format_version=FORMAT_VERSION,
@@ -112,7 +100,7 @@ def train_checkpoint(
         ),
         features=list(dataset.features),
         preprocessing=preprocessing,
-        ood=gate,
+        gate=gate,
         default_samples=result.model.num_samples(config.default_samples),
         training=TrainingInfo(
             config=config.model_dump(mode="json"),
@@ -128,4 +116,4 @@ def train_checkpoint(
         data=dataset.provenance,
         weights=WeightsInfo(sha256="0" * 64, bytes=1),  # filled in by save_checkpoint
     )
-    return save_checkpoint(out, result.model, manifest), result
+    return save_checkpoint(out, result.model, manifest, gate_tensors), result

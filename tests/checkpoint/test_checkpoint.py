@@ -44,7 +44,47 @@ def test_round_trip_gives_identical_predictions_across_loads(tiny_checkpoint: Pa
     assert m.preprocessing.n_outputs == m.network.in_features
     assert [f.name for f in m.features] == ["x1", "x2", "site"]
     assert m.task.labels == ["no", "yes"]
-    assert len(m.ood.reference_quantiles) == 101
+    assert len(m.gate.epistemic.reference_quantiles) == 101
+    assert m.gate.tensors.sha256 == sha256_bytes((tiny_checkpoint / "gate.safetensors").read_bytes())
+
+
+def test_tampered_gate_tensors_are_refused(checkpoint_copy: Path) -> None:
+    path = checkpoint_copy / "gate.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256") as info:
+        load_checkpoint(checkpoint_copy)
+    assert info.value.path.endswith("gate.safetensors")
+
+
+def test_missing_gate_tensors_are_refused(checkpoint_copy: Path) -> None:
+    (checkpoint_copy / "gate.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="gate.tensors file is missing"):
+        load_checkpoint(checkpoint_copy)
+
+
+def test_a_threshold_edited_in_the_manifest_is_refused(checkpoint_copy: Path) -> None:
+    path = checkpoint_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["gate"]["density"]["threshold"] *= 10  # would let far rows through
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="thresholds differ"):
+        load_checkpoint(checkpoint_copy)
+
+
+def test_a_format_1_manifest_is_refused_with_the_command_that_rebuilds_it(checkpoint_copy: Path) -> None:
+    path = checkpoint_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["format_version"] = 1
+    manifest["ood"] = {"threshold": 0.01}
+    del manifest["gate"]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="predates the layered OOD gate") as info:
+        load_checkpoint(checkpoint_copy)
+    message = str(info.value)
+    assert "sbnn train --csv " in message and "--target outcome" in message
+    assert f"--out {checkpoint_copy}" in message and "--rank 4" in message and "--hidden 16,16" in message
 
 
 def test_flipped_byte_is_refused(checkpoint_copy: Path) -> None:

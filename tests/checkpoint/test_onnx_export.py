@@ -28,14 +28,15 @@ def checkpoint_of_kind(tiny_checkpoint: Path, tmp_path: Path, kind: LayerKind) -
     """The tiny checkpoint's manifest with a freshly initialised network of ``kind``."""
     from app.bnn.network import BayesianMLP, parameter_count
 
-    base = load_checkpoint(tiny_checkpoint).manifest
+    tiny = load_checkpoint(tiny_checkpoint)
+    base = tiny.manifest
     spec = NetworkSpec(in_features=base.network.in_features, hidden=[8, 8], kind=kind,
                        ranks=[3, 3, 1] if kind is LayerKind.LOWRANK else None)
     model = BayesianMLP(spec, generator=torch.Generator().manual_seed(0))
     manifest = base.model_copy(update={"kind": kind, "network": spec, "ranks": spec.layer_ranks(),
                                        "parameter_count": parameter_count(model), "default_samples": 32})
     folder = tmp_path / kind.value
-    save_checkpoint(folder, model, manifest)
+    save_checkpoint(folder, model, manifest, tiny.gate.tensors)  # the gate of the same preprocessing
     return folder
 
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,15 +91,28 @@ async def _wait_ready(client: httpx.AsyncClient, timeout_s: float = READY_TIMEOU
         await anyio.sleep(0.05)
 
 
-@pytest.fixture(scope="session")
-async def asgi_client(serve_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client on the in-process app, inside its lifespan, once every model folder was tried."""
-    app = create_app(serve_settings)
+@asynccontextmanager
+async def in_process(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client on a new in-process app for ``settings``, inside its lifespan, once it is ready."""
+    app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://sbnn.test", timeout=30.0) as client:
             await _wait_ready(client)
             yield client
+
+
+@pytest.fixture(scope="session")
+async def asgi_client(serve_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client on the in-process app, inside its lifespan, once every model folder was tried."""
+    async with in_process(serve_settings) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def app_client() -> Callable[[Settings], Any]:
+    """``async with app_client(settings) as client``: a separate in-process app with other settings."""
+    return in_process
 
 
 def _free_loopback_port() -> int:
@@ -209,13 +223,22 @@ def to_v2() -> Callable[..., list[dict[str, Any]]]:
 def assert_valid_prediction_response(body: dict[str, Any], rows: int, manifest: dict[str, Any], weights: Path) -> None:
     """Every invariant of a /v1 answer for ``rows`` rows of the model described by ``manifest``."""
     labels = manifest["task"]["labels"]
-    threshold = manifest["ood"]["threshold"]
+    gate = manifest["gate"]
     assert body["model"]["name"] == manifest["name"]
     assert body["model"]["version"] == manifest["version"]
     assert body["model"]["sha256"] == manifest["weights"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-    assert isinstance(body["seed"], int) and not isinstance(body["seed"], bool)
     assert len(body["predictions"]) == rows
+    if any(p["decision"] != "reject" for p in body["predictions"]):
+        assert isinstance(body["seed"], int) and not isinstance(body["seed"], bool)
     for prediction in body["predictions"]:
+        components = prediction["gate"]
+        if prediction["decision"] == "reject":
+            assert prediction["label"] is None and prediction["probabilities"] is None
+            assert prediction["uncertainty"] is None
+            assert prediction["reasons"] and all(r.startswith("bounds:") for r in prediction["reasons"])
+            assert components["density"]["score"] is None and components["epistemic"]["score"] is None
+            assert len(prediction["details"]) == len(prediction["reasons"])
+            continue
         probabilities = prediction["probabilities"]
         assert list(probabilities) == labels
         assert prediction["label"] in labels
@@ -225,12 +248,19 @@ def assert_valid_prediction_response(body: dict[str, Any], rows: int, manifest: 
         u = prediction["uncertainty"]
         assert u["epistemic"] >= 0.0 and u["aleatoric"] >= 0.0 and u["std"] >= 0.0
         assert u["total"] == pytest.approx(u["aleatoric"] + u["epistemic"], abs=1e-6)
-        ood = prediction["ood"]
-        assert ood["threshold"] == threshold
-        assert ood["score"] == u["epistemic"]
-        assert ood["flag"] is (ood["score"] > threshold)
-        assert 0.0 <= ood["percentile"] <= 100.0
-        assert prediction["decision"] == ("refer" if ood["flag"] else "accept")
+        assert components["epistemic"]["score"] == u["epistemic"]
+        for name in ("density", "epistemic"):
+            component = components[name]
+            assert component["threshold"] == gate[name]["threshold"]
+            assert component["flag"] is (component["score"] > component["threshold"])
+            assert 0.0 <= component["percentile"] <= 100.0
+            assert (name in prediction["reasons"]) is component["flag"]
+        support = components["support"]
+        assert support["flag"] is any(r.startswith("support:") for r in prediction["reasons"])
+        assert support["score"] >= 0.0 and (support["score"] == 0.0 or support["flag"])
+        referred = support["flag"] or components["density"]["flag"] or components["epistemic"]["flag"]
+        assert prediction["decision"] == ("refer" if referred else "accept")
+        assert len(prediction["details"]) == len(prediction["reasons"])
 
 
 @pytest.fixture(scope="session")

@@ -56,9 +56,8 @@ V1_CASES: list[tuple[str, dict[str, Any] | str, list[str | int]]] = [
     ("-Infinity", _raw_v1(kappa="-Infinity"), ["body", "instances", 0, "kappa"]),
     ("overflowing float", _raw_v1(age="1e400"), ["body", "instances", 0, "age"]),
     ("integer beyond float64", _raw_v1(age="1" + "0" * 400), ["body", "instances", 0, "age"]),
-    ("finite but beyond float32", {"instances": [{**ROW, "age": 1e300}]}, ["body", "instances", 0, "age"]),
-    ("unseen category", {"instances": [{**ROW, "sex": "X"}]}, ["body", "instances", 0, "sex"]),
-    ("null where missing is not allowed", {"instances": [{**ROW, "age": None}]}, ["body", "instances", 0, "age"]),
+    # kappa has no upper plausible bound (an age of 1e300 is rejected by its bound instead: a row's answer).
+    ("finite but beyond float32", {"instances": [{**ROW, "kappa": 1e300}]}, ["body", "instances", 0, "kappa"]),
     ("empty instances", {"instances": []}, ["body", "instances"]),
     ("no instances", {"samples": 8}, ["body", "instances"]),
     ("instances not a list", {"instances": ROW}, ["body", "instances"]),
@@ -125,9 +124,7 @@ V2_CASES: list[tuple[str, dict[str, Any] | str, str]] = [
     ("NaN", _raw_v2("NaN"), "inputs.age[0]"),
     ("Infinity", _raw_v2("Infinity"), "inputs.age[0]"),
     ("integer beyond float64", _raw_v2("1" + "0" * 400), "inputs.age[0]"),
-    ("finite but beyond float32", _v2([{**ROW, "age": 1e300}]), "inputs.age[0]"),
-    ("unseen category", _v2([{**ROW, "sex": "X"}]), "inputs.sex[0]"),
-    ("null where missing is not allowed", _v2([{**ROW, "age": None}]), "inputs.age[0]"),
+    ("finite but beyond float32", _v2([{**ROW, "kappa": 1e300}]), "inputs.kappa[0]"),
     ("zero rows", _v2([ROW], **{k: {"shape": [0], "data": []} for k in ROW}), "inputs"),
     ("no inputs", {"inputs": []}, "inputs"),
     ("too many rows", _v2([ROW] * (MAX_ROWS + 1)), "inputs"),
@@ -230,7 +227,7 @@ async def test_server_still_answers_after_bad_inputs(asgi_client: httpx.AsyncCli
     assert v1.json()["predictions"][0]["decision"] == "accept"
     v2 = await asgi_client.post(INFER, json={"inputs": to_v2([ROW]), "parameters": {"samples": 8}})
     assert v2.status_code == 200
-    assert len(v2.json()["outputs"]) == 10
+    assert len(v2.json()["outputs"]) == 14
 
 
 async def test_v2_unknown_path_and_method_keep_the_v2_error_shape(asgi_client: httpx.AsyncClient) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,7 +15,8 @@ pytestmark = pytest.mark.anyio
 
 PREDICT_ROUTE = "/v1/models/{name}/predict"
 MODEL = "flchain-mortality"
-BUNDLED_SHA256 = "c1db139fe2b729e9d8ca5a629f3739c34363ff449ea15ff3e857a88acfe8f125"
+BUNDLED = Path(__file__).resolve().parents[2] / "models" / MODEL
+BUNDLED_SHA256 = json.loads((BUNDLED / "manifest.json").read_text())["weights"]["sha256"]
 
 
 async def _scrape(client: httpx.AsyncClient, parse_metrics: Callable[[str], Any]) -> Any:
@@ -30,7 +33,7 @@ async def test_metrics_is_prometheus_text(asgi_client: httpx.AsyncClient) -> Non
     assert {
         "sbnn_request_duration_seconds", "sbnn_inference_stage_duration_seconds", "sbnn_batch_rows",
         "sbnn_batch_requests", "sbnn_predictions", "sbnn_decisions", "sbnn_model_info", "sbnn_model_ready",
-        "sbnn_drift_psi", "sbnn_drift_ks", "sbnn_drift_ood_rate",
+        "sbnn_gate_reasons", "sbnn_drift_psi", "sbnn_drift_ks", "sbnn_drift_ood_rate",
     } <= families
 
 
@@ -52,13 +55,14 @@ async def test_traffic_moves_the_counters(
     asgi_client: httpx.AsyncClient, parse_metrics: Callable[[str], Any], flchain_row: dict[str, Any]
 ) -> None:
     before = await _scrape(asgi_client, parse_metrics)
-    flagged = {**flchain_row, "creatinine": flchain_row["creatinine"] * 88.4}
+    elderly = {**flchain_row, "age": 95}
+    umol = {**flchain_row, "creatinine": flchain_row["creatinine"] * 88.4}
     for seed in range(3):
         response = await asgi_client.post(
-            f"/v1/models/{MODEL}/predict", json={"instances": [flchain_row, flagged, flagged], "seed": seed}
+            f"/v1/models/{MODEL}/predict", json={"instances": [flchain_row, elderly, umol], "seed": seed}
         )
         assert response.status_code == 200
-        assert [p["decision"] for p in response.json()["predictions"]] == ["accept", "refer", "refer"]
+        assert [p["decision"] for p in response.json()["predictions"]] == ["accept", "refer", "reject"]
     missing = await asgi_client.post(f"/v1/models/{MODEL}/predict", json={"instances": []})
     assert missing.status_code == 422
     after = await _scrape(asgi_client, parse_metrics)
@@ -70,13 +74,14 @@ async def test_traffic_moves_the_counters(
     assert delta(duration, model=MODEL, route=PREDICT_ROUTE, status="200") == 3
     assert delta(duration, model=MODEL, route=PREDICT_ROUTE, status="422") == 1
     assert delta("sbnn_predictions_total", model=MODEL) == 9
-    assert delta("sbnn_decisions_total", model=MODEL, decision="refer") == 6
-    assert delta("sbnn_decisions_total", model=MODEL, decision="accept") == 3
-    assert delta("sbnn_ood_flags_total", model=MODEL) == 6
-    assert delta("sbnn_epistemic_uncertainty_nats_count", model=MODEL) == 9
+    for decision in ("accept", "refer", "reject"):
+        assert delta("sbnn_decisions_total", model=MODEL, decision=decision) == 3, decision
+    assert delta("sbnn_gate_reasons_total", model=MODEL, reason="support") == 3
+    assert delta("sbnn_gate_reasons_total", model=MODEL, reason="bounds") == 3
+    assert delta("sbnn_epistemic_uncertainty_nats_count", model=MODEL) == 6  # rejected rows are not scored
     assert delta("sbnn_inference_stage_duration_seconds_count", model=MODEL, stage="queue") == 3
     assert delta("sbnn_inference_stage_duration_seconds_count", model=MODEL, stage="compute") >= 1
-    assert delta("sbnn_batch_rows_sum", model=MODEL) == 9
+    assert delta("sbnn_batch_rows_sum", model=MODEL) == 6
     assert after.value("sbnn_inference_stage_duration_seconds_sum", model=MODEL, stage="compute") > 0.0
 
 

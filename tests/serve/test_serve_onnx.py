@@ -19,7 +19,9 @@ from app.serve.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 ROW = {"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 1.0, "mgus": 0}
-ROWS = [ROW, {**ROW, "creatinine": 88.4}, {**ROW, "age": 55, "sex": "M", "creatinine": None}]
+# In distribution, rejected (creatinine in µmol/L: beyond the plausible 30 mg/dL), missing creatinine, and
+# referred (age 95: outside the training range).
+ROWS = [ROW, {**ROW, "creatinine": 88.4}, {**ROW, "age": 55, "sex": "M", "creatinine": None}, {**ROW, "age": 95}]
 
 # Runs in a fresh interpreter where `import torch` fails: the whole serving path must do without it.
 TORCH_FREE_CLIENT = """
@@ -100,9 +102,20 @@ def test_torch_free_server_matches_the_torch_backend(onnx_repository: Path) -> N
     assert onnx_v1["sampler"] == "bank" and onnx_v1["samples"] == 512 and onnx_v1["seed"] == 0
     assert out["v2"][0] == 200 and out["v2"][1]["parameters"]["sampler"] == "bank"
     torch_bank = _torch_answer(onnx_repository, {})
+    decisions = [row["decision"] for row in onnx_v1["predictions"]]
+    assert decisions == [row["decision"] for row in torch_bank["predictions"]]
+    assert decisions == ["accept", "reject", "accept", "refer"]
     for onnx_row, torch_row in zip(onnx_v1["predictions"], torch_bank["predictions"], strict=True):
-        assert onnx_row["label"] == torch_row["label"] and onnx_row["decision"] == torch_row["decision"]
-        assert onnx_row["ood"]["flag"] == torch_row["ood"]["flag"]
+        # The gate is the same on both backends: the same reasons, scores and flags.
+        assert onnx_row["label"] == torch_row["label"] and onnx_row["reasons"] == torch_row["reasons"]
+        for name in ("support", "density"):
+            assert onnx_row["gate"][name] == torch_row["gate"][name]
+        if torch_row["probabilities"] is None:
+            assert onnx_row["probabilities"] is None and onnx_row["gate"]["epistemic"]["score"] is None
+            continue
+        onnx_epistemic, torch_epistemic = onnx_row["gate"]["epistemic"], torch_row["gate"]["epistemic"]
+        assert onnx_epistemic["score"] == pytest.approx(torch_epistemic["score"], abs=1e-5)
+        assert onnx_epistemic["flag"] == torch_epistemic["flag"]
         for label, p in torch_row["probabilities"].items():
             assert onnx_row["probabilities"][label] == pytest.approx(p, abs=1e-5)
         for key in ("total", "aleatoric", "epistemic", "std"):
@@ -126,6 +139,8 @@ def test_torch_free_server_matches_the_torch_backend(onnx_repository: Path) -> N
     torch_many = _torch_answer(onnx_repository, {"samples": 4096, "seed": 3, "sampler": "fresh"})
     both_errors = many["mc_error"]["probability"] + torch_many["mc_error"]["probability"]
     for onnx_row, torch_row in zip(many["predictions"], torch_many["predictions"], strict=True):
+        if torch_row["probabilities"] is None:
+            continue
         for label, p in torch_row["probabilities"].items():
             assert abs(onnx_row["probabilities"][label] - p) <= 5 * both_errors
         assert onnx_row["uncertainty"]["epistemic"] == pytest.approx(torch_row["uncertainty"]["epistemic"], rel=0.2)

@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
+from app.serve.settings import RejectMode, Settings
+
 pytestmark = pytest.mark.anyio
 
 PREDICT = "/v1/models/flchain-mortality/predict"
@@ -93,18 +95,99 @@ async def test_samples_override_is_honoured(
         assert body["predictions"][0]["uncertainty"]["epistemic"] == pytest.approx(0.0, abs=1e-6)
 
 
-async def test_unit_mismatch_is_referred_and_a_normal_row_accepted(
+async def test_unit_mismatch_is_rejected_with_its_bound_and_a_normal_row_accepted(
     asgi_client: httpx.AsyncClient, flchain_row: dict[str, Any]
 ) -> None:
     umol = {**flchain_row, "creatinine": flchain_row["creatinine"] * 88.4}  # µmol/L sent instead of mg/dL
     response = await asgi_client.post(PREDICT, json={"instances": [flchain_row, umol], "seed": 0})
     assert response.status_code == 200
     normal, shifted = response.json()["predictions"]
-    assert normal["ood"]["flag"] is False and normal["decision"] == "accept"
-    assert normal["ood"]["score"] < normal["ood"]["threshold"]
-    assert shifted["ood"]["flag"] is True and shifted["decision"] == "refer"
-    assert shifted["ood"]["score"] > 10 * shifted["ood"]["threshold"]
-    assert shifted["ood"]["percentile"] == 100.0
+    assert normal["decision"] == "accept" and normal["reasons"] == [] and normal["probabilities"] is not None
+    assert normal["gate"]["epistemic"]["score"] < normal["gate"]["epistemic"]["threshold"]
+    assert shifted["decision"] == "reject" and shifted["reasons"] == ["bounds:creatinine"]
+    assert shifted["probabilities"] is None and shifted["label"] is None
+    assert "creatinine = 88.4 is outside the plausible range [0, 30] mg/dL" in shifted["details"][0]
+
+
+async def test_age_in_the_thousands_is_rejected_and_the_rest_of_the_batch_scored(
+    asgi_client: httpx.AsyncClient, flchain_row: dict[str, Any]
+) -> None:
+    rows = [flchain_row, {**flchain_row, "age": 10000}, {**flchain_row, "age": -50}, {**flchain_row, "age": 1e30}]
+    response = await asgi_client.post(PREDICT, json={"instances": rows, "seed": 3, "samples": 64})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    decisions = [p["decision"] for p in body["predictions"]]
+    assert decisions == ["accept", "reject", "reject", "reject"]
+    assert all(p["reasons"] == ["bounds:age"] for p in body["predictions"][1:])
+    assert "age = 10000 is outside the plausible range [0, 120] years" in body["predictions"][1]["details"][0]
+    # The bad rows were never scored: the good row's answer is the one it gets alone.
+    alone = await asgi_client.post(PREDICT, json={"instances": [flchain_row], "seed": 3, "samples": 64})
+    assert alone.json()["predictions"][0] == body["predictions"][0]
+
+
+async def test_a_request_whose_rows_are_all_rejected_draws_nothing(
+    asgi_client: httpx.AsyncClient, flchain_row: dict[str, Any]
+) -> None:
+    response = await asgi_client.post(PREDICT, json={"instances": [{**flchain_row, "flc_grp": 11}]})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["seed"] is None and body["sampler"] is None and body["mc_error"] is None
+    assert body["predictions"][0]["decision"] == "reject" and body["predictions"][0]["reasons"] == ["bounds:flc_grp"]
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"age": 95}, "support:age"),  # plausible, but the training range is 50-69
+        ({"age": None}, "support:age"),  # never missing in training: imputed and referred
+        ({"sex": "X"}, "support:sex"),  # a category unseen in training
+        ({"kappa": 60.0, "lambda": 45.0}, "support:kappa"),  # far beyond the training free light chains
+    ],
+)
+async def test_rows_outside_the_training_support_are_referred_with_their_reason(
+    asgi_client: httpx.AsyncClient,
+    model_repository: Path,
+    flchain_row: dict[str, Any],
+    check_prediction: CheckPrediction,
+    change: dict[str, Any],
+    reason: str,
+) -> None:
+    response = await asgi_client.post(PREDICT, json={"instances": [{**flchain_row, **change}], "seed": 1})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    check_prediction(body, 1, _manifest(model_repository, "flchain-mortality"),
+                     model_repository / "flchain-mortality" / "weights.safetensors")
+    prediction = body["predictions"][0]
+    assert prediction["decision"] == "refer" and reason in prediction["reasons"]
+    assert prediction["probabilities"] is not None and prediction["gate"]["support"]["flag"] is True
+
+
+async def test_a_row_far_in_input_density_is_referred_where_mutual_information_saturates(
+    asgi_client: httpx.AsyncClient, flchain_row: dict[str, Any]
+) -> None:
+    # Inside every training range, but an unlikely combination: kappa near its maximum in the lowest FLC decile.
+    row = {**flchain_row, "age": 51, "kappa": 8.0, "lambda": 0.5, "flc_grp": 1, "creatinine": 0.5, "mgus": 1}
+    response = await asgi_client.post(PREDICT, json={"instances": [row], "seed": 1})
+    prediction = response.json()["predictions"][0]
+    density = prediction["gate"]["density"]
+    assert prediction["gate"]["support"]["flag"] is False
+    assert density["flag"] is True and density["score"] > density["threshold"] and density["percentile"] > 99.0
+    assert prediction["decision"] == "refer" and "density" in prediction["reasons"]
+
+
+async def test_reject_mode_request_fails_the_whole_request_naming_the_field(
+    app_client: Callable[[Settings], Any], serve_settings: Settings, flchain_row: dict[str, Any], to_v2: Any
+) -> None:
+    rows = [flchain_row, {**flchain_row, "age": 10000}]
+    async with app_client(serve_settings.model_copy(update={"reject_mode": RejectMode.REQUEST})) as client:
+        v1 = await client.post(PREDICT, json={"instances": rows})
+        v2 = await client.post("/v2/models/flchain-mortality/infer", json={"inputs": to_v2(rows)})
+        fine = await client.post(PREDICT, json={"instances": [{**flchain_row, "age": 95}]})
+    assert v1.status_code == 422
+    (detail,) = v1.json()["detail"]
+    assert detail["loc"] == ["body", "instances", 1, "age"] and "plausible range [0, 120]" in detail["msg"]
+    assert v2.status_code == 400 and v2.json()["error"].startswith("inputs.age[1]: age = 10000 is outside")
+    assert fine.status_code == 200 and fine.json()["predictions"][0]["decision"] == "refer"  # refer stays a row's
 
 
 async def test_model_list_shows_ready_and_failed_models(asgi_client: httpx.AsyncClient) -> None:
@@ -134,11 +217,16 @@ async def test_model_metadata(asgi_client: httpx.AsyncClient, model_repository: 
     features = {f["name"]: f for f in body["features"]}
     assert features["sex"]["kind"] == "categorical" and features["sex"]["categories"] == ["F", "M"]
     assert features["creatinine"]["missing_allowed"] is True and features["age"]["missing_allowed"] is False
-    assert body["ood"]["score"] == "mutual_information"
-    assert body["ood"]["threshold"] == manifest["ood"]["threshold"] and body["ood"]["target_fpr"] == 0.05
+    assert features["age"]["plausible"] == {"low": 0.0, "high": 120.0}
+    gate = body["gate"]
+    assert gate["target_fpr"] == 0.02 == manifest["gate"]["target_fpr"]
+    assert gate["thresholds"] == {"density": manifest["gate"]["density"]["threshold"],
+                                  "epistemic": manifest["gate"]["epistemic"]["threshold"]}
+    assert gate["calibration"]["sampler"] == "bank" and gate["calibration"]["bank_seed"] == 0
+    assert set(gate["achieved"]) == {"val", "test"} and gate["warnings"] == manifest["gate"]["warnings"]
     assert body["default_samples"] == 512 and body["max_samples"] == 2048
     assert body["task"]["labels"] == ["alive", "died"]
-    assert body["metrics"]["test"]["auroc"] == pytest.approx(0.712619)
+    assert body["metrics"]["test"]["auroc"] == pytest.approx(manifest["metrics"]["test"]["auroc"])
 
 
 async def test_failed_model_metadata_is_200_with_its_state(asgi_client: httpx.AsyncClient) -> None:

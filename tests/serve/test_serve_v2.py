@@ -15,8 +15,8 @@ pytestmark = pytest.mark.anyio
 INFER = "/v2/models/flchain-mortality/infer"
 FEATURES = ["age", "sex", "kappa", "lambda", "flc_grp", "creatinine", "mgus"]
 VECTOR_OUTPUTS = [
-    "total_entropy", "aleatoric", "mutual_information", "predictive_std", "ood_score", "ood_percentile",
-    "ood_flag", "decision", "label",
+    "total_entropy", "aleatoric", "mutual_information", "predictive_std", "support_score", "support_percentile",
+    "density_score", "density_percentile", "epistemic_percentile", "ood_flag", "decision", "reasons", "label",
 ]
 # One numeric datatype of each kind the spec allows (values are JSON numbers either way); BYTES for sex.
 MIXED_DATATYPES = {"age": "INT64", "kappa": "FP32", "lambda": "FP64", "flc_grp": "INT32", "creatinine": "FP64",
@@ -60,10 +60,10 @@ async def test_model_metadata(asgi_client: httpx.AsyncClient, model_repository: 
     outputs = {o["name"]: o for o in body["outputs"]}
     assert set(outputs) == {"probabilities", *VECTOR_OUTPUTS}
     assert outputs["probabilities"] == {"name": "probabilities", "datatype": "FP64", "shape": [-1, 2]}
-    for name in ("total_entropy", "aleatoric", "mutual_information", "ood_score"):
+    for name in ("total_entropy", "aleatoric", "mutual_information", "density_score", "epistemic_percentile"):
         assert outputs[name]["datatype"] == "FP64" and outputs[name]["shape"] == [-1]
     assert outputs["ood_flag"]["datatype"] == "BOOL"
-    assert outputs["decision"]["datatype"] == "BYTES"
+    assert outputs["decision"]["datatype"] == "BYTES" and outputs["reasons"]["datatype"] == "BYTES"
     versioned = await asgi_client.get("/v2/models/flchain-mortality/versions/1")
     assert versioned.status_code == 200
     assert versioned.json() == body
@@ -111,29 +111,39 @@ async def test_infer_round_trip_matches_v1(
     assert body["parameters"]["sampler"] in {"fresh", "local"} and body["parameters"]["mc_error_probability"] > 0
     manifest = json.loads((model_repository / "flchain-mortality" / "manifest.json").read_text())
     assert body["parameters"]["model_sha256"] == manifest["weights"]["sha256"]
-    assert body["parameters"]["ood_threshold"] == manifest["ood"]["threshold"]
     outputs = _outputs(body)
     assert [o["name"] for o in body["outputs"]] == ["probabilities", *VECTOR_OUTPUTS]
     assert outputs["probabilities"]["shape"] == [3, 2] and len(outputs["probabilities"]["data"]) == 6
     for name in VECTOR_OUTPUTS:
         assert outputs[name]["shape"] == [3] and len(outputs[name]["data"]) == 3, name
     assert outputs["ood_flag"]["datatype"] == "BOOL" and outputs["decision"]["datatype"] == "BYTES"
-    assert outputs["ood_flag"]["data"][2] is True and outputs["decision"]["data"][2] == "refer"
+    # The third row sends creatinine in µmol/L: rejected, not scored (null FP64 values, an empty label).
+    assert outputs["ood_flag"]["data"][2] is True and outputs["decision"]["data"][2] == "reject"
+    assert outputs["reasons"]["data"][2] == "bounds:creatinine" and outputs["label"]["data"][2] == ""
+    assert outputs["probabilities"]["data"][4:] == [None, None] and outputs["mutual_information"]["data"][2] is None
+    assert outputs["density_score"]["data"][2] is None and outputs["support_score"]["data"][2] > 0
 
     v1 = await asgi_client.post(
         "/v1/models/flchain-mortality/predict", json={"instances": rows, "samples": 64, "seed": 5}
     )
     assert v1.status_code == 200
     for row, prediction in enumerate(v1.json()["predictions"]):
+        gate = prediction["gate"]
+        assert outputs["decision"]["data"][row] == prediction["decision"]
+        assert outputs["reasons"]["data"][row] == ",".join(prediction["reasons"])
+        assert outputs["ood_flag"]["data"][row] is (prediction["decision"] != "accept")
+        assert outputs["support_score"]["data"][row] == gate["support"]["score"]
+        assert outputs["support_percentile"]["data"][row] == gate["support"]["percentile"]
+        assert outputs["density_score"]["data"][row] == gate["density"]["score"]
+        assert outputs["density_percentile"]["data"][row] == gate["density"]["percentile"]
+        assert outputs["epistemic_percentile"]["data"][row] == gate["epistemic"]["percentile"]
+        if prediction["decision"] == "reject":
+            continue
         assert outputs["probabilities"]["data"][2 * row: 2 * row + 2] == list(prediction["probabilities"].values())
         assert outputs["mutual_information"]["data"][row] == prediction["uncertainty"]["epistemic"]
-        assert outputs["ood_score"]["data"][row] == prediction["ood"]["score"]
         assert outputs["total_entropy"]["data"][row] == prediction["uncertainty"]["total"]
         assert outputs["aleatoric"]["data"][row] == prediction["uncertainty"]["aleatoric"]
         assert outputs["predictive_std"]["data"][row] == prediction["uncertainty"]["std"]
-        assert outputs["ood_percentile"]["data"][row] == prediction["ood"]["percentile"]
-        assert outputs["ood_flag"]["data"][row] is prediction["ood"]["flag"]
-        assert outputs["decision"]["data"][row] == prediction["decision"]
         assert outputs["label"]["data"][row] == prediction["label"]
 
 
@@ -154,13 +164,36 @@ async def test_outputs_filter(asgi_client: httpx.AsyncClient, flchain_row: dict[
     request = {
         "inputs": to_v2([flchain_row, flchain_row]),
         "parameters": {"samples": 16, "seed": 1},
-        "outputs": [{"name": "decision"}, {"name": "ood_score"}],
+        "outputs": [{"name": "decision"}, {"name": "reasons"}, {"name": "density_score"}],
     }
     response = await asgi_client.post(INFER, json=request)
     assert response.status_code == 200
     outputs = response.json()["outputs"]
-    assert [o["name"] for o in outputs] == ["decision", "ood_score"]
-    assert outputs[0]["data"] == ["accept", "accept"]
+    assert [o["name"] for o in outputs] == ["decision", "reasons", "density_score"]
+    assert outputs[0]["data"] == ["accept", "accept"] and outputs[1]["data"] == ["", ""]
+
+
+async def test_a_row_outside_the_support_is_referred_with_its_reason(
+    asgi_client: httpx.AsyncClient, flchain_row: dict[str, Any], to_v2: V2Inputs
+) -> None:
+    rows = [flchain_row, {**flchain_row, "age": 95}, {**flchain_row, "age": 720}]  # the last: age in months
+    response = await asgi_client.post(INFER, json={"inputs": to_v2(rows), "parameters": {"seed": 2}})
+    assert response.status_code == 200
+    outputs = _outputs(response.json())
+    assert outputs["decision"]["data"] == ["accept", "refer", "reject"]
+    reasons = outputs["reasons"]["data"]
+    assert reasons[1].split(",")[0] == "support:age" and reasons[2] == "bounds:age"
+    assert outputs["label"]["data"][1] in {"alive", "died"} and outputs["probabilities"]["data"][2] is not None
+
+
+async def test_every_row_rejected_answers_without_a_seed(
+    asgi_client: httpx.AsyncClient, flchain_row: dict[str, Any], to_v2: V2Inputs
+) -> None:
+    response = await asgi_client.post(INFER, json={"inputs": to_v2([{**flchain_row, "mgus": 7}])})
+    assert response.status_code == 200
+    body = response.json()
+    assert "seed" not in body["parameters"] and body["parameters"]["samples"] == 512
+    assert _outputs(body)["decision"]["data"] == ["reject"]
 
 
 async def test_nested_data_with_shape_n_by_1(

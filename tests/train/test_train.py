@@ -15,7 +15,6 @@ from app.checkpoint.io import load_checkpoint
 from app.data.dataset import load_dataset
 from app.data.tabular import load_table
 from app.evaluate.evaluate import evaluate, write_evaluation
-from app.train.calibrate import calibrate_gate
 from app.train.config import ClassWeight, TrainConfig
 from app.train.loop import build_spec, class_weights, kl_weight, nll_loss, train
 
@@ -92,15 +91,6 @@ def test_build_spec_uses_paper_ranks_capped_by_layer() -> None:
     assert spec.likelihood is Likelihood.BERNOULLI and spec.out_features == 1
     multi = build_spec(TrainConfig(kind=LayerKind.FULLRANK), in_features=9, classes=4)
     assert multi.out_features == 4 and multi.likelihood is Likelihood.CATEGORICAL
-
-
-def test_calibrated_gate_flags_the_target_share() -> None:
-    scores = np.random.default_rng(0).gamma(2.0, 0.01, size=2000)
-    gate = calibrate_gate(scores, target_fpr=0.05, samples=512, seed=1)
-    assert gate.achieved_fpr <= 0.05 and gate.achieved_fpr > 0.04
-    assert gate.reference_quantiles[0] == scores.min() and gate.reference_quantiles[-1] == scores.max()
-    with pytest.raises(ValueError, match="finite"):
-        calibrate_gate(np.array([0.1, np.nan]), 0.05, 8, 0)
 
 
 def test_train_save_load_evaluate_end_to_end(tiny_checkpoint: Path, tiny_config: TrainConfig) -> None:

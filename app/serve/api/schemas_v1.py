@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.bnn.spec import Sampler
 from app.data.schema import FeatureSpec
+from app.gate.spec import GateCalibration, GateRates
 
 FeatureValue = str | int | float | bool | None
 
@@ -43,19 +44,39 @@ class UncertaintyOut(_Wire):
     std: float = Field(description="Std over weight samples of the predicted class's probability.")
 
 
-class OODOut(_Wire):
-    score: float = Field(description="The OOD score: mutual information, nats.")
-    threshold: float = Field(description="The model's calibrated threshold on the score.")
-    percentile: float = Field(description="Percent of in-distribution reference rows scoring below this one.")
-    flag: bool = Field(description="True when score > threshold.")
+class ComponentOut(_Wire):
+    score: float | None = Field(description="The component's score; null where the row was not scored (rejected).")
+    threshold: float | None = Field(description="Referred above this score; null: this component refers no row.")
+    percentile: float | None = Field(description="Percent of in-distribution validation rows scoring below this one.")
+    flag: bool = Field(description="True when this component refers the row.")
+
+
+class SupportOut(_Wire):
+    score: float = Field(description="Distance beyond the training range of a numeric feature, in training SDs (0 "
+                         "inside).")
+    percentile: float | None = Field(description="Percent of in-distribution validation rows scoring below this one.")
+    flag: bool = Field(description="True when a value lies outside the training support (range, missing, category).")
+
+
+class GateOut(_Wire):
+    support: SupportOut
+    density: ComponentOut = Field(description="Mahalanobis distance of the preprocessed input from the training rows.")
+    epistemic: ComponentOut = Field(description="Mutual information between prediction and weights, nats.")
 
 
 class PredictionOut(_Wire):
-    label: str
-    probabilities: dict[str, float] = Field(description="Posterior predictive mean per class label.")
-    uncertainty: UncertaintyOut
-    ood: OODOut
-    decision: Literal["accept", "refer"] = Field(description="refer when the OOD gate flags the row.")
+    label: str | None = Field(description="The most probable class; null for a rejected row.")
+    probabilities: dict[str, float] | None = Field(description="Posterior predictive mean per class label; null for "
+                                                   "a rejected row.")
+    uncertainty: UncertaintyOut | None = Field(description="null for a rejected row.")
+    gate: GateOut
+    decision: Literal["accept", "refer", "reject"] = Field(
+        description="reject: a value is physically impossible (no prediction); refer: the row is unlike the "
+        "training data (a human should look); accept otherwise."
+    )
+    reasons: list[str] = Field(description="Why the row was referred or rejected: bounds:<feature>, "
+                               "support:<feature>, density, epistemic.")
+    details: list[str] = Field(description="One sentence per reason, with the value and the bound or threshold.")
 
 
 class ModelRef(_Wire):
@@ -74,18 +95,26 @@ class MonteCarloErrorOut(_Wire):
 
 class PredictResponse(_Wire):
     model: ModelRef
-    samples: int = Field(description="Weight samples used.")
-    seed: int = Field(description="Seed used: send it back with the same rows, samples and sampler to replay.")
-    sampler: Sampler = Field(description="The sampler that ran (bank, fresh or local).")
-    mc_error: MonteCarloErrorOut
+    samples: int = Field(description="Weight samples used (asked, when no row was scored).")
+    seed: int | None = Field(description="Seed used: send it back with the same rows, samples and sampler to replay; "
+                             "null when the gate rejected every row (nothing was drawn).")
+    sampler: Sampler | None = Field(description="The sampler that ran (bank, fresh or local); null when no row was "
+                                    "scored.")
+    mc_error: MonteCarloErrorOut | None = Field(description="null when no row was scored.")
     predictions: list[PredictionOut]
 
 
-class OODGateOut(_Wire):
-    score: str
-    threshold: float
-    target_fpr: float
-    achieved_fpr: float
+class GateThresholdsOut(_Wire):
+    density: float | None
+    epistemic: float | None
+
+
+class GateSummaryOut(_Wire):
+    target_fpr: float = Field(description="The false-positive budget of the union of support, density, epistemic.")
+    thresholds: GateThresholdsOut
+    calibration: GateCalibration
+    achieved: dict[str, GateRates] = Field(description="Shares not accepted on the validation and test splits.")
+    warnings: list[str]
 
 
 class ModelSummaryOut(_Wire):
@@ -106,7 +135,7 @@ class ModelMetadataResponse(ModelSummaryOut):
     parameter_count: int | None = None
     task: dict[str, Any] | None = None
     features: list[FeatureSpec] | None = None
-    ood: OODGateOut | None = None
+    gate: GateSummaryOut | None = None
     default_samples: int | None = None
     max_samples: int | None = None
     metrics: dict[str, Any] | None = None

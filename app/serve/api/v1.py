@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from fastapi import APIRouter
 
 from app.errors import SchemaError
+from app.gate.gate import GateResult
+from app.gate.spec import Component
 from app.serve.api.deps import DataPlaneDep
 from app.serve.api.schemas_v1 import (
+    ComponentOut,
     ErrorResponse,
+    GateOut,
+    GateSummaryOut,
+    GateThresholdsOut,
     ModelListResponse,
     ModelMetadataResponse,
     ModelRef,
     ModelSummaryOut,
     MonteCarloErrorOut,
-    OODGateOut,
-    OODOut,
     PredictionOut,
     PredictRequest,
     PredictResponse,
+    SupportOut,
     UncertaintyOut,
 )
 from app.serve.dataplane import InferenceResult
@@ -65,8 +71,12 @@ def model_metadata(name: str, dataplane: DataPlaneDep) -> ModelMetadataResponse:
         parameter_count=m.parameter_count,
         task=m.task.model_dump(mode="json"),
         features=m.features,
-        ood=OODGateOut(
-            score=m.ood.score, threshold=m.ood.threshold, target_fpr=m.ood.target_fpr, achieved_fpr=m.ood.achieved_fpr
+        gate=GateSummaryOut(
+            target_fpr=m.gate.target_fpr,
+            thresholds=GateThresholdsOut(density=m.gate.density.threshold, epistemic=m.gate.epistemic.threshold),
+            calibration=m.gate.calibration,
+            achieved=m.gate.achieved,
+            warnings=m.gate.warnings,
         ),
         default_samples=m.default_samples,
         max_samples=dataplane.settings.max_samples,
@@ -88,41 +98,52 @@ def _columns(request: PredictRequest, entry: ServedModel) -> dict[str, list[obje
     return {name: [instance[name] for instance in request.instances] for name in names}
 
 
-def _finite_or_none(value: float) -> float | None:
+def _number(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _component(gate: GateResult, component: Component, threshold: float | None, row: int) -> ComponentOut:
+    return ComponentOut(
+        score=_number(float(gate.scores[component][row])), threshold=threshold,
+        percentile=_number(float(gate.percentiles[component][row])), flag=bool(gate.flags[component][row]),
+    )
+
+
 def _encode(result: InferenceResult) -> PredictResponse:
-    m, s = result.manifest, result.scores
+    m, s, gate = result.manifest, result.scores, result.gate
     labels = m.task.labels
-    predictions = [
-        PredictionOut(
+    thresholds = {Component.DENSITY: m.gate.density.threshold, Component.EPISTEMIC: m.gate.epistemic.threshold}
+    empty = [None] * result.rows
+    probabilities = result.per_row(s.probs) if s is not None else empty
+    uncertainties = (
+        result.per_row(np.stack([s.total, s.aleatoric, s.epistemic, s.std], axis=1)) if s is not None else empty
+    )
+    predictions = []
+    for row, (label, probs, u) in enumerate(zip(result.labels, probabilities, uncertainties, strict=True)):
+        predictions.append(PredictionOut(
             label=label,
-            probabilities=dict(zip(labels, probs, strict=True)),
-            uncertainty=UncertaintyOut(total=total, aleatoric=aleatoric, epistemic=epistemic, std=std),
-            ood=OODOut(score=epistemic, threshold=m.ood.threshold, percentile=percentile, flag=flagged),
-            decision=decision.value,
-        )
-        for label, probs, total, aleatoric, epistemic, std, percentile, flagged, decision in zip(
-            result.labels,
-            s.probs.tolist(),
-            s.total.tolist(),
-            s.aleatoric.tolist(),
-            s.epistemic.tolist(),
-            s.std.tolist(),
-            result.percentile.tolist(),
-            result.flags.tolist(),
-            result.decisions,
-            strict=True,
-        )
-    ]
+            probabilities=None if probs is None else dict(zip(labels, probs, strict=True)),
+            uncertainty=None if u is None else UncertaintyOut(total=u[0], aleatoric=u[1], epistemic=u[2], std=u[3]),
+            gate=GateOut(
+                support=SupportOut(
+                    score=float(gate.scores[Component.SUPPORT][row]),
+                    percentile=_number(float(gate.percentiles[Component.SUPPORT][row])),
+                    flag=bool(gate.flags[Component.SUPPORT][row]),
+                ),
+                density=_component(gate, Component.DENSITY, thresholds[Component.DENSITY], row),
+                epistemic=_component(gate, Component.EPISTEMIC, thresholds[Component.EPISTEMIC], row),
+            ),
+            decision=gate.decisions[row].value,
+            reasons=gate.reasons[row],
+            details=gate.details[row],
+        ))
     return PredictResponse(
         model=ModelRef(name=m.name, version=m.version, sha256=m.weights.sha256, kind=m.kind.value),
-        samples=result.samples,
-        seed=result.seed,
-        sampler=s.sampler,
-        mc_error=MonteCarloErrorOut(
-            probability=s.mc_error.probability, mutual_information=_finite_or_none(s.mc_error.mutual_information)
+        samples=result.options.samples if s is None else s.samples,
+        seed=None if s is None else s.seed,
+        sampler=None if s is None else s.sampler,
+        mc_error=None if s is None else MonteCarloErrorOut(
+            probability=s.mc_error.probability, mutual_information=_number(s.mc_error.mutual_information)
         ),
         predictions=predictions,
     )
@@ -132,7 +153,7 @@ def _encode(result: InferenceResult) -> PredictResponse:
     "/models/{name}/predict",
     response_model=PredictResponse,
     responses=ERRORS,
-    summary="Predict with uncertainty, OOD flag and accept/refer decision",
+    summary="Predict with uncertainty and the gate's accept/refer/reject decision with reasons",
 )
 async def predict(name: str, request: PredictRequest, dataplane: DataPlaneDep) -> PredictResponse:
     entry = dataplane.model(name)

@@ -1,9 +1,11 @@
 """/v2: the Open Inference Protocol (KServe v2) REST API.
 
 Inputs: one tensor per feature, shape [N] (or [N, 1]); numeric features take any numeric datatype, categorical
-ones BYTES. Outputs: probabilities [N, C], total_entropy, aleatoric, mutual_information, predictive_std,
-ood_score, ood_percentile [N] (FP64), ood_flag [N] (BOOL), decision and label [N] (BYTES). Request parameters
-may carry ``samples`` and ``seed``; the response echoes both (and the weights' sha256).
+ones BYTES. Outputs: probabilities [N, C], total_entropy, aleatoric, mutual_information, predictive_std, the
+gate's support_score, support_percentile, density_score, density_percentile, epistemic_percentile [N] (FP64;
+null where the gate rejected the row, which is not scored), ood_flag [N] (BOOL: not accepted), decision,
+reasons (comma-separated) and label [N] (BYTES; label "" for a rejected row). Request parameters may carry
+``samples``, ``seed``, ``sampler`` and ``tolerance``; the response echoes what ran (and the weights' sha256).
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import math
 from importlib import metadata
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.bnn.spec import Sampler
 from app.checkpoint.manifest import Manifest
 from app.data.schema import FeatureKind
+from app.gate.spec import Component
 from app.serve.api.deps import DataPlaneDep
 from app.serve.api.schemas_v2 import (
     ErrorResponse,
@@ -49,22 +53,22 @@ INTEGER_RANGES = {
 }
 
 
+VECTORS = (
+    "total_entropy", "aleatoric", "mutual_information", "predictive_std", "support_score", "support_percentile",
+    "density_score", "density_percentile", "epistemic_percentile",
+)
+STRINGS = ("decision", "reasons", "label")
+OUTPUT_NAMES = frozenset({"probabilities", *VECTORS, "ood_flag", *STRINGS})
+
+
 def _outputs_metadata(manifest: Manifest) -> list[TensorMetadata]:
     classes = len(manifest.task.labels)
-    vectors = ["total_entropy", "aleatoric", "mutual_information", "predictive_std", "ood_score", "ood_percentile"]
     return [
         TensorMetadata(name="probabilities", datatype="FP64", shape=[-1, classes]),
-        *[TensorMetadata(name=name, datatype="FP64", shape=[-1]) for name in vectors],
+        *[TensorMetadata(name=name, datatype="FP64", shape=[-1]) for name in VECTORS],
         TensorMetadata(name="ood_flag", datatype="BOOL", shape=[-1]),
-        TensorMetadata(name="decision", datatype="BYTES", shape=[-1]),
-        TensorMetadata(name="label", datatype="BYTES", shape=[-1]),
+        *[TensorMetadata(name=name, datatype="BYTES", shape=[-1]) for name in STRINGS],
     ]
-
-
-OUTPUT_NAMES = frozenset({
-    "probabilities", "total_entropy", "aleatoric", "mutual_information", "predictive_std", "ood_score",
-    "ood_percentile", "ood_flag", "decision", "label",
-})
 
 
 @router.get("", response_model=ServerMetadataResponse, summary="Server metadata")
@@ -201,36 +205,47 @@ def _tolerance(request: InferenceRequest) -> float | None:
     return float(value)
 
 
+def _numbers(values: np.ndarray) -> list[float | None]:
+    """FP64 data with null where a value is missing (a rejected row; JSON has no NaN)."""
+    return [v if math.isfinite(v) else None for v in values.tolist()]
+
+
 def _encode(result: InferenceResult, request: InferenceRequest) -> InferenceResponse:
-    s, m = result.scores, result.manifest
-    n = len(result.decisions)
+    s, m, gate = result.scores, result.manifest, result.gate
+    n, classes = result.rows, len(m.task.labels)
+
+    def scored(values: np.ndarray | None) -> list[Any]:
+        return [None] * n if values is None else result.per_row(values)
+
+    probs = scored(None if s is None else s.probs)
     available: dict[str, tuple[str, list[int], list[Any]]] = {
-        "probabilities": ("FP64", [n, s.probs.shape[1]], s.probs.ravel().tolist()),
-        "total_entropy": ("FP64", [n], s.total.tolist()),
-        "aleatoric": ("FP64", [n], s.aleatoric.tolist()),
-        "mutual_information": ("FP64", [n], s.epistemic.tolist()),
-        "predictive_std": ("FP64", [n], s.std.tolist()),
-        "ood_score": ("FP64", [n], s.epistemic.tolist()),
-        "ood_percentile": ("FP64", [n], result.percentile.tolist()),
-        "ood_flag": ("BOOL", [n], result.flags.tolist()),
-        "decision": ("BYTES", [n], [d.value for d in result.decisions]),
-        "label": ("BYTES", [n], result.labels),
+        "probabilities": ("FP64", [n, classes], [p for row in probs for p in (row or [None] * classes)]),
+        "total_entropy": ("FP64", [n], scored(None if s is None else s.total)),
+        "aleatoric": ("FP64", [n], scored(None if s is None else s.aleatoric)),
+        "mutual_information": ("FP64", [n], scored(None if s is None else s.epistemic)),
+        "predictive_std": ("FP64", [n], scored(None if s is None else s.std)),
+        "support_score": ("FP64", [n], _numbers(gate.scores[Component.SUPPORT])),
+        "support_percentile": ("FP64", [n], _numbers(gate.percentiles[Component.SUPPORT])),
+        "density_score": ("FP64", [n], _numbers(gate.scores[Component.DENSITY])),
+        "density_percentile": ("FP64", [n], _numbers(gate.percentiles[Component.DENSITY])),
+        "epistemic_percentile": ("FP64", [n], _numbers(gate.percentiles[Component.EPISTEMIC])),
+        "ood_flag": ("BOOL", [n], (~gate.accepted).tolist()),
+        "decision": ("BYTES", [n], [d.value for d in gate.decisions]),
+        "reasons": ("BYTES", [n], [",".join(r) for r in gate.reasons]),
+        "label": ("BYTES", [n], [label or "" for label in result.labels]),
     }
     wanted = [o.name for o in request.outputs] if request.outputs else list(available)
+    parameters: dict[str, Any] = {"samples": result.options.samples if s is None else s.samples}
+    if s is not None:
+        parameters.update(seed=s.seed, sampler=s.sampler.value, mc_error_probability=s.mc_error.probability)
+        if math.isfinite(s.mc_error.mutual_information):
+            parameters["mc_error_mutual_information"] = s.mc_error.mutual_information
+    parameters["model_sha256"] = m.weights.sha256
     return InferenceResponse(
         model_name=m.name,
         model_version=m.version,
         id=request.id,
-        parameters={
-            "samples": result.samples,
-            "seed": result.seed,
-            "sampler": s.sampler.value,
-            "mc_error_probability": s.mc_error.probability,
-            **({"mc_error_mutual_information": s.mc_error.mutual_information}
-               if math.isfinite(s.mc_error.mutual_information) else {}),
-            "model_sha256": m.weights.sha256,
-            "ood_threshold": m.ood.threshold,
-        },
+        parameters=parameters,
         outputs=[
             ResponseOutput(name=name, datatype=available[name][0], shape=available[name][1], data=available[name][2])
             for name in wanted

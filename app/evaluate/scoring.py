@@ -1,0 +1,109 @@
+"""Scoring a table the way the server does: the frozen bank's predictive and the layered gate, row by row.
+
+Training calibrates the gate on these scores and evaluation reports them, so the thresholds and the figures
+come from the very weight draws a default request is answered with (the server's bank: S = the model's
+``default_samples``, seed ``bank_seed``, 0 unless ``SBNN_BANK_SEED`` says otherwise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.bnn.engine import CostModel, MonteCarloEngine
+from app.bnn.network import BayesianMLP
+from app.bnn.predictive import decompose
+from app.bnn.spec import Sampler
+from app.data.preprocess import Preprocessing
+from app.gate.gate import Gate, GateResult, Screen
+
+# The bank sampler never consults the cost model; a fixed one spares the engine its timing at build.
+_UNUSED_COST = CostModel(seconds_per_normal=1e-9, seconds_per_mac=1e-10)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """The predictive of N rows: probs (N, C); total, aleatoric, epistemic (mutual information) and the std of
+    the predicted class's probability (N,), in nats."""
+
+    probs: np.ndarray
+    total: np.ndarray
+    aleatoric: np.ndarray
+    epistemic: np.ndarray
+    std: np.ndarray
+
+
+class BankScorer:
+    """The served predictive of a network: its frozen bank of ``samples`` draws from ``bank_seed``."""
+
+    def __init__(self, model: BayesianMLP, samples: int, bank_seed: int = 0) -> None:
+        self.engine = MonteCarloEngine(model, bank_size=samples, bank_seed=bank_seed, cost=_UNUSED_COST)
+        self.samples = self.engine.bank_size
+        self.bank_seed = bank_seed
+        self.classes = 2 if model.spec.out_features == 1 else model.spec.out_features
+
+    @torch.no_grad()
+    def __call__(self, x: np.ndarray) -> Predictions:
+        """x: (N, d) float32 preprocessed rows -> their predictive."""
+        if x.shape[0] == 0:
+            empty = np.zeros(0)
+            return Predictions(np.zeros((0, self.classes)), empty, empty, empty, empty)
+        device = self.engine.device
+        result = self.engine.run(torch.as_tensor(x, device=device), self.samples, None, Sampler.BANK)
+        u = decompose(result.predictive)
+        return Predictions(
+            probs=result.predictive.mean.double().cpu().numpy(),
+            total=u.total.double().cpu().numpy(),
+            aleatoric=u.aleatoric.double().cpu().numpy(),
+            epistemic=u.epistemic.double().cpu().numpy(),
+            std=u.std.double().cpu().numpy(),
+        )
+
+
+@dataclass(frozen=True)
+class GatedSet:
+    """One table scored as served: the predictive of every row (rejected rows too, so that evaluation can
+    rank them by every score; a row whose input is not finite gets NaN), the density, the screen and the
+    gate's answer (in which rejected rows carry no scores, as on the wire), and the gate level
+    (:meth:`Gate.level`)."""
+
+    predictions: Predictions
+    density: np.ndarray
+    screen: Screen
+    result: GateResult
+    level: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return int(self.level.size)
+
+
+def gate_set(scorer: BankScorer, gate: Gate, preprocessing: Preprocessing, columns: Any) -> GatedSet:
+    """Score raw ``columns`` (a DataFrame or feature -> values) through the checkpoint's preprocessing, its
+    bank and its gate, as the server would answer them."""
+    numeric, codes = preprocessing.raw_values(columns)
+    screen = gate.screen(numeric, codes)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = preprocessing.encode(numeric, codes)
+    finite = np.isfinite(x).all(1)
+    predictions = _expand(scorer(x[finite]), finite)
+    density = np.full(finite.size, np.nan)
+    density[finite] = gate.density(x[finite])
+    served = ~screen.rejected
+    result = gate.decide(screen, np.where(served, density, np.nan), np.where(served, predictions.epistemic, np.nan))
+    # Rows beyond float32 rank as far as any score can: their scores are unknown, the input is the farthest.
+    level = gate.level(screen, np.nan_to_num(density, nan=np.inf), np.nan_to_num(predictions.epistemic, nan=np.inf))
+    return GatedSet(predictions, density, screen, result, level)
+
+
+def _expand(predictions: Predictions, rows: np.ndarray) -> Predictions:
+    """Scores of the rows where ``rows`` is True, placed back among all rows (NaN elsewhere)."""
+    def place(values: np.ndarray) -> np.ndarray:
+        out = np.full((rows.size, *values.shape[1:]), np.nan)
+        out[rows] = values
+        return out
+
+    return Predictions(*(place(getattr(predictions, f)) for f in ("probs", "total", "aleatoric", "epistemic", "std")))

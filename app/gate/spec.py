@@ -1,0 +1,141 @@
+"""The layered OOD gate as a checkpoint stores it: the manifest's ``gate`` section (pydantic, no torch).
+
+Four components, each named in a row's reasons:
+
+- ``bounds``: physically possible values (``FeatureSpec.plausible``); a row outside them is **rejected**
+  (no prediction), reason ``bounds:<feature>``.
+- ``support``: the training range of each raw numeric value (``FeatureSpec.minimum``/``maximum``, the
+  training split's quantiles 0 and 1), a missing value where training had none, an unseen category; such a
+  row is **referred**, reason ``support:<feature>``.
+- ``density``: the Mahalanobis distance of the preprocessed input from the training rows under a
+  Ledoit–Wolf shrinkage covariance; referred above its threshold, reason ``density``.
+- ``epistemic``: the mutual information between prediction and weights from the served frozen bank;
+  referred above its threshold, reason ``epistemic``.
+
+One false-positive budget (``target_fpr``) covers the union of support, density and epistemic. Each scored
+component is ranked against its training-split scores (the reference, in ``gate.safetensors``); a row's
+gate level is its largest rank, a support fact ranks above every level, and the threshold on the level is
+the conformal (n + 1)-quantile over the calibration split (validation), so the union's false-positive rate on
+exchangeable rows is at most the budget. Each component's threshold on its own score follows from that level.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+GATE_FILE = "gate.safetensors"
+REFERENCE_LEVELS = 101  # percentiles 0, 1, …, 100 of each score on the calibration split
+
+
+class Component(str, Enum):
+    """The gate's components, in the order a row's reasons list them."""
+
+    BOUNDS = "bounds"
+    SUPPORT = "support"
+    DENSITY = "density"
+    EPISTEMIC = "epistemic"
+
+
+SCORED = (Component.DENSITY, Component.EPISTEMIC)  # the components ranked against the training reference
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class _Percentiles(_Strict):
+    reference_quantiles: list[float] = Field(
+        min_length=REFERENCE_LEVELS,
+        max_length=REFERENCE_LEVELS,
+        description="Percentiles 0, 1, …, 100 of the score on the calibration split (answers' percentiles, drift).",
+    )
+
+    @model_validator(mode="after")
+    def _sorted(self) -> _Percentiles:
+        q = self.reference_quantiles
+        if any(b < a for a, b in zip(q[:-1], q[1:], strict=True)):
+            raise ValueError("reference_quantiles must be non-decreasing")
+        return self
+
+
+class SupportComponent(_Percentiles):
+    """Outside the training range, in training standard deviations (0 inside); facts refer whatever the score."""
+
+    score: Literal["training_range_excess_sd"] = "training_range_excess_sd"
+    range_quantiles: tuple[float, float] = Field(
+        (0.0, 1.0), description="Quantiles of the training split that bound each numeric feature's support."
+    )
+
+
+class ScoredComponent(_Percentiles):
+    """A component with a threshold on its score: the row is referred when ``score > threshold``."""
+
+    threshold: float | None = Field(description="null: this component refers no row (too few calibration rows).")
+
+
+class DensityComponent(ScoredComponent):
+    score: Literal["mahalanobis"] = "mahalanobis"
+    covariance: Literal["ledoit-wolf"] = "ledoit-wolf"
+    shrinkage: float = Field(ge=0.0, le=1.0, description="Ledoit–Wolf shrinkage towards a scaled identity.")
+    dimension: int = Field(ge=1, description="d, the preprocessed input's width.")
+
+
+class EpistemicComponent(ScoredComponent):
+    score: Literal["mutual_information"] = "mutual_information"
+
+
+class GateCalibration(_Strict):
+    """How the thresholds were set, and on which Monte Carlo draws (the server's default bank)."""
+
+    method: Literal["conformal-max-rank"] = "conformal-max-rank"
+    split: str = "val"
+    rows: int = Field(ge=1)
+    reference_split: str = "train"
+    reference_rows: int = Field(ge=1)
+    level: int | None = Field(
+        ge=0, description="Largest rank (of reference_rows) a row may reach and be accepted; null: no finite level."
+    )
+    sampler: Literal["bank"] = "bank"
+    samples: int = Field(ge=1)
+    bank_seed: int = Field(ge=0)
+
+
+class GateRates(_Strict):
+    """Shares of one in-distribution split that the gate does not accept: the union and each component."""
+
+    rows: int = Field(ge=1)
+    referred: float = Field(ge=0.0, le=1.0, description="Referred or rejected: the union's false-positive rate.")
+    rejected: float = Field(ge=0.0, le=1.0)
+    support: float = Field(ge=0.0, le=1.0)
+    density: float = Field(ge=0.0, le=1.0)
+    epistemic: float = Field(ge=0.0, le=1.0)
+
+
+class GateFile(_Strict):
+    """The gate's tensors: the density's mean and precision, and each scored component's sorted reference."""
+
+    file: str = GATE_FILE
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=1)
+
+
+class GateSpec(_Strict):
+    """The manifest's ``gate`` section."""
+
+    target_fpr: float = Field(gt=0.0, lt=1.0, description="The union's false-positive budget.")
+    support: SupportComponent
+    density: DensityComponent
+    epistemic: EpistemicComponent
+    calibration: GateCalibration
+    achieved: dict[str, GateRates] = Field(description="Rates on the calibration split ('val') and on 'test'.")
+    warnings: list[str] = Field(default_factory=list, description="What training found the gate misses.")
+    tensors: GateFile
+
+    @model_validator(mode="after")
+    def _calibrated(self) -> GateSpec:
+        if self.calibration.split not in self.achieved:
+            raise ValueError(f"achieved rates lack the calibration split '{self.calibration.split}'")
+        return self

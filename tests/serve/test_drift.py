@@ -1,0 +1,65 @@
+"""Unit tests of the drift statistics (app.serve.drift)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.serve.drift import DriftMonitor, ScoreReference
+
+# A reference of 101 percentiles of a lognormal score, as checkpoints store them.
+REFERENCE_DRAWS = np.random.default_rng(0).lognormal(-5.6, 0.4, 200_000)
+REFERENCE = np.quantile(REFERENCE_DRAWS, np.linspace(0.0, 1.0, 101)).tolist()
+
+
+def _monitor(window: int = 1000, min_rows: int = 50) -> ScoreReference:
+    return ScoreReference(REFERENCE)
+
+
+def test_a_window_from_the_reference_shows_no_drift() -> None:
+    window = np.random.default_rng(1).lognormal(-5.6, 0.4, 1000)
+    monitor = _monitor()
+    assert monitor.psi(window) == pytest.approx(0.0, abs=0.03)
+    assert monitor.ks(window) < 0.06
+
+
+def test_a_shifted_window_shows_drift() -> None:
+    monitor = _monitor()
+    shifted = np.random.default_rng(2).lognormal(-4.6, 0.4, 1000)  # scores e times higher
+    assert monitor.psi(shifted) > 1.0
+    assert monitor.ks(shifted) > 0.7
+    in_distribution = np.random.default_rng(1).lognormal(-5.6, 0.4, 1000)
+    assert monitor.psi(shifted) > 10 * monitor.psi(in_distribution)
+
+
+def test_ks_is_one_for_a_window_above_the_whole_reference() -> None:
+    monitor = _monitor()
+    assert monitor.ks(np.full(10, REFERENCE[-1] * 10)) == pytest.approx(1.0)
+    assert monitor.ks(np.full(10, REFERENCE[0] / 10)) == pytest.approx(1.0)
+
+
+def test_constant_reference_has_psi_zero() -> None:
+    assert ScoreReference([0.0] * 101).psi(np.array([0.0, 0.5, 1.0])) == 0.0
+
+
+def test_record_reports_once_min_rows_are_in_the_window() -> None:
+    monitor = DriftMonitor({"epistemic": REFERENCE, "density": REFERENCE}, window=100, min_rows=20)
+    scores = np.random.default_rng(3).lognormal(-5.6, 0.4, 19)
+    assert monitor.record({"epistemic": scores, "density": scores}, np.zeros(19, dtype=bool)) is None
+    snapshot = monitor.record({"epistemic": np.array([1.0]), "density": np.array([1.0])}, np.array([True]))
+    assert snapshot is not None
+    assert snapshot.rows == 20 and snapshot.ood_rate == pytest.approx(1 / 20)
+    assert snapshot.scores["epistemic"] is not None and snapshot.scores["epistemic"].rows == 20
+    big = np.full(100, 1.0)
+    snapshot = monitor.record({"epistemic": big, "density": big}, np.ones(100, dtype=bool))  # keeps the last 100
+    assert snapshot is not None
+    assert snapshot.rows == 100 and snapshot.ood_rate == 1.0
+    assert snapshot.scores["density"] is not None and snapshot.scores["density"].ks == pytest.approx(1.0)
+
+
+def test_rejected_rows_count_in_the_rate_but_add_no_score() -> None:
+    monitor = DriftMonitor({"epistemic": REFERENCE}, window=100, min_rows=10)
+    in_distribution = np.random.default_rng(4).lognormal(-5.6, 0.4, 8)
+    snapshot = monitor.record({"epistemic": in_distribution}, np.array([False] * 8 + [True] * 4))  # 4 rejected
+    assert snapshot is not None and snapshot.rows == 12 and snapshot.ood_rate == pytest.approx(4 / 12)
+    assert snapshot.scores["epistemic"] is None  # 8 scored rows: below min_rows, no statistic yet
