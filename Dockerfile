@@ -45,7 +45,7 @@ COPY deploy/wheelhouse/ /wheelhouse/
 RUN python3 -m venv /opt/sbnn \
  && if [ "$WHEELHOUSE" = "1" ]; then source="--no-index --find-links /wheelhouse"; else source=""; fi \
  && /opt/sbnn/bin/pip install $source -c deploy/constraints.txt \
-      onnxruntime numpy pydantic pydantic-settings typer rich fastapi uvicorn prometheus-client setuptools
+      onnxruntime numpy safetensors pydantic pydantic-settings typer rich fastapi uvicorn prometheus-client setuptools
 COPY pyproject.toml README.md ./
 COPY app/ app/
 # --no-deps: the package's torch requirement is for the torch backend, which this image does not run.

@@ -78,6 +78,10 @@ def _units(text: str | None) -> dict[str, str] | None:
     return units
 
 
+def _threshold(value: float | None) -> str:
+    return "never" if value is None else f"{value:.4g}"
+
+
 def _fail(error: Exception) -> None:
     errors.print(f"[bold red]error:[/] {error}")
     raise typer.Exit(code=2)
@@ -425,7 +429,8 @@ def info(
         "OOD gate",
         f"budget {gate.target_fpr:.1%}; refers {gate.achieved['val'].referred:.1%} of validation, "
         + (f"{gate.achieved['test'].referred:.1%} of test; " if "test" in gate.achieved else "")
-        + f"density > {gate.density.threshold}, mutual information > {gate.epistemic.threshold} nats",
+        + f"density > {_threshold(gate.density.threshold)}, mutual information > "
+        f"{_threshold(gate.epistemic.threshold)} nats",
     )
     bounded = [f"{f.name} {f.plausible}" for f in m.features if f.plausible is not None]
     table.add_row("plausible bounds", ", ".join(bounded) or "none")

@@ -42,14 +42,16 @@ def hey(url: str, requests: int, concurrency: int, body: Path | None) -> dict[st
 
 
 def drift_gauges(base: str) -> dict[str, float]:
+    """The drift gauges of flchain-mortality: ``psi_epistemic``, ``ks_density``, …, ``ood_rate``, ``window_rows``."""
     text = httpx.get(f"{base}/metrics").text
-    pattern = r'^sbnn_drift_(psi|ks|ood_rate|window_rows)\{model="flchain-mortality"\} ([\d.e+-]+)$'
+    pattern = r'^sbnn_drift_(psi|ks|ood_rate|window_rows)\{model="flchain-mortality"(?:,score="(\w+)")?\} ([\d.e+-]+)$'
     found = re.findall(pattern, text, re.M)
-    return {name: float(value) for name, value in found}
+    return {f"{name}_{score}" if score else name: float(value) for name, score, value in found}
 
 
 def drift_phase(base: str, url: str) -> list[tuple[str, dict[str, float]]]:
-    """The flchain test split (in distribution), then the same rows with creatinine in umol/L."""
+    """The flchain test split (in distribution), then the same rows with creatinine in mg/L (×10: still
+    plausible, so scored; in umol/L most would be rejected, and rejected rows add no score to the windows)."""
     from app.data.flchain import load_flchain  # needs sbnn[data]
 
     frame = load_flchain(0).test.frame
@@ -58,10 +60,10 @@ def drift_phase(base: str, url: str) -> list[tuple[str, dict[str, float]]]:
     for start in range(0, len(rows), 100):
         httpx.post(url, json={"instances": rows[start:start + 100]}, timeout=60).raise_for_status()
     found = [(f"after the {len(rows)} test-split rows (in distribution)", drift_gauges(base))]
-    shifted = [{**r, "creatinine": None if r["creatinine"] is None else r["creatinine"] * 88.4} for r in rows[:400]]
+    shifted = [{**r, "creatinine": None if r["creatinine"] is None else r["creatinine"] * 10} for r in rows[:400]]
     for start in range(0, len(shifted), 100):
         httpx.post(url, json={"instances": shifted[start:start + 100]}, timeout=60).raise_for_status()
-    found.append(("after 400 more rows with creatinine sent in umol/L", drift_gauges(base)))
+    found.append(("after 400 more rows with creatinine sent in mg/L", drift_gauges(base)))
     return found
 
 
@@ -112,10 +114,11 @@ def main() -> None:
         "",
         "Drift gauges of flchain-mortality (window of the last 1,000 rows), measured before the load test:",
         "",
-        "| when | PSI | KS | OOD rate | rows in window |",
-        "|---|---|---|---|---|",
-        *[f"| {when} | {g.get('psi', float('nan')):.3f} | {g.get('ks', float('nan')):.3f} | "
-          f"{g.get('ood_rate', float('nan')):.3f} | {g.get('window_rows', 0):.0f} |" for when, g in drift],
+        "| when | PSI epistemic | PSI density | KS epistemic | KS density | not accepted | rows in window |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {when} | " + " | ".join(f"{g.get(k, float('nan')):.3f}" for k in (
+            "psi_epistemic", "psi_density", "ks_epistemic", "ks_density", "ood_rate")) +
+          f" | {g.get('window_rows', 0):.0f} |" for when, g in drift],
     ]
     (args.out / "serve.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

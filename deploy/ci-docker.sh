@@ -42,6 +42,7 @@ step "lint Dockerfile (hadolint) and validate compose and Prometheus files"
 hadolint --ignore DL3008 --ignore DL3013 Dockerfile
 docker-compose -f docker-compose.yml config --quiet
 promtool check rules deploy/prometheus/rules.yml
+(cd deploy/prometheus && promtool test rules rules.test.yml)
 sed "s#/etc/prometheus/rules.yml#$root/deploy/prometheus/rules.yml#" deploy/prometheus/prometheus.yml > "$work/compose-prometheus.yml"
 promtool check config "$work/compose-prometheus.yml"
 
@@ -97,7 +98,8 @@ slim_expect() {
   echo "slim image (no torch), $what: ${answer:0:100}..."
 }
 row='"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "mgus": 0'
-slim_expect "frozen bank" "{\"instances\": [{$row, \"creatinine\": 88.4}]}" '"sampler":"bank"' '"decision":"refer"'
+slim_expect "frozen bank, gate" "{\"instances\": [{$row, \"creatinine\": 1.0}, {$row, \"creatinine\": 88.4}]}" \
+  '"sampler":"bank"' '"decision":"accept"' '"decision":"reject","reasons":\["bounds:creatinine"\]'
 slim_expect "fresh samples (sampling graph)" "{\"instances\": [{$row, \"creatinine\": 1.0}], \"seed\": 7}" \
   '"sampler":"fresh"' '"seed":7'
 docker rm -f sbnn-ci-slim >/dev/null
@@ -116,12 +118,14 @@ echo "container health: $health"
 
 step "predict and metrics"
 answer=$(curl -sf "http://127.0.0.1:$port/v1/models/flchain-mortality/predict" -H 'content-type: application/json' \
-  -d '{"instances": [{"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 88.4, "mgus": 0}]}')
-grep -q '"decision":"refer"' <<<"$answer" || { echo "unexpected answer: $answer"; exit 1; }
-echo "predict (creatinine in umol/L) answered: ${answer:0:120}..."
+  -d '{"instances": [{"age": 95, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 1.0, "mgus": 0}]}')
+grep -q '"decision":"refer","reasons":\["support:age"' <<<"$answer" || { echo "unexpected answer: $answer"; exit 1; }
+echo "predict (age 95, outside the training range) answered: ${answer:0:120}..."
 metrics=$(curl -sf "http://127.0.0.1:$port/metrics")
 grep -q 'sbnn_decisions_total{decision="refer",model="flchain-mortality"} 1.0' <<<"$metrics" \
   || { echo "metrics do not show the referral"; exit 1; }
+grep -q 'sbnn_gate_reasons_total{model="flchain-mortality",reason="support"} 1.0' <<<"$metrics" \
+  || { echo "metrics do not show the referral's reason"; exit 1; }
 
 step "Prometheus scrapes the container and loads the rules"
 cat > "$work/prometheus.yml" <<YAML
@@ -145,7 +149,7 @@ done
 [ -n "$up" ] || { tail -20 "$work/prometheus.log"; echo "Prometheus never saw the target up"; exit 1; }
 rules=$(curl -sf "http://127.0.0.1:$pport/api/v1/rules" | grep -o '"name":"Sbnn[A-Za-z0-9]*"' | sort -u | tr '\n' ' ')
 echo "Prometheus: target up; alert rules loaded: $rules"
-[ "$(echo "$rules" | wc -w)" -eq 4 ] || { echo "expected 4 alert rules"; exit 1; }
+[ "$(echo "$rules" | wc -w)" -eq 5 ] || { echo "expected 5 alert rules"; exit 1; }
 
 step "graceful stop"
 stop_started=$(date +%s)

@@ -192,12 +192,11 @@ class Gate:
             Component.DENSITY: spec.density.threshold,
             Component.EPISTEMIC: spec.epistemic.threshold,
         }
-        self._quantiles = {
-            Component.SUPPORT: np.asarray(spec.support.reference_quantiles),
-            Component.DENSITY: np.asarray(spec.density.reference_quantiles),
-            Component.EPISTEMIC: np.asarray(spec.epistemic.reference_quantiles),
+        self._percent_below = {
+            Component.SUPPORT: PercentBelow(spec.support.reference_quantiles),
+            Component.DENSITY: PercentBelow(spec.density.reference_quantiles),
+            Component.EPISTEMIC: PercentBelow(spec.epistemic.reference_quantiles),
         }
-        self._levels = np.linspace(0.0, 100.0, len(spec.density.reference_quantiles))
 
     def flags(self, screen: Screen, density: np.ndarray, epistemic: np.ndarray) -> dict[Component, np.ndarray]:
         """What each component would refer on its own, (N,) bool each, whatever the other components say; a NaN
@@ -212,12 +211,13 @@ class Gate:
         """The decision per row, from the screen and the scored components ((N,) each; NaN where a rejected
         row was not scored): reject on a bound, else refer on any flag, else accept."""
         scored = ~screen.rejected
-        scores = {Component.SUPPORT: screen.support_score, Component.DENSITY: density, Component.EPISTEMIC: epistemic}
         flags = {c: f & scored for c, f in self.flags(screen, density, epistemic).items()}
-        percentiles = {
-            c: np.where(scored, np.interp(s, self._quantiles[c], self._levels, left=0.0, right=100.0), np.nan)
-            for c, s in scores.items()
+        scores = {
+            Component.SUPPORT: np.where(scored, screen.support_score, np.nan),
+            Component.DENSITY: np.where(scored, density, np.nan),
+            Component.EPISTEMIC: np.where(scored, epistemic, np.nan),
         }
+        percentiles = {c: self._percent_below[c](s) for c, s in scores.items()}
         reasons = [list(r) for r in screen.reasons]
         details = [list(d) for d in screen.details]
         for component, name, unit in ((Component.DENSITY, "Mahalanobis distance", ""),
@@ -246,6 +246,32 @@ class Gate:
         )
         level = ranks / n
         return np.where(screen.rejected, 3.0, np.where(screen.support_flag, 2.0, level))
+
+
+class PercentBelow:
+    """Percent (0–100) of a reference scoring strictly below a score, from the reference's evenly spaced
+    quantiles (101: percentiles 0, 1, …, 100), linear between them; NaN stays NaN. A score on a plateau of tied
+    quantiles (many zeros) gets the plateau's lower end: 0% of rows score below a support score of 0."""
+
+    def __init__(self, quantiles: list[float] | np.ndarray) -> None:
+        self.quantiles = np.asarray(quantiles, dtype=np.float64)
+        self.last = self.quantiles.size - 1
+        self.step = 100.0 / self.last
+
+    def __call__(self, scores: np.ndarray) -> np.ndarray:
+        q = self.quantiles
+        i = np.searchsorted(q, scores, side="left")  # q[i - 1] < score <= q[i]; NaN sorts last
+        lower, upper = np.maximum(i - 1, 0), np.minimum(i, self.last)
+        width = q[upper] - q[lower]
+        fraction = (scores - q[lower]) / np.where(width > 0, width, 1.0)
+        percent = self.step * (lower + np.where(width > 0, fraction, 1.0) * (upper - lower))
+        percent = np.where(i == 0, 0.0, np.where(i > self.last, 100.0, percent))
+        return np.where(np.isnan(scores), np.nan, percent)
+
+
+def percent_below(scores: np.ndarray, quantiles: list[float] | np.ndarray) -> np.ndarray:
+    """:class:`PercentBelow` of ``quantiles`` applied once."""
+    return PercentBelow(quantiles)(scores)
 
 
 def support_ranking(screen: Screen) -> np.ndarray:

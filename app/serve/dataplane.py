@@ -19,7 +19,6 @@ from app.errors import SchemaError
 from app.gate.gate import Decision, GateResult
 from app.gate.spec import Component
 from app.serve.backend import InferenceOptions, Scores
-from app.serve.drift import DriftMonitor
 from app.serve.engine import BatchingEngine
 from app.serve.errors import RequestRejected
 from app.serve.metrics import ServiceMetrics
@@ -70,7 +69,6 @@ class DataPlane:
         self.repository = repository
         self.engine = engine
         self.metrics = metrics
-        self._drift: dict[str, DriftMonitor] = {}
 
     def model(self, name: str) -> ServedModel:
         """The ready model ``name`` (404 unknown, 503 not ready)."""
@@ -153,24 +151,14 @@ class DataPlane:
         components = Counter(c for reasons in gate.reasons for c in {r.split(":", 1)[0] for r in reasons})
         for component, count in components.items():
             metrics.gate_reasons.labels(name, component).inc(count)
-        monitor = self._drift.get(name)
-        if monitor is None:
-            spec = model.manifest.gate
-            references = {"epistemic": spec.epistemic.reference_quantiles, "density": spec.density.reference_quantiles}
-            monitor = self._drift[name] = DriftMonitor(references, self.settings.drift_window,
-                                                       self.settings.drift_min_rows)
+        spec = model.manifest.gate
+        references = {"epistemic": spec.epistemic.reference_quantiles, "density": spec.density.reference_quantiles}
+        monitor = metrics.drift.monitor(name, references, self.settings.drift_window, self.settings.drift_min_rows)
         scored = result.scored
-        snapshot = monitor.record(
+        monitor.record(
             {"epistemic": gate.scores[Component.EPISTEMIC][scored], "density": gate.scores[Component.DENSITY][scored]},
             ~gate.accepted,
         )
-        if snapshot is not None:
-            for score, statistics in snapshot.scores.items():
-                if statistics is not None:
-                    metrics.drift_psi.labels(name, score).set(statistics.psi)
-                    metrics.drift_ks.labels(name, score).set(statistics.ks)
-            metrics.drift_ood_rate.labels(name).set(snapshot.ood_rate)
-            metrics.drift_window_rows.labels(name).set(snapshot.rows)
 
     def publish_model_metrics(self) -> None:
         """Model info and readiness gauges, after loading."""

@@ -2,16 +2,20 @@
 
 Per score (epistemic, density): the population stability index over the reference's deciles and the
 Kolmogorov–Smirnov statistic against the reference's piecewise-linear CDF (from its 101 percentiles); and
-the windowed share of rows the gate did not accept.
+the windowed share of rows the gate did not accept. A request only appends to the window; the statistics are
+computed when the gauges are read (a Prometheus scrape), so their cost does not grow with traffic.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 PSI_EPSILON = 1e-4  # keeps empty bins finite; the usual choice in PSI reports
 
@@ -69,13 +73,18 @@ class DriftMonitor:
         self._flags: deque[bool] = deque(maxlen=window)
         self._lock = threading.Lock()
 
-    def record(self, scores: dict[str, np.ndarray], flags: np.ndarray) -> DriftSnapshot | None:
-        """Add rows: each score's values (N_scored,) and every row's flag (N,), True where not accepted;
-        returns the statistics once the window holds ``min_rows`` rows."""
+    def record(self, scores: dict[str, np.ndarray], flags: np.ndarray) -> None:
+        """Add rows: each score's values (N_scored,) and every row's flag (N,), True where not accepted. Cheap
+        on purpose (the request path calls it): the statistics are computed when read."""
         with self._lock:
             for name, values in scores.items():
                 self._scores[name].extend(values.tolist())
             self._flags.extend(flags.tolist())
+
+    def snapshot(self) -> DriftSnapshot | None:
+        """The statistics of the window, once it holds ``min_rows`` rows (a score's, once it holds ``min_rows``
+        scored rows)."""
+        with self._lock:
             if len(self._flags) < self.min_rows:
                 return None
             rows, rate = len(self._flags), float(np.mean(np.fromiter(self._flags, dtype=bool)))
@@ -88,3 +97,48 @@ class DriftMonitor:
                 if window.size >= self.min_rows else None
             )
         return DriftSnapshot(rows=rows, ood_rate=rate, scores=drift)
+
+
+class DriftCollector(Collector):
+    """The drift gauges of every model's monitor, computed when Prometheus scrapes (not on every request)."""
+
+    def __init__(self) -> None:
+        self.monitors: dict[str, DriftMonitor] = {}
+        self._lock = threading.Lock()
+
+    def monitor(self, model: str, references: dict[str, list[float]], window: int, min_rows: int) -> DriftMonitor:
+        """The model's monitor, made on first use."""
+        with self._lock:
+            if model not in self.monitors:
+                self.monitors[model] = DriftMonitor(references, window, min_rows)
+            return self.monitors[model]
+
+    def _families(self) -> tuple[GaugeMetricFamily, ...]:
+        return (
+            GaugeMetricFamily("sbnn_drift_psi", "Population stability index of a gate score (epistemic or density) "
+                              "over the recent window against the calibration split.", labels=["model", "score"]),
+            GaugeMetricFamily("sbnn_drift_ks", "Kolmogorov-Smirnov statistic of a gate score (epistemic or density) "
+                              "over the recent window against the calibration split.", labels=["model", "score"]),
+            GaugeMetricFamily("sbnn_drift_ood_rate", "Share of rows the gate did not accept (referred or rejected) "
+                              "over the recent window.", labels=["model"]),
+            GaugeMetricFamily("sbnn_drift_window_rows", "Rows currently in the drift window.", labels=["model"]),
+        )
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return self._families()
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        psi, ks, rate, rows = self._families()
+        with self._lock:
+            monitors = sorted(self.monitors.items())
+        for model, monitor in monitors:
+            snapshot = monitor.snapshot()
+            if snapshot is None:
+                continue
+            rate.add_metric([model], snapshot.ood_rate)
+            rows.add_metric([model], snapshot.rows)
+            for score, drift in snapshot.scores.items():
+                if drift is not None:
+                    psi.add_metric([model, score], drift.psi)
+                    ks.add_metric([model, score], drift.ks)
+        return (psi, ks, rate, rows)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from app.serve.drift import DriftCollector
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 NATS_BUCKETS = (1e-5, 1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.7)
@@ -66,29 +68,8 @@ class ServiceMetrics:
             ["model", "reason"],
             registry=registry,
         )
-        self.drift_psi = Gauge(
-            "sbnn_drift_psi",
-            "Population stability index of a gate score (epistemic or density) over the recent window against the "
-            "calibration split.",
-            ["model", "score"],
-            registry=registry,
-        )
-        self.drift_ks = Gauge(
-            "sbnn_drift_ks",
-            "Kolmogorov-Smirnov statistic of a gate score (epistemic or density) over the recent window against the "
-            "calibration split.",
-            ["model", "score"],
-            registry=registry,
-        )
-        self.drift_ood_rate = Gauge(
-            "sbnn_drift_ood_rate",
-            "Share of rows the gate did not accept (referred or rejected) over the recent window.",
-            ["model"],
-            registry=registry,
-        )
-        self.drift_window_rows = Gauge(
-            "sbnn_drift_window_rows", "Rows currently in the drift window.", ["model"], registry=registry
-        )
+        self.drift = DriftCollector()
+        registry.register(self.drift)
         self.model_info = Gauge(
             "sbnn_model_info",
             "Loaded model identity (value 1): name, version, sha256 of the weights, kind and ranks.",

@@ -14,6 +14,7 @@ from app.gate.gate import (
     GateTensorError,
     GateTensors,
     Screening,
+    percent_below,
     support_ranking,
     thresholds_for,
 )
@@ -137,9 +138,16 @@ def test_decide_rejects_then_refers_on_any_flag_then_accepts() -> None:
     # Thresholds are strict; a NaN score of a scored row is referred, never accepted.
     assert result.reasons == [[], [], ["density"], ["support:age"], ["bounds:age"], ["epistemic"]]
     assert result.flags[Component.DENSITY].tolist() == [False, False, True, False, False, False]
-    assert np.isnan(result.percentiles[Component.DENSITY][4]) and result.percentiles[Component.DENSITY][0] == 20.0
+    assert np.isnan(result.percentiles[Component.DENSITY][4]) and np.isnan(result.scores[Component.SUPPORT][4])
+    assert result.percentiles[Component.DENSITY][0] == pytest.approx(20.0)
     assert result.accepted.tolist() == [True, True, False, False, False, False]
     assert "density: Mahalanobis distance 3.5 is above the threshold 3" in result.details[2][0]
+
+
+def test_percent_below_counts_strictly_lower_reference_scores() -> None:
+    quantiles = np.array([0.0, 0.0, 0.0, 1.0, 2.0])  # percentiles 0, 25, 50, 75, 100: half the reference is 0
+    scores = np.array([-1.0, 0.0, 0.5, 1.0, 2.0, 3.0, np.nan])
+    np.testing.assert_allclose(percent_below(scores, quantiles), [0.0, 0.0, 62.5, 75.0, 100.0, 100.0, np.nan])
 
 
 def test_a_component_without_a_threshold_refers_nothing() -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
-from app.serve.drift import DriftMonitor, ScoreReference
+from app.serve.drift import DriftCollector, DriftMonitor, ScoreReference
 
 # A reference of 101 percentiles of a lognormal score, as checkpoints store them.
 REFERENCE_DRAWS = np.random.default_rng(0).lognormal(-5.6, 0.4, 200_000)
@@ -42,16 +43,19 @@ def test_constant_reference_has_psi_zero() -> None:
     assert ScoreReference([0.0] * 101).psi(np.array([0.0, 0.5, 1.0])) == 0.0
 
 
-def test_record_reports_once_min_rows_are_in_the_window() -> None:
+def test_snapshot_reports_once_min_rows_are_in_the_window() -> None:
     monitor = DriftMonitor({"epistemic": REFERENCE, "density": REFERENCE}, window=100, min_rows=20)
     scores = np.random.default_rng(3).lognormal(-5.6, 0.4, 19)
-    assert monitor.record({"epistemic": scores, "density": scores}, np.zeros(19, dtype=bool)) is None
-    snapshot = monitor.record({"epistemic": np.array([1.0]), "density": np.array([1.0])}, np.array([True]))
+    monitor.record({"epistemic": scores, "density": scores}, np.zeros(19, dtype=bool))
+    assert monitor.snapshot() is None
+    monitor.record({"epistemic": np.array([1.0]), "density": np.array([1.0])}, np.array([True]))
+    snapshot = monitor.snapshot()
     assert snapshot is not None
     assert snapshot.rows == 20 and snapshot.ood_rate == pytest.approx(1 / 20)
     assert snapshot.scores["epistemic"] is not None and snapshot.scores["epistemic"].rows == 20
     big = np.full(100, 1.0)
-    snapshot = monitor.record({"epistemic": big, "density": big}, np.ones(100, dtype=bool))  # keeps the last 100
+    monitor.record({"epistemic": big, "density": big}, np.ones(100, dtype=bool))  # the window keeps the last 100
+    snapshot = monitor.snapshot()
     assert snapshot is not None
     assert snapshot.rows == 100 and snapshot.ood_rate == 1.0
     assert snapshot.scores["density"] is not None and snapshot.scores["density"].ks == pytest.approx(1.0)
@@ -60,6 +64,21 @@ def test_record_reports_once_min_rows_are_in_the_window() -> None:
 def test_rejected_rows_count_in_the_rate_but_add_no_score() -> None:
     monitor = DriftMonitor({"epistemic": REFERENCE}, window=100, min_rows=10)
     in_distribution = np.random.default_rng(4).lognormal(-5.6, 0.4, 8)
-    snapshot = monitor.record({"epistemic": in_distribution}, np.array([False] * 8 + [True] * 4))  # 4 rejected
+    monitor.record({"epistemic": in_distribution}, np.array([False] * 8 + [True] * 4))  # 4 rejected
+    snapshot = monitor.snapshot()
     assert snapshot is not None and snapshot.rows == 12 and snapshot.ood_rate == pytest.approx(4 / 12)
     assert snapshot.scores["epistemic"] is None  # 8 scored rows: below min_rows, no statistic yet
+
+
+def test_the_collector_exports_each_models_gauges_when_scraped() -> None:
+    registry = CollectorRegistry()
+    collector = DriftCollector()
+    registry.register(collector)
+    assert registry.get_sample_value("sbnn_drift_ood_rate", {"model": "m"}) is None  # nothing recorded yet
+    monitor = collector.monitor("m", {"epistemic": REFERENCE, "density": REFERENCE}, window=50, min_rows=10)
+    assert collector.monitor("m", {}, window=1, min_rows=1) is monitor  # one monitor per model
+    draws = np.random.default_rng(5).lognormal(-5.6, 0.4, 30)
+    monitor.record({"epistemic": draws, "density": draws * 100}, np.zeros(30, dtype=bool))
+    assert registry.get_sample_value("sbnn_drift_window_rows", {"model": "m"}) == 30
+    assert registry.get_sample_value("sbnn_drift_psi", {"model": "m", "score": "epistemic"}) < 0.5
+    assert registry.get_sample_value("sbnn_drift_ks", {"model": "m", "score": "density"}) == pytest.approx(1.0)

@@ -52,8 +52,8 @@ class ComponentOut(_Wire):
 
 
 class SupportOut(_Wire):
-    score: float = Field(description="Distance beyond the training range of a numeric feature, in training SDs (0 "
-                         "inside).")
+    score: float | None = Field(description="Distance beyond the training range of a numeric feature, in training "
+                                "SDs (0 inside); null where the row was not scored (rejected).")
     percentile: float | None = Field(description="Percent of in-distribution validation rows scoring below this one.")
     flag: bool = Field(description="True when a value lies outside the training support (range, missing, category).")
 

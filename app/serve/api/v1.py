@@ -126,7 +126,7 @@ def _encode(result: InferenceResult) -> PredictResponse:
             uncertainty=None if u is None else UncertaintyOut(total=u[0], aleatoric=u[1], epistemic=u[2], std=u[3]),
             gate=GateOut(
                 support=SupportOut(
-                    score=float(gate.scores[Component.SUPPORT][row]),
+                    score=_number(float(gate.scores[Component.SUPPORT][row])),
                     percentile=_number(float(gate.percentiles[Component.SUPPORT][row])),
                     flag=bool(gate.flags[Component.SUPPORT][row]),
                 ),

@@ -1,0 +1,52 @@
+"""The model repository: loading verifies the gate too, and says when the server's draws are not the gate's."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.serve.repository import ModelRepository, ModelState
+
+
+def _repository(tiny_checkpoint: Path, tmp_path: Path, **options: object) -> ModelRepository:
+    shutil.copytree(tiny_checkpoint, tmp_path / "tiny")
+    repository = ModelRepository(tmp_path, "cpu", **options)  # type: ignore[arg-type]
+    repository.load_all()
+    return repository
+
+
+def test_a_model_loads_with_its_gate_and_no_warning_on_the_calibration_bank(
+    tiny_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="sbnn.serve"):
+        entry = _repository(tiny_checkpoint, tmp_path).get("tiny")
+    assert entry.gate is not None and entry.gate.spec == entry.manifest.gate
+    assert "calibrated on a bank" not in caplog.text
+
+
+@pytest.mark.parametrize(("options", "served"), [
+    ({"bank_seed": 5}, "a bank of 64 samples from seed 5"),
+    ({"bank_samples": 0}, "fresh (no bank)"),
+])
+def test_other_default_draws_than_the_gates_are_logged(
+    tiny_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, options: dict, served: str
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="sbnn.serve"):
+        entry = _repository(tiny_checkpoint, tmp_path, **options).get("tiny")
+    assert entry.state is ModelState.READY  # a warning, not a refusal
+    assert "its gate was calibrated on a bank of 64 samples from seed 0" in caplog.text and served in caplog.text
+
+
+def test_a_model_whose_gate_tensors_were_modified_is_not_ready(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    shutil.copytree(tiny_checkpoint, tmp_path / "tiny")
+    gate = tmp_path / "tiny" / "gate.safetensors"
+    data = bytearray(gate.read_bytes())
+    data[-2] ^= 0x10
+    gate.write_bytes(bytes(data))
+    repository = ModelRepository(tmp_path, "cpu")
+    repository.load_all()
+    entry = repository.lookup("tiny")
+    assert entry.state is ModelState.FAILED and "gate.safetensors" in entry.reason and "sha256" in entry.reason
