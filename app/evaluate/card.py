@@ -63,9 +63,8 @@ def gate_section(manifest: Manifest, evaluation: dict[str, Any] | None) -> list[
     for split, rates in gate.achieved.items():
         shares = (rates.referred, rates.rejected, rates.support, rates.density, rates.epistemic)
         lines.append(f"| {split} | {rates.rows} | " + " | ".join(_share(v) for v in shares) + " |")
-    warnings = list(gate.warnings)
-    if evaluation is not None:
-        warnings += [w for w in evaluation.get("warnings", []) if w not in warnings]
+    # The evaluation's warnings come from the numbers in this card's tables; training's from its own scoring.
+    warnings = evaluation["warnings"] if evaluation is not None else gate.warnings
     if warnings:
         lines += ["", "**Warnings** (what this gate misses):", *[f"- **{w}**" for w in warnings]]
     if evaluation is not None:

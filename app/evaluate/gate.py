@@ -84,22 +84,31 @@ def set_report(gate: Gate, test: GatedSet, shifted: GatedSet, description: str =
     }
 
 
-def gate_warnings(reports: dict[str, dict[str, Any]]) -> list[str]:
-    """Loud warnings for provided OOD sets: a component that ranks a set below chance, or a gate that refers
-    less than half of it."""
-    warnings = []
+def gate_findings(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the gate misses on provided OOD sets: a component that ranks a set below chance (``below_chance``,
+    with its AUROC) or a gate that refers less than half of it (``under_half``, with its share)."""
+    findings: list[dict[str, Any]] = []
     for name, report in reports.items():
         for component in RANKED:
             if report["below_chance"][component]:
-                warnings.append(
-                    f"{component} ranks OOD set '{name}' below chance (AUROC {report['auroc'][component]:.3f}, "
-                    "95% upper limit under 0.5): on this shift it scores shifted rows as more familiar than "
-                    "in-distribution ones"
-                )
-        share = report["referred"]["gate"]
-        if share < 0.5:
-            warnings.append(
-                f"the gate refers only {share:.1%} of OOD set '{name}' (under half): this shift mostly passes "
-                "as in-distribution"
-            )
-    return warnings
+                findings.append({"set": name, "component": component, "finding": "below_chance",
+                                 "value": report["auroc"][component]})
+        if report["referred"]["gate"] < 0.5:
+            findings.append({"set": name, "component": "gate", "finding": "under_half",
+                             "value": report["referred"]["gate"]})
+    return findings
+
+
+def warning_text(finding: dict[str, Any]) -> str:
+    """A finding as the loud sentence training prints and the card shows."""
+    if finding["finding"] == "below_chance":
+        return (f"{finding['component']} ranks OOD set '{finding['set']}' below chance (AUROC {finding['value']:.3f}, "
+                "95% upper limit under 0.5): on this shift it scores shifted rows as more familiar than "
+                "in-distribution ones")
+    return (f"the gate refers only {finding['value']:.1%} of OOD set '{finding['set']}' (under half): this shift "
+            "mostly passes as in-distribution")
+
+
+def gate_warnings(reports: dict[str, dict[str, Any]]) -> list[str]:
+    """Loud warnings for provided OOD sets (see :func:`gate_findings`)."""
+    return [warning_text(f) for f in gate_findings(reports)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from app.evaluate.gate import RANKED
+from app.evaluate.gate import RANKED, gate_findings
 from app.evaluate.tables import mean_std, ms, table
 
 RATES = ("referred", "support", "density", "epistemic")
@@ -37,8 +37,21 @@ def summarise_gate(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "test": {k: mean_std([g["test"][k] for g in gates]) for k in RATES},
         "ood": _sets([g["ood"] for g in gates]),
         "stress": _sets([g["stress"] for g in gates]),
-        "warnings": sorted({w for g in gates for w in g["warnings"]}),
+        "findings": _findings([gate_findings(g["ood"]) for g in gates]),
     }
+
+
+def _findings(per_seed: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """Each (set, component, finding) with the number of seeds it held for and the range of its values."""
+    grouped: dict[tuple[str, str, str], list[float]] = {}
+    for findings in per_seed:
+        for f in findings:
+            grouped.setdefault((f["set"], f["component"], f["finding"]), []).append(f["value"])
+    return [
+        {"set": name, "component": component, "finding": finding, "seeds": len(values),
+         "low": min(values), "high": max(values)}
+        for (name, component, finding), values in sorted(grouped.items())
+    ]
 
 
 def _percent(entry: Mapping[str, float]) -> str:
@@ -72,18 +85,27 @@ def render_gate(summary: Mapping[str, Mapping[str, Any]]) -> str:
     stress = summary[labels[0]]["gate"]["stress"]
     out.append("### Stress suite (generated from the test split)\n")
     out.append("Share of each stress set the gate does not accept (mean over seeds), per kind; the last columns "
-               "give the AUROC of mutual information alone and of the gate for the low-rank kind, where MI "
-               "saturates far from the data.\n")
+               "give the AUROC (mean ± std over seeds) of mutual information alone and of the gate for the low-rank "
+               "kind: MI saturates far from the data, and differently for each seed.\n")
     base = "lowrank" if "lowrank" in summary else labels[0]
     rows = []
     for name, first in stress.items():
         cells = [f"{100 * summary[label]['gate']['stress'][name]['referred']['gate']['mean']:.1f}%" for label in labels]
         entry = summary[base]["gate"]["stress"][name]
-        rows.append([f"`{name}`", str(first["rows"]), *cells, f"{entry['auroc']['epistemic']['mean']:.3f}",
-                     f"{entry['auroc']['gate']['mean']:.3f}"])
+        rows.append([f"`{name}`", str(first["rows"]), *cells, ms(entry["auroc"]["epistemic"]),
+                     ms(entry["auroc"]["gate"])])
     out.append(table(["set", "rows", *labels, f"AUROC MI ({base})", f"AUROC gate ({base})"], rows))
-    warned = {label: summary[label]["gate"]["warnings"] for label in labels if summary[label]["gate"]["warnings"]}
-    if warned:
-        out.append("Training's warnings (any seed):\n")
-        out += [f"- **{label}**: " + "; ".join(w) + "\n" for label, w in warned.items()]
+    rows = []
+    for label in labels:
+        seeds = len(summary[label]["seeds"])
+        for f in summary[label]["gate"]["findings"]:
+            if f["finding"] == "below_chance":
+                what, low, high = f"{f['component']} below chance (AUROC", f"{f['low']:.3f}", f"{f['high']:.3f}"
+            else:
+                what, low, high = "the gate refers under half (share", f"{f['low']:.1%}", f"{f['high']:.1%}"
+            values = low if low == high else f"{low}–{high}"
+            rows.append([label, f"`{f['set']}`", f"{what} {values})", f"{f['seeds']} of {seeds}"])
+    if rows:
+        out.append("Training's warnings, per kind: what the gate misses on the provided OOD sets.\n")
+        out.append(table(["kind", "OOD set", "warning", "seeds"], rows, align="l"))
     return "\n".join(out)

@@ -61,8 +61,13 @@ def test_report_has_tables_claims_and_figures(compared: dict) -> None:
     docs = compared["root"] / "docs"
     text = (docs / "results.md").read_text()
     for heading in ("## The paper's claims", "## Test split", "## Size and speed", "## OOD detection",
-                    "### ood-file", "## Rank ablation", "## Served models", "## Observations", "## PAC-Bayes bound"):
+                    "### ood-file", "## Rank ablation", "## Served models", "## Observations", "## PAC-Bayes bound",
+                    "## The layered gate", "### In-distribution test split", "### OOD set ood-file",
+                    "### Stress suite"):
         assert heading in text, heading
+    gate = compared["report"]["summary"]["lowrank"]["gate"]
+    assert gate["target_fpr"] == 0.02 and set(gate["ood"]) == {"ood-file"} and "all-x10" in gate["stress"]
+    assert "| `all-x10` |" in text
     assert "sbnn compare --test" in text and "torch" in text
     assert "### lowrank: `lowrank-s0`" in text and "McAllester" in text  # the bound of the best lowrank model
     verdicts = [c["verdict"] for c in compared["report"]["claims"]]
