@@ -186,8 +186,8 @@ def train(
     console.print(
         f"saved [bold]{out}[/]: {manifest.kind.value}, {manifest.parameter_count:,} parameters, best epoch "
         f"{result.best_epoch}/{result.epochs_run}, val NLL {result.best_val_nll:.4f} ({result.duration_seconds:.1f} s "
-        f"on {result.device}); gate refers {gate.achieved['val'].referred:.1%} of validation and "
-        f"{gate.achieved['test'].referred:.1%} of test rows at a {gate.target_fpr:.1%} budget"
+        f"on {result.device}); gate refers {gate.achieved['val'].not_accepted:.1%} of validation and "
+        f"{gate.achieved['test'].not_accepted:.1%} of test rows at a {gate.target_fpr:.1%} budget"
     )
     for warning in gate.warnings:
         errors.print(f"[bold red]warning:[/] [bold]{warning}[/]")
@@ -248,18 +248,18 @@ def _evaluate(model_dir: Path, samples: int | None, seed: int, data_path: str | 
     gate = result["gate"]
     rates = gate["test"]
     console.print(
-        f"gate on the test split: {rates['referred']:.1%} not accepted at a {gate['target_fpr']:.1%} budget "
+        f"gate on the test split: {rates['not_accepted']:.1%} not accepted at a {gate['target_fpr']:.1%} budget "
         f"(support {rates['support']:.1%}, density {rates['density']:.1%}, epistemic {rates['epistemic']:.1%})"
     )
     for title, reports in (("OOD sets", gate["ood"]), ("stress suite", gate["stress"])):
         ood = Table(title=f"The gate on the {title}: AUROC vs the test split, and share not accepted")
-        for column in ("set", "rows", "support", "density", "epistemic", "gate", "gate refers", "rejected"):
+        for column in ("set", "rows", "support", "density", "epistemic", "gate", "not accepted", "rejected"):
             ood.add_column(column, justify="right")
         for set_name, entry in reports.items():
-            auroc, referred = entry["auroc"], entry["referred"]
+            auroc = entry["auroc"]
             ood.add_row(
                 set_name, str(entry["rows"]), *(f"{auroc[k]:.3f}" for k in ("support", "density", "epistemic", "gate")),
-                f"{referred['gate']:.1%}", f"{referred['rejected']:.1%}",
+                f"{entry['not_accepted']:.1%}", f"{entry['rejected']:.1%}",
             )
         console.print(ood)
     for warning in gate["warnings"]:
@@ -427,8 +427,8 @@ def info(
     gate = m.gate
     table.add_row(
         "OOD gate",
-        f"budget {gate.target_fpr:.1%}; refers {gate.achieved['val'].referred:.1%} of validation, "
-        + (f"{gate.achieved['test'].referred:.1%} of test; " if "test" in gate.achieved else "")
+        f"budget {gate.target_fpr:.1%}; refers {gate.achieved['val'].not_accepted:.1%} of validation, "
+        + (f"{gate.achieved['test'].not_accepted:.1%} of test; " if "test" in gate.achieved else "")
         + f"density > {_threshold(gate.density.threshold)}, mutual information > "
         f"{_threshold(gate.epistemic.threshold)} nats",
     )

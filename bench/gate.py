@@ -223,22 +223,22 @@ def _check(ok: bool) -> str:
 def render(report: dict) -> str:
     b, u, c = report["bundled"], report["user"], report["cost"]
     stress, ood = b["stress"], b["ood"]
-    months, x10, umol = (stress["unit:age:months"]["referred"]["gate"], stress["all-x10"]["referred"]["gate"],
-                         ood["creatinine-umol"]["referred"]["gate"])
-    unit_error = u["ood"]["ood-file"]["referred"]["gate"]
-    rejected = {name: stress[name]["referred"]["rejected"] for name in ("unit:age:months", "all-x10")}
+    months, x10, umol = (stress["unit:age:months"]["not_accepted"], stress["all-x10"]["not_accepted"],
+                         ood["creatinine-umol"]["not_accepted"])
+    unit_error = u["ood"]["ood-file"]["not_accepted"]
+    rejected = {name: stress[name]["rejected"] for name in ("unit:age:months", "all-x10")}
     answers = c["answers"]
     slack = u["budget"] + TARGETS["csv_in_distribution_slack"]
     targets = [
         ("bundled model, test false positives ≤ 2.5% at the 2% budget",
-         f"{_percent(b['test']['referred'])} (validation {_percent(b['val']['referred'])})",
-         b["test"]["referred"] <= TARGETS["test_referred_max"]),
+         f"{_percent(b['test']['not_accepted'])} (validation {_percent(b['val']['not_accepted'])})",
+         b["test"]["not_accepted"] <= TARGETS["test_referred_max"]),
         ("age in months: 100% not accepted", f"{_percent(months)} (rejected {_percent(rejected['unit:age:months'])})",
          months >= TARGETS["age_months_min"]),
         ("every numeric feature ×10: 100%", f"{_percent(x10)} (rejected {_percent(rejected['all-x10'])})",
          x10 >= TARGETS["all_x10_min"]),
         ("creatinine in µmol/L: ≥ 80%",
-         f"{_percent(umol)} (rejected {_percent(ood['creatinine-umol']['referred']['rejected'])}; the rows without "
+         f"{_percent(umol)} (rejected {_percent(ood['creatinine-umol']['rejected'])}; the rows without "
          "creatinine are unchanged)", umol >= TARGETS["creatinine_umol_min"]),
         ("age 10000 rejected with its reason",
          f"{answers['age 10000']['decision']}: {answers['age 10000']['details'][0]}",
@@ -248,8 +248,8 @@ def render(report: dict) -> str:
         ("user CSV (Rotterdam): unit error on one feature (age in months) ≥ 95%", _percent(unit_error),
          unit_error >= TARGETS["csv_unit_error_min"]),
         (f"user CSV: held-out in-distribution rows referred ≤ budget + 3 points ({_percent(slack)})",
-         f"{_percent(u['test']['referred'])} (validation {_percent(u['val']['referred'])})",
-         u["test"]["referred"] <= slack),
+         f"{_percent(u['test']['not_accepted'])} (validation {_percent(u['val']['not_accepted'])})",
+         u["test"]["not_accepted"] <= slack),
         ("gate cost ≤ 5% of a 1-row S = 512 predict",
          f"{c['gate_us']:.0f} µs = {_percent(c['share_of_predict'])} of the predict's p50 "
          f"({c['predict_1row_p50_ms']:.2f} ms); {_percent(c['share_of_engine'])} of the engine's own 1-row pass "
@@ -275,8 +275,8 @@ def render(report: dict) -> str:
         r = shifted[name]
         a = r["auroc"]
         lines.append(f"| {name} | {r['rows']} | {a['epistemic']:.3f} | {a['predictive_std']:.3f} | {a['density']:.3f} "
-                     f"| {a['support']:.3f} | {a['gate']:.3f} | {_percent(r['referred']['gate'])} | "
-                     f"{_percent(r['referred']['rejected'])} |")
+                     f"| {a['support']:.3f} | {a['gate']:.3f} | {_percent(r['not_accepted'])} | "
+                     f"{_percent(r['rejected'])} |")
     lines += ["", "Mutual information saturates far from the data (age multiplied, every test row):", "",
               "| age | median p(died) | median MI (nats) | AUROC MI | AUROC density | gate: not accepted |",
               "|---|--:|--:|--:|--:|--:|",
@@ -286,19 +286,19 @@ def render(report: dict) -> str:
         r = shifted["age in months" if k == "×12" else f"age {k}"]
         a = r["auroc"]
         lines.append(f"| {k} | {r['median_p_died']:.3f} | {r['median_mutual_information']:.2e} | "
-                     f"{a['epistemic']:.3f} | {a['density']:.3f} | {_percent(r['referred']['gate'])} |")
+                     f"{a['epistemic']:.3f} | {a['density']:.3f} | {_percent(r['not_accepted'])} |")
     lines.append("")
     for title, part in (("Bundled model: flchain-mortality", b), (f"User CSV: `{u['command']}`", u)):
         lines += [f"## {title}", "", "| set | rows | AUROC support | density | epistemic | gate | not accepted | "
                   "rejected |", "|---|--:|--:|--:|--:|--:|--:|--:|"]
         for name, r in {**part["ood"], **part["stress"]}.items():
-            a, f = r["auroc"], r["referred"]
+            a = r["auroc"]
             lines.append(f"| `{name}` | {r['rows']} | {a['support']:.3f} | {a['density']:.3f} | {a['epistemic']:.3f} "
-                         f"| {a['gate']:.3f} | {_percent(f['gate'])} | {_percent(f['rejected'])} |")
+                         f"| {a['gate']:.3f} | {_percent(r['not_accepted'])} | {_percent(r['rejected'])} |")
         t = part["test"]
-        lines += ["", f"Test split: {_percent(t['referred'])} not accepted (support {_percent(t['support'])}, density "
-                  f"{_percent(t['density'])}, epistemic {_percent(t['epistemic'])}) at a {_percent(part['budget'])} "
-                  "budget.", ""]
+        lines += ["", f"Test split: {_percent(t['not_accepted'])} not accepted (support {_percent(t['support'])}, "
+                  f"density {_percent(t['density'])}, epistemic {_percent(t['epistemic'])}) at a "
+                  f"{_percent(part['budget'])} budget.", ""]
         if part["warnings"]:
             lines += ["Training's warnings:", "", *[f"- {w}" for w in part["warnings"]], ""]
     return "\n".join(lines) + "\n"

@@ -18,7 +18,6 @@ from pydantic import ValidationError
 from app.checkpoint.manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE, Manifest, OnnxInfo, OnnxSampling
 from app.errors import CheckpointError
 from app.gate.gate import Gate, GateTensorError, GateTensors, Screening, thresholds_for
-from app.gate.spec import Component
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib")
@@ -153,9 +152,7 @@ def read_gate(folder: str | Path, manifest: Manifest) -> Gate:
         tensors = GateTensors.from_bytes(data, spec.density.dimension, spec.calibration.reference_rows)
     except GateTensorError as exc:
         raise CheckpointError(str(path), str(exc)) from exc
-    implied = thresholds_for(spec.calibration.level, tensors.reference)
-    stated = {Component.DENSITY: spec.density.threshold, Component.EPISTEMIC: spec.epistemic.threshold}
-    if implied != stated:
+    if thresholds_for(spec.calibration.level, tensors.reference) != spec.thresholds():
         raise CheckpointError(str(folder / MANIFEST_FILE), "the gate's thresholds differ from those its calibration "
                               "level and reference imply (modified?)")
     return Gate(spec, Screening(manifest.features, manifest.preprocessing), tensors)

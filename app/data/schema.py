@@ -42,9 +42,6 @@ class PlausibleRange(BaseModel):
             raise ValueError(f"plausible low {self.low} exceeds high {self.high}")
         return self
 
-    def contains(self, value: float) -> bool:
-        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
-
     def __str__(self) -> str:
         low = "-inf" if self.low is None else f"{self.low:g}"
         high = "inf" if self.high is None else f"{self.high:g}"

@@ -25,9 +25,10 @@ def _gate_table(reports: dict[str, Any]) -> list[str]:
     ]
     for name, r in reports.items():
         a, f = r["auroc"], r["referred"]
+        shares = [f[k] for k in ("support", "density", "epistemic")] + [r["not_accepted"], r["rejected"]]
         lines.append(
             f"| `{name}` | {r['rows']} | " + " | ".join(_fmt(a[k]) for k in ("support", "density", "epistemic", "gate"))
-            + " | " + " | ".join(_share(f[k]) for k in ("support", "density", "epistemic", "gate", "rejected")) + " |"
+            + " | " + " | ".join(_share(v) for v in shares) + " |"
         )
     return lines
 
@@ -38,10 +39,7 @@ def gate_section(manifest: Manifest, evaluation: dict[str, Any] | None) -> list[
     gate = manifest.gate
     c = gate.calibration
     bounded = [f for f in manifest.features if f.plausible is not None]
-    thresholds = {
-        "density": gate.density.threshold,
-        "epistemic": gate.epistemic.threshold,
-    }
+    thresholds = {c.value: t for c, t in gate.thresholds().items()}
     lines = [
         "## The OOD gate",
         f"One false-positive budget of {gate.target_fpr:.1%} for the union of support, density and epistemic, "
@@ -50,9 +48,8 @@ def gate_section(manifest: Manifest, evaluation: dict[str, Any] | None) -> list[
         "",
         "- bounds (reject): "
         + (", ".join(f"`{f.name}` {f.plausible}{' ' + f.unit if f.unit else ''}" for f in bounded) or "none given"),
-        "- support (refer): outside the training range of a numeric feature (its quantiles "
-        f"{gate.support.range_quantiles[0]:g} and {gate.support.range_quantiles[1]:g}), missing where training "
-        "had no missing value, or an unseen category",
+        "- support (refer): outside the training range of a numeric feature (its training minimum and maximum), "
+        "missing where training had no missing value, or an unseen category",
         f"- density (refer): Mahalanobis distance (Ledoit–Wolf covariance, shrinkage {gate.density.shrinkage:.3f}) "
         f"above {_threshold(thresholds['density'])}",
         f"- epistemic (refer): mutual information above {_threshold(thresholds['epistemic'])} nats",
@@ -61,7 +58,7 @@ def gate_section(manifest: Manifest, evaluation: dict[str, Any] | None) -> list[
         "|---|---|---|---|---|---|---|",
     ]
     for split, rates in gate.achieved.items():
-        shares = (rates.referred, rates.rejected, rates.support, rates.density, rates.epistemic)
+        shares = (rates.not_accepted, rates.rejected, rates.support, rates.density, rates.epistemic)
         lines.append(f"| {split} | {rates.rows} | " + " | ".join(_share(v) for v in shares) + " |")
     # The evaluation's warnings come from the numbers in this card's tables; training's from its own scoring.
     warnings = evaluation["warnings"] if evaluation is not None else gate.warnings
@@ -122,7 +119,7 @@ def render_card(manifest: Manifest, result: dict[str, Any], figures: bool = True
         f"ECE: {result['ece_binning']}.",
         "",
         "## OOD detection by mutual information alone (in-distribution = test split)",
-        "| set | rows | AUROC | AUPR-OOD | AUPR-In | FPR@95%TPR | AUROC (std score) | gate refers | task AUROC |",
+        "| set | rows | AUROC | AUPR-OOD | AUPR-In | FPR@95%TPR | AUROC (std score) | not accepted | task AUROC |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in result["ood"].items():
@@ -130,7 +127,7 @@ def render_card(manifest: Manifest, result: dict[str, Any], figures: bool = True
         task_auroc = entry.get("classification", {}).get("auroc")
         lines.append(
             f"| `{name}` | {mi['n_ood']} | {_fmt(mi['auroc'])} | {_fmt(mi['aupr_ood'])} | {_fmt(mi['aupr_in'])} | "
-            f"{_fmt(mi['fpr_at_95_tpr'])} | {_fmt(std['auroc'])} | {_fmt(entry['referred_rate'])} | "
+            f"{_fmt(mi['fpr_at_95_tpr'])} | {_fmt(std['auroc'])} | {_fmt(entry['not_accepted_rate'])} | "
             f"{_fmt(task_auroc) if task_auroc is not None else '-'} |"
         )
     lines += ["", *gate_section(m, result.get("gate"))]

@@ -226,12 +226,12 @@ def _score_arrays(scored: Any, y_test: np.ndarray) -> dict[str, np.ndarray]:
         "test_mi": test.epistemic,
         "test_std": test.std,
         "test_total": test.total,
-        "test_gate": scored.test.level,
+        "test_gate": scored.test.ranking,
     }
     for name, gated in scored.ood.items():
         arrays[f"ood_mi__{name}"] = gated.predictions.epistemic
         arrays[f"ood_std__{name}"] = gated.predictions.std
-        arrays[f"ood_gate__{name}"] = gated.level
+        arrays[f"ood_gate__{name}"] = gated.ranking
     return arrays
 
 

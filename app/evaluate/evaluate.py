@@ -20,7 +20,7 @@ from app.data.dataset import TabularDataset
 from app.evaluate import metrics as M
 from app.evaluate.bound import bound_report
 from app.evaluate.card import render_card
-from app.evaluate.gate import LARGE, gate_warnings, in_distribution_rates, set_report
+from app.evaluate.gate import finite, gate_warnings, in_distribution_rates, not_accepted, set_report
 from app.evaluate.scoring import BankScorer, GatedSet, gate_set
 from app.evaluate.stress import stress_sets
 
@@ -65,10 +65,6 @@ def score_sets(
     )
 
 
-def _finite(values: np.ndarray) -> np.ndarray:
-    return np.nan_to_num(values, nan=LARGE, posinf=LARGE)
-
-
 def _rounded(values: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 6) if isinstance(v, float) else v for k, v in values.items()}
 
@@ -97,7 +93,7 @@ def evaluate(
             {
                 **M.classification_metrics(dataset.test.y, test_predictions.probs, n_bins=ECE_BINS),
                 "mean_mutual_information": float(test_predictions.epistemic.mean()),
-                "referred_rate": in_distribution_rates(test).referred,
+                "not_accepted_rate": not_accepted(test),
             }
         ),
         "ood": {},
@@ -106,10 +102,10 @@ def evaluate(
         shifted = scored.ood[name].predictions
         entry: dict[str, Any] = {
             "mutual_information": _rounded(
-                M.ood_metrics(_finite(test_predictions.epistemic), _finite(shifted.epistemic)).as_dict()
+                M.ood_metrics(finite(test_predictions.epistemic), finite(shifted.epistemic)).as_dict()
             ),
-            "predictive_std": _rounded(M.ood_metrics(_finite(test_predictions.std), _finite(shifted.std)).as_dict()),
-            "referred_rate": round(1.0 - float(scored.ood[name].result.accepted.mean()), 6),
+            "predictive_std": _rounded(M.ood_metrics(finite(test_predictions.std), finite(shifted.std)).as_dict()),
+            "not_accepted_rate": round(not_accepted(scored.ood[name]), 6),
         }
         known = split.y[split.y >= 0]
         rows = np.isfinite(shifted.probs).all(1)
@@ -154,7 +150,7 @@ def write_evaluation(
         title = f"{checkpoint.manifest.name}: test split"
         test = scored.test.predictions
         write_reliability_diagram(folder / "reliability.png", dataset.test.y, test.probs, ECE_BINS, title=title)
-        ood = {name: _finite(s.predictions.epistemic) for name, s in scored.ood.items()}
+        ood = {name: finite(s.predictions.epistemic) for name, s in scored.ood.items()}
         write_score_histogram(
             folder / "ood_scores.png", test.epistemic, ood, threshold=checkpoint.manifest.gate.epistemic.threshold
         )

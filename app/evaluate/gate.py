@@ -1,8 +1,9 @@
 """What each part of the gate catches: AUROC and referred share per component and for the combined gate.
 
 Every shifted set (a provided OOD set or a stress set) is pooled with the in-distribution test split (label 0)
-for the AUROCs. A component's referred share is what it would refer on its own; the gate's share counts every
-row it does not accept (referred or rejected), and the rejected share is given beside it.
+for the AUROCs. A component's referred share is what it would refer on its own; the gate's share
+(``not_accepted``) counts every row it does not accept (referred or rejected), and the rejected share is
+given beside it.
 """
 
 from __future__ import annotations
@@ -21,37 +22,37 @@ RANKED = ("support", "density", "epistemic", "gate")
 LARGE = np.finfo(np.float64).max  # a score that could not be computed ranks as far as any
 
 
-def _rankings(scored: GatedSet) -> dict[str, np.ndarray]:
-    def finite(values: np.ndarray) -> np.ndarray:
-        return np.nan_to_num(values, nan=LARGE, posinf=LARGE)
+def finite(values: np.ndarray) -> np.ndarray:
+    """Scores for ranking: one that could not be computed (NaN, an overflow) ranks as far as any."""
+    return np.nan_to_num(values, nan=LARGE, posinf=LARGE)
 
+
+def _rankings(scored: GatedSet) -> dict[str, np.ndarray]:
     return {
         "support": support_ranking(scored.screen),
         "density": finite(scored.density),
         "epistemic": finite(scored.predictions.epistemic),
-        "gate": scored.level,
+        "gate": scored.ranking,
     }
 
 
-def _shares(gate: Gate, scored: GatedSet) -> dict[str, float]:
-    own = gate.flags(scored.screen, scored.density, scored.predictions.epistemic)
-    decisions = scored.result.decisions
-    return {
-        **{c.value: float(own[c].mean()) for c in (Component.SUPPORT, Component.DENSITY, Component.EPISTEMIC)},
-        "gate": float(np.mean([d is not Decision.ACCEPT for d in decisions])),
-        "rejected": float(np.mean([d is Decision.REJECT for d in decisions])),
-    }
+def not_accepted(scored: GatedSet) -> float:
+    """The share of a set's rows the gate does not accept (referred or rejected)."""
+    return 1.0 - float(scored.result.accepted.mean())
+
+
+def rejected(scored: GatedSet) -> float:
+    return float(np.mean([d is Decision.REJECT for d in scored.result.decisions]))
 
 
 def in_distribution_rates(scored: GatedSet) -> GateRates:
     """The shares of an in-distribution split the gate does not accept, as served (rejected rows count under
     bounds only): the false-positive rates the manifest records."""
     flags = scored.result.flags
-    decisions = scored.result.decisions
     return GateRates(
         rows=scored.rows,
-        referred=float(np.mean([d is not Decision.ACCEPT for d in decisions])),
-        rejected=float(np.mean([d is Decision.REJECT for d in decisions])),
+        not_accepted=not_accepted(scored),
+        rejected=rejected(scored),
         support=float(flags[Component.SUPPORT].mean()),
         density=float(flags[Component.DENSITY].mean()),
         epistemic=float(flags[Component.EPISTEMIC].mean()),
@@ -66,7 +67,8 @@ def auroc_standard_error(area: float, positives: int, negatives: int) -> float:
 
 
 def set_report(gate: Gate, test: GatedSet, shifted: GatedSet, description: str = "") -> dict[str, Any]:
-    """AUROC (vs ``test``) and referred share of every component and of the gate on one shifted set; an
+    """On one shifted set: the AUROC (vs ``test``) of every component and of the gate level, the share each
+    component would refer on its own (``referred``), and the shares the gate does not accept and rejects; an
     AUROC's ``below_chance`` is True when even its 95% upper limit (Hanley–McNeil) is under 0.5."""
     base, other = _rankings(test), _rankings(shifted)
     labels = np.concatenate([np.zeros(test.rows), np.ones(shifted.rows)])
@@ -75,12 +77,15 @@ def set_report(gate: Gate, test: GatedSet, shifted: GatedSet, description: str =
         area = auroc(labels, np.concatenate([base[name], other[name]]))
         areas[name] = round(area, 6)
         below[name] = area + 1.96 * auroc_standard_error(area, shifted.rows, test.rows) < 0.5
+    own = gate.flags(shifted.screen, shifted.density, shifted.predictions.epistemic)
     return {
         "description": description,
         "rows": shifted.rows,
         "auroc": areas,
         "below_chance": below,
-        "referred": {k: round(v, 6) for k, v in _shares(gate, shifted).items()},
+        "referred": {c.value: round(float(own[c].mean()), 6) for c in own},
+        "not_accepted": round(not_accepted(shifted), 6),
+        "rejected": round(rejected(shifted), 6),
     }
 
 
@@ -93,9 +98,9 @@ def gate_findings(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             if report["below_chance"][component]:
                 findings.append({"set": name, "component": component, "finding": "below_chance",
                                  "value": report["auroc"][component]})
-        if report["referred"]["gate"] < 0.5:
+        if report["not_accepted"] < 0.5:
             findings.append({"set": name, "component": "gate", "finding": "under_half",
-                             "value": report["referred"]["gate"]})
+                             "value": report["not_accepted"]})
     return findings
 
 

@@ -218,7 +218,7 @@ def summarise(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         ood[name] = {
             score: {m: mean_std([e[score][m] for e in entries]) for m in OOD_METRICS} for score in OOD_SCORES
         }
-        ood[name]["referred_rate"] = mean_std([e["referred_rate"] for e in entries])
+        ood[name]["not_accepted_rate"] = mean_std([e["not_accepted_rate"] for e in entries])
         ood[name]["rows"] = entries[0]["mutual_information"]["n_ood"]
     return {
         "kind": first["kind"],
@@ -538,8 +538,8 @@ def render_markdown(report: Mapping[str, Any], observations: str, figures: Mappi
     out.append("## OOD detection\n")
     out.append("Each OOD set is pooled with the in-distribution test split (OOD = positive). Scores: mutual "
                "information (MI, the paper's) and the predictive std of the predicted class (std). "
-               "'Referred' is the share of the set the model's layered gate does not accept (referred or "
-               "rejected; next section). "
+               "'Not accepted' is the share of the set the model's layered gate refers or rejects (next "
+               "section). "
                "A deterministic network has MI = std = 0 everywhere: its AUROC is 0.5 by construction.\n")
     for name in summary[labels[0]]["ood"]:
         rows_ood = summary[labels[0]]["ood"][name]["rows"]
@@ -548,9 +548,9 @@ def render_markdown(report: Mapping[str, Any], observations: str, figures: Mappi
         for label in labels:
             entry = summary[label]["ood"][name]
             rows.append([label, *(ms(entry["mutual_information"][m]) for m in OOD_METRICS),
-                         ms(entry["referred_rate"]),
+                         ms(entry["not_accepted_rate"]),
                          *(ms(entry["predictive_std"][m]) for m in OOD_METRICS)])
-        out.append(table(["kind", "AUROC (MI)", "AUPR-OOD (MI)", "AUPR-In (MI)", "FPR@95%TPR (MI)", "referred",
+        out.append(table(["kind", "AUROC (MI)", "AUPR-OOD (MI)", "AUPR-In (MI)", "FPR@95%TPR (MI)", "not accepted",
                            "AUROC (std)", "AUPR-OOD (std)", "AUPR-In (std)", "FPR@95%TPR (std)"], rows))
 
     out.append(render_gate(summary))

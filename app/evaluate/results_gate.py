@@ -12,8 +12,8 @@ from typing import Any
 from app.evaluate.gate import RANKED, gate_findings
 from app.evaluate.tables import mean_std, ms, table
 
-RATES = ("referred", "support", "density", "epistemic")
-SHARES = ("support", "density", "epistemic", "gate", "rejected")
+RATES = ("not_accepted", "support", "density", "epistemic")
+COMPONENTS = ("support", "density", "epistemic")
 
 
 def _sets(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -23,7 +23,9 @@ def _sets(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "rows": first[name]["rows"],
             "description": first[name].get("description", ""),
             "auroc": {c: mean_std([e[name]["auroc"][c] for e in entries]) for c in RANKED},
-            "referred": {c: mean_std([e[name]["referred"][c] for e in entries]) for c in SHARES},
+            "referred": {c: mean_std([e[name]["referred"][c] for e in entries]) for c in COMPONENTS},
+            "not_accepted": mean_std([e[name]["not_accepted"] for e in entries]),
+            "rejected": mean_std([e[name]["rejected"] for e in entries]),
         }
         for name in first
     }
@@ -79,7 +81,7 @@ def render_gate(summary: Mapping[str, Mapping[str, Any]]) -> str:
         for label in labels:
             entry = summary[label]["gate"]["ood"][name]
             rows.append([label, *(ms(entry["auroc"][c]) for c in RANKED),
-                         _percent(entry["referred"]["gate"]), _percent(entry["referred"]["rejected"])])
+                         _percent(entry["not_accepted"]), _percent(entry["rejected"])])
         out.append(table(["kind", "AUROC support", "AUROC density", "AUROC epistemic", "AUROC gate",
                           "gate refers", "of which rejected"], rows))
     stress = summary[labels[0]]["gate"]["stress"]
@@ -90,7 +92,7 @@ def render_gate(summary: Mapping[str, Mapping[str, Any]]) -> str:
     base = "lowrank" if "lowrank" in summary else labels[0]
     rows = []
     for name, first in stress.items():
-        cells = [f"{100 * summary[label]['gate']['stress'][name]['referred']['gate']['mean']:.1f}%" for label in labels]
+        cells = [f"{100 * summary[label]['gate']['stress'][name]['not_accepted']['mean']:.1f}%" for label in labels]
         entry = summary[base]["gate"]["stress"][name]
         rows.append([f"`{name}`", str(first["rows"]), *cells, ms(entry["auroc"]["epistemic"]),
                      ms(entry["auroc"]["gate"])])

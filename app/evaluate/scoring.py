@@ -67,18 +67,18 @@ class BankScorer:
 class GatedSet:
     """One table scored as served: the predictive of every row (rejected rows too, so that evaluation can
     rank them by every score; a row whose input is not finite gets NaN), the density, the screen and the
-    gate's answer (in which rejected rows carry no scores, as on the wire), and the gate level
-    (:meth:`Gate.level`)."""
+    gate's answer (in which rejected rows carry no scores, as on the wire), and the combined gate score
+    (:meth:`Gate.ranking`)."""
 
     predictions: Predictions
     density: np.ndarray
     screen: Screen
     result: GateResult
-    level: np.ndarray
+    ranking: np.ndarray
 
     @property
     def rows(self) -> int:
-        return int(self.level.size)
+        return int(self.ranking.size)
 
 
 def gate_set(scorer: BankScorer, gate: Gate, preprocessing: Preprocessing, columns: Any) -> GatedSet:
@@ -95,8 +95,8 @@ def gate_set(scorer: BankScorer, gate: Gate, preprocessing: Preprocessing, colum
     served = ~screen.rejected
     result = gate.decide(screen, np.where(served, density, np.nan), np.where(served, predictions.epistemic, np.nan))
     # Rows beyond float32 rank as far as any score can: their scores are unknown, the input is the farthest.
-    level = gate.level(screen, np.nan_to_num(density, nan=np.inf), np.nan_to_num(predictions.epistemic, nan=np.inf))
-    return GatedSet(predictions, density, screen, result, level)
+    ranking = gate.ranking(screen, np.nan_to_num(density, nan=np.inf), np.nan_to_num(predictions.epistemic, nan=np.inf))
+    return GatedSet(predictions, density, screen, result, ranking)
 
 
 def _expand(predictions: Predictions, rows: np.ndarray) -> Predictions:

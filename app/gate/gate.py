@@ -20,6 +20,11 @@ from app.data.preprocess import Preprocessing
 from app.data.schema import FeatureKind, FeatureSpec
 from app.gate.spec import SCORED, Component, GateSpec
 
+# Beyond this many training standard deviations from the training mean a value cannot be scored: float32
+# arithmetic through the network would overflow long before (a ReLU network's logits grow linearly). No
+# plausible value is that far: a million SDs of creatinine is hundreds of kg per litre.
+MAX_STANDARD_SCORE = 1e6
+
 
 class Decision(str, Enum):
     ACCEPT = "accept"
@@ -116,6 +121,12 @@ def _unit(spec: FeatureSpec) -> str:
     return f" {spec.unit}" if spec.unit else ""
 
 
+def _range(spec: FeatureSpec) -> str:
+    low = "-inf" if spec.minimum is None else f"{spec.minimum:g}"
+    high = "inf" if spec.maximum is None else f"{spec.maximum:g}"
+    return f"[{low}, {high}]"
+
+
 class Screening:
     """Bounds and support of a feature schema: what can be judged from raw values, before any network."""
 
@@ -124,6 +135,7 @@ class Screening:
         self.categorical = [f for f in features if f.kind is FeatureKind.CATEGORICAL]
         by_name = {t.name: t for t in preprocessing.numeric}
         inf = np.inf
+        self._mean = np.array([by_name[f.name].mean for f in self.numeric], dtype=np.float64)
 
         def side(values: list[float | None], default: float) -> np.ndarray:
             return np.array([default if v is None else v for v in values], dtype=np.float64)
@@ -144,20 +156,26 @@ class Screening:
         if self.numeric:
             values = np.column_stack([numeric[f.name] for f in self.numeric])  # (N, k)
             missing = np.isnan(values)
-            with np.errstate(invalid="ignore"):
-                impossible = (values < self._low) | (values > self._high)  # NaN compares False: not impossible
+            with np.errstate(invalid="ignore", over="ignore"):
+                implausible = (values < self._low) | (values > self._high)  # NaN compares False: not impossible
+                unscorable = np.abs(values - self._mean) / self._std > MAX_STANDARD_SCORE
                 excess = np.maximum(self._minimum - values, values - self._maximum) / self._std
             excess = np.where(missing, 0.0, np.maximum(excess, 0.0))
             outside = (excess > 0) | (missing & self._never_missing)
+            impossible = implausible | unscorable
         else:
-            values = missing = impossible = outside = np.zeros((rows, 0), dtype=bool)
+            values = missing = implausible = impossible = outside = np.zeros((rows, 0), dtype=bool)
             excess = np.zeros((rows, 0))
         rejected = impossible.any(1)
         for row, col in zip(*np.nonzero(impossible), strict=True):
             spec = self.numeric[col]
             reasons[row].append(f"{Component.BOUNDS.value}:{spec.name}")
-            details[row].append(f"{spec.name} = {values[row, col]:g} is outside the plausible range "
-                                f"{spec.plausible}{_unit(spec)}")
+            if implausible[row, col]:
+                details[row].append(f"{spec.name} = {values[row, col]:g} is outside the plausible range "
+                                    f"{spec.plausible}{_unit(spec)}")
+            else:
+                details[row].append(f"{spec.name} = {values[row, col]:g} is more than {MAX_STANDARD_SCORE:g} "
+                                    "training standard deviations from the training mean: too far to score")
         unseen = np.column_stack([codes[f.name] < 0 for f in self.categorical]) if self.categorical else \
             np.zeros((rows, 0), dtype=bool)
         support_flag = outside.any(1) | unseen.any(1)
@@ -170,7 +188,7 @@ class Screening:
                                         "the training median)")
                 else:
                     details[row].append(f"{spec.name} = {values[row, col]:g} is outside the training range "
-                                        f"[{spec.minimum:g}, {spec.maximum:g}]{_unit(spec)}")
+                                        f"{_range(spec)}{_unit(spec)}")
             for col in np.flatnonzero(unseen[row]):
                 spec = self.categorical[col]
                 reasons[row].append(f"{Component.SUPPORT.value}:{spec.name}")
@@ -188,10 +206,7 @@ class Gate:
         self.tensors = tensors
         self.screen = screening.screen
         self.density = tensors.density
-        self._thresholds = {
-            Component.DENSITY: spec.density.threshold,
-            Component.EPISTEMIC: spec.epistemic.threshold,
-        }
+        self._thresholds = spec.thresholds()
         self._percent_below = {
             Component.SUPPORT: PercentBelow(spec.support.reference_quantiles),
             Component.DENSITY: PercentBelow(spec.density.reference_quantiles),
@@ -234,24 +249,31 @@ class Gate:
         ]
         return GateResult(decisions, reasons, details, scores, percentiles, flags)
 
-    def level(self, screen: Screen, density: np.ndarray, epistemic: np.ndarray) -> np.ndarray:
-        """The combined score the thresholds cut (for ranking rows, as evaluation does): the largest rank of a
-        row's scored components among the training reference, as a fraction in [0, 1]; 2 for a support fact,
-        3 for a rejected row. (N,)"""
+    def ranking(self, screen: Screen, density: np.ndarray, epistemic: np.ndarray) -> np.ndarray:
+        """The combined gate score, for ranking rows (as evaluation does): the largest rank of a row's scored
+        components among the training reference as a fraction in [0, 1] (the calibrated level cuts it at
+        level / n), 2 for a support fact, 3 for a rejected row. (N,)"""
         reference = self.tensors.reference
         n = next(iter(reference.values())).size
-        ranks = np.maximum(
-            np.searchsorted(reference[Component.DENSITY], np.nan_to_num(density, nan=np.inf), side="left"),
-            np.searchsorted(reference[Component.EPISTEMIC], np.nan_to_num(epistemic, nan=np.inf), side="left"),
-        )
-        level = ranks / n
-        return np.where(screen.rejected, 3.0, np.where(screen.support_flag, 2.0, level))
+        ranks = reference_ranks(reference, np.nan_to_num(density, nan=np.inf), np.nan_to_num(epistemic, nan=np.inf))
+        return np.where(screen.rejected, 3.0, np.where(screen.support_flag, 2.0, ranks / n))
+
+
+def reference_ranks(
+    reference: Mapping[Component, np.ndarray], density: np.ndarray, epistemic: np.ndarray
+) -> np.ndarray:
+    """Each row's largest rank among the sorted reference scores of the scored components (how many reference
+    scores lie strictly below its score): the integer the calibrated level cuts. (N,) int."""
+    return np.maximum(
+        np.searchsorted(reference[Component.DENSITY], density, side="left"),
+        np.searchsorted(reference[Component.EPISTEMIC], epistemic, side="left"),
+    )
 
 
 class PercentBelow:
-    """Percent (0–100) of a reference scoring strictly below a score, from the reference's evenly spaced
-    quantiles (101: percentiles 0, 1, …, 100), linear between them; NaN stays NaN. A score on a plateau of tied
-    quantiles (many zeros) gets the plateau's lower end: 0% of rows score below a support score of 0."""
+    """Percent (0–100) of a reference scoring strictly below a score, approximated from the reference's evenly
+    spaced quantiles (101: percentiles 0, 1, …, 100), linear between them; NaN stays NaN. A score on a plateau of
+    tied quantiles (many zeros) gets the plateau's lower end: 0% of rows score below a support score of 0."""
 
     def __init__(self, quantiles: list[float] | np.ndarray) -> None:
         self.quantiles = np.asarray(quantiles, dtype=np.float64)
@@ -267,11 +289,6 @@ class PercentBelow:
         percent = self.step * (lower + np.where(width > 0, fraction, 1.0) * (upper - lower))
         percent = np.where(i == 0, 0.0, np.where(i > self.last, 100.0, percent))
         return np.where(np.isnan(scores), np.nan, percent)
-
-
-def percent_below(scores: np.ndarray, quantiles: list[float] | np.ndarray) -> np.ndarray:
-    """:class:`PercentBelow` of ``quantiles`` applied once."""
-    return PercentBelow(quantiles)(scores)
 
 
 def support_ranking(screen: Screen) -> np.ndarray:

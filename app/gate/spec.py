@@ -2,8 +2,9 @@
 
 Four components, each named in a row's reasons:
 
-- ``bounds``: physically possible values (``FeatureSpec.plausible``); a row outside them is **rejected**
-  (no prediction), reason ``bounds:<feature>``.
+- ``bounds``: physically possible values (``FeatureSpec.plausible``), and for every numeric feature at most
+  ``MAX_STANDARD_SCORE`` training standard deviations from its training mean (beyond that a network's arithmetic
+  overflows); a row outside them is **rejected** (no prediction), reason ``bounds:<feature>``.
 - ``support``: the training range of each raw numeric value (``FeatureSpec.minimum``/``maximum``, the
   training split's quantiles 0 and 1), a missing value where training had none, an unseen category; such a
   row is **referred**, reason ``support:<feature>``.
@@ -62,12 +63,10 @@ class _Percentiles(_Strict):
 
 
 class SupportComponent(_Percentiles):
-    """Outside the training range, in training standard deviations (0 inside); facts refer whatever the score."""
+    """Outside the training range (each numeric feature's training minimum and maximum, ``FeatureSpec``), in
+    training standard deviations (0 inside); a support fact refers whatever the score."""
 
     score: Literal["training_range_excess_sd"] = "training_range_excess_sd"
-    range_quantiles: tuple[float, float] = Field(
-        (0.0, 1.0), description="Quantiles of the training split that bound each numeric feature's support."
-    )
 
 
 class ScoredComponent(_Percentiles):
@@ -104,10 +103,11 @@ class GateCalibration(_Strict):
 
 
 class GateRates(_Strict):
-    """Shares of one in-distribution split that the gate does not accept: the union and each component."""
+    """Shares of one in-distribution split that the gate does not accept (its false positives), and the share
+    each component refers."""
 
     rows: int = Field(ge=1)
-    referred: float = Field(ge=0.0, le=1.0, description="Referred or rejected: the union's false-positive rate.")
+    not_accepted: float = Field(ge=0.0, le=1.0, description="Referred or rejected: the gate's false-positive rate.")
     rejected: float = Field(ge=0.0, le=1.0)
     support: float = Field(ge=0.0, le=1.0)
     density: float = Field(ge=0.0, le=1.0)
@@ -139,3 +139,7 @@ class GateSpec(_Strict):
         if self.calibration.split not in self.achieved:
             raise ValueError(f"achieved rates lack the calibration split '{self.calibration.split}'")
         return self
+
+    def thresholds(self) -> dict[Component, float | None]:
+        """Each scored component's threshold (None: it refers nothing)."""
+        return {Component.DENSITY: self.density.threshold, Component.EPISTEMIC: self.epistemic.threshold}

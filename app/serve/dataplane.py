@@ -140,7 +140,7 @@ class DataPlane:
         name, metrics, gate = model.name, self.metrics, result.gate
         if result.scores is not None:
             histogram = metrics.epistemic.labels(name)
-            for value in result.scores.epistemic.tolist():
+            for value in result.scores.epistemic[np.isfinite(result.scores.epistemic)].tolist():
                 histogram.observe(value)
         metrics.predictions.labels(name).inc(result.rows)
         counts = Counter(gate.decisions)
@@ -154,11 +154,9 @@ class DataPlane:
         spec = model.manifest.gate
         references = {"epistemic": spec.epistemic.reference_quantiles, "density": spec.density.reference_quantiles}
         monitor = metrics.drift.monitor(name, references, self.settings.drift_window, self.settings.drift_min_rows)
-        scored = result.scored
-        monitor.record(
-            {"epistemic": gate.scores[Component.EPISTEMIC][scored], "density": gate.scores[Component.DENSITY][scored]},
-            ~gate.accepted,
-        )
+        windows = {"epistemic": gate.scores[Component.EPISTEMIC], "density": gate.scores[Component.DENSITY]}
+        # Only the scored rows' finite scores enter the windows; every row's decision enters the rate.
+        monitor.record({k: v[np.isfinite(v)] for k, v in windows.items()}, ~gate.accepted)
 
     def publish_model_metrics(self) -> None:
         """Model info and readiness gauges, after loading."""

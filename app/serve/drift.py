@@ -53,7 +53,9 @@ class ScoreReference:
         return float(np.sum((observed - expected) * np.log(observed / expected)))
 
     def ks(self, window: np.ndarray) -> float:
-        """sup |F_window − F_reference|."""
+        """sup |F_window − F_reference|; 0 for a constant reference, as PSI (its CDF is a single step)."""
+        if self.quantiles[-1] <= self.quantiles[0]:
+            return 0.0
         ordered = np.sort(window)
         reference_cdf = np.interp(ordered, self.quantiles, self.levels, left=0.0, right=1.0)
         n = ordered.size

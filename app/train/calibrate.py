@@ -26,7 +26,7 @@ from app.data.preprocess import Preprocessing
 from app.errors import DataError
 from app.evaluate.gate import gate_warnings, in_distribution_rates, set_report
 from app.evaluate.scoring import BankScorer, gate_set
-from app.gate.gate import Density, Gate, GateTensors, Screening, thresholds_for
+from app.gate.gate import Density, Gate, GateTensors, Screening, reference_ranks, thresholds_for
 from app.gate.spec import (
     REFERENCE_LEVELS,
     Component,
@@ -103,26 +103,25 @@ def build_gate(
 
     numeric, codes = preprocessing.raw_values(dataset.val.frame)
     screen = screening.screen(numeric, codes)
-    x_val = preprocessing.encode(numeric, codes)
+    with np.errstate(over="ignore", invalid="ignore"):  # a rejected row may not encode finitely
+        x_val = preprocessing.encode(numeric, codes)
     val_density, val_epistemic = density(x_val), scorer(x_val).epistemic
-    ranks = np.maximum(
-        np.searchsorted(reference[Component.DENSITY], val_density, side="left"),
-        np.searchsorted(reference[Component.EPISTEMIC], val_epistemic, side="left"),
-    )
+    scored = ~screen.rejected  # the percentiles describe the rows the gate scores
+    ranks = reference_ranks(reference, val_density, val_epistemic)
     levels = np.where(screen.rejected | screen.support_flag, n_reference + 1, ranks)
     level = conformal_level(levels, target_fpr, n_reference)
     thresholds = thresholds_for(level, reference)
 
-    placeholder = {"val": GateRates(rows=1, referred=0, rejected=0, support=0, density=0, epistemic=0)}
+    placeholder = {"val": GateRates(rows=1, not_accepted=0, rejected=0, support=0, density=0, epistemic=0)}
     spec = GateSpec(
         target_fpr=target_fpr,
-        support=SupportComponent(reference_quantiles=_quantiles(screen.support_score)),
+        support=SupportComponent(reference_quantiles=_quantiles(screen.support_score[scored])),
         density=DensityComponent(
-            threshold=thresholds[Component.DENSITY], reference_quantiles=_quantiles(val_density),
+            threshold=thresholds[Component.DENSITY], reference_quantiles=_quantiles(val_density[scored]),
             shrinkage=shrinkage, dimension=x_train.shape[1],
         ),
         epistemic=EpistemicComponent(
-            threshold=thresholds[Component.EPISTEMIC], reference_quantiles=_quantiles(val_epistemic)
+            threshold=thresholds[Component.EPISTEMIC], reference_quantiles=_quantiles(val_epistemic[scored])
         ),
         calibration=GateCalibration(
             rows=levels.size, reference_rows=n_reference, level=level, samples=scorer.samples, bank_seed=bank_seed
@@ -141,8 +140,8 @@ def build_gate(
     if level is None:
         warnings.insert(0, f"{levels.size} validation rows are too few for a {target_fpr:.1%} budget: the density "
                            "and epistemic components refer nothing (only bounds and support act)")
-    elif achieved["val"].referred > target_fpr:
-        warnings.insert(0, f"the gate refers {achieved['val'].referred:.1%} of validation rows, over its "
+    elif achieved["val"].not_accepted > target_fpr:
+        warnings.insert(0, f"the gate refers {achieved['val'].not_accepted:.1%} of validation rows, over its "
                            f"{target_fpr:.1%} budget: that many lie beyond the training data (support, or beyond "
                            "every training score), and those are always referred")
     return spec.model_copy(update={"achieved": achieved, "warnings": warnings}), tensors

@@ -36,8 +36,8 @@ def test_far_rows_are_caught_by_support_density_and_the_gate(scored: dict) -> No
     report = set_report(scored["gate"], scored["test"], scored["far"], "x1 + 10")
     assert report["description"] == "x1 + 10"
     assert report["auroc"]["support"] > 0.99 and report["auroc"]["density"] > 0.99 and report["auroc"]["gate"] > 0.99
-    assert report["referred"]["gate"] == 1.0 and report["referred"]["support"] == 1.0
-    assert report["referred"]["rejected"] == 0.0  # x1 has no plausible bounds
+    assert report["not_accepted"] == 1.0 and report["referred"]["support"] == 1.0
+    assert report["rejected"] == 0.0  # x1 has no plausible bounds
 
 
 def test_in_distribution_rates_match_the_manifest(scored: dict) -> None:
@@ -53,9 +53,9 @@ def test_hanley_mcneil_standard_error() -> None:
 def test_warnings_name_the_set_and_what_failed() -> None:
     reports = {
         "creatinine-umol": {"auroc": {n: 0.9 for n in RANKED} | {"epistemic": 0.106},
-                            "below_chance": {n: n == "epistemic" for n in RANKED}, "referred": {"gate": 0.9}},
+                            "below_chance": {n: n == "epistemic" for n in RANKED}, "not_accepted": 0.9},
         "late-enrolment": {"auroc": {n: 0.5 for n in RANKED}, "below_chance": {n: False for n in RANKED},
-                           "referred": {"gate": 0.02}},
+                           "not_accepted": 0.02},
     }
     warnings = gate_warnings(reports)
     assert len(warnings) == 2

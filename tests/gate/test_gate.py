@@ -13,8 +13,8 @@ from app.gate.gate import (
     Gate,
     GateTensorError,
     GateTensors,
+    PercentBelow,
     Screening,
-    percent_below,
     support_ranking,
     thresholds_for,
 )
@@ -57,7 +57,7 @@ def _screen(**columns: list[object]):  # noqa: ANN202 - the Screen of raw column
 
 
 def _gate(density_threshold: float | None = 3.0, epistemic_threshold: float | None = 0.01) -> Gate:
-    rates = GateRates(rows=10, referred=0, rejected=0, support=0, density=0, epistemic=0)
+    rates = GateRates(rows=10, not_accepted=0, rejected=0, support=0, density=0, epistemic=0)
     spec = GateSpec(
         target_fpr=0.02,
         support=SupportComponent(reference_quantiles=[0.0] * 101),
@@ -85,9 +85,23 @@ def test_a_value_outside_its_plausible_range_rejects_the_row_and_says_why() -> N
 
 
 def test_an_open_bound_rejects_nothing_on_that_side_and_a_missing_value_is_never_impossible() -> None:
-    screen = _screen(kappa=[1e6, -1.0], creatinine=[None, None])
+    screen = _screen(kappa=[1e5, -1.0], creatinine=[None, None])
     assert not screen.rejected.any()  # kappa has no plausible range; a missing creatinine is imputed
-    assert screen.reasons[0] == ["support:kappa"] and screen.support_score[0] == pytest.approx((1e6 - 10) / 0.8)
+    assert screen.reasons[0] == ["support:kappa"] and screen.support_score[0] == pytest.approx((1e5 - 10) / 0.8)
+
+
+def test_a_value_too_far_to_score_is_rejected_even_without_plausible_bounds() -> None:
+    screen = _screen(kappa=[2e38, 1e5])  # kappa has no plausible range; its training SD is 0.8
+    assert screen.rejected.tolist() == [True, False]
+    assert screen.reasons[0] == ["bounds:kappa"]
+    assert "more than 1e+06 training standard deviations from the training mean" in screen.details[0][0]
+
+
+def test_a_one_sided_training_range_is_explained_without_failing() -> None:
+    features = [FEATURES[0].model_copy(update={"maximum": None}), *FEATURES[1:]]
+    screen = Screening(features, PREPROCESSING).screen(*PREPROCESSING.raw_values(
+        {"age": [40.0], "creatinine": [1.0], "kappa": [1.0], "sex": ["F"]}))
+    assert screen.details[0] == ["age = 40 is outside the training range [50, inf] years"]
 
 
 @pytest.mark.parametrize(
@@ -147,7 +161,7 @@ def test_decide_rejects_then_refers_on_any_flag_then_accepts() -> None:
 def test_percent_below_counts_strictly_lower_reference_scores() -> None:
     quantiles = np.array([0.0, 0.0, 0.0, 1.0, 2.0])  # percentiles 0, 25, 50, 75, 100: half the reference is 0
     scores = np.array([-1.0, 0.0, 0.5, 1.0, 2.0, 3.0, np.nan])
-    np.testing.assert_allclose(percent_below(scores, quantiles), [0.0, 0.0, 62.5, 75.0, 100.0, 100.0, np.nan])
+    np.testing.assert_allclose(PercentBelow(quantiles)(scores), [0.0, 0.0, 62.5, 75.0, 100.0, 100.0, np.nan])
 
 
 def test_a_component_without_a_threshold_refers_nothing() -> None:
@@ -156,11 +170,11 @@ def test_a_component_without_a_threshold_refers_nothing() -> None:
     assert result.decisions == [Decision.ACCEPT]
 
 
-def test_level_ranks_support_and_bounds_above_every_score() -> None:
+def test_ranking_puts_support_and_bounds_above_every_score() -> None:
     gate = _gate()
     screen = _screen(age=[60, 60, 60, 95, 10000])
-    level = gate.level(screen, np.array([0.5, 2.5, 9.0, 1.0, 1.0]), np.array([0.0, 0.0, 0.025, 0.0, 0.0]))
-    np.testing.assert_allclose(level, [0.0, 0.5, 1.0, 2.0, 3.0])  # ranks 0, 2, 4 of 4 reference scores
+    ranking = gate.ranking(screen, np.array([0.5, 2.5, 9.0, 1.0, 1.0]), np.array([0.0, 0.0, 0.025, 0.0, 0.0]))
+    np.testing.assert_allclose(ranking, [0.0, 0.5, 1.0, 2.0, 3.0])  # ranks 0, 2, 4 of 4 reference scores
 
 
 def test_thresholds_match_the_ranks_they_cut() -> None:
@@ -202,4 +216,4 @@ def test_plausible_ranges_are_checked() -> None:
         PlausibleRange()
     with pytest.raises(ValueError, match="plausible range"):
         FeatureSpec(name="sex", kind=FeatureKind.CATEGORICAL, categories=["F"], plausible=PlausibleRange(low=0))
-    assert str(PlausibleRange(low=0)) == "[0, inf]" and PlausibleRange(high=3).contains(-1e9)
+    assert str(PlausibleRange(low=0)) == "[0, inf]" and str(PlausibleRange(high=3)) == "[-inf, 3]"

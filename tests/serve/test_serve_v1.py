@@ -320,3 +320,36 @@ async def test_bad_sampler_options_are_422(
     response = await asgi_client.post(PREDICT, json={"instances": [flchain_row], **body})
     assert response.status_code == 422, response.text
     assert field in response.json()["detail"][0]["loc"]
+
+
+@pytest.mark.parametrize("kappa", [1e300, 2e38])
+async def test_a_value_too_far_to_score_is_rejected_alone(
+    asgi_client: httpx.AsyncClient, flchain_row: dict[str, Any], kappa: float
+) -> None:
+    # kappa has no plausible upper bound, but a network cannot score a value that far: rejected, not a NaN answer.
+    response = await asgi_client.post(PREDICT, json={"instances": [flchain_row, {**flchain_row, "kappa": kappa}]})
+    assert response.status_code == 200, response.text
+    normal, far = response.json()["predictions"]
+    assert normal["decision"] == "accept" and normal["probabilities"] is not None
+    assert far["decision"] == "reject" and far["reasons"] == ["bounds:kappa"] and far["label"] is None
+    assert "too far to score" in far["details"][0]
+
+
+async def test_served_decisions_reproduce_the_manifests_validation_rate(
+    asgi_client: httpx.AsyncClient, model_repository: Path
+) -> None:
+    """The gate as served (default requests: the calibration bank) refers exactly the share training recorded."""
+    from app.checkpoint.files import read_manifest
+    from app.data.dataset import load_dataset
+
+    manifest = read_manifest(model_repository / "tiny")
+    frame = load_dataset(manifest.data).val.frame
+    records = json.loads(frame.to_json(orient="records"))
+    decisions = []
+    for start in range(0, len(records), 64):
+        response = await asgi_client.post("/v1/models/tiny/predict", json={"instances": records[start:start + 64]})
+        assert response.status_code == 200, response.text
+        assert response.json()["sampler"] == "bank"
+        decisions += [p["decision"] for p in response.json()["predictions"]]
+    share = sum(d != "accept" for d in decisions) / len(decisions)
+    assert share == pytest.approx(manifest.gate.achieved["val"].not_accepted)

@@ -51,13 +51,13 @@ def test_the_tiny_checkpoints_gate_is_calibrated_on_its_bank(tiny_checkpoint: Pa
     assert calibration.rows == checkpoint.manifest.data.rows["val"]
     assert calibration.reference_rows == checkpoint.manifest.data.rows["train"]
     # The conformal guarantee on its own split: at most ⌊budget · (n + 1)⌋ − 1 validation rows referred.
-    assert gate.achieved["val"].referred * calibration.rows <= int(gate.target_fpr * (calibration.rows + 1)) - 1
+    assert gate.achieved["val"].not_accepted * calibration.rows <= int(gate.target_fpr * (calibration.rows + 1)) - 1
     assert set(gate.achieved) == {"val", "test"}
     # Scoring validation again through the stored gate and the server's bank gives the recorded rate.
     data = load_dataset(checkpoint.manifest.data)
     scorer = BankScorer(checkpoint.model, calibration.samples, calibration.bank_seed)
     val = gate_set(scorer, checkpoint.gate, checkpoint.manifest.preprocessing, data.val.frame)
-    assert 1 - val.result.accepted.mean() == pytest.approx(gate.achieved["val"].referred)
+    assert 1 - val.result.accepted.mean() == pytest.approx(gate.achieved["val"].not_accepted)
     assert val.result.flags[Component.EPISTEMIC].mean() == pytest.approx(gate.achieved["val"].epistemic)
 
 

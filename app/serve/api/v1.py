@@ -73,7 +73,7 @@ def model_metadata(name: str, dataplane: DataPlaneDep) -> ModelMetadataResponse:
         features=m.features,
         gate=GateSummaryOut(
             target_fpr=m.gate.target_fpr,
-            thresholds=GateThresholdsOut(density=m.gate.density.threshold, epistemic=m.gate.epistemic.threshold),
+            thresholds=GateThresholdsOut(**{c.value: t for c, t in m.gate.thresholds().items()}),
             calibration=m.gate.calibration,
             achieved=m.gate.achieved,
             warnings=m.gate.warnings,
@@ -112,7 +112,7 @@ def _component(gate: GateResult, component: Component, threshold: float | None, 
 def _encode(result: InferenceResult) -> PredictResponse:
     m, s, gate = result.manifest, result.scores, result.gate
     labels = m.task.labels
-    thresholds = {Component.DENSITY: m.gate.density.threshold, Component.EPISTEMIC: m.gate.epistemic.threshold}
+    thresholds = m.gate.thresholds()
     empty = [None] * result.rows
     probabilities = result.per_row(s.probs) if s is not None else empty
     uncertainties = (
