@@ -19,6 +19,11 @@ class FeatureKind(str, Enum):
     CATEGORICAL = "categorical"
 
 
+def format_range(low: float | None, high: float | None) -> str:
+    """``[low, high]``, an open side written as -inf or inf."""
+    return f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+
+
 class PlausibleRange(BaseModel):
     """Physically possible values of a numeric feature, inclusive; None leaves that side open.
 
@@ -43,9 +48,7 @@ class PlausibleRange(BaseModel):
         return self
 
     def __str__(self) -> str:
-        low = "-inf" if self.low is None else f"{self.low:g}"
-        high = "inf" if self.high is None else f"{self.high:g}"
-        return f"[{low}, {high}]"
+        return format_range(self.low, self.high)
 
 
 class FeatureSpec(BaseModel):

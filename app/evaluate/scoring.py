@@ -18,7 +18,7 @@ from app.bnn.network import BayesianMLP
 from app.bnn.predictive import decompose
 from app.bnn.spec import Sampler
 from app.data.preprocess import Preprocessing
-from app.gate.gate import Gate, GateResult, Screen
+from app.gate.gate import Density, Gate, GateResult, Screen, Screening
 
 # The bank sampler never consults the cost model; a fixed one spares the engine its timing at build.
 _UNUSED_COST = CostModel(seconds_per_normal=1e-9, seconds_per_mac=1e-10)
@@ -64,15 +64,21 @@ class BankScorer:
 
 
 @dataclass(frozen=True)
-class GatedSet:
-    """One table scored as served: the predictive of every row (rejected rows too, so that evaluation can
-    rank them by every score; a row whose input is not finite gets NaN), the density, the screen and the
-    gate's answer (in which rejected rows carry no scores, as on the wire), and the combined gate score
-    (:meth:`Gate.ranking`)."""
+class ScoredSet:
+    """One table's scores before any threshold: the predictive of every row (rejected rows too, so that
+    evaluation can rank them by every score; a row whose input is not finite gets NaN), its input density,
+    and the screen (bounds and support)."""
 
     predictions: Predictions
     density: np.ndarray
     screen: Screen
+
+
+@dataclass(frozen=True)
+class GatedSet(ScoredSet):
+    """A :class:`ScoredSet` with the gate's answer (in which rejected rows carry no scores, as on the wire)
+    and the combined gate score (:meth:`Gate.ranking`)."""
+
     result: GateResult
     ranking: np.ndarray
 
@@ -81,22 +87,33 @@ class GatedSet:
         return int(self.ranking.size)
 
 
-def gate_set(scorer: BankScorer, gate: Gate, preprocessing: Preprocessing, columns: Any) -> GatedSet:
-    """Score raw ``columns`` (a DataFrame or feature -> values) through the checkpoint's preprocessing, its
-    bank and its gate, as the server would answer them."""
+def score_set(
+    scorer: BankScorer, screening: Screening, density: Density, preprocessing: Preprocessing, columns: Any
+) -> ScoredSet:
+    """Score raw ``columns`` (a DataFrame or feature -> values) through the checkpoint's preprocessing, its bank
+    and the gate's screening and density, as the server would."""
     numeric, codes = preprocessing.raw_values(columns)
-    screen = gate.screen(numeric, codes)
-    with np.errstate(over="ignore", invalid="ignore"):
+    screen = screening.screen(numeric, codes)
+    with np.errstate(over="ignore", invalid="ignore"):  # a rejected row may not encode finitely
         x = preprocessing.encode(numeric, codes)
     finite = np.isfinite(x).all(1)
-    predictions = _expand(scorer(x[finite]), finite)
-    density = np.full(finite.size, np.nan)
-    density[finite] = gate.density(x[finite])
-    served = ~screen.rejected
-    result = gate.decide(screen, np.where(served, density, np.nan), np.where(served, predictions.epistemic, np.nan))
-    # Rows beyond float32 rank as far as any score can: their scores are unknown, the input is the farthest.
-    ranking = gate.ranking(screen, np.nan_to_num(density, nan=np.inf), np.nan_to_num(predictions.epistemic, nan=np.inf))
-    return GatedSet(predictions, density, screen, result, ranking)
+    scores = np.full(finite.size, np.nan)
+    scores[finite] = density(x[finite])
+    return ScoredSet(_expand(scorer(x[finite]), finite), scores, screen)
+
+
+def gated(gate: Gate, scored: ScoredSet) -> GatedSet:
+    """The gate's answer for a scored set, and its ranking (a row beyond float32, NaN scores, ranks as far as
+    any score can)."""
+    density, epistemic = scored.density, scored.predictions.epistemic
+    return GatedSet(scored.predictions, density, scored.screen, gate.decide(scored.screen, density, epistemic),
+                    gate.ranking(scored.screen, density, epistemic))
+
+
+def gate_set(scorer: BankScorer, gate: Gate, preprocessing: Preprocessing, columns: Any) -> GatedSet:
+    """Score raw ``columns`` through the checkpoint's preprocessing, its bank and its gate, as the server would
+    answer them."""
+    return gated(gate, score_set(scorer, gate.screening, gate.density, preprocessing, columns))
 
 
 def _expand(predictions: Predictions, rows: np.ndarray) -> Predictions:

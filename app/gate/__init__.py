@@ -1,6 +1,6 @@
 """The layered OOD gate: bounds (reject), support, input density and epistemic uncertainty (refer).
 
 ``spec`` is the manifest section (pydantic), ``gate`` applies it with numpy (both serving backends and
-evaluation), ``stress`` builds the stress suite that evaluation reports on. Fitting and calibration need the
-network and live in ``app.train.calibrate``.
+evaluation). Fitting and calibration need the network and live in ``app.train.calibrate``; the stress suite
+and the reports live in ``app.evaluate``.
 """

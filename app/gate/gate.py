@@ -17,7 +17,7 @@ from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from app.data.preprocess import Preprocessing
-from app.data.schema import FeatureKind, FeatureSpec
+from app.data.schema import FeatureKind, FeatureSpec, format_range
 from app.gate.spec import SCORED, Component, GateSpec
 
 # Beyond this many training standard deviations from the training mean a value cannot be scored: float32
@@ -121,12 +121,6 @@ def _unit(spec: FeatureSpec) -> str:
     return f" {spec.unit}" if spec.unit else ""
 
 
-def _range(spec: FeatureSpec) -> str:
-    low = "-inf" if spec.minimum is None else f"{spec.minimum:g}"
-    high = "inf" if spec.maximum is None else f"{spec.maximum:g}"
-    return f"[{low}, {high}]"
-
-
 class Screening:
     """Bounds and support of a feature schema: what can be judged from raw values, before any network."""
 
@@ -188,7 +182,7 @@ class Screening:
                                         "the training median)")
                 else:
                     details[row].append(f"{spec.name} = {values[row, col]:g} is outside the training range "
-                                        f"{_range(spec)}{_unit(spec)}")
+                                        f"{format_range(spec.minimum, spec.maximum)}{_unit(spec)}")
             for col in np.flatnonzero(unseen[row]):
                 spec = self.categorical[col]
                 reasons[row].append(f"{Component.SUPPORT.value}:{spec.name}")
@@ -197,13 +191,13 @@ class Screening:
         return Screen(rejected, support_score, support_flag, reasons, details)
 
 
-
 class Gate:
     """A model's gate: its manifest section, the screening of its feature schema, and its tensors."""
 
     def __init__(self, spec: GateSpec, screening: Screening, tensors: GateTensors) -> None:
         self.spec = spec
         self.tensors = tensors
+        self.screening = screening
         self.screen = screening.screen
         self.density = tensors.density
         self._thresholds = spec.thresholds()

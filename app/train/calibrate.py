@@ -25,7 +25,7 @@ from app.data.dataset import TabularDataset
 from app.data.preprocess import Preprocessing
 from app.errors import DataError
 from app.evaluate.gate import gate_warnings, in_distribution_rates, set_report
-from app.evaluate.scoring import BankScorer, gate_set
+from app.evaluate.scoring import BankScorer, gate_set, gated, score_set
 from app.gate.gate import Density, Gate, GateTensors, Screening, reference_ranks, thresholds_for
 from app.gate.spec import (
     REFERENCE_LEVELS,
@@ -101,11 +101,8 @@ def build_gate(
     tensors = GateTensors(density, reference)
     n_reference = x_train.shape[0]
 
-    numeric, codes = preprocessing.raw_values(dataset.val.frame)
-    screen = screening.screen(numeric, codes)
-    with np.errstate(over="ignore", invalid="ignore"):  # a rejected row may not encode finitely
-        x_val = preprocessing.encode(numeric, codes)
-    val_density, val_epistemic = density(x_val), scorer(x_val).epistemic
+    scored_val = score_set(scorer, screening, density, preprocessing, dataset.val.frame)
+    screen, val_density, val_epistemic = scored_val.screen, scored_val.density, scored_val.predictions.epistemic
     scored = ~screen.rejected  # the percentiles describe the rows the gate scores
     ranks = reference_ranks(reference, val_density, val_epistemic)
     levels = np.where(screen.rejected | screen.support_flag, n_reference + 1, ranks)
@@ -130,7 +127,7 @@ def build_gate(
         tensors=GateFile(sha256="0" * 64, bytes=1),  # filled in by save_checkpoint
     )
     gate = Gate(spec, screening, tensors)
-    val, test = (gate_set(scorer, gate, preprocessing, split.frame) for split in (dataset.val, dataset.test))
+    val, test = gated(gate, scored_val), gate_set(scorer, gate, preprocessing, dataset.test.frame)
     achieved = {"val": in_distribution_rates(val), "test": in_distribution_rates(test)}
     reports = {
         name: set_report(gate, test, gate_set(scorer, gate, preprocessing, split.frame))
