@@ -102,13 +102,16 @@ def train(
     ood_csv: Annotated[Path | None, typer.Option(help="Your own shifted cohort, scored as an OOD set.")] = None,
     bounds: Annotated[
         str | None,
-        typer.Option(help="Plausible values of --csv features, e.g. 'age=0:120,creatinine=0:30' (a side may be "
-                     "empty); the gate rejects rows outside them."),
+        typer.Option(
+            help="Plausible values of --csv features, e.g. 'age=0:120,creatinine=0:30' (a side may be "
+            "empty); the gate rejects rows outside them."
+        ),
     ] = None,
     units: Annotated[
         str | None,
-        typer.Option(help="Units of --csv features, e.g. 'age=years,creatinine=mg/dL' (the stress suite converts "
-                     "them)."),
+        typer.Option(
+            help="Units of --csv features, e.g. 'age=years,creatinine=mg/dL' (the stress suite converts them)."
+        ),
     ] = None,
     name: Annotated[str | None, typer.Option(help="Model name (default: the folder name).")] = None,
     version: Annotated[str, typer.Option(help="Model version string.")] = "1",
@@ -210,8 +213,9 @@ def _load_training_data(
         raise typer.BadParameter("give exactly one of --dataset flchain or --csv PATH", param_hint="--dataset")
     if dataset is not None:
         if bounds is not None or units is not None:
-            raise typer.BadParameter("--bounds and --units are for --csv tables (flchain has its own)",
-                                     param_hint="--bounds")
+            raise typer.BadParameter(
+                "--bounds and --units are for --csv tables (flchain has its own)", param_hint="--bounds"
+            )
         if dataset != "flchain":
             raise typer.BadParameter(f"unknown data set {dataset!r}; available: flchain", param_hint="--dataset")
         from app.data.flchain import load_flchain
@@ -221,8 +225,16 @@ def _load_training_data(
         raise typer.BadParameter("--csv needs --target", param_hint="--target")
     from app.data.tabular import load_table
 
-    return load_table(csv, target, _names(features), _names(categorical), ood_csv, seed=seed,
-                      plausible=_bounds(bounds), units=_units(units))
+    return load_table(
+        csv,
+        target,
+        _names(features),
+        _names(categorical),
+        ood_csv,
+        seed=seed,
+        plausible=_bounds(bounds),
+        units=_units(units),
+    )
 
 
 def _evaluate(model_dir: Path, samples: int | None, seed: int, data_path: str | None, figures: bool) -> None:
@@ -258,8 +270,11 @@ def _evaluate(model_dir: Path, samples: int | None, seed: int, data_path: str | 
         for set_name, entry in reports.items():
             auroc = entry["auroc"]
             ood.add_row(
-                set_name, str(entry["rows"]), *(f"{auroc[k]:.3f}" for k in ("support", "density", "epistemic", "gate")),
-                f"{entry['not_accepted']:.1%}", f"{entry['rejected']:.1%}",
+                set_name,
+                str(entry["rows"]),
+                *(f"{auroc[k]:.3f}" for k in ("support", "density", "epistemic", "gate")),
+                f"{entry['not_accepted']:.1%}",
+                f"{entry['rejected']:.1%}",
             )
         console.print(ood)
     for warning in gate["warnings"]:
@@ -378,12 +393,20 @@ def bound_command(
         layers.add_column(column, justify="right")
     for layer in report.layers:
         m, n = layer.shape
-        cells = [str(layer.index), f"{m} × {n}", "-" if layer.rank is None else str(layer.rank),
-                 f"{layer.factor_parameters:,}", f"{layer.dense_parameters:,}", f"{layer.complexity_ratio:.3f}",
-                 f"{layer.kl:,.1f}", f"{layer.kl_error:.1e}"]
+        cells = [
+            str(layer.index),
+            f"{m} × {n}",
+            "-" if layer.rank is None else str(layer.rank),
+            f"{layer.factor_parameters:,}",
+            f"{layer.dense_parameters:,}",
+            f"{layer.complexity_ratio:.3f}",
+            f"{layer.kl:,.1f}",
+            f"{layer.kl_error:.1e}",
+        ]
         if report.has_twin:
-            cells += ["-" if v is None else f"{v:.4g}" for v in (layer.rank_bias, layer.retained_energy,
-                                                                 layer.learning_error)]
+            cells += [
+                "-" if v is None else f"{v:.4g}" for v in (layer.rank_bias, layer.retained_energy, layer.learning_error)
+            ]
         layers.add_row(*cells)
     console.print(layers)
     summary = Table(title=f"McAllester bound, δ = {report.delta:g}", show_header=False)
@@ -391,8 +414,10 @@ def bound_command(
     summary.add_row(
         "KL(Q‖P)", f"{report.kl:,.1f} nats (quadrature, {report.points} nodes, error {report.kl_error:.1e})"
     )
-    summary.add_row("Gibbs 0–1 risk L̂", f"{report.gibbs_risk:.4f} ± {report.gibbs_risk_std_error:.1e} "
-                    f"({report.samples} samples, seed {report.seed})")
+    summary.add_row(
+        "Gibbs 0–1 risk L̂",
+        f"{report.gibbs_risk:.4f} ± {report.gibbs_risk_std_error:.1e} ({report.samples} samples, seed {report.seed})",
+    )
     summary.add_row("majority-class error", f"{report.majority_error:.4f}")
     summary.add_row("ln(2√N/δ)", f"{report.confidence_term:.3f}")
     summary.add_row("sqrt((KL + ln(2√N/δ))/(2N))", f"{report.complexity:.4f}")
@@ -472,8 +497,10 @@ def export_onnx_command(
             f"{info.sampling.max_abs_diff:.2g}"
         )
     else:
-        console.print(f"no sampling graph: a '{checkpoint.manifest.kind.value}' model has no weight noise (the "
-                      "bank graph serves it whole)")
+        console.print(
+            f"no sampling graph: a '{checkpoint.manifest.kind.value}' model has no weight noise (the "
+            "bank graph serves it whole)"
+        )
 
 
 @app.command()

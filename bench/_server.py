@@ -35,9 +35,13 @@ class Server:
 def running_server(timeout: float = 60.0, **settings: str) -> Iterator[Server]:
     """`sbnn serve` with SBNN_<KEY>=value for each setting; raises with the server's log if it never gets ready."""
     port = free_port()
-    env = {**os.environ, "SBNN_PORT": str(port), "SBNN_LOG_LEVEL": "warning",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           **{f"SBNN_{key.upper()}": str(value) for key, value in settings.items()}}
+    env = {
+        **os.environ,
+        "SBNN_PORT": str(port),
+        "SBNN_LOG_LEVEL": "warning",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        **{f"SBNN_{key.upper()}": str(value) for key, value in settings.items()},
+    }
     env.setdefault("SBNN_MODELS", str(ROOT / "models"))
     log = tempfile.TemporaryFile(mode="w+")
     server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=env, cwd=ROOT, stdout=log, stderr=log)

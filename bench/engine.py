@@ -31,6 +31,7 @@ from app.checkpoint.io import load_checkpoint  # noqa: E402
 
 def timed(fn: Callable[[], object], device: torch.device, budget: float = 0.4) -> float:
     """Median-free simple timing: mean seconds per call over repeats filling ``budget`` seconds (≥ 3)."""
+
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -93,9 +94,16 @@ def onnx_sessions(model: BayesianMLP, samples_list: list[int]) -> dict[int, obje
     for samples in samples_list:
         bank = cpu_model.sample(cpu_model.num_samples(samples), torch.Generator().manual_seed(0))
         buffer = io.BytesIO()
-        torch.onnx.export(BankPredictive(cpu_model, bank).eval(), (torch.zeros(1, model.spec.in_features),), buffer,
-                          dynamo=False, opset_version=17, input_names=["x"], output_names=OUTPUTS,
-                          dynamic_axes={"x": {0: "rows"}, **{name: {0: "rows"} for name in OUTPUTS}})
+        torch.onnx.export(
+            BankPredictive(cpu_model, bank).eval(),
+            (torch.zeros(1, model.spec.in_features),),
+            buffer,
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=OUTPUTS,
+            dynamic_axes={"x": {0: "rows"}, **{name: {0: "rows"} for name in OUTPUTS}},
+        )
         sessions[samples] = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     return sessions
 
@@ -122,14 +130,21 @@ def bayesian_torch_net(shapes: list[tuple[int, int]], device: torch.device) -> t
 
 
 @torch.no_grad()
-def bench_network(name: str, model: BayesianMLP, sizes: list[int], samples_list: list[int], device: torch.device,
-                  peak: float) -> list[dict]:
+def bench_network(
+    name: str, model: BayesianMLP, sizes: list[int], samples_list: list[int], device: torch.device, peak: float
+) -> list[dict]:
     model = model.to(device).eval()
     d = model.spec.in_features
     engine = MonteCarloEngine(model, bank_size=max(samples_list))
     shapes = model.spec.layer_shapes()
-    fullrank = BayesianMLP(model.spec.model_copy(update={"kind": LayerKind.FULLRANK, "ranks": None}),
-                           generator=torch.Generator().manual_seed(0)).to(device).eval()
+    fullrank = (
+        BayesianMLP(
+            model.spec.model_copy(update={"kind": LayerKind.FULLRANK, "ranks": None}),
+            generator=torch.Generator().manual_seed(0),
+        )
+        .to(device)
+        .eval()
+    )
     bt = bayesian_torch_net(shapes, device)
     session = onnx_sessions(model, samples_list)
     fresh = onnx_fresh(model)
@@ -144,40 +159,60 @@ def bench_network(name: str, model: BayesianMLP, sizes: list[int], samples_list:
                     continue  # local draws r + m normals per row and sample: not for bulk scoring
                 seed = None if sampler is Sampler.BANK else 5
                 entries[f"engine {sampler.value}"] = timed(
-                    lambda x=x, s=samples, seed=seed, sampler=sampler: engine.run(x, s, seed, sampler), device)
+                    lambda x=x, s=samples, seed=seed, sampler=sampler: engine.run(x, s, seed, sampler), device
+                )
             entries["engine auto (seeded)"] = timed(lambda x=x, s=samples: engine.run(x, s, 5), device)
 
             def loop(x: torch.Tensor = x, s: int = samples, g: torch.Generator = g) -> None:
-                torch.cat([class_probabilities(model(x, samples=1, generator=g), model.spec.likelihood)
-                           for _ in range(s)])
+                torch.cat(
+                    [class_probabilities(model(x, samples=1, generator=g), model.spec.likelihood) for _ in range(s)]
+                )
 
             entries["per-sample loop"] = timed(loop, device)
             if session is not None and samples in session:
                 xn = x.cpu().numpy()
                 entries["onnxruntime bank (CPU)"] = timed(
-                    lambda xn=xn, s=samples: session[s].run(None, {"x": xn}), torch.device("cpu"))
+                    lambda xn=xn, s=samples: session[s].run(None, {"x": xn}), torch.device("cpu")
+                )
             if fresh is not None:
                 xn = x.cpu().numpy()
                 entries["onnxruntime fresh (CPU, numpy noise)"] = timed(
-                    lambda xn=xn, s=samples: fresh(xn, s), torch.device("cpu"))
+                    lambda xn=xn, s=samples: fresh(xn, s), torch.device("cpu")
+                )
             if bt is not None:
                 entries["bayesian-torch loop"] = timed(lambda x=x, s=samples: [bt(x) for _ in range(s)], device)
             entries["full-rank BBB batched"] = timed(
-                lambda x=x, s=samples: engine_fullrank(fullrank, x, s, device), device)
+                lambda x=x, s=samples: engine_fullrank(fullrank, x, s, device), device
+            )
             flops = lowrank_flops(model, n, samples)
             roofline = flops / peak
             for label, seconds in entries.items():
-                rows_out.append({
-                    "network": name, "rows": n, "samples": samples, "method": label,
-                    "latency_ms": seconds * 1000, "row_samples_per_s": n * samples / seconds,
-                    "roofline_fraction": roofline / seconds if label.startswith("engine") else None,
-                })
-            rows_out.append({
-                "network": name, "rows": n, "samples": samples, "method": "roofline (low-rank FLOPs at peak)",
-                "latency_ms": roofline * 1000, "row_samples_per_s": n * samples / roofline, "roofline_fraction": 1.0,
-            })
-            print(f"{name} N={n} S={samples}: " + ", ".join(f"{k} {v * 1000:.2f} ms" for k, v in entries.items()),
-                  flush=True)
+                rows_out.append(
+                    {
+                        "network": name,
+                        "rows": n,
+                        "samples": samples,
+                        "method": label,
+                        "latency_ms": seconds * 1000,
+                        "row_samples_per_s": n * samples / seconds,
+                        "roofline_fraction": roofline / seconds if label.startswith("engine") else None,
+                    }
+                )
+            rows_out.append(
+                {
+                    "network": name,
+                    "rows": n,
+                    "samples": samples,
+                    "method": "roofline (low-rank FLOPs at peak)",
+                    "latency_ms": roofline * 1000,
+                    "row_samples_per_s": n * samples / roofline,
+                    "roofline_fraction": 1.0,
+                }
+            )
+            print(
+                f"{name} N={n} S={samples}: " + ", ".join(f"{k} {v * 1000:.2f} ms" for k, v in entries.items()),
+                flush=True,
+            )
     return rows_out
 
 
@@ -199,8 +234,10 @@ def main() -> None:
     sizes = [1, 64] if args.quick else [1, 64, 1024]
     samples_list = [512] if args.quick else [64, 512]
     bundled = load_checkpoint(ROOT / "models" / "flchain-mortality", device=device).model
-    wide = BayesianMLP(NetworkSpec(in_features=256, hidden=[512, 512], out_features=2, likelihood="categorical",
-                                   ranks=[16, 16, 2]), generator=torch.Generator().manual_seed(0))
+    wide = BayesianMLP(
+        NetworkSpec(in_features=256, hidden=[512, 512], out_features=2, likelihood="categorical", ranks=[16, 16, 2]),
+        generator=torch.Generator().manual_seed(0),
+    )
     results = bench_network("bundled 9→128→128→1 (ranks 9/15/1)", bundled, sizes, samples_list, device, peak)
     results += bench_network("wide 256→512→512→2 (ranks 16/16/2)", wide, sizes, samples_list, device, peak)
     from importlib import metadata
@@ -209,29 +246,40 @@ def main() -> None:
         bt_version = f"bayesian-torch {metadata.version('bayesian-torch')}"
     except metadata.PackageNotFoundError:
         bt_version = "bayesian-torch not installed (its rows are missing)"
-    machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, device {device}"
-               + (f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else "")
-               + f", torch {torch.__version__}, Python {platform.python_version()}, {bt_version}")
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, device {device}"
+        + (f" ({torch.cuda.get_device_name(0)})" if device.type == "cuda" else "")
+        + f", torch {torch.__version__}, Python {platform.python_version()}, {bt_version}"
+    )
     suffix = "-cuda" if device.type == "cuda" else ""
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"engine{suffix}.json").write_text(json.dumps(
-        {"machine": machine, "sgemm_peak_gflops": peak / 1e9, "results": results}, indent=2) + "\n")
-    lines = [f"# Monte Carlo engine benchmark ({device.type})", "",
-             f"Command: `python bench/engine.py{' --quick' if args.quick else ''} --device {device.type}`. "
-             f"Machine: {machine}. Measured SGEMM peak: {peak / 1e9:.0f} GFLOP/s.", ""]
-    for (net, n, s) in dict.fromkeys((r["network"], r["rows"], r["samples"]) for r in results):
+    (args.out / f"engine{suffix}.json").write_text(
+        json.dumps({"machine": machine, "sgemm_peak_gflops": peak / 1e9, "results": results}, indent=2) + "\n"
+    )
+    lines = [
+        f"# Monte Carlo engine benchmark ({device.type})",
+        "",
+        f"Command: `python bench/engine.py{' --quick' if args.quick else ''} --device {device.type}`. "
+        f"Machine: {machine}. Measured SGEMM peak: {peak / 1e9:.0f} GFLOP/s.",
+        "",
+    ]
+    for net, n, s in dict.fromkeys((r["network"], r["rows"], r["samples"]) for r in results):
         group = [r for r in results if (r["network"], r["rows"], r["samples"]) == (net, n, s)]
         loop = next(r for r in group if r["method"] == "per-sample loop")["latency_ms"]
         bt = next((r["latency_ms"] for r in group if r["method"] == "bayesian-torch loop"), None)
-        lines += [f"## {net}, N = {n}, S = {s}", "",
-                  "| method | latency ms | rows×samples/s | roofline fraction | × vs per-sample loop "
-                  "| × vs bayesian-torch |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"## {net}, N = {n}, S = {s}",
+            "",
+            "| method | latency ms | rows×samples/s | roofline fraction | × vs per-sample loop | × vs bayesian-torch |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in group:
             frac = f"{r['roofline_fraction']:.0%}" if r["roofline_fraction"] is not None else "-"
             vs_bt = f"{bt / r['latency_ms']:.1f}" if bt else "-"
-            lines.append(f"| {r['method']} | {r['latency_ms']:.3f} | {r['row_samples_per_s']:.3g} | {frac} | "
-                         f"{loop / r['latency_ms']:.1f} | {vs_bt} |")
+            lines.append(
+                f"| {r['method']} | {r['latency_ms']:.3f} | {r['row_samples_per_s']:.3g} | {frac} | "
+                f"{loop / r['latency_ms']:.1f} | {vs_bt} |"
+            )
         lines.append("")
     (args.out / f"engine{suffix}.md").write_text("\n".join(lines))
     print("\n".join(lines))

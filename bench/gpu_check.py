@@ -73,8 +73,12 @@ def serve_latency(device: str, requests: int) -> dict[str, float]:
             ready = client.get("/v1/models/flchain-mortality").json()["state"]
     except RuntimeError as exc:  # the server never got ready: report why instead of failing the whole check
         return {"error": str(exc)}
-    return {"p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)),
-            "bulk_1024_rows_ms": bulk_ms, "state": ready}
+    return {
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+        "bulk_1024_rows_ms": bulk_ms,
+        "state": ready,
+    }
 
 
 def main() -> None:
@@ -84,7 +88,9 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("no CUDA device")
     report: dict[str, object] = {
-        "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
         "cpu_cores": os.cpu_count(),
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,8 +102,9 @@ def main() -> None:
         report["train_device"] = runs[0][1].device
         report["train_seconds"] = runs[0][1].duration_seconds
         report["train_same_seed_identical_on_cuda"] = all(
-            torch.equal(a, b) for a, b in zip(runs[0][1].model.state_dict().values(),
-                                              runs[1][1].model.state_dict().values(), strict=True))
+            torch.equal(a, b)
+            for a, b in zip(runs[0][1].model.state_dict().values(), runs[1][1].model.state_dict().values(), strict=True)
+        )
         reloaded = load_checkpoint(Path(tmp) / "m0", device="cuda")
         report["checkpoint_trained_on_cuda_loads_on_cuda"] = next(reloaded.model.parameters()).is_cuda
 
@@ -110,8 +117,10 @@ def main() -> None:
     report["cuda_same_seed_identical"] = bool(torch.equal(p_gpu[0], p_gpu[1]))
     # Different devices draw different random streams: the means agree within Monte Carlo error only.
     report["cpu_vs_cuda_mean_abs_diff"] = float((p_gpu[0].mean(0).cpu() - p_cpu.mean(0)).abs().max())
-    for name, model, xx, gen in [("cpu", cpu.model, x, lambda: torch.Generator().manual_seed(1)),
-                                 ("cuda", gpu.model, xg, lambda: torch.Generator(device="cuda").manual_seed(1))]:
+    for name, model, xx, gen in [
+        ("cpu", cpu.model, x, lambda: torch.Generator().manual_seed(1)),
+        ("cuda", gpu.model, xg, lambda: torch.Generator(device="cuda").manual_seed(1)),
+    ]:
         report[f"predict_1row_S512_ms_{name}"] = timed(lambda m=model, v=xx, g=gen: predict(m, v[:1], 512, g()), 50)
         report[f"predict_1024rows_S512_ms_{name}"] = timed(lambda m=model, v=xx, g=gen: predict(m, v, 512, g()), 10)
     args.out.mkdir(parents=True, exist_ok=True)

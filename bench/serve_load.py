@@ -37,8 +37,14 @@ def hey(url: str, requests: int, concurrency: int, body: Path | None) -> dict[st
     # hey sends n // c requests per worker, so the total can be below n; count what was answered.
     statuses = dict(re.findall(r"\[(\d{3})\]\s+(\d+) responses", out))
     nan = float("nan")  # hey leaves out percentiles it has too few requests for
-    return {"rps": rps, "p50_ms": pct.get("50", nan), "p90_ms": pct.get("90", nan), "p99_ms": pct.get("99", nan),
-            "ok": int(statuses.get("200", 0)), "requests": sum(int(v) for v in statuses.values())}
+    return {
+        "rps": rps,
+        "p50_ms": pct.get("50", nan),
+        "p90_ms": pct.get("90", nan),
+        "p99_ms": pct.get("99", nan),
+        "ok": int(statuses.get("200", 0)),
+        "requests": sum(int(v) for v in statuses.values()),
+    }
 
 
 def drift_gauges(base: str) -> dict[str, float]:
@@ -55,14 +61,16 @@ def drift_phase(base: str, url: str) -> list[tuple[str, dict[str, float]]]:
     from app.data.flchain import load_flchain  # needs sbnn[data]
 
     frame = load_flchain(0).test.frame
-    rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
-            for r in frame.to_dict(orient="records")]
+    rows = [
+        {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+        for r in frame.to_dict(orient="records")
+    ]
     for start in range(0, len(rows), 100):
-        httpx.post(url, json={"instances": rows[start:start + 100]}, timeout=60).raise_for_status()
+        httpx.post(url, json={"instances": rows[start : start + 100]}, timeout=60).raise_for_status()
     found = [(f"after the {len(rows)} test-split rows (in distribution)", drift_gauges(base))]
     shifted = [{**r, "creatinine": None if r["creatinine"] is None else r["creatinine"] * 10} for r in rows[:400]]
     for start in range(0, len(shifted), 100):
-        httpx.post(url, json={"instances": shifted[start:start + 100]}, timeout=60).raise_for_status()
+        httpx.post(url, json={"instances": shifted[start : start + 100]}, timeout=60).raise_for_status()
     found.append(("after 400 more rows with creatinine sent in mg/L", drift_gauges(base)))
     return found
 
@@ -84,21 +92,33 @@ def main() -> None:
         hey(predict_url, 200, 4, body)  # warm-up
         rows = []
         for c in [int(v) for v in args.concurrency.split(",")]:
-            rows.append({"route": "predict (1 row, S=512)", "concurrency": c,
-                         **hey(predict_url, args.requests, c, body)})
-            rows.append({"route": "/v2/health/live (floor)", "concurrency": c,
-                         **hey(f"{base}/v2/health/live", args.requests, c, None)})
+            rows.append(
+                {"route": "predict (1 row, S=512)", "concurrency": c, **hey(predict_url, args.requests, c, body)}
+            )
+            rows.append(
+                {
+                    "route": "/v2/health/live (floor)",
+                    "concurrency": c,
+                    **hey(f"{base}/v2/health/live", args.requests, c, None),
+                }
+            )
         metrics = httpx.get(f"{base}/metrics").text
-        batch = {m: float(v) for m, v in re.findall(
-            r'^sbnn_batch_requests_(sum|count)\{model="flchain-mortality"\} ([\d.e+]+)$', metrics, re.M)}
+        batch = {
+            m: float(v)
+            for m, v in re.findall(
+                r'^sbnn_batch_requests_(sum|count)\{model="flchain-mortality"\} ([\d.e+]+)$', metrics, re.M
+            )
+        }
         drift.append(("after the load test (one row repeated: a window unlike the reference)", drift_gauges(base)))
     machine = (
         f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
     )
     mean_batch = batch.get("sum", 0) / max(batch.get("count", 1), 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serve.json").write_text(json.dumps({"machine": machine, "rows": rows, "drift": drift,
-                                                      "mean_requests_per_batch": mean_batch}, indent=2) + "\n")
+    (args.out / "serve.json").write_text(
+        json.dumps({"machine": machine, "rows": rows, "drift": drift, "mean_requests_per_batch": mean_batch}, indent=2)
+        + "\n"
+    )
     lines = [
         "# Service load test",
         "",
@@ -107,8 +127,11 @@ def main() -> None:
         "",
         "| route | concurrency | requests/s | p50 ms | p90 ms | p99 ms | 200 / answered |",
         "|---|---|---|---|---|---|---|",
-        *[f"| {r['route']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | "
-          f"{r['p99_ms']:.1f} | {r['ok']}/{r['requests']} |" for r in rows],
+        *[
+            f"| {r['route']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | "
+            f"{r['p99_ms']:.1f} | {r['ok']}/{r['requests']} |"
+            for r in rows
+        ],
         "",
         f"Mean requests coalesced per batched pass over the whole run: {mean_batch:.2f}.",
         "",
@@ -116,9 +139,15 @@ def main() -> None:
         "",
         "| when | PSI epistemic | PSI density | KS epistemic | KS density | not accepted | rows in window |",
         "|---|---|---|---|---|---|---|",
-        *[f"| {when} | " + " | ".join(f"{g.get(k, float('nan')):.3f}" for k in (
-            "psi_epistemic", "psi_density", "ks_epistemic", "ks_density", "ood_rate")) +
-          f" | {g.get('window_rows', 0):.0f} |" for when, g in drift],
+        *[
+            f"| {when} | "
+            + " | ".join(
+                f"{g.get(k, float('nan')):.3f}"
+                for k in ("psi_epistemic", "psi_density", "ks_epistemic", "ks_density", "ood_rate")
+            )
+            + f" | {g.get('window_rows', 0):.0f} |"
+            for when, g in drift
+        ],
     ]
     (args.out / "serve.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -50,11 +50,17 @@ def main() -> None:
         shutil.copytree(ROOT / "models" / "flchain-mortality", models / "flchain-mortality")
         export_onnx(load_checkpoint(models / "flchain-mortality"))
         rows = {backend: measure(models, backend) for backend in ("torch", "onnx")}
-    lines = ["# Server memory by backend", "",
-             "Command: `python bench/serve_memory.py` (bundled model, 200 one-row predicts at S = 512, CPU).", "",
-             "| backend | RSS when ready (MB) | RSS after 200 predicts (MB) | p50 latency (ms) |", "|---|---|---|---|"]
-    lines += [f"| {b} | {r['rss_ready_mb']:.0f} | {r['rss_after_mb']:.0f} | {r['p50_ms']:.1f} |"
-              for b, r in rows.items()]
+    lines = [
+        "# Server memory by backend",
+        "",
+        "Command: `python bench/serve_memory.py` (bundled model, 200 one-row predicts at S = 512, CPU).",
+        "",
+        "| backend | RSS when ready (MB) | RSS after 200 predicts (MB) | p50 latency (ms) |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {b} | {r['rss_ready_mb']:.0f} | {r['rss_after_mb']:.0f} | {r['p50_ms']:.1f} |" for b, r in rows.items()
+    ]
     out = ROOT / "bench" / "results" / "serve-memory.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

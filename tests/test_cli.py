@@ -12,7 +12,11 @@ import pytest
 
 def sbnn(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=300, check=False,
+        [sys.executable, "-m", "app.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
 
@@ -26,9 +30,32 @@ def test_help_for_every_command(command: list[str]) -> None:
 
 def test_train_info_evaluate_on_a_user_csv(table_files: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "my-model"
-    trained = sbnn("train", "--csv", str(table_files[0]), "--target", "outcome", "--ood-csv", str(table_files[1]),
-                   "--out", str(out), "--hidden", "8,8", "--rank", "3", "--epochs", "3", "--kl-warmup", "1",
-                   "--samples", "32", "--bounds", "x1=-10:10,x2=-20:", "--units", "x2=mg/dL", "--no-evaluate")
+    trained = sbnn(
+        "train",
+        "--csv",
+        str(table_files[0]),
+        "--target",
+        "outcome",
+        "--ood-csv",
+        str(table_files[1]),
+        "--out",
+        str(out),
+        "--hidden",
+        "8,8",
+        "--rank",
+        "3",
+        "--epochs",
+        "3",
+        "--kl-warmup",
+        "1",
+        "--samples",
+        "32",
+        "--bounds",
+        "x1=-10:10,x2=-20:",
+        "--units",
+        "x2=mg/dL",
+        "--no-evaluate",
+    )
     assert trained.returncode == 0, trained.stderr
     assert "saved" in trained.stdout and "gate refers" in trained.stdout
     manifest = json.loads((out / "manifest.json").read_text())
@@ -61,17 +88,52 @@ def test_errors_are_messages_not_tracebacks(tiny_checkpoint: Path, tmp_path: Pat
     assert inverted.returncode == 2 and "exceeds" in inverted.stderr and "--bounds" in inverted.stderr
     flchain_bounds = sbnn("train", "--dataset", "flchain", "--out", str(tmp_path / "m"), "--bounds", "age=0:1")
     assert flchain_bounds.returncode == 2 and "for --csv tables" in flchain_bounds.stderr
-    warm_fullrank = sbnn("train", "--dataset", "flchain", "--kind", "fullrank", "--warm-start", str(tiny_checkpoint),
-                         "--out", str(tmp_path / "m"))
+    warm_fullrank = sbnn(
+        "train",
+        "--dataset",
+        "flchain",
+        "--kind",
+        "fullrank",
+        "--warm-start",
+        str(tiny_checkpoint),
+        "--out",
+        str(tmp_path / "m"),
+    )
     assert warm_fullrank.returncode == 2 and "--warm-start" in warm_fullrank.stderr
     assert "lowrank" in warm_fullrank.stderr and "Traceback" not in warm_fullrank.stderr
 
 
 def test_bounds_that_training_rows_break_are_refused(table_files: tuple[Path, Path], tmp_path: Path) -> None:
-    refused = sbnn("train", "--csv", str(table_files[0]), "--target", "outcome", "--out", str(tmp_path / "m"),
-                   "--hidden", "4", "--epochs", "1", "--kl-warmup", "0", "--samples", "8", "--no-evaluate",
-                   "--bounds", "x1=0:")
+    refused = sbnn(
+        "train",
+        "--csv",
+        str(table_files[0]),
+        "--target",
+        "outcome",
+        "--out",
+        str(tmp_path / "m"),
+        "--hidden",
+        "4",
+        "--epochs",
+        "1",
+        "--kl-warmup",
+        "0",
+        "--samples",
+        "8",
+        "--no-evaluate",
+        "--bounds",
+        "x1=0:",
+    )
     assert refused.returncode == 2 and "training rows lie outside the plausible bounds" in refused.stderr
-    unknown = sbnn("train", "--csv", str(table_files[0]), "--target", "outcome", "--out", str(tmp_path / "m"),
-                   "--bounds", "site=0:1")
+    unknown = sbnn(
+        "train",
+        "--csv",
+        str(table_files[0]),
+        "--target",
+        "outcome",
+        "--out",
+        str(tmp_path / "m"),
+        "--bounds",
+        "site=0:1",
+    )
     assert unknown.returncode == 2 and "site: --bounds names a feature that is not a numeric feature" in unknown.stderr

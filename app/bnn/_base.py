@@ -61,7 +61,8 @@ class _StochasticLinear(nn.Module):
         like = next(self.parameters())
         factory = {"generator": generator, "device": like.device, "dtype": like.dtype}
         return tuple(
-            torch.randn((samples, *spec.shape), **factory) if spec.distribution == "normal"
+            torch.randn((samples, *spec.shape), **factory)
+            if spec.distribution == "normal"
             else torch.rand((samples, *spec.shape), **factory)
             for spec in self.noise_specs()
         )

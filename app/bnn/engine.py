@@ -98,10 +98,16 @@ class MonteCarloEngine:
         # Per low-rank layer, the moments local reparameterisation needs (the model is frozen once served):
         # μ_B, σ_B², μ_Aᵀ, σ_Aᵀ², μ_c, σ_c².
         self._moments = [
-            (layer.factor_b.mu.detach(), layer.factor_b.sigma.detach().square(),
-             layer.factor_a.mu.detach().T.contiguous(), layer.factor_a.sigma.detach().square().T.contiguous(),
-             layer.bias.mu.detach(), layer.bias.sigma.detach().square())
-            for layer in model.layers if isinstance(layer, LowRankBayesLinear)
+            (
+                layer.factor_b.mu.detach(),
+                layer.factor_b.sigma.detach().square(),
+                layer.factor_a.mu.detach().T.contiguous(),
+                layer.factor_a.sigma.detach().square().T.contiguous(),
+                layer.bias.mu.detach(),
+                layer.bias.sigma.detach().square(),
+            )
+            for layer in model.layers
+            if isinstance(layer, LowRankBayesLinear)
         ]
         self._bank: list | None = None
         self._bank_layout: list | None = None
@@ -263,8 +269,11 @@ class MonteCarloEngine:
         while used < max_samples:
             size = min(chunk, max_samples - used)
             if sampler is Sampler.BANK:
-                part = self._propagate(x, _slice(self._bank, used, used + size),  # type: ignore[arg-type]
-                                       _slice(self._bank_layout, used, used + size))
+                part = self._propagate(
+                    x,
+                    _slice(self._bank, used, used + size),  # type: ignore[arg-type]
+                    _slice(self._bank_layout, used, used + size),
+                )
             elif sampler is Sampler.FRESH:
                 part = self._propagate(x, self.model.sample(size, generator))
             else:
@@ -315,8 +324,9 @@ def feature_major(weights: list) -> list[tuple[Tensor, Tensor, Tensor]]:
     return [(b.transpose(1, 2).contiguous(), a.contiguous(), c.unsqueeze(2).contiguous()) for a, b, c in weights]
 
 
-def _lowrank_feature_major(x: Tensor, layout: list[tuple[Tensor, Tensor, Tensor]], sample_chunk: int,
-                           model: BayesianMLP) -> Tensor:
+def _lowrank_feature_major(
+    x: Tensor, layout: list[tuple[Tensor, Tensor, Tensor]], sample_chunk: int, model: BayesianMLP
+) -> Tensor:
     """Large N: activations kept as (S, m, N) so every GEMM has the long N dimension last, ``sample_chunk``
     samples at a time so that they stay in cache. x: (N, n) -> logits (S, N, k)."""
     (first_bt, first_a, first_c), rest = layout[0], layout[1:]

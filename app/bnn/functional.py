@@ -26,16 +26,12 @@ def rho_from_sigma(sigma: float | Tensor) -> Tensor:
     return sigma + torch.log(-torch.expm1(-sigma))
 
 
-def standard_normal(
-    shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None = None
-) -> Tensor:
+def standard_normal(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Standard normal noise of ``shape`` on ``like``'s device and dtype."""
     return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
-def sample_gaussian(
-    mu: Tensor, sigma: Tensor, samples: int, generator: torch.Generator | None = None
-) -> Tensor:
+def sample_gaussian(mu: Tensor, sigma: Tensor, samples: int, generator: torch.Generator | None = None) -> Tensor:
     """Reparameterised draws ``mu + sigma * eps``: mu, sigma: (*D) -> (S, *D)."""
     eps = standard_normal((samples, *mu.shape), mu, generator)
     return mu + sigma * eps

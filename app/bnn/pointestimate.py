@@ -59,7 +59,6 @@ class DeterministicLinear(_PointLinear):
         super().__init__(in_features, out_features, members=1, **kwargs)  # type: ignore[arg-type]
 
 
-
 class EnsembleLinear(_PointLinear):
     """M independently initialised point estimates evaluated together (a deep ensemble's layer).
 
@@ -74,7 +73,6 @@ class EnsembleLinear(_PointLinear):
             raise ValueError(f"an ensemble needs ≥ 2 members, got {members}")
         super().__init__(in_features, out_features, members=members, **kwargs)  # type: ignore[arg-type]
         self.fixed_samples = members
-
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, members={self.members}"
@@ -118,5 +116,3 @@ class MCDropoutLinear(_PointLinear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, p={self.p}"
-
-

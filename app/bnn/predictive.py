@@ -93,8 +93,7 @@ def predict_with(model: BayesianMLP, x: Tensor, weights: list, chunk_rows: int |
     model.eval()
     try:
         chunks = [
-            class_probabilities(model.propagate(part, weights), model.spec.likelihood)
-            for part in x.split(chunk_rows)
+            class_probabilities(model.propagate(part, weights), model.spec.likelihood) for part in x.split(chunk_rows)
         ]
     finally:
         model.train(was_training)

@@ -127,14 +127,11 @@ def default_ranks(shapes: list[tuple[int, int]], hidden_rank: int = 15, output_r
     return [min(r, n, m) for r, (n, m) in zip(ranks, shapes, strict=True)]
 
 
-
 class Sampler(str, Enum):
     AUTO = "auto"
     BANK = "bank"
     FRESH = "fresh"
     LOCAL = "local"
-
-
 
 
 @dataclass(frozen=True)

@@ -90,9 +90,17 @@ def read_manifest(folder: str | Path) -> Manifest:
 
 # Training options that a rebuild command repeats (CLI flag, config key), when the old manifest has them.
 _REBUILD_FLAGS = (
-    ("--kind", "kind"), ("--hidden", "hidden"), ("--rank", "rank"), ("--ranks", "ranks"), ("--members", "members"),
-    ("--dropout", "dropout"), ("--epochs", "epochs"), ("--beta", "beta"), ("--samples", "default_samples"),
-    ("--seed", "seed"), ("--warm-start", "warm_start"),
+    ("--kind", "kind"),
+    ("--hidden", "hidden"),
+    ("--rank", "rank"),
+    ("--ranks", "ranks"),
+    ("--members", "members"),
+    ("--dropout", "dropout"),
+    ("--epochs", "epochs"),
+    ("--beta", "beta"),
+    ("--samples", "default_samples"),
+    ("--seed", "seed"),
+    ("--warm-start", "warm_start"),
 )
 
 
@@ -153,8 +161,10 @@ def read_gate(folder: str | Path, manifest: Manifest) -> Gate:
     except GateTensorError as exc:
         raise CheckpointError(str(path), str(exc)) from exc
     if thresholds_for(spec.calibration.level, tensors.reference) != spec.thresholds():
-        raise CheckpointError(str(folder / MANIFEST_FILE), "the gate's thresholds differ from those its calibration "
-                              "level and reference imply (modified?)")
+        raise CheckpointError(
+            str(folder / MANIFEST_FILE),
+            "the gate's thresholds differ from those its calibration level and reference imply (modified?)",
+        )
     return Gate(spec, Screening(manifest.features, manifest.preprocessing), tensors)
 
 

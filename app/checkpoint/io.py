@@ -54,8 +54,13 @@ def save_checkpoint(folder: str | Path, model: BayesianMLP, manifest: Manifest, 
     manifest = manifest.model_copy(
         update={
             "weights": manifest.weights.model_copy(update={"sha256": sha256_bytes(data), "bytes": len(data)}),
-            "gate": spec.model_copy(update={"tensors": spec.tensors.model_copy(
-                update={"sha256": sha256_bytes(gate_data), "bytes": len(gate_data)})}),
+            "gate": spec.model_copy(
+                update={
+                    "tensors": spec.tensors.model_copy(
+                        update={"sha256": sha256_bytes(gate_data), "bytes": len(gate_data)}
+                    )
+                }
+            ),
         }
     )
     Manifest.model_validate(manifest.model_dump())  # re-validate the updated copy

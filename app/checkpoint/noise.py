@@ -24,8 +24,11 @@ class NoiseStream:
     def next(self, samples: int) -> dict[str, np.ndarray]:
         """Noise for the next ``samples`` samples (one chunk): name -> (samples, *shape) float32."""
         return {
-            i.name: (self.rng.standard_normal((samples, *i.shape), dtype=np.float32) if i.distribution == "normal"
-                     else self.rng.random((samples, *i.shape), dtype=np.float32))
+            i.name: (
+                self.rng.standard_normal((samples, *i.shape), dtype=np.float32)
+                if i.distribution == "normal"
+                else self.rng.random((samples, *i.shape), dtype=np.float32)
+            )
             for i in self.inputs
         }
 

@@ -89,7 +89,7 @@ class SamplingPredictive(nn.Module):
     def forward(self, x: Tensor, *noise: Tensor) -> Tensor:
         per_layer, k = [], 0
         for count in self.counts:
-            per_layer.append(tuple(noise[k:k + count]))
+            per_layer.append(tuple(noise[k : k + count]))
             k += count
         weights = self.model.sample_from_noise(per_layer)
         return class_probabilities(self.model.propagate(x, weights), self.model.spec.likelihood)
@@ -118,8 +118,9 @@ def reference_inputs(checkpoint: Checkpoint, rows: int = 64, seed: int = 0) -> n
 
 
 @torch.no_grad()
-def export_onnx(checkpoint: Checkpoint, samples: int | None = None, seed: int = 0, opset: int = 17,
-                tolerance: float = 1e-4) -> ExportReport:
+def export_onnx(
+    checkpoint: Checkpoint, samples: int | None = None, seed: int = 0, opset: int = 17, tolerance: float = 1e-4
+) -> ExportReport:
     """Write ``model.onnx`` (bank of ``samples`` draws from ``seed``) into the checkpoint folder, validate it
     with onnxruntime against torch on reference inputs, and record it in the manifest. Raises
     CheckpointError when the two disagree by more than ``tolerance``."""
@@ -134,8 +135,14 @@ def export_onnx(checkpoint: Checkpoint, samples: int | None = None, seed: int = 
     d = model.spec.in_features
     buffer = io.BytesIO()
     torch.onnx.export(
-        wrapper, (torch.zeros(1, d),), buffer, dynamo=False, opset_version=opset, input_names=["x"],
-        output_names=OUTPUTS, dynamic_axes={"x": {0: "rows"}, **{name: {0: "rows"} for name in OUTPUTS}},
+        wrapper,
+        (torch.zeros(1, d),),
+        buffer,
+        dynamo=False,
+        opset_version=opset,
+        input_names=["x"],
+        output_names=OUTPUTS,
+        dynamic_axes={"x": {0: "rows"}, **{name: {0: "rows"} for name in OUTPUTS}},
     )
     data = buffer.getvalue()
     x = reference_inputs(checkpoint)
@@ -146,16 +153,28 @@ def export_onnx(checkpoint: Checkpoint, samples: int | None = None, seed: int = 
     torch_out = [predictive.mean, u.total, u.aleatoric, u.epistemic, u.std]
     worst = max(float(np.abs(a - b.numpy()).max()) for a, b in zip(onnx_out, torch_out, strict=True))
     if not worst <= tolerance:
-        raise CheckpointError(str(checkpoint.path / ONNX_FILE),
-                              f"onnxruntime and torch differ by {worst:.3g} > tolerance {tolerance:g}; not written")
+        raise CheckpointError(
+            str(checkpoint.path / ONNX_FILE),
+            f"onnxruntime and torch differ by {worst:.3g} > tolerance {tolerance:g}; not written",
+        )
     sampling = _export_sampling(model, x, opset, tolerance, checkpoint.path / SAMPLING_FILE, ort)
     path = checkpoint.path / ONNX_FILE
     path.write_bytes(data)
     if sampling is None:
         (checkpoint.path / SAMPLING_FILE).unlink(missing_ok=True)  # a stale graph of earlier weights
-    info = OnnxInfo(file=ONNX_FILE, sha256=sha256_bytes(data), bytes=len(data), opset=opset, sampler="bank",
-                    samples=samples, bank_seed=seed, tolerance=tolerance, max_abs_diff=worst,
-                    onnxruntime_version=ort.__version__, sampling=sampling)
+    info = OnnxInfo(
+        file=ONNX_FILE,
+        sha256=sha256_bytes(data),
+        bytes=len(data),
+        opset=opset,
+        sampler="bank",
+        samples=samples,
+        bank_seed=seed,
+        tolerance=tolerance,
+        max_abs_diff=worst,
+        onnxruntime_version=ort.__version__,
+        sampling=sampling,
+    )
     write_manifest(checkpoint.path, checkpoint.manifest.model_copy(update={"onnx": info}))
     return ExportReport(path=path, info=info)
 
@@ -168,16 +187,25 @@ def sampling_graph(model: BayesianMLP, opset: int = 17) -> bytes:
     example = (torch.zeros(1, model.spec.in_features), *(torch.zeros(1, *i.shape) for i in inputs))
     buffer = io.BytesIO()
     torch.onnx.export(
-        SamplingPredictive(model).eval(), example, buffer, dynamo=False, opset_version=opset,
-        input_names=["x", *names], output_names=[SAMPLING_OUTPUT],
-        dynamic_axes={"x": {0: "rows"}, **{n: {0: "samples"} for n in names},
-                      SAMPLING_OUTPUT: {0: "samples", 1: "rows"}},
+        SamplingPredictive(model).eval(),
+        example,
+        buffer,
+        dynamo=False,
+        opset_version=opset,
+        input_names=["x", *names],
+        output_names=[SAMPLING_OUTPUT],
+        dynamic_axes={
+            "x": {0: "rows"},
+            **{n: {0: "samples"} for n in names},
+            SAMPLING_OUTPUT: {0: "samples", 1: "rows"},
+        },
     )
     return buffer.getvalue()
 
 
-def _export_sampling(model: BayesianMLP, x: np.ndarray, opset: int, tolerance: float, path: Path,
-                     ort: object) -> OnnxSampling | None:
+def _export_sampling(
+    model: BayesianMLP, x: np.ndarray, opset: int, tolerance: float, path: Path, ort: object
+) -> OnnxSampling | None:
     """Export, validate on the serving backend's noise (seed 0) and write the sampling graph; None for kinds
     without noise. Raises CheckpointError (and writes nothing) when onnxruntime and torch differ by more than
     ``tolerance``."""
@@ -191,7 +219,9 @@ def _export_sampling(model: BayesianMLP, x: np.ndarray, opset: int, tolerance: f
     torch_probs = SamplingPredictive(model)(torch.from_numpy(x), *(torch.from_numpy(noise[i.name]) for i in inputs))
     worst = float(np.abs(onnx_probs - torch_probs.numpy()).max())
     if not worst <= tolerance:
-        raise CheckpointError(str(path), f"sampling graph: onnxruntime and torch differ by {worst:.3g} > tolerance "
-                                         f"{tolerance:g}; not written")
+        raise CheckpointError(
+            str(path),
+            f"sampling graph: onnxruntime and torch differ by {worst:.3g} > tolerance {tolerance:g}; not written",
+        )
     path.write_bytes(data)
     return OnnxSampling(file=path.name, sha256=sha256_bytes(data), bytes=len(data), inputs=inputs, max_abs_diff=worst)

@@ -114,11 +114,13 @@ def load_flchain(seed: int = 0) -> TabularDataset:
     }
 
     specs = [
-        spec.model_copy(update={
-            "unit": _FEATURE_INFO[spec.name][0],
-            "description": _FEATURE_INFO[spec.name][1],
-            "plausible": PLAUSIBLE.get(spec.name),
-        })
+        spec.model_copy(
+            update={
+                "unit": _FEATURE_INFO[spec.name][0],
+                "description": _FEATURE_INFO[spec.name][1],
+                "plausible": PLAUSIBLE.get(spec.name),
+            }
+        )
         for spec in infer_feature_specs(train.frame, features, categorical=["sex"])
     ]
     try:

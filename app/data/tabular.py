@@ -87,9 +87,7 @@ def _annotate(
         for name in given:
             if name not in numeric:
                 raise DataError(f"{name}: --{option} names a feature that is not a numeric feature of the table")
-    return [
-        s.model_copy(update={"plausible": plausible.get(s.name), "unit": units.get(s.name)}) for s in specs
-    ]
+    return [s.model_copy(update={"plausible": plausible.get(s.name), "unit": units.get(s.name)}) for s in specs]
 
 
 def load_table(

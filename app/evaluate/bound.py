@@ -387,8 +387,16 @@ def render_bound_markdown(report: BoundReport) -> str:
     """A Markdown section: the per-layer table, the global terms and what 'vacuous' means."""
     r = report
     twin = r.has_twin
-    header = ["layer", "shape (m × n)", "rank", "factor entries", "mn", "√(factors / mn)", "KL (nats)",
-              "quadrature error (nats)"]
+    header = [
+        "layer",
+        "shape (m × n)",
+        "rank",
+        "factor entries",
+        "mn",
+        "√(factors / mn)",
+        "KL (nats)",
+        "quadrature error (nats)",
+    ]
     if twin:
         header += ["σ_{>r}", "retained energy", "‖μ_A μ_Bᵀ − W*_r‖_F"]
     lines = [
@@ -416,7 +424,9 @@ def render_bound_markdown(report: BoundReport) -> str:
         ]
         if twin:
             cells += [
-                _opt(layer.rank_bias, ".4g"), _opt(layer.retained_energy, ".4f"), _opt(layer.learning_error, ".4g")
+                _opt(layer.rank_bias, ".4g"),
+                _opt(layer.retained_energy, ".4f"),
+                _opt(layer.learning_error, ".4g"),
             ]
         lines.append("| " + " | ".join(cells) + " |")
     verdict = "**vacuous**" if r.vacuous else "**non-vacuous**"

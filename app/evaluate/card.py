@@ -27,8 +27,11 @@ def _gate_table(reports: dict[str, Any]) -> list[str]:
         a, f = r["auroc"], r["referred"]
         shares = [f[k] for k in ("support", "density", "epistemic")] + [r["not_accepted"], r["rejected"]]
         lines.append(
-            f"| `{name}` | {r['rows']} | " + " | ".join(_fmt(a[k]) for k in ("support", "density", "epistemic", "gate"))
-            + " | " + " | ".join(_share(v) for v in shares) + " |"
+            f"| `{name}` | {r['rows']} | "
+            + " | ".join(_fmt(a[k]) for k in ("support", "density", "epistemic", "gate"))
+            + " | "
+            + " | ".join(_share(v) for v in shares)
+            + " |"
         )
     return lines
 
@@ -65,10 +68,19 @@ def gate_section(manifest: Manifest, evaluation: dict[str, Any] | None) -> list[
     if warnings:
         lines += ["", "**Warnings** (what this gate misses):", *[f"- **{w}**" for w in warnings]]
     if evaluation is not None:
-        lines += ["", "AUROC of each component against the test split, and the share each refers on its own "
-                  "(the gate's share counts referred and rejected rows).", "", "### OOD sets", "",
-                  *_gate_table(evaluation["ood"]), "", "### Stress suite (generated from the test split)", "",
-                  *_gate_table(evaluation["stress"])]
+        lines += [
+            "",
+            "AUROC of each component against the test split, and the share each refers on its own "
+            "(the gate's share counts referred and rejected rows).",
+            "",
+            "### OOD sets",
+            "",
+            *_gate_table(evaluation["ood"]),
+            "",
+            "### Stress suite (generated from the test split)",
+            "",
+            *_gate_table(evaluation["stress"]),
+        ]
     return lines
 
 
@@ -146,9 +158,16 @@ def render_card(manifest: Manifest, result: dict[str, Any], figures: bool = True
         "- Monte Carlo estimates vary with the seed; the response's seed and sample count replay an answer.",
     ]
     if m.kind.value == "deterministic":
-        lines.append("- A deterministic network has no epistemic uncertainty: its mutual information is 0, so the "
-                     "gate's epistemic component never refers (bounds, support and density still do).")
+        lines.append(
+            "- A deterministic network has no epistemic uncertainty: its mutual information is 0, so the "
+            "gate's epistemic component never refers (bounds, support and density still do)."
+        )
     if figures:
-        lines += ["", "## Figures", "![reliability diagram](reliability.png)", "",
-                  "![OOD score histograms](ood_scores.png)"]
+        lines += [
+            "",
+            "## Figures",
+            "![reliability diagram](reliability.png)",
+            "",
+            "![OOD score histograms](ood_scores.png)",
+        ]
     return "\n".join(lines) + "\n"

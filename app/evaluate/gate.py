@@ -62,7 +62,7 @@ def in_distribution_rates(scored: GatedSet) -> GateRates:
 def auroc_standard_error(area: float, positives: int, negatives: int) -> float:
     """Hanley & McNeil's (1982) standard error of an AUROC from ``positives`` and ``negatives`` rows."""
     q1, q2 = area / (2 - area), 2 * area**2 / (1 + area)
-    variance = (area * (1 - area) + (positives - 1) * (q1 - area**2) + (negatives - 1) * (q2 - area**2))
+    variance = area * (1 - area) + (positives - 1) * (q1 - area**2) + (negatives - 1) * (q2 - area**2)
     return math.sqrt(max(variance, 0.0) / (positives * negatives))
 
 
@@ -96,22 +96,33 @@ def gate_findings(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     for name, report in reports.items():
         for component in RANKED:
             if report["below_chance"][component]:
-                findings.append({"set": name, "component": component, "finding": "below_chance",
-                                 "value": report["auroc"][component]})
+                findings.append(
+                    {
+                        "set": name,
+                        "component": component,
+                        "finding": "below_chance",
+                        "value": report["auroc"][component],
+                    }
+                )
         if report["not_accepted"] < 0.5:
-            findings.append({"set": name, "component": "gate", "finding": "under_half",
-                             "value": report["not_accepted"]})
+            findings.append(
+                {"set": name, "component": "gate", "finding": "under_half", "value": report["not_accepted"]}
+            )
     return findings
 
 
 def warning_text(finding: dict[str, Any]) -> str:
     """A finding as the loud sentence training prints and the card shows."""
     if finding["finding"] == "below_chance":
-        return (f"{finding['component']} ranks OOD set '{finding['set']}' below chance (AUROC {finding['value']:.3f}, "
-                "95% upper limit under 0.5): on this shift it scores shifted rows as more familiar than "
-                "in-distribution ones")
-    return (f"the gate refers only {finding['value']:.1%} of OOD set '{finding['set']}' (under half): this shift "
-            "mostly passes as in-distribution")
+        return (
+            f"{finding['component']} ranks OOD set '{finding['set']}' below chance (AUROC {finding['value']:.3f}, "
+            "95% upper limit under 0.5): on this shift it scores shifted rows as more familiar than "
+            "in-distribution ones"
+        )
+    return (
+        f"the gate refers only {finding['value']:.1%} of OOD set '{finding['set']}' (under half): this shift "
+        "mostly passes as in-distribution"
+    )
 
 
 def gate_warnings(reports: dict[str, dict[str, Any]]) -> list[str]:

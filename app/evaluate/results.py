@@ -168,8 +168,10 @@ def _comparable_calibration(summary: Mapping[str, Any]) -> Claim:
         statement,
         rule,
         tuple(
-            Condition(f"ECE {low:.3f} vs {other} {_test(summary, other, 'ece'):.3f}",
-                      abs(low - _test(summary, other, "ece")) <= COMPARABLE_ECE)
+            Condition(
+                f"ECE {low:.3f} vs {other} {_test(summary, other, 'ece'):.3f}",
+                abs(low - _test(summary, other, "ece")) <= COMPARABLE_ECE,
+            )
             for other in others
         ),
     )
@@ -215,9 +217,7 @@ def summarise(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     ood: dict[str, Any] = {}
     for name in first["metrics"]["ood"]:
         entries = [r["metrics"]["ood"][name] for r in results]
-        ood[name] = {
-            score: {m: mean_std([e[score][m] for e in entries]) for m in OOD_METRICS} for score in OOD_SCORES
-        }
+        ood[name] = {score: {m: mean_std([e[score][m] for e in entries]) for m in OOD_METRICS} for score in OOD_SCORES}
         ood[name]["not_accepted_rate"] = mean_std([e["not_accepted_rate"] for e in entries])
         ood[name]["rows"] = entries[0]["mutual_information"]["n_ood"]
     return {
@@ -375,8 +375,14 @@ def _ablation(plan: Plan, out: Path) -> list[dict[str, Any]]:
             results.append(result)
         summary = summarise(results)
         per_seed_ood = [_mean_ood_auroc(r) for r in results]
-        rows.append({"rank": rank, "runs": [f.name for f in folders], **summary,
-                     "ood_auroc_mean_over_sets": mean_std(per_seed_ood)})
+        rows.append(
+            {
+                "rank": rank,
+                "runs": [f.name for f in folders],
+                **summary,
+                "ood_auroc_mean_over_sets": mean_std(per_seed_ood),
+            }
+        )
     return rows
 
 
@@ -490,9 +496,13 @@ def render_markdown(report: Mapping[str, Any], observations: str, figures: Mappi
         "inputs, 8.4% deaths); these come from a different, smaller clinical task.\n",
     ]
     claim_rows = [
-        [c["statement"], c["rule"],
-         "; ".join(("✓ " if cond["holds"] else "✗ ") + cond["text"] for cond in c["conditions"])
-         or "needs " + ", ".join(c["missing"]), f"**{c['verdict']}**"]
+        [
+            c["statement"],
+            c["rule"],
+            "; ".join(("✓ " if cond["holds"] else "✗ ") + cond["text"] for cond in c["conditions"])
+            or "needs " + ", ".join(c["missing"]),
+            f"**{c['verdict']}**",
+        ]
         for c in report["claims"]
     ]
     out.append(table(["claim", "rule", "evidence", "verdict"], claim_rows, align="l"))
@@ -500,8 +510,11 @@ def render_markdown(report: Mapping[str, Any], observations: str, figures: Mappi
     out.append(f"## Test split ({summary[labels[0]]['test_rows']} rows)\n")
     rows = [[label, *(ms(summary[label]["test"][m]) for m in TEST_METRICS)] for label in labels]
     out.append(table(["kind", "AUROC", "AUPRC", "NLL", "ECE", "Brier", "accuracy"], rows))
-    out.append(f"ECE: {ECE_BINS} equal-width bins of the predicted risk. Paper (MIMIC-III) for context: "
-               + "; ".join(f"{k} AUROC {v[0]:.3f}, NLL {v[1]:.3f}" for k, v in PAPER.items()) + ".\n")
+    out.append(
+        f"ECE: {ECE_BINS} equal-width bins of the predicted risk. Paper (MIMIC-III) for context: "
+        + "; ".join(f"{k} AUROC {v[0]:.3f}, NLL {v[1]:.3f}" for k, v in PAPER.items())
+        + ".\n"
+    )
 
     out.append("## Size and speed\n")
     base = summary.get(ABLATION_BASE, {}).get("parameter_count")
@@ -510,48 +523,90 @@ def render_markdown(report: Mapping[str, Any], observations: str, figures: Mappi
         s = summary[label]
         timing = report["timing"].get(label, {})
         paper = PAPER.get(label)
-        rows.append([
-            label,
-            f"{s['parameter_count']:,}",
-            f"{s['parameter_count'] / base:.2f}×" if base else "",
-            f"{paper[3]:,}" if paper else "",
-            ms(s["training_seconds"], 1),
-            ms(s["epochs_run"], 0),
-            ms(s["seconds_per_epoch"], 2),
-            str(s["default_samples"]),
-            ms(timing["rows_1"], 2) if timing else "",
-            ms(timing["seeded_rows_1"], 2) if timing else "",
-            ms(timing["rows_1024"], 1) if timing else "",
-        ])
-    out.append(table(["kind", "parameters", "× lowrank", "paper", "training (s)", "epochs", "s / epoch", "S",
-                       "1 row, bank (ms)", "1 row, seeded (ms)", "1024 rows, bank (ms)"], rows))
+        rows.append(
+            [
+                label,
+                f"{s['parameter_count']:,}",
+                f"{s['parameter_count'] / base:.2f}×" if base else "",
+                f"{paper[3]:,}" if paper else "",
+                ms(s["training_seconds"], 1),
+                ms(s["epochs_run"], 0),
+                ms(s["seconds_per_epoch"], 2),
+                str(s["default_samples"]),
+                ms(timing["rows_1"], 2) if timing else "",
+                ms(timing["seeded_rows_1"], 2) if timing else "",
+                ms(timing["rows_1024"], 1) if timing else "",
+            ]
+        )
+    out.append(
+        table(
+            [
+                "kind",
+                "parameters",
+                "× lowrank",
+                "paper",
+                "training (s)",
+                "epochs",
+                "s / epoch",
+                "S",
+                "1 row, bank (ms)",
+                "1 row, seeded (ms)",
+                "1024 rows, bank (ms)",
+            ],
+            rows,
+        )
+    )
     load = report["timing_load_average"]
-    out.append(f"Parameters count variational means and scales (as the paper does). Training time: wall clock of "
-               f"the training loop (early stopping decides the epochs). Inference: the serving engine "
-               f"(`app.bnn.engine.MonteCarloEngine`) at the default S: an unseeded request (the frozen bank) and a "
-               f"seeded one (fresh or local weight samples, as its cost model chooses), median of "
-               f"{plan['timing_repeats']} calls after a warm-up, measured after all "
-               f"training with {_threads(machine['torch_threads'])}, mean ± std over seeds; the 1-minute load "
-               f"average was {load[0]:.1f} → {load[1]:.1f} on {machine['cores']} cores while timing; timings on a "
-               "shared machine can move by up to 2× between runs.\n")
+    out.append(
+        f"Parameters count variational means and scales (as the paper does). Training time: wall clock of "
+        f"the training loop (early stopping decides the epochs). Inference: the serving engine "
+        f"(`app.bnn.engine.MonteCarloEngine`) at the default S: an unseeded request (the frozen bank) and a "
+        f"seeded one (fresh or local weight samples, as its cost model chooses), median of "
+        f"{plan['timing_repeats']} calls after a warm-up, measured after all "
+        f"training with {_threads(machine['torch_threads'])}, mean ± std over seeds; the 1-minute load "
+        f"average was {load[0]:.1f} → {load[1]:.1f} on {machine['cores']} cores while timing; timings on a "
+        "shared machine can move by up to 2× between runs.\n"
+    )
 
     out.append("## OOD detection\n")
-    out.append("Each OOD set is pooled with the in-distribution test split (OOD = positive). Scores: mutual "
-               "information (MI, the paper's) and the predictive std of the predicted class (std). "
-               "'Not accepted' is the share of the set the model's layered gate refers or rejects (next "
-               "section). "
-               "A deterministic network has MI = std = 0 everywhere: its AUROC is 0.5 by construction.\n")
+    out.append(
+        "Each OOD set is pooled with the in-distribution test split (OOD = positive). Scores: mutual "
+        "information (MI, the paper's) and the predictive std of the predicted class (std). "
+        "'Not accepted' is the share of the set the model's layered gate refers or rejects (next "
+        "section). "
+        "A deterministic network has MI = std = 0 everywhere: its AUROC is 0.5 by construction.\n"
+    )
     for name in summary[labels[0]]["ood"]:
         rows_ood = summary[labels[0]]["ood"][name]["rows"]
         out.append(f"### {name} ({rows_ood} rows)\n\n{data['ood_reasons'].get(name, '')}\n")
         rows = []
         for label in labels:
             entry = summary[label]["ood"][name]
-            rows.append([label, *(ms(entry["mutual_information"][m]) for m in OOD_METRICS),
-                         ms(entry["not_accepted_rate"]),
-                         *(ms(entry["predictive_std"][m]) for m in OOD_METRICS)])
-        out.append(table(["kind", "AUROC (MI)", "AUPR-OOD (MI)", "AUPR-In (MI)", "FPR@95%TPR (MI)", "not accepted",
-                           "AUROC (std)", "AUPR-OOD (std)", "AUPR-In (std)", "FPR@95%TPR (std)"], rows))
+            rows.append(
+                [
+                    label,
+                    *(ms(entry["mutual_information"][m]) for m in OOD_METRICS),
+                    ms(entry["not_accepted_rate"]),
+                    *(ms(entry["predictive_std"][m]) for m in OOD_METRICS),
+                ]
+            )
+        out.append(
+            table(
+                [
+                    "kind",
+                    "AUROC (MI)",
+                    "AUPR-OOD (MI)",
+                    "AUPR-In (MI)",
+                    "FPR@95%TPR (MI)",
+                    "not accepted",
+                    "AUROC (std)",
+                    "AUPR-OOD (std)",
+                    "AUPR-In (std)",
+                    "FPR@95%TPR (std)",
+                ],
+                rows,
+            )
+        )
 
     out.append(render_gate(summary))
 
@@ -559,8 +614,10 @@ def render_markdown(report: Mapping[str, Any], observations: str, figures: Mappi
     out.append(f"![reliability diagrams]({figures['reliability']})\n")
     out.append("Reliability diagrams of the test split, predictions of all seeds pooled (grey: cases per bin).\n")
     out.append(f"![risk–coverage curves]({figures['risk_coverage']})\n")
-    out.append("Risk–coverage: refer the most uncertain cases first (by MI, or by the total predictive entropy) "
-               "and measure the error rate (arg-max class) of the cases kept; mean ± std over seeds.\n")
+    out.append(
+        "Risk–coverage: refer the most uncertain cases first (by MI, or by the total predictive entropy) "
+        "and measure the error rate (arg-max class) of the cases kept; mean ± std over seeds.\n"
+    )
     referral = [(score, f) for score in ("mutual_information", "total") for f in REFERRAL_TABLE if f > 0]
     header = ["kind", "error, none referred"] + [
         f"{f:.0%} referred by {'MI' if score == 'mutual_information' else 'entropy'}" for score, f in referral
@@ -573,23 +630,48 @@ def render_markdown(report: Mapping[str, Any], observations: str, figures: Mappi
 
     out.append("## OOD score distributions\n")
     out.append(f"![OOD score histograms]({figures['ood_histograms']})\n")
-    out.append("Mutual information on the in-distribution test split and on each OOD set (log scale), for the "
-               "served (best validation NLL) seed of each kind; dashed: its gate.\n")
+    out.append(
+        "Mutual information on the in-distribution test split and on each OOD set (log scale), for the "
+        "served (best validation NLL) seed of each kind; dashed: its gate.\n"
+    )
 
     if report["ablation"]:
         out.append("## Rank ablation (lowrank, rank r in the hidden layers, 1 at the output)\n")
         sets = list(report["ablation"][0]["ood"])
         rows = []
         for row in report["ablation"]:
-            rows.append([str(row["rank"]), "/".join(map(str, row["ranks"])), f"{row['parameter_count']:,}",
-                         ms(row["test"]["auroc"]), ms(row["test"]["nll"]), ms(row["test"]["ece"]),
-                         *(ms(row["ood"][s]["mutual_information"]["auroc"]) for s in sets),
-                         ms(row["ood_auroc_mean_over_sets"])])
-        out.append(table(["r", "layer ranks", "parameters", "AUROC", "NLL", "ECE",
-                           *(f"OOD AUROC (MI) {s}" for s in sets), "OOD AUROC mean"], rows))
+            rows.append(
+                [
+                    str(row["rank"]),
+                    "/".join(map(str, row["ranks"])),
+                    f"{row['parameter_count']:,}",
+                    ms(row["test"]["auroc"]),
+                    ms(row["test"]["nll"]),
+                    ms(row["test"]["ece"]),
+                    *(ms(row["ood"][s]["mutual_information"]["auroc"]) for s in sets),
+                    ms(row["ood_auroc_mean_over_sets"]),
+                ]
+            )
+        out.append(
+            table(
+                [
+                    "r",
+                    "layer ranks",
+                    "parameters",
+                    "AUROC",
+                    "NLL",
+                    "ECE",
+                    *(f"OOD AUROC (MI) {s}" for s in sets),
+                    "OOD AUROC mean",
+                ],
+                rows,
+            )
+        )
         ablation_seeds = ", ".join(map(str, plan["ablation_seeds"]))
-        out.append(f"Seeds {ablation_seeds}; the row of lowrank's own rank reuses the comparison's lowrank runs. "
-                   "A rank is capped at min(m, n) of its layer (layer ranks: input / hidden / output).\n")
+        out.append(
+            f"Seeds {ablation_seeds}; the row of lowrank's own rank reuses the comparison's lowrank runs. "
+            "A rank is capped at min(m, n) of its layer (layer ranks: input / hidden / output).\n"
+        )
         out.append(f"![rank ablation]({figures['rank_ablation']})\n")
         energy = report["energy"]
         if energy:
@@ -601,28 +683,38 @@ def render_markdown(report: Mapping[str, Any], observations: str, figures: Mappi
                     index = min(r, len(curve["mean"])) - 1
                     cells.append(f"{curve['mean'][index]:.1%}")
                 rows.append([layer, *cells])
-            out.append("Singular-value energy Σ_{i≤r} σ_i² / Σ σ_i² of the trained deterministic networks' "
-                       f"hidden layers (mean over seeds {seeds}; the paper: {PAPER_ENERGY_AT_15:.0%} at r = 15):\n")
+            out.append(
+                "Singular-value energy Σ_{i≤r} σ_i² / Σ σ_i² of the trained deterministic networks' "
+                f"hidden layers (mean over seeds {seeds}; the paper: {PAPER_ENERGY_AT_15:.0%} at r = 15):\n"
+            )
             out.append(table(["layer", *(f"r = {r}" for r in ranks)], rows))
 
     out.append("## PAC-Bayes bound\n")
-    out.append("The McAllester bound (`app.evaluate.bound`) of the served lowrank and fullrank models, with the "
-               "deterministic run of the same seed as twin for the Eckart–Young terms.\n")
+    out.append(
+        "The McAllester bound (`app.evaluate.bound`) of the served lowrank and fullrank models, with the "
+        "deterministic run of the same seed as twin for the Eckart–Young terms.\n"
+    )
     out.append(report["bound_markdown"])
 
     out.append("## Served models\n")
-    out.append("The best seed of each kind (lowest validation NLL) is saved under `models/` and served by "
-               "`sbnn serve` through the same interface; the manifest's `kind` names the kind.\n")
-    rows = [[f"`{e['folder']}`", e["kind"], str(e["seed"]), f"{e['best_val_nll']:.4f}", f"{e['bytes'] / 1e3:.0f} KB"]
-            for e in report["models"].values()]
+    out.append(
+        "The best seed of each kind (lowest validation NLL) is saved under `models/` and served by "
+        "`sbnn serve` through the same interface; the manifest's `kind` names the kind.\n"
+    )
+    rows = [
+        [f"`{e['folder']}`", e["kind"], str(e["seed"]), f"{e['best_val_nll']:.4f}", f"{e['bytes'] / 1e3:.0f} KB"]
+        for e in report["models"].values()
+    ]
     out.append(table(["model", "kind", "seed", "val NLL", "size"], rows, align="l"))
 
     out.append("## Observations\n")
     out.append(f"{OBSERVATIONS_START}\n{observations}\n{OBSERVATIONS_END}\n")
     out.append("## Reproduce\n")
     out.append(f"```bash\npip install -e '.[data,train]'\n{report['command']}\n```\n")
-    out.append(f"Runs (checkpoints, `result.json`, `scores.npz`) go to `{report['out']}/<kind>-s<seed>/`; every "
-               "number above is also in `results.json` beside this file's figures.\n")
+    out.append(
+        f"Runs (checkpoints, `result.json`, `scores.npz`) go to `{report['out']}/<kind>-s<seed>/`; every "
+        "number above is also in `results.json` beside this file's figures.\n"
+    )
     return "\n".join(out)
 
 
@@ -697,40 +789,76 @@ def write_results(
         "rank_ablation": "results/rank_ablation.png",
     }
     pooled = {
-        label: (np.concatenate([s["test_y"] for s in scores[label]]),
-                np.concatenate([s["test_probs"] for s in scores[label]]))
+        label: (
+            np.concatenate([s["test_y"] for s in scores[label]]),
+            np.concatenate([s["test_probs"] for s in scores[label]]),
+        )
         for label in labels
     }
     seeds_note = f"seeds {', '.join(map(str, plan.seeds))}"
-    write_reliability_grid(docs / figures["reliability"], pooled, ECE_BINS,
-                           note=f"{dataset.name} test split, predictions of {seeds_note} pooled")
-    write_risk_coverage(docs / figures["risk_coverage"], REFERRED, curves,
-                        note=f"{dataset.name} test split, mean ± std over {seeds_note}")
+    write_reliability_grid(
+        docs / figures["reliability"],
+        pooled,
+        ECE_BINS,
+        note=f"{dataset.name} test split, predictions of {seeds_note} pooled",
+    )
+    write_risk_coverage(
+        docs / figures["risk_coverage"],
+        REFERRED,
+        curves,
+        note=f"{dataset.name} test split, mean ± std over {seeds_note}",
+    )
     histograms = {}
     for label in labels:
         best_scores = _scores(best[label])
         ood = {k.split("__", 1)[1]: v for k, v in best_scores.items() if k.startswith("ood_mi__")}
         threshold = load_result(best[label])["epistemic_threshold"]  # type: ignore[index]
         histograms[f"{label} ({best[label].name})"] = (best_scores["test_mi"], ood, threshold)
-    write_ood_histogram_grid(docs / figures["ood_histograms"], histograms,
-                             note="the served (best validation NLL) seed of each kind; dashed: its OOD gate")
+    write_ood_histogram_grid(
+        docs / figures["ood_histograms"],
+        histograms,
+        note="the served (best validation NLL) seed of each kind; dashed: its OOD gate",
+    )
     if ablation_rows:
         others = [label for label in labels if label != ABLATION_BASE and label != "lowrank-svd"]
-        auroc_points = [ParetoPoint(f"r={row['rank']}", row["parameter_count"], row["test"]["auroc"]["mean"],
-                                    row["test"]["auroc"]["std"], True) for row in ablation_rows]
-        ood_points = [ParetoPoint(f"r={row['rank']}", row["parameter_count"],
-                                  row["ood_auroc_mean_over_sets"]["mean"], row["ood_auroc_mean_over_sets"]["std"],
-                                  True) for row in ablation_rows]
+        auroc_points = [
+            ParetoPoint(
+                f"r={row['rank']}",
+                row["parameter_count"],
+                row["test"]["auroc"]["mean"],
+                row["test"]["auroc"]["std"],
+                True,
+            )
+            for row in ablation_rows
+        ]
+        ood_points = [
+            ParetoPoint(
+                f"r={row['rank']}",
+                row["parameter_count"],
+                row["ood_auroc_mean_over_sets"]["mean"],
+                row["ood_auroc_mean_over_sets"]["std"],
+                True,
+            )
+            for row in ablation_rows
+        ]
         for label in others:
             s = summary[label]
-            auroc_points.append(ParetoPoint(label, s["parameter_count"], s["test"]["auroc"]["mean"],
-                                            s["test"]["auroc"]["std"], False))
+            auroc_points.append(
+                ParetoPoint(label, s["parameter_count"], s["test"]["auroc"]["mean"], s["test"]["auroc"]["std"], False)
+            )
             ood_auroc = mean_std([_mean_ood_auroc(r) for r in grouped[label]])
             ood_points.append(ParetoPoint(label, s["parameter_count"], ood_auroc["mean"], ood_auroc["std"], False))
-        energy_curves = {layer: (np.array(c["ranks"]), np.array(c["mean"]), np.array(c["std"]))
-                         for layer, c in energy.items()}
-        write_rank_ablation(docs / figures["rank_ablation"], auroc_points, ood_points, energy_curves,
-                            marked_rank=15, paper_energy=PAPER_ENERGY_AT_15)
+        energy_curves = {
+            layer: (np.array(c["ranks"]), np.array(c["mean"]), np.array(c["std"])) for layer, c in energy.items()
+        }
+        write_rank_ablation(
+            docs / figures["rank_ablation"],
+            auroc_points,
+            ood_points,
+            energy_curves,
+            marked_rank=15,
+            paper_energy=PAPER_ENERGY_AT_15,
+        )
 
     exported = {}
     if models is not None:
@@ -759,15 +887,30 @@ def write_results(
             "seeds": list(plan.seeds),
             "ablation_seeds": list(plan.ablation_seeds),
             "ablation_ranks": list(plan.ablation_ranks),
-            "variants": {v.label: {"overrides": {k: getattr(x, "value", x) for k, x in v.overrides.items()},
-                                   "warm_start_from": v.warm_start_from, "description": v.description}
-                         for v in plan.variants},
+            "variants": {
+                v.label: {
+                    "overrides": {k: getattr(x, "value", x) for k, x in v.overrides.items()},
+                    "warm_start_from": v.warm_start_from,
+                    "description": v.description,
+                }
+                for v in plan.variants
+            },
             "timing_repeats": plan.timing_repeats,
         },
         "budget": budget_config.model_dump(
             mode="json",
-            include={"epochs", "patience", "batch_size", "lr", "beta", "kl_warmup_epochs", "hidden", "val_samples",
-                     "default_samples", "class_weight"},
+            include={
+                "epochs",
+                "patience",
+                "batch_size",
+                "lr",
+                "beta",
+                "kl_warmup_epochs",
+                "hidden",
+                "val_samples",
+                "default_samples",
+                "class_weight",
+            },
         ),
         "summary": summary,
         "timing": timing,
@@ -781,8 +924,9 @@ def write_results(
         "bound": bound_numbers,
         "bound_markdown": bound_markdown,
         "runs": {
-            run.name: {k: v for k, v in result.items() if k in ("label", "seed", "parameter_count", "training",
-                                                              "wall_seconds")}
+            run.name: {
+                k: v for k, v in result.items() if k in ("label", "seed", "parameter_count", "training", "wall_seconds")
+            }
             for run in plan.runs(out, ablation=ablation)
             if (result := load_result(run.folder)) is not None
         },

@@ -50,8 +50,14 @@ def _findings(per_seed: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str,
         for f in findings:
             grouped.setdefault((f["set"], f["component"], f["finding"]), []).append(f["value"])
     return [
-        {"set": name, "component": component, "finding": finding, "seeds": len(values),
-         "low": min(values), "high": max(values)}
+        {
+            "set": name,
+            "component": component,
+            "finding": finding,
+            "seeds": len(values),
+            "low": min(values),
+            "high": max(values),
+        }
         for (name, component, finding), values in sorted(grouped.items())
     ]
 
@@ -72,30 +78,53 @@ def render_gate(summary: Mapping[str, Mapping[str, Any]]) -> str:
         f"({budget:.0%}), calibrated on validation with the served bank. AUROCs pool the set with the test split; "
         "a component's share is what it would refer on its own, the gate's counts referred and rejected rows.\n",
         "### In-distribution test split: the gate's false positives\n",
-        table(["kind", "not accepted", "support", "density", "epistemic"],
-              [[label, *(_percent(summary[label]["gate"]["test"][k]) for k in RATES)] for label in labels]),
+        table(
+            ["kind", "not accepted", "support", "density", "epistemic"],
+            [[label, *(_percent(summary[label]["gate"]["test"][k]) for k in RATES)] for label in labels],
+        ),
     ]
     for name, first in summary[labels[0]]["gate"]["ood"].items():
         out.append(f"### OOD set {name} ({first['rows']} rows)\n")
         rows = []
         for label in labels:
             entry = summary[label]["gate"]["ood"][name]
-            rows.append([label, *(ms(entry["auroc"][c]) for c in RANKED),
-                         _percent(entry["not_accepted"]), _percent(entry["rejected"])])
-        out.append(table(["kind", "AUROC support", "AUROC density", "AUROC epistemic", "AUROC gate",
-                          "gate refers", "of which rejected"], rows))
+            rows.append(
+                [
+                    label,
+                    *(ms(entry["auroc"][c]) for c in RANKED),
+                    _percent(entry["not_accepted"]),
+                    _percent(entry["rejected"]),
+                ]
+            )
+        out.append(
+            table(
+                [
+                    "kind",
+                    "AUROC support",
+                    "AUROC density",
+                    "AUROC epistemic",
+                    "AUROC gate",
+                    "gate refers",
+                    "of which rejected",
+                ],
+                rows,
+            )
+        )
     stress = summary[labels[0]]["gate"]["stress"]
     out.append("### Stress suite (generated from the test split)\n")
-    out.append("Share of each stress set the gate does not accept (mean over seeds), per kind; the last columns "
-               "give the AUROC (mean ± std over seeds) of mutual information alone and of the gate for the low-rank "
-               "kind: MI saturates far from the data, and differently for each seed.\n")
+    out.append(
+        "Share of each stress set the gate does not accept (mean over seeds), per kind; the last columns "
+        "give the AUROC (mean ± std over seeds) of mutual information alone and of the gate for the low-rank "
+        "kind: MI saturates far from the data, and differently for each seed.\n"
+    )
     base = "lowrank" if "lowrank" in summary else labels[0]
     rows = []
     for name, first in stress.items():
         cells = [f"{100 * summary[label]['gate']['stress'][name]['not_accepted']['mean']:.1f}%" for label in labels]
         entry = summary[base]["gate"]["stress"][name]
-        rows.append([f"`{name}`", str(first["rows"]), *cells, ms(entry["auroc"]["epistemic"]),
-                     ms(entry["auroc"]["gate"])])
+        rows.append(
+            [f"`{name}`", str(first["rows"]), *cells, ms(entry["auroc"]["epistemic"]), ms(entry["auroc"]["gate"])]
+        )
     out.append(table(["set", "rows", *labels, f"AUROC MI ({base})", f"AUROC gate ({base})"], rows))
     rows = []
     for label in labels:

@@ -58,8 +58,14 @@ def write_reliability_grid(
             bins = reliability_bins(labels, probs, n_bins)
             nonempty = bins.count > 0
             centers = (bins.edges[:-1] + bins.edges[1:]) / 2.0
-            ax.bar(centers[nonempty], bins.frequency[nonempty], width=np.diff(bins.edges)[nonempty],
-                   color="tab:blue", alpha=0.3, edgecolor="tab:blue")
+            ax.bar(
+                centers[nonempty],
+                bins.frequency[nonempty],
+                width=np.diff(bins.edges)[nonempty],
+                color="tab:blue",
+                alpha=0.3,
+                edgecolor="tab:blue",
+            )
             ax.plot(bins.confidence[nonempty], bins.frequency[nonempty], "o-", color="tab:blue", markersize=3)
             ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
             ax.set_xlim(0, 1)
@@ -98,16 +104,36 @@ def write_ood_histogram_grid(
             low, high = np.log10(pooled.min()), np.log10(pooled.max())
             edges = np.logspace(low, high if high > low else low + 1.0, 40)
             # Share of each set per bin (not a density, which log-spaced bins would distort).
-            ax.hist(inside, bins=edges, weights=np.full(inside.size, 1.0 / inside.size), alpha=0.45,
-                    color=colors[0], label="ID test")
+            ax.hist(
+                inside,
+                bins=edges,
+                weights=np.full(inside.size, 1.0 / inside.size),
+                alpha=0.45,
+                color=colors[0],
+                label="ID test",
+            )
             for k, (name, scores) in enumerate(clipped.items()):
-                ax.hist(scores, bins=edges, weights=np.full(scores.size, 1.0 / scores.size), histtype="step",
-                        linewidth=1.3, color=colors[(k + 1) % len(colors)], label=name)
+                ax.hist(
+                    scores,
+                    bins=edges,
+                    weights=np.full(scores.size, 1.0 / scores.size),
+                    histtype="step",
+                    linewidth=1.3,
+                    color=colors[(k + 1) % len(colors)],
+                    label=name,
+                )
             if threshold is not None and threshold > 0:
                 ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label="gate")
             if pooled.max() <= _LOG_FLOOR:
-                ax.text(0.5, 0.5, "score is 0 for every row\n(no epistemic term)", transform=ax.transAxes,
-                        ha="center", va="center", fontsize=8)
+                ax.text(
+                    0.5,
+                    0.5,
+                    "score is 0 for every row\n(no epistemic term)",
+                    transform=ax.transAxes,
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                )
             ax.set_xscale("log")
             ax.set_ylabel("share of the set", fontsize=8)
             ax.set_title(label, fontsize=9)
@@ -128,8 +154,9 @@ def write_risk_coverage(
     """Error of the cases kept against the fraction referred, one panel per referral score:
     ``curves[score][label] = (mean error (F,), std over seeds (F,))`` at the fractions ``referred`` (F,)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(curves), figsize=(5.0 * len(curves), 4.2), dpi=_DPI, squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(curves), figsize=(5.0 * len(curves), 4.2), dpi=_DPI, squeeze=False, layout="constrained"
+    )
     try:
         for ax, (score, by_label) in zip(axes.flat, curves.items(), strict=True):
             for label, (mean, std) in by_label.items():
@@ -173,17 +200,39 @@ def _frontier(points: Sequence[ParetoPoint]) -> list[ParetoPoint]:
 def _pareto_panel(ax: object, points: Sequence[ParetoPoint], ylabel: str) -> None:
     ranks = [p for p in points if p.ablation]
     others = [p for p in points if not p.ablation]
-    ax.errorbar([p.parameters for p in ranks], [p.mean for p in ranks], yerr=[p.std for p in ranks], fmt="o-",
-                color="tab:blue", capsize=2, markersize=4, label="lowrank, rank r")
+    ax.errorbar(
+        [p.parameters for p in ranks],
+        [p.mean for p in ranks],
+        yerr=[p.std for p in ranks],
+        fmt="o-",
+        color="tab:blue",
+        capsize=2,
+        markersize=4,
+        label="lowrank, rank r",
+    )
     for p in ranks:
         ax.annotate(p.label, (p.parameters, p.mean), textcoords="offset points", xytext=(3, 4), fontsize=7)
     markers = "sD^vP*X"
     for k, p in enumerate(others):
-        ax.errorbar([p.parameters], [p.mean], yerr=[p.std], fmt=markers[k % len(markers)], capsize=2,
-                    markersize=6, label=p.label)
+        ax.errorbar(
+            [p.parameters],
+            [p.mean],
+            yerr=[p.std],
+            fmt=markers[k % len(markers)],
+            capsize=2,
+            markersize=6,
+            label=p.label,
+        )
     front = _frontier(points)
-    ax.step([p.parameters for p in front], [p.mean for p in front], where="post", color="black", alpha=0.35,
-            linewidth=1, label="Pareto frontier")
+    ax.step(
+        [p.parameters for p in front],
+        [p.mean for p in front],
+        where="post",
+        color="black",
+        alpha=0.35,
+        linewidth=1,
+        label="Pareto frontier",
+    )
     ax.set_xscale("log")
     ax.set_xlabel("parameters (log scale)")
     ax.set_ylabel(ylabel)
@@ -216,8 +265,9 @@ def write_rank_ablation(
         if marked_rank is not None:
             ax.axvline(marked_rank, color="grey", linestyle=":", linewidth=1, label=f"r = {marked_rank}")
         if paper_energy is not None:
-            ax.axhline(paper_energy, color="tab:red", linestyle="--", linewidth=1,
-                       label=f"paper at r = 15: {paper_energy:.0%}")
+            ax.axhline(
+                paper_energy, color="tab:red", linestyle="--", linewidth=1, label=f"paper at r = 15: {paper_energy:.0%}"
+            )
         ax.set_xscale("log", base=2)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("rank r (log scale)")

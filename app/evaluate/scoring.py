@@ -106,8 +106,13 @@ def gated(gate: Gate, scored: ScoredSet) -> GatedSet:
     """The gate's answer for a scored set, and its ranking (a row beyond float32, NaN scores, ranks as far as
     any score can)."""
     density, epistemic = scored.density, scored.predictions.epistemic
-    return GatedSet(scored.predictions, density, scored.screen, gate.decide(scored.screen, density, epistemic),
-                    gate.ranking(scored.screen, density, epistemic))
+    return GatedSet(
+        scored.predictions,
+        density,
+        scored.screen,
+        gate.decide(scored.screen, density, epistemic),
+        gate.ranking(scored.screen, density, epistemic),
+    )
 
 
 def gate_set(scorer: BankScorer, gate: Gate, preprocessing: Preprocessing, columns: Any) -> GatedSet:
@@ -118,6 +123,7 @@ def gate_set(scorer: BankScorer, gate: Gate, preprocessing: Preprocessing, colum
 
 def _expand(predictions: Predictions, rows: np.ndarray) -> Predictions:
     """Scores of the rows where ``rows`` is True, placed back among all rows (NaN elsewhere)."""
+
     def place(values: np.ndarray) -> np.ndarray:
         out = np.full((rows.size, *values.shape[1:]), np.nan)
         out[rows] = values

@@ -165,24 +165,33 @@ class Screening:
             spec = self.numeric[col]
             reasons[row].append(f"{Component.BOUNDS.value}:{spec.name}")
             if implausible[row, col]:
-                details[row].append(f"{spec.name} = {values[row, col]:g} is outside the plausible range "
-                                    f"{spec.plausible}{_unit(spec)}")
+                details[row].append(
+                    f"{spec.name} = {values[row, col]:g} is outside the plausible range {spec.plausible}{_unit(spec)}"
+                )
             else:
-                details[row].append(f"{spec.name} = {values[row, col]:g} is more than {MAX_STANDARD_SCORE:g} "
-                                    "training standard deviations from the training mean: too far to score")
-        unseen = np.column_stack([codes[f.name] < 0 for f in self.categorical]) if self.categorical else \
-            np.zeros((rows, 0), dtype=bool)
+                details[row].append(
+                    f"{spec.name} = {values[row, col]:g} is more than {MAX_STANDARD_SCORE:g} "
+                    "training standard deviations from the training mean: too far to score"
+                )
+        unseen = (
+            np.column_stack([codes[f.name] < 0 for f in self.categorical])
+            if self.categorical
+            else np.zeros((rows, 0), dtype=bool)
+        )
         support_flag = outside.any(1) | unseen.any(1)
         for row in np.flatnonzero(support_flag & ~rejected):  # a rejected row's reasons are its bounds
             for col in np.flatnonzero(outside[row]):
                 spec = self.numeric[col]
                 reasons[row].append(f"{Component.SUPPORT.value}:{spec.name}")
                 if missing[row, col]:
-                    details[row].append(f"{spec.name} is missing, which it never was in training (imputed with "
-                                        "the training median)")
+                    details[row].append(
+                        f"{spec.name} is missing, which it never was in training (imputed with the training median)"
+                    )
                 else:
-                    details[row].append(f"{spec.name} = {values[row, col]:g} is outside the training range "
-                                        f"{format_range(spec.minimum, spec.maximum)}{_unit(spec)}")
+                    details[row].append(
+                        f"{spec.name} = {values[row, col]:g} is outside the training range "
+                        f"{format_range(spec.minimum, spec.maximum)}{_unit(spec)}"
+                    )
             for col in np.flatnonzero(unseen[row]):
                 spec = self.categorical[col]
                 reasons[row].append(f"{Component.SUPPORT.value}:{spec.name}")
@@ -229,13 +238,17 @@ class Gate:
         percentiles = {c: self._percent_below[c](s) for c, s in scores.items()}
         reasons = [list(r) for r in screen.reasons]
         details = [list(d) for d in screen.details]
-        for component, name, unit in ((Component.DENSITY, "Mahalanobis distance", ""),
-                                      (Component.EPISTEMIC, "mutual information", " nats")):
+        for component, name, unit in (
+            (Component.DENSITY, "Mahalanobis distance", ""),
+            (Component.EPISTEMIC, "mutual information", " nats"),
+        ):
             for row in np.flatnonzero(flags[component]):
                 reasons[row].append(component.value)
-                details[row].append(f"{component.value}: {name} {scores[component][row]:.4g}{unit} is above the "
-                                    f"threshold {self._thresholds[component]:.4g}{unit} (percentile "
-                                    f"{percentiles[component][row]:.0f} of validation)")
+                details[row].append(
+                    f"{component.value}: {name} {scores[component][row]:.4g}{unit} is above the "
+                    f"threshold {self._thresholds[component]:.4g}{unit} (percentile "
+                    f"{percentiles[component][row]:.0f} of validation)"
+                )
         referred = flags[Component.SUPPORT] | flags[Component.DENSITY] | flags[Component.EPISTEMIC]
         decisions = [
             Decision.REJECT if reject else Decision.REFER if refer else Decision.ACCEPT

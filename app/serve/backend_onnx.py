@@ -153,8 +153,14 @@ class OnnxBackend:
         probs, total, aleatoric, mi, std = self.bank.run(OUTPUTS, {"x": x})  # type: ignore[attr-defined]
         samples = self.onnx.samples
         return Scores(
-            probs=probs.astype(np.float64), total=total, aleatoric=aleatoric, epistemic=mi, std=std,
-            samples=samples, seed=self.onnx.bank_seed, sampler=Sampler.BANK,
+            probs=probs.astype(np.float64),
+            total=total,
+            aleatoric=aleatoric,
+            epistemic=mi,
+            std=std,
+            samples=samples,
+            seed=self.onnx.bank_seed,
+            sampler=Sampler.BANK,
             # The bank graph returns summaries only: the probability's error follows from the std; the MI's
             # needs the per-sample probabilities, which this graph does not return.
             mc_error=MonteCarloError(float(std.max()) / math.sqrt(samples), float("nan")),
@@ -165,8 +171,9 @@ class OnnxBackend:
         return run_fresh(self.sampling, self.onnx.sampling.inputs, x, samples, seed, tolerance)
 
 
-def run_fresh(session: object, inputs: list[NoiseInput], x: np.ndarray, samples: int, seed: int,
-              tolerance: float | None = None) -> Scores:
+def run_fresh(
+    session: object, inputs: list[NoiseInput], x: np.ndarray, samples: int, seed: int, tolerance: float | None = None
+) -> Scores:
     """``samples`` fresh samples from ``seed`` through a sampling graph's onnxruntime ``session``; with a
     tolerance, chunk by chunk until both Monte Carlo errors are within it (``samples`` is then the cap)."""
 
@@ -186,5 +193,14 @@ def run_fresh(session: object, inputs: list[NoiseInput], x: np.ndarray, samples:
                 break
         probs = np.concatenate(parts)
     mean, total, aleatoric, mi, std = summarise(probs)
-    return Scores(probs=mean, total=total, aleatoric=aleatoric, epistemic=mi, std=std, samples=probs.shape[0],
-                  seed=seed, sampler=Sampler.FRESH, mc_error=monte_carlo_error(probs))
+    return Scores(
+        probs=mean,
+        total=total,
+        aleatoric=aleatoric,
+        epistemic=mi,
+        std=std,
+        samples=probs.shape[0],
+        seed=seed,
+        sampler=Sampler.FRESH,
+        mc_error=monte_carlo_error(probs),
+    )

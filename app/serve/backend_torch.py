@@ -85,8 +85,9 @@ class TorchBackend:
         results: list[Scores | None] = [None] * len(jobs)
         shared: dict[tuple[int, int], list[int]] = defaultdict(list)
         for index, (x_np, o) in enumerate(jobs):
-            sampler, seed = engine.resolve(o.sampler, x_np.shape[0], o.samples, o.seed, batch_seed,
-                                           o.tolerance is not None)
+            sampler, seed = engine.resolve(
+                o.sampler, x_np.shape[0], o.samples, o.seed, batch_seed, o.tolerance is not None
+            )
             x = torch.from_numpy(x_np).to(device)
             if o.tolerance is not None:
                 results[index] = _scores(engine.run_adaptive(x, seed, o.tolerance, o.samples, sampler=sampler), seed)

@@ -96,7 +96,8 @@ class DriftMonitor:
             reference = self.references[name]
             drift[name] = (
                 ScoreDrift(window.size, reference.psi(window), reference.ks(window))
-                if window.size >= self.min_rows else None
+                if window.size >= self.min_rows
+                else None
             )
         return DriftSnapshot(rows=rows, ood_rate=rate, scores=drift)
 
@@ -117,12 +118,23 @@ class DriftCollector(Collector):
 
     def _families(self) -> tuple[GaugeMetricFamily, ...]:
         return (
-            GaugeMetricFamily("sbnn_drift_psi", "Population stability index of a gate score (epistemic or density) "
-                              "over the recent window against the calibration split.", labels=["model", "score"]),
-            GaugeMetricFamily("sbnn_drift_ks", "Kolmogorov-Smirnov statistic of a gate score (epistemic or density) "
-                              "over the recent window against the calibration split.", labels=["model", "score"]),
-            GaugeMetricFamily("sbnn_drift_ood_rate", "Share of rows the gate did not accept (referred or rejected) "
-                              "over the recent window.", labels=["model"]),
+            GaugeMetricFamily(
+                "sbnn_drift_psi",
+                "Population stability index of a gate score (epistemic or density) "
+                "over the recent window against the calibration split.",
+                labels=["model", "score"],
+            ),
+            GaugeMetricFamily(
+                "sbnn_drift_ks",
+                "Kolmogorov-Smirnov statistic of a gate score (epistemic or density) "
+                "over the recent window against the calibration split.",
+                labels=["model", "score"],
+            ),
+            GaugeMetricFamily(
+                "sbnn_drift_ood_rate",
+                "Share of rows the gate did not accept (referred or rejected) over the recent window.",
+                labels=["model"],
+            ),
             GaugeMetricFamily("sbnn_drift_window_rows", "Rows currently in the drift window.", labels=["model"]),
         )
 

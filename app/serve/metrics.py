@@ -58,7 +58,9 @@ class ServiceMetrics:
             "sbnn_predictions_total", "Rows answered, whatever the gate decided.", ["model"], registry=registry
         )
         self.decisions = Counter(
-            "sbnn_decisions_total", "Rows by gate decision (accept, refer or reject).", ["model", "decision"],
+            "sbnn_decisions_total",
+            "Rows by gate decision (accept, refer or reject).",
+            ["model", "decision"],
             registry=registry,
         )
         self.gate_reasons = Counter(
@@ -77,6 +79,8 @@ class ServiceMetrics:
             registry=registry,
         )
         self.model_ready = Gauge(
-            "sbnn_model_ready", "1 when the model is loaded, verified and warm; 0 otherwise.", ["model"],
+            "sbnn_model_ready",
+            "1 when the model is loaded, verified and warm; 0 otherwise.",
+            ["model"],
             registry=registry,
         )

@@ -110,7 +110,10 @@ class ModelRepository:
             log.warning(
                 "model %s: its gate was calibrated on a bank of %d samples from seed %d, this server's default "
                 "draws are %s; the gate's false-positive rate then holds only approximately",
-                entry.name, calibration.samples, calibration.bank_seed, served,
+                entry.name,
+                calibration.samples,
+                calibration.bank_seed,
+                served,
             )
         entry.backend, entry.gate, entry.state, entry.reason = backend, gate, ModelState.READY, ""
         sha = backend.manifest.weights.sha256[:12]
@@ -154,4 +157,3 @@ class ModelRepository:
     def ready(self) -> bool:
         """True once every folder was tried and every loadable model is ready (failed ones are excluded)."""
         return self.loaded.is_set() and all(e.state is not ModelState.LOADING for e in self.entries())
-

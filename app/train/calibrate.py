@@ -114,8 +114,10 @@ def build_gate(
         target_fpr=target_fpr,
         support=SupportComponent(reference_quantiles=_quantiles(screen.support_score[scored])),
         density=DensityComponent(
-            threshold=thresholds[Component.DENSITY], reference_quantiles=_quantiles(val_density[scored]),
-            shrinkage=shrinkage, dimension=x_train.shape[1],
+            threshold=thresholds[Component.DENSITY],
+            reference_quantiles=_quantiles(val_density[scored]),
+            shrinkage=shrinkage,
+            dimension=x_train.shape[1],
         ),
         epistemic=EpistemicComponent(
             threshold=thresholds[Component.EPISTEMIC], reference_quantiles=_quantiles(val_epistemic[scored])
@@ -135,10 +137,16 @@ def build_gate(
     }
     warnings = gate_warnings(reports)
     if level is None:
-        warnings.insert(0, f"{levels.size} validation rows are too few for a {target_fpr:.1%} budget: the density "
-                           "and epistemic components refer nothing (only bounds and support act)")
+        warnings.insert(
+            0,
+            f"{levels.size} validation rows are too few for a {target_fpr:.1%} budget: the density "
+            "and epistemic components refer nothing (only bounds and support act)",
+        )
     elif achieved["val"].not_accepted > target_fpr:
-        warnings.insert(0, f"the gate refers {achieved['val'].not_accepted:.1%} of validation rows, over its "
-                           f"{target_fpr:.1%} budget: that many lie beyond the training data (support, or beyond "
-                           "every training score), and those are always referred")
+        warnings.insert(
+            0,
+            f"the gate refers {achieved['val'].not_accepted:.1%} of validation rows, over its "
+            f"{target_fpr:.1%} budget: that many lie beyond the training data (support, or beyond "
+            "every training score), and those are always referred",
+        )
     return spec.model_copy(update={"achieved": achieved, "warnings": warnings}), tensors

@@ -95,8 +95,9 @@ def test_refusals_name_the_reason() -> None:
     option, reason = engine.refuse(Sampler.BANK, 8, 4)
     assert option == "seed" and "seed 3" in reason
     assert engine.refuse(Sampler.BANK, 8, 3) is None
-    ensemble = BayesianMLP(NetworkSpec(in_features=5, hidden=[8], kind=LayerKind.ENSEMBLE),
-                           generator=torch.Generator().manual_seed(0))
+    ensemble = BayesianMLP(
+        NetworkSpec(in_features=5, hidden=[8], kind=LayerKind.ENSEMBLE), generator=torch.Generator().manual_seed(0)
+    )
     other = MonteCarloEngine(ensemble, bank_size=0, cost=COST)
     assert "lowrank" in other.refuse(Sampler.LOCAL, 8, 1)[1]
     assert other.refuse(Sampler.BANK, 8, None) == ("sampler", "this model has no frozen bank")
@@ -104,8 +105,9 @@ def test_refusals_name_the_reason() -> None:
         engine.run(rows(1), 8, None, Sampler.FRESH)
 
 
-@pytest.mark.parametrize("kind", [LayerKind.FULLRANK, LayerKind.RANK1, LayerKind.MCDROPOUT, LayerKind.ENSEMBLE,
-                                  LayerKind.DETERMINISTIC])
+@pytest.mark.parametrize(
+    "kind", [LayerKind.FULLRANK, LayerKind.RANK1, LayerKind.MCDROPOUT, LayerKind.ENSEMBLE, LayerKind.DETERMINISTIC]
+)
 def test_other_kinds_run_through_the_generic_path(kind: LayerKind) -> None:
     model = BayesianMLP(NetworkSpec(in_features=5, hidden=[8], kind=kind), generator=torch.Generator().manual_seed(0))
     engine = MonteCarloEngine(model, bank_size=32, cost=COST)

@@ -125,7 +125,7 @@ def test_lowrank_weight_covariance_matches_mean_field_formula() -> None:
         w = (a @ b.transpose(1, 2)).reshape(samples, -1)  # (S, m·n), entry (i, j) at i·n + j
         empirical = torch.cov(w.T)
         mu_a, mu_b = layer.factor_a.mu, layer.factor_b.mu
-        var_a, var_b = layer.factor_a.sigma ** 2, layer.factor_b.sigma ** 2
+        var_a, var_b = layer.factor_a.sigma**2, layer.factor_b.sigma**2
     m, n = 3, 3
     analytic = torch.zeros(m * n, m * n, dtype=torch.float64)
     for i in range(m):
@@ -176,8 +176,12 @@ def test_gaussian_prior_closed_form_matches_quadrature() -> None:
     mu = torch.linspace(-2, 2, 11, dtype=torch.float64)
     sigma = torch.linspace(0.05, 1.5, 11, dtype=torch.float64)
     closed = prior.kl(mu, sigma)
-    mc = torch.stack([(torch.distributions.Normal(mu, sigma).log_prob(w) - prior.log_prob(w)).sum()
-                      for w in (mu + sigma * torch.randn(20000, 11, generator=gen(), dtype=torch.float64))])
+    mc = torch.stack(
+        [
+            (torch.distributions.Normal(mu, sigma).log_prob(w) - prior.log_prob(w)).sum()
+            for w in (mu + sigma * torch.randn(20000, 11, generator=gen(), dtype=torch.float64))
+        ]
+    )
     assert abs(float(mc.mean() - closed)) < 4 * float(mc.std()) / math.sqrt(mc.numel())
     torch.testing.assert_close(closed, kl_quadrature(mu, sigma, prior).sum())
     # Closed form by hand for one entry: KL(N(0,1) ‖ N(0,1)) = 0.
@@ -227,8 +231,10 @@ def test_svd_warm_start_gives_best_rank_r_approximation() -> None:
 
 
 def test_parameter_counts_match_the_paper_clinical_mlp() -> None:
-    counts = {kind: parameter_count(BayesianMLP(NetworkSpec(in_features=44, kind=kind), generator=gen()))
-              for kind in ALL_KINDS}
+    counts = {
+        kind: parameter_count(BayesianMLP(NetworkSpec(in_features=44, kind=kind), generator=gen()))
+        for kind in ALL_KINDS
+    }
     assert counts[LayerKind.LOWRANK] == 13_612  # paper: 13.6K
     assert counts[LayerKind.FULLRANK] == 44_802  # 44.8K
     assert counts[LayerKind.DETERMINISTIC] == 22_401  # 22.4K

@@ -30,11 +30,22 @@ def checkpoint_of_kind(tiny_checkpoint: Path, tmp_path: Path, kind: LayerKind) -
 
     tiny = load_checkpoint(tiny_checkpoint)
     base = tiny.manifest
-    spec = NetworkSpec(in_features=base.network.in_features, hidden=[8, 8], kind=kind,
-                       ranks=[3, 3, 1] if kind is LayerKind.LOWRANK else None)
+    spec = NetworkSpec(
+        in_features=base.network.in_features,
+        hidden=[8, 8],
+        kind=kind,
+        ranks=[3, 3, 1] if kind is LayerKind.LOWRANK else None,
+    )
     model = BayesianMLP(spec, generator=torch.Generator().manual_seed(0))
-    manifest = base.model_copy(update={"kind": kind, "network": spec, "ranks": spec.layer_ranks(),
-                                       "parameter_count": parameter_count(model), "default_samples": 32})
+    manifest = base.model_copy(
+        update={
+            "kind": kind,
+            "network": spec,
+            "ranks": spec.layer_ranks(),
+            "parameter_count": parameter_count(model),
+            "default_samples": 32,
+        }
+    )
     folder = tmp_path / kind.value
     save_checkpoint(folder, model, manifest, tiny.gate.tensors)  # the gate of the same preprocessing
     return folder
@@ -99,10 +110,12 @@ def test_sampling_graph_matches_torch_on_shared_noise(tiny_checkpoint: Path, tmp
     assert sampling is not None and sampling.max_abs_diff <= 1e-4
     assert [(i.name, tuple(i.shape)) for i in sampling.inputs] == [
         (f"noise_{layer}_{block}", spec.shape)
-        for layer, specs in enumerate(model.noise_specs()) for block, spec in enumerate(specs)
+        for layer, specs in enumerate(model.noise_specs())
+        for block, spec in enumerate(specs)
     ]
-    session = ort.InferenceSession(read_onnx(folder, checkpoint.manifest, "sampling"),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        read_onnx(folder, checkpoint.manifest, "sampling"), providers=["CPUExecutionProvider"]
+    )
     x = np.random.default_rng(1).standard_normal((7, model.spec.in_features)).astype(np.float32)
     for samples in (1, 100):  # S is a free axis of the graph
         noise = NoiseStream(sampling.inputs, seed=4).next(samples)
@@ -119,8 +132,13 @@ def test_sampling_graph_matches_torch_on_shared_noise(tiny_checkpoint: Path, tmp
     predictive = Predictive(torch.from_numpy(onnx_probs))
     mean, total, aleatoric, mi, std = backend_onnx.summarise(onnx_probs)
     u = decompose(predictive)
-    for ours, theirs in [(mean, predictive.mean), (total, u.total), (aleatoric, u.aleatoric), (mi, u.epistemic),
-                         (std, u.std)]:
+    for ours, theirs in [
+        (mean, predictive.mean),
+        (total, u.total),
+        (aleatoric, u.aleatoric),
+        (mi, u.epistemic),
+        (std, u.std),
+    ]:
         np.testing.assert_allclose(ours, theirs.double().numpy(), atol=1e-6)
     ours_error, theirs_error = backend_onnx.monte_carlo_error(onnx_probs), monte_carlo_error(predictive)
     assert ours_error.probability == pytest.approx(theirs_error.probability, rel=1e-4)

@@ -87,8 +87,11 @@ def test_layer_kl_is_the_sum_of_kl_quadrature_over_entries(
         else:  # the prior applies to the scales minus 1
             blocks = [(layer.scale_out, 1.0), (layer.scale_in, 1.0)]
         expected = sum(
-            float(kl_quadrature(b.mu.detach().double() - offset, sigma_from_rho(b.rho.detach().double()), prior, POINTS)
-                  .sum())
+            float(
+                kl_quadrature(
+                    b.mu.detach().double() - offset, sigma_from_rho(b.rho.detach().double()), prior, POINTS
+                ).sum()
+            )
             for b, offset in blocks
         )
         assert terms.kl == pytest.approx(expected, rel=1e-12)
@@ -120,7 +123,8 @@ def test_quadrature_error_is_stated_and_small(tiny: Checkpoint, data: TabularDat
     assert 0.0 <= report.kl_error < 1e-6
     coarse = sum(
         float(kl_quadrature(b.mu.detach().double(), sigma_from_rho(b.rho.detach().double()), prior, 128).sum())
-        for layer in tiny.model.layers for b in (layer.factor_a, layer.factor_b, layer.bias)
+        for layer in tiny.model.layers
+        for b in (layer.factor_a, layer.factor_b, layer.bias)
     )
     assert abs(report.kl - coarse) <= report.kl_error + 1e-9  # a sum of per-entry |Δ| bounds |Δ of the sum|
     gaussian = with_network(tiny, seed=2, kind=LayerKind.FULLRANK, prior=PriorSpec(kind=PriorKind.GAUSSIAN))

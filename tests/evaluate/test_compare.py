@@ -60,10 +60,21 @@ def test_a_second_call_trains_nothing(compared: dict) -> None:
 def test_report_has_tables_claims_and_figures(compared: dict) -> None:
     docs = compared["root"] / "docs"
     text = (docs / "results.md").read_text()
-    for heading in ("## The paper's claims", "## Test split", "## Size and speed", "## OOD detection",
-                    "### ood-file", "## Rank ablation", "## Served models", "## Observations", "## PAC-Bayes bound",
-                    "## The layered gate", "### In-distribution test split", "### OOD set ood-file",
-                    "### Stress suite"):
+    for heading in (
+        "## The paper's claims",
+        "## Test split",
+        "## Size and speed",
+        "## OOD detection",
+        "### ood-file",
+        "## Rank ablation",
+        "## Served models",
+        "## Observations",
+        "## PAC-Bayes bound",
+        "## The layered gate",
+        "### In-distribution test split",
+        "### OOD set ood-file",
+        "### Stress suite",
+    ):
         assert heading in text, heading
     gate = compared["report"]["summary"]["lowrank"]["gate"]
     assert gate["target_fpr"] == 0.02 and set(gate["ood"]) == {"ood-file"} and "all-x10" in gate["stress"]
@@ -107,8 +118,10 @@ def _summary(low_params: int, low_auroc: float, low_ece: float, low_ood: float) 
         return {
             "parameter_count": params,
             "test": {"auroc": {"mean": auroc}, "ece": {"mean": ece}, "nll": {"mean": nll}},
-            "ood": {"shift": {"mutual_information": {"auroc": {"mean": ood}}},
-                    "units": {"mutual_information": {"auroc": {"mean": ood + 0.1}}}},
+            "ood": {
+                "shift": {"mutual_information": {"auroc": {"mean": ood}}},
+                "units": {"mutual_information": {"auroc": {"mean": ood + 0.1}}},
+            },
         }
 
     return {

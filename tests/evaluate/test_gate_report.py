@@ -52,10 +52,16 @@ def test_hanley_mcneil_standard_error() -> None:
 
 def test_warnings_name_the_set_and_what_failed() -> None:
     reports = {
-        "creatinine-umol": {"auroc": {n: 0.9 for n in RANKED} | {"epistemic": 0.106},
-                            "below_chance": {n: n == "epistemic" for n in RANKED}, "not_accepted": 0.9},
-        "late-enrolment": {"auroc": {n: 0.5 for n in RANKED}, "below_chance": {n: False for n in RANKED},
-                           "not_accepted": 0.02},
+        "creatinine-umol": {
+            "auroc": {n: 0.9 for n in RANKED} | {"epistemic": 0.106},
+            "below_chance": {n: n == "epistemic" for n in RANKED},
+            "not_accepted": 0.9,
+        },
+        "late-enrolment": {
+            "auroc": {n: 0.5 for n in RANKED},
+            "below_chance": {n: False for n in RANKED},
+            "not_accepted": 0.02,
+        },
     }
     warnings = gate_warnings(reports)
     assert len(warnings) == 2

@@ -11,8 +11,9 @@ from app.evaluate.stress import conversions, stress_sets
 
 
 def _numeric(name: str, unit: str | None = None, minimum: float = 0.0, maximum: float = 10.0) -> FeatureSpec:
-    return FeatureSpec(name=name, kind=FeatureKind.NUMERIC, minimum=minimum, maximum=maximum, unit=unit,
-                       missing_allowed=True)
+    return FeatureSpec(
+        name=name, kind=FeatureKind.NUMERIC, minimum=minimum, maximum=maximum, unit=unit, missing_allowed=True
+    )
 
 
 def test_conversions_follow_the_unit_and_the_analyte() -> None:
@@ -25,12 +26,24 @@ def test_conversions_follow_the_unit_and_the_analyte() -> None:
 def test_the_suite_shifts_only_rows_the_shift_changes() -> None:
     test = pd.DataFrame({"age": [50.0, 60.0, 65.0], "mgus": [0.0, 1.0, np.nan], "sex": ["F", "M", "F"]})
     train = pd.DataFrame({"age": [50.0, 55.0, 58.0, 60.0, 69.0], "mgus": [0.0, 0.0, 0.0, 0.0, 1.0], "sex": ["F"] * 5})
-    features = [_numeric("age", "years", 50, 69), _numeric("mgus", None, 0, 1),
-                FeatureSpec(name="sex", kind=FeatureKind.CATEGORICAL, categories=["F", "M"])]
+    features = [
+        _numeric("age", "years", 50, 69),
+        _numeric("mgus", None, 0, 1),
+        FeatureSpec(name="sex", kind=FeatureKind.CATEGORICAL, categories=["F", "M"]),
+    ]
     sets = {s.name: s for s in stress_sets(test, train, features)}
     assert set(sets) == {
-        "x10:age", "x0.1:age", "unit:age:months", "unit:age:days", "x10:mgus", "x0.1:mgus", "all-x10",
-        "above-range:age", "below-range:age", "above-range:mgus", "below-range:mgus",
+        "x10:age",
+        "x0.1:age",
+        "unit:age:months",
+        "unit:age:days",
+        "x10:mgus",
+        "x0.1:mgus",
+        "all-x10",
+        "above-range:age",
+        "below-range:age",
+        "above-range:mgus",
+        "below-range:mgus",
     }
     assert sets["unit:age:months"].frame["age"].tolist() == [600.0, 720.0, 780.0]
     assert sets["unit:age:months"].description == "age sent in months instead of years (×12)"

@@ -30,21 +30,35 @@ from app.gate.spec import (
 )
 
 FEATURES = [
-    FeatureSpec(name="age", kind=FeatureKind.NUMERIC, minimum=50, maximum=69, unit="years",
-                plausible=PlausibleRange(low=0, high=120)),
-    FeatureSpec(name="creatinine", kind=FeatureKind.NUMERIC, minimum=0.4, maximum=8.6, missing_allowed=True,
-                plausible=PlausibleRange(low=0, high=30)),
+    FeatureSpec(
+        name="age",
+        kind=FeatureKind.NUMERIC,
+        minimum=50,
+        maximum=69,
+        unit="years",
+        plausible=PlausibleRange(low=0, high=120),
+    ),
+    FeatureSpec(
+        name="creatinine",
+        kind=FeatureKind.NUMERIC,
+        minimum=0.4,
+        maximum=8.6,
+        missing_allowed=True,
+        plausible=PlausibleRange(low=0, high=30),
+    ),
     FeatureSpec(name="kappa", kind=FeatureKind.NUMERIC, minimum=0.1, maximum=10.0),  # no plausible bounds
     FeatureSpec(name="sex", kind=FeatureKind.CATEGORICAL, categories=["F", "M"]),
 ]
-PREPROCESSING = Preprocessing.model_validate({
-    "numeric": [
-        {"name": "age", "impute": 60, "mean": 60, "std": 5},
-        {"name": "creatinine", "impute": 1.0, "mean": 1.1, "std": 0.3, "missing_indicator": True},
-        {"name": "kappa", "impute": 1.2, "mean": 1.4, "std": 0.8},
-    ],
-    "categorical": [{"name": "sex", "categories": ["F", "M"]}],
-})
+PREPROCESSING = Preprocessing.model_validate(
+    {
+        "numeric": [
+            {"name": "age", "impute": 60, "mean": 60, "std": 5},
+            {"name": "creatinine", "impute": 1.0, "mean": 1.1, "std": 0.3, "missing_indicator": True},
+            {"name": "kappa", "impute": 1.2, "mean": 1.4, "std": 0.8},
+        ],
+        "categorical": [{"name": "sex", "categories": ["F", "M"]}],
+    }
+)
 QUANTILES = np.linspace(0.0, 1.0, 101).tolist()
 
 
@@ -61,8 +75,12 @@ def _gate(density_threshold: float | None = 3.0, epistemic_threshold: float | No
     spec = GateSpec(
         target_fpr=0.02,
         support=SupportComponent(reference_quantiles=[0.0] * 101),
-        density=DensityComponent(threshold=density_threshold, reference_quantiles=[5 * q for q in QUANTILES],
-                                 shrinkage=0.1, dimension=PREPROCESSING.n_outputs),
+        density=DensityComponent(
+            threshold=density_threshold,
+            reference_quantiles=[5 * q for q in QUANTILES],
+            shrinkage=0.1,
+            dimension=PREPROCESSING.n_outputs,
+        ),
         epistemic=EpistemicComponent(threshold=epistemic_threshold, reference_quantiles=[0.02 * q for q in QUANTILES]),
         calibration=GateCalibration(rows=10, reference_rows=4, level=1, samples=8, bank_seed=0),
         achieved={"val": rates},
@@ -99,8 +117,9 @@ def test_a_value_too_far_to_score_is_rejected_even_without_plausible_bounds() ->
 
 def test_a_one_sided_training_range_is_explained_without_failing() -> None:
     features = [FEATURES[0].model_copy(update={"maximum": None}), *FEATURES[1:]]
-    screen = Screening(features, PREPROCESSING).screen(*PREPROCESSING.raw_values(
-        {"age": [40.0], "creatinine": [1.0], "kappa": [1.0], "sex": ["F"]}))
+    screen = Screening(features, PREPROCESSING).screen(
+        *PREPROCESSING.raw_values({"age": [40.0], "creatinine": [1.0], "kappa": [1.0], "sex": ["F"]})
+    )
     assert screen.details[0] == ["age = 40 is outside the training range [50, inf] years"]
 
 
@@ -147,8 +166,14 @@ def test_decide_rejects_then_refers_on_any_flag_then_accepts() -> None:
     density = np.array([1.0, 3.0, 3.5, 1.0, np.nan, 1.0])
     epistemic = np.array([0.001, 0.01, 0.001, 0.001, np.nan, np.nan])
     result = gate.decide(screen, density, epistemic)
-    assert result.decisions == [Decision.ACCEPT, Decision.ACCEPT, Decision.REFER, Decision.REFER, Decision.REJECT,
-                                Decision.REFER]
+    assert result.decisions == [
+        Decision.ACCEPT,
+        Decision.ACCEPT,
+        Decision.REFER,
+        Decision.REFER,
+        Decision.REJECT,
+        Decision.REFER,
+    ]
     # Thresholds are strict; a NaN score of a scored row is referred, never accepted.
     assert result.reasons == [[], [], ["density"], ["support:age"], ["bounds:age"], ["epistemic"]]
     assert result.flags[Component.DENSITY].tolist() == [False, False, True, False, False, False]
@@ -179,8 +204,10 @@ def test_ranking_puts_support_and_bounds_above_every_score() -> None:
 
 def test_thresholds_match_the_ranks_they_cut() -> None:
     rng = np.random.default_rng(3)
-    reference = {Component.DENSITY: np.sort(rng.gamma(2.0, size=300)),
-                 Component.EPISTEMIC: np.sort(np.round(rng.gamma(1.0, size=300), 1))}  # with ties
+    reference = {
+        Component.DENSITY: np.sort(rng.gamma(2.0, size=300)),
+        Component.EPISTEMIC: np.sort(np.round(rng.gamma(1.0, size=300), 1)),
+    }  # with ties
     scores = {c: np.concatenate([r, rng.gamma(2.0, size=500)]) for c, r in reference.items()}
     for level in (0, 17, 150, 299, 400):
         thresholds = thresholds_for(level, reference)
@@ -202,8 +229,9 @@ def test_tensors_round_trip_and_refuse_what_does_not_fit() -> None:
         unsorted = GateTensors(tensors.density, {**tensors.reference, Component.DENSITY: np.array([4.0, 3, 2, 1])})
         GateTensors.from_bytes(unsorted.to_bytes(), PREPROCESSING.n_outputs, 4)
     with pytest.raises(GateTensorError, match="NaN"):
-        broken = GateTensors(Density(np.full(PREPROCESSING.n_outputs, np.nan), tensors.density.precision),
-                             tensors.reference)
+        broken = GateTensors(
+            Density(np.full(PREPROCESSING.n_outputs, np.nan), tensors.density.precision), tensors.reference
+        )
         GateTensors.from_bytes(broken.to_bytes(), PREPROCESSING.n_outputs, 4)
     with pytest.raises(GateTensorError, match="readable"):
         GateTensors.from_bytes(b"not safetensors", PREPROCESSING.n_outputs, 4)

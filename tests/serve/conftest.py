@@ -35,7 +35,13 @@ REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "models" / "flchain-mortality"
 READY_TIMEOUT_S = 60.0
 FLCHAIN_ROW: dict[str, Any] = {
-    "age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 1.0, "mgus": 0,
+    "age": 62,
+    "sex": "F",
+    "kappa": 1.2,
+    "lambda": 1.5,
+    "flc_grp": 5,
+    "creatinine": 1.0,
+    "mgus": 0,
 }
 CATEGORICAL = {"sex"}  # flchain's one categorical feature
 
@@ -126,16 +132,27 @@ def live_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory
     """A real uvicorn process serving the repository on a free loopback port; yields its base URL."""
     port = _free_loopback_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("SBNN_")}
-    env.update({
-        "SBNN_MODELS": str(model_repository),
-        "SBNN_DEVICE": "cpu",
-        "SBNN_BATCH_MAX_WAIT_MS": "5",
-        **{f"SBNN_{key.upper()}": str(value) for key, value in LIMITS.items()},
-    })
+    env.update(
+        {
+            "SBNN_MODELS": str(model_repository),
+            "SBNN_DEVICE": "cpu",
+            "SBNN_BATCH_MAX_WAIT_MS": "5",
+            **{f"SBNN_{key.upper()}": str(value) for key, value in LIMITS.items()},
+        }
+    )
     log_path = tmp_path_factory.mktemp("uvicorn") / "stderr.log"
     command = [
-        sys.executable, "-m", "uvicorn", "--factory", "app.serve.app:app_from_env",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "app.serve.app:app_from_env",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
     ]
     base_url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:
@@ -176,7 +193,8 @@ class Metrics:
 
     def find(self, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
         return [
-            (found, value) for sample, found, value in self.samples
+            (found, value)
+            for sample, found, value in self.samples
             if sample == name and all(found.get(k) == v for k, v in labels.items())
         ]
 

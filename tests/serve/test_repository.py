@@ -27,10 +27,13 @@ def test_a_model_loads_with_its_gate_and_no_warning_on_the_calibration_bank(
     assert "calibrated on a bank" not in caplog.text
 
 
-@pytest.mark.parametrize(("options", "served"), [
-    ({"bank_seed": 5}, "a bank of 64 samples from seed 5"),
-    ({"bank_samples": 0}, "fresh (no bank)"),
-])
+@pytest.mark.parametrize(
+    ("options", "served"),
+    [
+        ({"bank_seed": 5}, "a bank of 64 samples from seed 5"),
+        ({"bank_samples": 0}, "fresh (no bank)"),
+    ],
+)
 def test_other_default_draws_than_the_gates_are_logged(
     tiny_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, options: dict, served: str
 ) -> None:

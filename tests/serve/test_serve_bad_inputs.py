@@ -102,7 +102,9 @@ def _v2(rows: list[dict[str, Any]], **changes: Any) -> dict[str, Any]:
     tensors = []
     for name in rows[0]:
         tensor = {
-            "name": name, "shape": [len(rows)], "datatype": "BYTES" if name == "sex" else "FP64",
+            "name": name,
+            "shape": [len(rows)],
+            "datatype": "BYTES" if name == "sex" else "FP64",
             "data": [row[name] for row in rows],
         }
         tensors.append({**tensor, **changes.pop(name, {})})
@@ -145,8 +147,11 @@ V2_CASES: list[tuple[str, dict[str, Any] | str, str]] = [
     ("negative shape", _v2([ROW], age={"shape": [-1]}), "inputs.age"),
     ("three dimensions", _v2([ROW], age={"shape": [1, 1, 1]}), "inputs.0.shape"),
     ("inputs of different N", _v2([ROW], age={"shape": [2], "data": [62, 63]}), "inputs"),
-    ("duplicated input", _with_tensor(_v2([ROW]), {"name": "age", "shape": [1], "datatype": "FP64", "data": [1]}),
-     "inputs.age"),
+    (
+        "duplicated input",
+        _with_tensor(_v2([ROW]), {"name": "age", "shape": [1], "datatype": "FP64", "data": [1]}),
+        "inputs.age",
+    ),
     ("unknown output", _v2([ROW], outputs=[{"name": "label"}, {"name": "logits"}]), "outputs.logits"),
     ("output asked twice", _v2([ROW], outputs=[{"name": "label"}, {"name": "label"}]), "outputs.label"),
     ("INT8 out of range", _v2([{**ROW, "age": 1000}], age={"datatype": "INT8"}), "inputs.age[0]"),
@@ -197,7 +202,8 @@ def _oversized(key: str) -> bytes:
 @pytest.mark.parametrize(("path", "key"), [(PREDICT, "detail"), (INFER, "error")])
 async def test_body_over_the_limit_is_413(asgi_client: httpx.AsyncClient, path: str, key: str) -> None:
     response = await asgi_client.post(
-        path, content=_oversized("instances" if key == "detail" else "inputs"),
+        path,
+        content=_oversized("instances" if key == "detail" else "inputs"),
         headers={"content-type": "application/json"},
     )
     assert response.status_code == 413
@@ -211,7 +217,7 @@ async def test_streamed_body_over_the_limit_is_413(asgi_client: httpx.AsyncClien
 
     async def chunks() -> AsyncIterator[bytes]:
         for start in range(0, len(body), 4096):
-            yield body[start: start + 4096]
+            yield body[start : start + 4096]
 
     response = await asgi_client.post(path, content=chunks(), headers={"content-type": "application/json"})
     assert response.status_code == 413

@@ -116,7 +116,7 @@ async def test_live_malformed_requests_then_a_valid_one(client: httpx.AsyncClien
 
     async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: chunked transfer encoding
         for start in range(0, len(oversized), 8192):
-            yield oversized[start: start + 8192]
+            yield oversized[start : start + 8192]
 
     response = await client.post(PREDICT, content=chunks(), headers=headers)
     assert response.status_code == 413
@@ -132,11 +132,13 @@ def _client_requests(client_index: int) -> list[dict[str, Any]]:
     requests = []
     for k in range(REQUESTS_PER_CLIENT):
         count = 1 + (client_index + k) % 3
-        requests.append({
-            "instances": rows[3 * k: 3 * k + count],
-            "samples": (32, 64)[(client_index + k) % 2],
-            "seed": 10_000 + 100 * client_index + k,
-        })
+        requests.append(
+            {
+                "instances": rows[3 * k : 3 * k + count],
+                "samples": (32, 64)[(client_index + k) % 2],
+                "seed": 10_000 + 100 * client_index + k,
+            }
+        )
     return requests
 
 
@@ -181,7 +183,7 @@ async def test_drift_gauges_rise_after_a_unit_mismatch(
 ) -> None:
     normal = _normal_rows(DRIFT_WINDOW + 2 * MAX_ROWS, seed=7)
     for index, start in enumerate(range(0, DRIFT_WINDOW, 50)):  # fill the whole window with normal rows
-        response = await client.post(PREDICT, json={"instances": normal[start: start + 50], "seed": index})
+        response = await client.post(PREDICT, json={"instances": normal[start : start + 50], "seed": index})
         assert response.status_code == 200
     baseline = await _metrics(client, parse_metrics)
     assert baseline.value("sbnn_drift_window_rows", model=MODEL) == DRIFT_WINDOW
@@ -198,7 +200,7 @@ async def test_drift_gauges_rise_after_a_unit_mismatch(
     # in requests of at most MAX_ROWS
     shifted = [{**row, "creatinine": row["creatinine"] * 10} for row in normal[DRIFT_WINDOW:]]
     for index, start in enumerate(range(0, len(shifted), MAX_ROWS)):
-        response = await client.post(PREDICT, json={"instances": shifted[start: start + MAX_ROWS], "seed": 50 + index})
+        response = await client.post(PREDICT, json={"instances": shifted[start : start + MAX_ROWS], "seed": 50 + index})
         assert response.status_code == 200
         assert "accept" not in {p["decision"] for p in response.json()["predictions"]}  # refer, or reject above 30
     drifted = await _metrics(client, parse_metrics)

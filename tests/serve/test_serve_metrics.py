@@ -31,9 +31,18 @@ async def test_metrics_is_prometheus_text(asgi_client: httpx.AsyncClient) -> Non
     assert response.headers["content-type"].startswith("text/plain")
     families = {family.name for family in text_string_to_metric_families(response.text)}
     assert {
-        "sbnn_request_duration_seconds", "sbnn_inference_stage_duration_seconds", "sbnn_batch_rows",
-        "sbnn_batch_requests", "sbnn_predictions", "sbnn_decisions", "sbnn_model_info", "sbnn_model_ready",
-        "sbnn_gate_reasons", "sbnn_drift_psi", "sbnn_drift_ks", "sbnn_drift_ood_rate",
+        "sbnn_request_duration_seconds",
+        "sbnn_inference_stage_duration_seconds",
+        "sbnn_batch_rows",
+        "sbnn_batch_requests",
+        "sbnn_predictions",
+        "sbnn_decisions",
+        "sbnn_model_info",
+        "sbnn_model_ready",
+        "sbnn_gate_reasons",
+        "sbnn_drift_psi",
+        "sbnn_drift_ks",
+        "sbnn_drift_ood_rate",
     } <= families
 
 

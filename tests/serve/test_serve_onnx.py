@@ -87,8 +87,13 @@ def onnx_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_torch_free_server_matches_the_torch_backend(onnx_repository: Path) -> None:
-    run = subprocess.run([sys.executable, "-c", TORCH_FREE_CLIENT, str(onnx_repository), json.dumps(ROWS)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=180)
+    run = subprocess.run(
+        [sys.executable, "-c", TORCH_FREE_CLIENT, str(onnx_repository), json.dumps(ROWS)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["torch_imported"] is False

@@ -155,8 +155,12 @@ async def test_rows_outside_the_training_support_are_referred_with_their_reason(
     response = await asgi_client.post(PREDICT, json={"instances": [{**flchain_row, **change}], "seed": 1})
     assert response.status_code == 200, response.text
     body = response.json()
-    check_prediction(body, 1, _manifest(model_repository, "flchain-mortality"),
-                     model_repository / "flchain-mortality" / "weights.safetensors")
+    check_prediction(
+        body,
+        1,
+        _manifest(model_repository, "flchain-mortality"),
+        model_repository / "flchain-mortality" / "weights.safetensors",
+    )
     prediction = body["predictions"][0]
     assert prediction["decision"] == "refer" and reason in prediction["reasons"]
     assert prediction["probabilities"] is not None and prediction["gate"]["support"]["flag"] is True
@@ -220,8 +224,10 @@ async def test_model_metadata(asgi_client: httpx.AsyncClient, model_repository: 
     assert features["age"]["plausible"] == {"low": 0.0, "high": 120.0}
     gate = body["gate"]
     assert gate["target_fpr"] == 0.02 == manifest["gate"]["target_fpr"]
-    assert gate["thresholds"] == {"density": manifest["gate"]["density"]["threshold"],
-                                  "epistemic": manifest["gate"]["epistemic"]["threshold"]}
+    assert gate["thresholds"] == {
+        "density": manifest["gate"]["density"]["threshold"],
+        "epistemic": manifest["gate"]["epistemic"]["threshold"],
+    }
     assert gate["calibration"]["sampler"] == "bank" and gate["calibration"]["bank_seed"] == 0
     assert set(gate["achieved"]) == {"val", "test"} and gate["warnings"] == manifest["gate"]["warnings"]
     assert body["default_samples"] == 512 and body["max_samples"] == 2048
@@ -347,7 +353,7 @@ async def test_served_decisions_reproduce_the_manifests_validation_rate(
     records = json.loads(frame.to_json(orient="records"))
     decisions = []
     for start in range(0, len(records), 64):
-        response = await asgi_client.post("/v1/models/tiny/predict", json={"instances": records[start:start + 64]})
+        response = await asgi_client.post("/v1/models/tiny/predict", json={"instances": records[start : start + 64]})
         assert response.status_code == 200, response.text
         assert response.json()["sampler"] == "bank"
         decisions += [p["decision"] for p in response.json()["predictions"]]

@@ -15,12 +15,29 @@ pytestmark = pytest.mark.anyio
 INFER = "/v2/models/flchain-mortality/infer"
 FEATURES = ["age", "sex", "kappa", "lambda", "flc_grp", "creatinine", "mgus"]
 VECTOR_OUTPUTS = [
-    "total_entropy", "aleatoric", "mutual_information", "predictive_std", "support_score", "support_percentile",
-    "density_score", "density_percentile", "epistemic_percentile", "ood_flag", "decision", "reasons", "label",
+    "total_entropy",
+    "aleatoric",
+    "mutual_information",
+    "predictive_std",
+    "support_score",
+    "support_percentile",
+    "density_score",
+    "density_percentile",
+    "epistemic_percentile",
+    "ood_flag",
+    "decision",
+    "reasons",
+    "label",
 ]
 # One numeric datatype of each kind the spec allows (values are JSON numbers either way); BYTES for sex.
-MIXED_DATATYPES = {"age": "INT64", "kappa": "FP32", "lambda": "FP64", "flc_grp": "INT32", "creatinine": "FP64",
-                   "mgus": "INT64"}
+MIXED_DATATYPES = {
+    "age": "INT64",
+    "kappa": "FP32",
+    "lambda": "FP64",
+    "flc_grp": "INT32",
+    "creatinine": "FP64",
+    "mgus": "INT64",
+}
 
 V2Inputs = Callable[..., list[dict[str, Any]]]
 
@@ -139,7 +156,7 @@ async def test_infer_round_trip_matches_v1(
         assert outputs["epistemic_percentile"]["data"][row] == gate["epistemic"]["percentile"]
         if prediction["decision"] == "reject":
             continue
-        assert outputs["probabilities"]["data"][2 * row: 2 * row + 2] == list(prediction["probabilities"].values())
+        assert outputs["probabilities"]["data"][2 * row : 2 * row + 2] == list(prediction["probabilities"].values())
         assert outputs["mutual_information"]["data"][row] == prediction["uncertainty"]["epistemic"]
         assert outputs["total_entropy"]["data"][row] == prediction["uncertainty"]["total"]
         assert outputs["aleatoric"]["data"][row] == prediction["uncertainty"]["aleatoric"]
@@ -223,10 +240,17 @@ async def test_openapi_lists_every_route_and_request_schema(asgi_client: httpx.A
     document = response.json()
     paths = document["paths"]
     expected = {
-        "/v1/models": "get", "/v1/models/{name}": "get", "/v1/models/{name}/predict": "post",
-        "/v2": "get", "/v2/health/live": "get", "/v2/health/ready": "get", "/v2/models/{name}": "get",
-        "/v2/models/{name}/ready": "get", "/v2/models/{name}/infer": "post",
-        "/v2/models/{name}/versions/{version}/infer": "post", "/metrics": "get",
+        "/v1/models": "get",
+        "/v1/models/{name}": "get",
+        "/v1/models/{name}/predict": "post",
+        "/v2": "get",
+        "/v2/health/live": "get",
+        "/v2/health/ready": "get",
+        "/v2/models/{name}": "get",
+        "/v2/models/{name}/ready": "get",
+        "/v2/models/{name}/infer": "post",
+        "/v2/models/{name}/versions/{version}/infer": "post",
+        "/metrics": "get",
     }
     for path, method in expected.items():
         assert path in paths, path

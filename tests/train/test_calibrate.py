@@ -69,8 +69,9 @@ def test_a_four_sigma_shifted_cohort_is_mostly_referred_and_no_warning_is_raised
 def test_training_rows_outside_the_plausible_bounds_are_refused(tiny_checkpoint: Path) -> None:
     checkpoint = load_checkpoint(tiny_checkpoint)
     data = load_dataset(checkpoint.manifest.data)
-    features = [f.model_copy(update={"plausible": PlausibleRange(low=0)}) if f.name == "x1" else f
-                for f in data.features]
+    features = [
+        f.model_copy(update={"plausible": PlausibleRange(low=0)}) if f.name == "x1" else f for f in data.features
+    ]
     bounded = type(data)(**{**data.__dict__, "features": features})
     with pytest.raises(DataError, match="training rows lie outside the plausible bounds .*bounds:x1"):
         build_gate(checkpoint.model, bounded, checkpoint.manifest.preprocessing, 0.02, 16)

@@ -43,8 +43,10 @@ def test_nll_loss_matches_manual_weighted_bce() -> None:
     logits = torch.tensor([[[0.3], [-1.2], [2.0]]])
     y = torch.tensor([1, 0, 1])
     weights = torch.tensor([0.5, 5.0])
-    manual = -(torch.tensor([5.0, 0.5, 5.0]) * torch.where(
-        y == 1, F.logsigmoid(logits[0, :, 0]), F.logsigmoid(-logits[0, :, 0]))).mean()
+    manual = -(
+        torch.tensor([5.0, 0.5, 5.0])
+        * torch.where(y == 1, F.logsigmoid(logits[0, :, 0]), F.logsigmoid(-logits[0, :, 0]))
+    ).mean()
     torch.testing.assert_close(nll_loss(logits, y, Likelihood.BERNOULLI, weights), manual)
     three = torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(
@@ -67,8 +69,18 @@ def test_same_seed_trains_identical_weights() -> None:
 def test_every_kind_learns_an_easy_task(kind: LayerKind) -> None:
     # β is lowered: with a few hundred rows the paper's β = 0.5 lets the KL pull weights onto the prior.
     x, y = small_problem(400)
-    config = TrainConfig(kind=kind, hidden=[16], rank=4, epochs=15, kl_warmup_epochs=2, patience=15,
-                         val_samples=8, lr=1e-2, beta=0.02, seed=0)
+    config = TrainConfig(
+        kind=kind,
+        hidden=[16],
+        rank=4,
+        epochs=15,
+        kl_warmup_epochs=2,
+        patience=15,
+        val_samples=8,
+        lr=1e-2,
+        beta=0.02,
+        seed=0,
+    )
     result = train(x[:300], y[:300], x[300:], y[300:], 2, config)
     assert result.model.spec.kind is kind
     baseline = -np.log(0.5)
@@ -131,7 +143,8 @@ def test_multiclass_user_table_trains(table_files: tuple[Path, Path]) -> None:
     assert data.labels == ["east", "north", "south"]
     prep = Preprocessing.fit(data.train.frame, data.features)
     config = TrainConfig(hidden=[8], rank=2, epochs=2, kl_warmup_epochs=0, patience=1, val_samples=2)
-    result = train(prep.transform(data.train.frame), data.train.y, prep.transform(data.val.frame), data.val.y, 3,
-                   config)
+    result = train(
+        prep.transform(data.train.frame), data.train.y, prep.transform(data.val.frame), data.val.y, 3, config
+    )
     assert result.model.spec.out_features == 3
     assert np.isfinite(result.best_val_nll)

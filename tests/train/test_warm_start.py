@@ -17,8 +17,14 @@ from app.train.config import TrainConfig
 from app.train.pipeline import train_checkpoint
 
 TWIN_CONFIG = TrainConfig(
-    kind=LayerKind.DETERMINISTIC, hidden=[16, 16], epochs=2, kl_warmup_epochs=1, patience=1, val_samples=2,
-    default_samples=8, seed=5,
+    kind=LayerKind.DETERMINISTIC,
+    hidden=[16, 16],
+    epochs=2,
+    kl_warmup_epochs=1,
+    patience=1,
+    val_samples=2,
+    default_samples=8,
+    seed=5,
 )
 
 
@@ -82,8 +88,9 @@ def twin_folder(table_files: tuple[Path, Path], tmp_path_factory: pytest.TempPat
     return out
 
 
-def test_pipeline_warm_starts_from_a_matching_twin(twin_folder: Path, table_files: tuple[Path, Path],
-                                                   tmp_path: Path) -> None:
+def test_pipeline_warm_starts_from_a_matching_twin(
+    twin_folder: Path, table_files: tuple[Path, Path], tmp_path: Path
+) -> None:
     data = load_table(table_files[0], "outcome", seed=0)
     config = TWIN_CONFIG.model_copy(update={"kind": LayerKind.LOWRANK, "rank": 4, "warm_start": str(twin_folder)})
     manifest, result = train_checkpoint(data, config, tmp_path / "warm")
@@ -91,8 +98,9 @@ def test_pipeline_warm_starts_from_a_matching_twin(twin_folder: Path, table_file
     assert result.model.spec.kind is LayerKind.LOWRANK
 
 
-def test_pipeline_refuses_a_twin_with_other_preprocessing(twin_folder: Path, table_files: tuple[Path, Path],
-                                                          tmp_path: Path) -> None:
+def test_pipeline_refuses_a_twin_with_other_preprocessing(
+    twin_folder: Path, table_files: tuple[Path, Path], tmp_path: Path
+) -> None:
     other_split = load_table(table_files[0], "outcome", seed=1)  # another training split: other medians and scales
     config = TWIN_CONFIG.model_copy(update={"kind": LayerKind.LOWRANK, "rank": 4, "warm_start": str(twin_folder)})
     with pytest.raises(WarmStartError, match="preprocessing differs"):
@@ -105,8 +113,9 @@ def test_pipeline_refuses_a_twin_with_other_preprocessing(twin_folder: Path, tab
         train_checkpoint(load_table(table_files[0], "outcome", seed=0), wider, tmp_path / "warm")
 
 
-def test_pipeline_refuses_a_twin_that_is_not_deterministic(tiny_checkpoint: Path, table_files: tuple[Path, Path],
-                                                           tmp_path: Path) -> None:
+def test_pipeline_refuses_a_twin_that_is_not_deterministic(
+    tiny_checkpoint: Path, table_files: tuple[Path, Path], tmp_path: Path
+) -> None:
     data = load_table(table_files[0], "outcome", seed=0)
     config = TWIN_CONFIG.model_copy(update={"kind": LayerKind.LOWRANK, "warm_start": str(tiny_checkpoint)})
     with pytest.raises(WarmStartError, match="'deterministic' checkpoint"):

@@ -28,11 +28,15 @@ class PredictRequest(_Wire):
     )
     seed: int | None = Field(None, ge=0, lt=2**63, description="Seed of the weight samples; omit for a fresh one.")
     sampler: Sampler | None = Field(
-        None, description="bank (frozen samples), fresh (drawn per request), local (local reparameterisation) or "
-        "auto (the cost model); default: the server's."
+        None,
+        description="bank (frozen samples), fresh (drawn per request), local (local reparameterisation) or "
+        "auto (the cost model); default: the server's.",
     )
     tolerance: float | None = Field(
-        None, gt=0.0, lt=1.0, description="Adaptive: draw 64 samples at a time until the Monte Carlo standard "
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Adaptive: draw 64 samples at a time until the Monte Carlo standard "
         "errors of the probability and of the mutual information are at most this (or `samples` are used).",
     )
 
@@ -52,8 +56,10 @@ class ComponentOut(_Wire):
 
 
 class SupportOut(_Wire):
-    score: float | None = Field(description="Distance beyond the training range of a numeric feature, in training "
-                                "SDs (0 inside); null where the row was not scored (rejected).")
+    score: float | None = Field(
+        description="Distance beyond the training range of a numeric feature, in training "
+        "SDs (0 inside); null where the row was not scored (rejected)."
+    )
     percentile: float | None = Field(description="Percent of in-distribution validation rows scoring below this one.")
     flag: bool = Field(description="True when a value lies outside the training support (range, missing, category).")
 
@@ -66,16 +72,18 @@ class GateOut(_Wire):
 
 class PredictionOut(_Wire):
     label: str | None = Field(description="The most probable class; null for a rejected row.")
-    probabilities: dict[str, float] | None = Field(description="Posterior predictive mean per class label; null for "
-                                                   "a rejected row.")
+    probabilities: dict[str, float] | None = Field(
+        description="Posterior predictive mean per class label; null for a rejected row."
+    )
     uncertainty: UncertaintyOut | None = Field(description="null for a rejected row.")
     gate: GateOut
     decision: Literal["accept", "refer", "reject"] = Field(
         description="reject: a value is physically impossible (no prediction); refer: the row is unlike the "
         "training data (a human should look); accept otherwise."
     )
-    reasons: list[str] = Field(description="Why the row was referred or rejected: bounds:<feature>, "
-                               "support:<feature>, density, epistemic.")
+    reasons: list[str] = Field(
+        description="Why the row was referred or rejected: bounds:<feature>, support:<feature>, density, epistemic."
+    )
     details: list[str] = Field(description="One sentence per reason, with the value and the bound or threshold.")
 
 
@@ -96,10 +104,13 @@ class MonteCarloErrorOut(_Wire):
 class PredictResponse(_Wire):
     model: ModelRef
     samples: int = Field(description="Weight samples used (asked, when no row was scored).")
-    seed: int | None = Field(description="Seed used: send it back with the same rows, samples and sampler to replay; "
-                             "null when the gate rejected every row (nothing was drawn).")
-    sampler: Sampler | None = Field(description="The sampler that ran (bank, fresh or local); null when no row was "
-                                    "scored.")
+    seed: int | None = Field(
+        description="Seed used: send it back with the same rows, samples and sampler to replay; "
+        "null when the gate rejected every row (nothing was drawn)."
+    )
+    sampler: Sampler | None = Field(
+        description="The sampler that ran (bank, fresh or local); null when no row was scored."
+    )
     mc_error: MonteCarloErrorOut | None = Field(description="null when no row was scored.")
     predictions: list[PredictionOut]
 

@@ -56,9 +56,7 @@ def list_models(dataplane: DataPlaneDep) -> ModelListResponse:
     return ModelListResponse(models=[ModelSummaryOut(**_summary(e)) for e in dataplane.repository.entries()])
 
 
-@router.get(
-    "/models/{name}", response_model=ModelMetadataResponse, responses=ERRORS, summary="A model's metadata"
-)
+@router.get("/models/{name}", response_model=ModelMetadataResponse, responses=ERRORS, summary="A model's metadata")
 def model_metadata(name: str, dataplane: DataPlaneDep) -> ModelMetadataResponse:
     entry = dataplane.repository.lookup(name)
     if entry.state is not ModelState.READY:
@@ -104,8 +102,10 @@ def _number(value: float) -> float | None:
 
 def _component(gate: GateResult, component: Component, threshold: float | None, row: int) -> ComponentOut:
     return ComponentOut(
-        score=_number(float(gate.scores[component][row])), threshold=threshold,
-        percentile=_number(float(gate.percentiles[component][row])), flag=bool(gate.flags[component][row]),
+        score=_number(float(gate.scores[component][row])),
+        threshold=threshold,
+        percentile=_number(float(gate.percentiles[component][row])),
+        flag=bool(gate.flags[component][row]),
     )
 
 
@@ -120,29 +120,33 @@ def _encode(result: InferenceResult) -> PredictResponse:
     )
     predictions = []
     for row, (label, probs, u) in enumerate(zip(result.labels, probabilities, uncertainties, strict=True)):
-        predictions.append(PredictionOut(
-            label=label,
-            probabilities=None if probs is None else dict(zip(labels, probs, strict=True)),
-            uncertainty=None if u is None else UncertaintyOut(total=u[0], aleatoric=u[1], epistemic=u[2], std=u[3]),
-            gate=GateOut(
-                support=SupportOut(
-                    score=_number(float(gate.scores[Component.SUPPORT][row])),
-                    percentile=_number(float(gate.percentiles[Component.SUPPORT][row])),
-                    flag=bool(gate.flags[Component.SUPPORT][row]),
+        predictions.append(
+            PredictionOut(
+                label=label,
+                probabilities=None if probs is None else dict(zip(labels, probs, strict=True)),
+                uncertainty=None if u is None else UncertaintyOut(total=u[0], aleatoric=u[1], epistemic=u[2], std=u[3]),
+                gate=GateOut(
+                    support=SupportOut(
+                        score=_number(float(gate.scores[Component.SUPPORT][row])),
+                        percentile=_number(float(gate.percentiles[Component.SUPPORT][row])),
+                        flag=bool(gate.flags[Component.SUPPORT][row]),
+                    ),
+                    density=_component(gate, Component.DENSITY, thresholds[Component.DENSITY], row),
+                    epistemic=_component(gate, Component.EPISTEMIC, thresholds[Component.EPISTEMIC], row),
                 ),
-                density=_component(gate, Component.DENSITY, thresholds[Component.DENSITY], row),
-                epistemic=_component(gate, Component.EPISTEMIC, thresholds[Component.EPISTEMIC], row),
-            ),
-            decision=gate.decisions[row].value,
-            reasons=gate.reasons[row],
-            details=gate.details[row],
-        ))
+                decision=gate.decisions[row].value,
+                reasons=gate.reasons[row],
+                details=gate.details[row],
+            )
+        )
     return PredictResponse(
         model=ModelRef(name=m.name, version=m.version, sha256=m.weights.sha256, kind=m.kind.value),
         samples=result.options.samples if s is None else s.samples,
         seed=None if s is None else s.seed,
         sampler=None if s is None else s.sampler,
-        mc_error=None if s is None else MonteCarloErrorOut(
+        mc_error=None
+        if s is None
+        else MonteCarloErrorOut(
             probability=s.mc_error.probability, mutual_information=_number(s.mc_error.mutual_information)
         ),
         predictions=predictions,

@@ -54,8 +54,15 @@ INTEGER_RANGES = {
 
 
 VECTORS = (
-    "total_entropy", "aleatoric", "mutual_information", "predictive_std", "support_score", "support_percentile",
-    "density_score", "density_percentile", "epistemic_percentile",
+    "total_entropy",
+    "aleatoric",
+    "mutual_information",
+    "predictive_std",
+    "support_score",
+    "support_percentile",
+    "density_score",
+    "density_percentile",
+    "epistemic_percentile",
 )
 STRINGS = ("decision", "reasons", "label")
 OUTPUT_NAMES = frozenset({"probabilities", *VECTORS, "ood_flag", *STRINGS})
@@ -109,7 +116,10 @@ def _model_metadata(name: str, dataplane: DataPlaneDep) -> ModelMetadataResponse
         for f in manifest.features
     ]
     return ModelMetadataResponse(
-        name=name, versions=[manifest.version], platform="sbnn_pytorch", inputs=inputs,
+        name=name,
+        versions=[manifest.version],
+        platform="sbnn_pytorch",
+        inputs=inputs,
         outputs=_outputs_metadata(manifest),
     )
 
@@ -150,8 +160,9 @@ def _check_tensor(tensor: RequestInput, kind: FeatureKind) -> list[Any]:
         for row, value in enumerate(values):
             integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
             if value is not None and not isinstance(value, bool) and (not integral or not low <= value <= high):
-                raise RequestRejected(f"{field}[{row}]", f"{datatype} element must be an integer in [{low}, {high}], "
-                                      f"got {value!r}")
+                raise RequestRejected(
+                    f"{field}[{row}]", f"{datatype} element must be an integer in [{low}, {high}], got {value!r}"
+                )
     return values
 
 
@@ -264,8 +275,14 @@ async def _infer(name: str, request: InferenceRequest, dataplane: DataPlaneDep) 
     columns = _columns(request, entry.manifest)
     rows = len(next(iter(columns.values())))
     options = dataplane.options(
-        entry, rows, _parameter(request, "samples"), _parameter(request, "seed"), _sampler(request),
-        _tolerance(request), prefix="parameters.", rows_field="inputs",
+        entry,
+        rows,
+        _parameter(request, "samples"),
+        _parameter(request, "seed"),
+        _sampler(request),
+        _tolerance(request),
+        prefix="parameters.",
+        rows_field="inputs",
     )
     result = await dataplane.infer(entry, columns, options, lambda f, row: f"inputs.{f}[{row}]")
     return _encode(result, request)
@@ -304,6 +321,11 @@ for path, endpoint, method, model, summary in [
     ("/models/{name}/versions/{version}/infer", _infer_versioned, "POST", InferenceResponse, "Inference"),
 ]:
     router.add_api_route(
-        path, endpoint, methods=[method], response_model=model, responses=ERRORS, summary=summary,
+        path,
+        endpoint,
+        methods=[method],
+        response_model=model,
+        responses=ERRORS,
+        summary=summary,
         response_model_exclude_none=True,
     )
