@@ -143,7 +143,7 @@ class MonteCarloEngine:
         fits = samples <= self.bank_size or adaptive
         if self._bank is not None and fits and seed in (None, self.bank_seed):
             return Sampler.BANK
-        if not self.lowrank or self.model.num_samples(2) != 2:
+        if not self.lowrank or self.model.fixed_samples is not None:
             return Sampler.FRESH
         fresh = self.estimate(Sampler.FRESH, rows, samples)
         return Sampler.LOCAL if self.estimate(Sampler.LOCAL, rows, samples) < fresh else Sampler.FRESH
@@ -163,7 +163,7 @@ class MonteCarloEngine:
                 return "samples", f"the bank holds {self.bank_size} samples; {samples} asked"
             if seed not in (None, self.bank_seed):
                 return "seed", f"the bank was drawn with seed {self.bank_seed}; omit the seed or send that one"
-        if sampler is Sampler.LOCAL and (not self.lowrank or self.model.num_samples(2) != 2):
+        if sampler is Sampler.LOCAL and (not self.lowrank or self.model.fixed_samples is not None):
             return "sampler", f"local reparameterisation needs a lowrank network, not '{self.model.spec.kind.value}'"
         return None
 
@@ -252,7 +252,7 @@ class MonteCarloEngine:
         """Draw ``chunk`` samples at a time until both Monte Carlo standard errors are ≤ ``tolerance`` or
         ``max_samples`` are used. Chunks come from consecutive slices of the bank, or from one generator, so
         a seed replays the same stopping point."""
-        if self.model.num_samples(2) != 2:  # deterministic and ensembles: nothing to adapt
+        if self.model.fixed_samples is not None:  # deterministic and ensembles: nothing to adapt
             return self.run(x, max_samples, seed, sampler)
         chunk = max(8, chunk - chunk % 8)
         if sampler is Sampler.AUTO:

@@ -73,9 +73,15 @@ class BayesianMLP(nn.Module):
         )
         self.activation = _ACTIVATIONS[spec.activation]()
 
+    @property
+    def fixed_samples(self) -> int | None:
+        """The predictive's member count when it does not depend on the request (1 for a point estimate, the
+        members of an ensemble); None when every requested sample is a fresh weight draw."""
+        return self.layers[0].fixed_samples
+
     def num_samples(self, requested: int) -> int:
         """Members of the predictive for ``requested`` samples: fixed for deterministic and ensembles."""
-        fixed = self.layers[0].fixed_samples
+        fixed = self.fixed_samples
         return fixed if fixed is not None else requested
 
     def sample(self, samples: int, generator: torch.Generator | None = None) -> list[LayerSample]:
