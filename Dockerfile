@@ -31,7 +31,7 @@ FROM build AS export
 ARG WHEELHOUSE=0
 # hadolint ignore=SC2086
 RUN if [ "$WHEELHOUSE" = "1" ]; then source="--no-index --find-links /wheelhouse"; else source=""; fi \
- && /opt/sbnn/bin/pip install $source -c deploy/constraints.txt onnx onnxruntime
+ && /opt/sbnn/bin/pip install $source -c deploy/constraints.txt onnx onnxruntime onnxscript
 COPY models/ /models/
 RUN for model in /models/*/; do /opt/sbnn/bin/sbnn export-onnx "$model"; done
 

@@ -40,3 +40,13 @@ class WarmStartError(SbnnError, ValueError):
 
 class BoundError(SbnnError, ValueError):
     """A PAC-Bayes bound report cannot be made as asked (a point-estimate kind, or a twin that does not fit)."""
+
+
+class MissingExtra(SbnnError, ImportError):
+    """An optional dependency is not installed: ``extra`` names the ``sbnn[...]`` extra that brings it."""
+
+    def __init__(self, package: str, extra: str, what: str) -> None:
+        super().__init__(f"{what} needs the optional '{package}' package: pip install 'sbnn[{extra}]'")
+        self.name = package  # ImportError's attribute: the module that is missing
+        self.package = package
+        self.extra = extra

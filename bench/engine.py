@@ -79,13 +79,12 @@ def onnx_fresh(model: BayesianMLP) -> Callable[[np.ndarray, int], object] | None
 
 
 def onnx_sessions(model: BayesianMLP, samples_list: list[int]) -> dict[int, object] | None:
-    """An onnxruntime session on the exported frozen-bank graph per S (None when onnxruntime is missing)."""
+    """An onnxruntime session on the exported frozen-bank graph per S, as ``sbnn export-onnx`` writes it (None
+    when onnxruntime is missing)."""
     try:
-        import io
-
         import onnxruntime as ort
 
-        from app.checkpoint.onnx_export import OUTPUTS, BankPredictive
+        from app.checkpoint.onnx_export import bank_graph
     except ImportError:
         return None
     cpu_model = BayesianMLP(model.spec, device="cpu")
@@ -93,18 +92,7 @@ def onnx_sessions(model: BayesianMLP, samples_list: list[int]) -> dict[int, obje
     sessions = {}
     for samples in samples_list:
         bank = cpu_model.sample(cpu_model.num_samples(samples), torch.Generator().manual_seed(0))
-        buffer = io.BytesIO()
-        torch.onnx.export(
-            BankPredictive(cpu_model, bank).eval(),
-            (torch.zeros(1, model.spec.in_features),),
-            buffer,
-            dynamo=False,
-            opset_version=17,
-            input_names=["x"],
-            output_names=OUTPUTS,
-            dynamic_axes={"x": {0: "rows"}, **{name: {0: "rows"} for name in OUTPUTS}},
-        )
-        sessions[samples] = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+        sessions[samples] = ort.InferenceSession(bank_graph(cpu_model, bank), providers=["CPUExecutionProvider"])
     return sessions
 
 

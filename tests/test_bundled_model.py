@@ -1,11 +1,14 @@
-"""The bundled default model: verified, deterministic, and its stored metrics reproduce.
+"""The bundled default model: verified, deterministic, its stored metrics reproduce, and its documented
+command rebuilds it bit for bit.
 
 Tolerance: 1e-4 absolute on every stored metric. Same machine and torch build give bit-identical numbers;
-the tolerance only absorbs float reordering across CPU kinds and BLAS builds.
+the tolerance only absorbs float reordering across CPU kinds and BLAS builds. The rebuild is exact, so it runs
+only where it can be: the torch build and CPU capability that trained the model (docs/training.md).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -19,7 +22,8 @@ from app.data.dataset import load_dataset
 from app.errors import CheckpointError
 from app.evaluate.evaluate import evaluate
 
-BUNDLED = Path(__file__).resolve().parents[1] / "models" / "flchain-mortality"
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ROOT / "models" / "flchain-mortality"
 TOLERANCE = 1e-4
 
 
@@ -77,3 +81,26 @@ def test_tampered_bundled_weights_are_refused(tmp_path: Path) -> None:
     weights.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="sha256"):
         load_checkpoint(copy)
+
+
+def _reproduce():  # noqa: ANN202 - the bench module, loaded by path (bench/ is not an installed package)
+    spec = importlib.util.spec_from_file_location("bench_reproduce", ROOT / "bench" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_documented_command_rebuilds_the_bundled_model_bit_for_bit(tmp_path: Path) -> None:
+    reproduce = _reproduce()
+    trained_with = load_checkpoint(BUNDLED).manifest.training.torch_version
+    if torch.__version__ != trained_with:
+        pytest.skip(f"bitwise only on the training build: torch {trained_with}, not {torch.__version__}")
+    if torch.backends.cpu.get_cpu_capability() != reproduce.BUNDLED_CPU_CAPABILITY:
+        pytest.skip(
+            f"bitwise only on {reproduce.BUNDLED_CPU_CAPABILITY}: this CPU runs torch's kernels for "
+            f"{torch.backends.cpu.get_cpu_capability()}"
+        )
+    run = reproduce.retrain(reproduce.BUNDLED_THREADS, tmp_path)
+    assert run["fresh"]["weights"] == json.loads((BUNDLED / "manifest.json").read_text())["weights"]["sha256"]
+    assert run["identical"], f"weights, gate, manifest, metrics the same: {run['same']}"

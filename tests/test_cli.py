@@ -137,3 +137,107 @@ def test_bounds_that_training_rows_break_are_refused(table_files: tuple[Path, Pa
         "site=0:1",
     )
     assert unknown.returncode == 2 and "site: --bounds names a feature that is not a numeric feature" in unknown.stderr
+
+
+BLOCKED = """
+import sys
+for blocked in sys.argv[1].split(","):
+    sys.modules[blocked] = None  # any import of these now raises ImportError, as in the serving install
+sys.argv = ["sbnn", *sys.argv[2:]]
+from app.cli import main
+main()
+"""
+
+
+def sbnn_without(modules: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`sbnn ARGS` with ``modules`` (comma-separated) made unimportable."""
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKED, modules, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=Path(__file__).resolve().parents[1],
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+
+
+def test_help_keeps_square_brackets() -> None:
+    compare = sbnn("compare", "--help")
+    assert compare.returncode == 0 and "[default: runs/compare; quick: runs/compare-quick]" in compare.stdout
+    train = sbnn("train", "--help")
+    assert "(needs sbnn[data])" in train.stdout and "--drop" in train.stdout and "[default: 200]" in train.stdout
+    listing = sbnn("--help")
+    assert "save the best model of each kind" in listing.stdout  # summaries whole, not cut at the width
+
+
+def test_messages_print_square_brackets_as_written(tmp_path: Path) -> None:
+    missing = sbnn("info", str(tmp_path / "[bold]model[/]"))
+    assert missing.returncode == 2 and "[bold]model[/]" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["evaluate", "models/flchain-mortality"], "sbnn evaluate needs the 'train' and 'data' extras"),
+        (["bound", "models/flchain-mortality"], "sbnn bound needs the 'train' and 'data' extras"),
+        (["train", "--dataset", "flchain", "--out", "unused"], "sbnn train needs the 'train' and 'data' extras"),
+    ],
+)
+def test_a_missing_extra_is_one_line_naming_it(args: list[str], line: str) -> None:
+    result = sbnn_without("pandas", *args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"{line}: pip install 'sbnn[train,data]'"
+
+
+def test_a_missing_onnx_names_the_onnx_extra(tiny_checkpoint: Path) -> None:
+    result = sbnn_without("onnx", "export-onnx", str(tiny_checkpoint))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip() == "sbnn export-onnx needs the 'onnx' extra: pip install 'sbnn[onnx]'"
+    # The exporter's own message for onnxruntime, printed as written (rich markup once ate "[onnx]").
+    runtime = sbnn_without("onnxruntime", "export-onnx", str(tiny_checkpoint))
+    assert runtime.returncode in (1, 2) and "pip install 'sbnn[onnx]'" in runtime.stderr, runtime.stderr
+
+
+def test_an_epoch_count_below_the_warm_up_names_the_real_flag(tmp_path: Path) -> None:
+    result = sbnn("train", "--csv", "x.csv", "--target", "y", "--out", str(tmp_path / "m"), "--epochs", "1")
+    assert result.returncode == 2 and "--kl-warmup:" in result.stderr and "--kl-warmup-epochs" not in result.stderr
+    assert "(10 epochs) is longer than the training (1 epoch)" in result.stderr
+    assert result.stderr.strip().endswith("train for more epochs.")
+
+
+def _train_quick(csv: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return sbnn(
+        "train", "--csv", str(csv), "--target", "outcome", "--out", str(out), "--hidden", "4", "--epochs", "1",
+        "--kl-warmup", "0", "--samples", "8", "--no-evaluate", *extra,
+    )  # fmt: skip
+
+
+def test_an_id_column_is_refused_before_training_and_dropped_on_request(
+    table_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import pandas as pd
+
+    frame = pd.read_csv(table_files[0])
+    frame.insert(0, "patient", [f"person {i}" for i in range(len(frame))])
+    frame.to_csv(tmp_path / "named.csv", index=False)
+    refused = _train_quick(tmp_path / "named.csv", tmp_path / "m")
+    assert refused.returncode == 2 and not (tmp_path / "m").exists()
+    assert "patient (600 distinct values in 600 rows: an identifier?)" in refused.stderr
+    assert "--drop patient" in refused.stderr and len(refused.stderr) < 600
+    dropped = _train_quick(tmp_path / "named.csv", tmp_path / "m", "--drop", "patient")
+    assert dropped.returncode == 0, dropped.stderr
+    assert "calibrating the gate: scoring the validation split" in dropped.stderr  # progress after the epochs
+    names = [f["name"] for f in json.loads((tmp_path / "m" / "manifest.json").read_text())["features"]]
+    assert names == ["x1", "x2", "site"]
+
+
+def test_a_continuous_target_is_refused(table_files: tuple[Path, Path], tmp_path: Path) -> None:
+    import pandas as pd
+
+    frame = pd.read_csv(table_files[0])
+    frame["outcome"] = frame["x1"] * 3.0 + 1.0
+    frame.to_csv(tmp_path / "continuous.csv", index=False)
+    refused = _train_quick(tmp_path / "continuous.csv", tmp_path / "m")
+    assert refused.returncode == 2 and "outcome: the target looks continuous" in refused.stderr
+    assert "classifiers only" in refused.stderr and not (tmp_path / "m").exists()

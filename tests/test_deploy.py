@@ -1,47 +1,331 @@
-"""Deployment files refer only to metrics the service exports (a renamed metric would silently blank a panel)."""
+"""The deployment files, parsed: compose wires the three services to files that exist, Prometheus scrapes the
+service's /metrics port and loads rules that exist, and the alert rules and the Grafana dashboard name only
+metrics and labels that the service exports (a renamed metric would silently blank a panel or an alert).
+
+`deploy/ci-docker.sh` runs the real tools (docker compose config, promtool, a built image) where the machine
+allows; these tests need none of them.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from pathlib import Path
+import shlex
+from pathlib import Path, PurePosixPath
+from typing import Any
 
+import httpx
+import pytest
+import yaml
 from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
 
 from app.serve.metrics import ServiceMetrics
+from app.serve.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
+PROMETHEUS = ROOT / "deploy" / "prometheus"
+GRAFANA = ROOT / "deploy" / "grafana"
+# Series Prometheus itself makes per scrape target, with their labels.
+PROMETHEUS_SERIES = {"up": {"job", "instance"}}
+# PromQL words that look like metric names but are functions, aggregations or keywords.
+PROMQL_WORDS = {
+    "sum", "min", "max", "avg", "count", "by", "without", "on", "ignoring", "group_left", "group_right", "and",
+    "or", "unless", "rate", "irate", "increase", "histogram_quantile", "label_values", "bool", "offset",
+}  # fmt: skip
 
 
-def exported_names() -> set[str]:
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_yaml(ROOT / "docker-compose.yml")
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def exported() -> dict[str, set[str]]:
+    """Every series name the service exports -> its label names (histograms' `le` included)."""
     registry = CollectorRegistry()
-    ServiceMetrics(registry)
-    names = set()
+    metrics = ServiceMetrics(registry)
+    labels: dict[str, set[str]] = {}
+    # No public API lists a metric's label names before it has samples: `_labelnames` is prometheus_client's own.
+    for wrapper in vars(metrics).values():
+        if isinstance(wrapper, MetricWrapperBase):
+            labels[wrapper._name] = set(wrapper._labelnames)  # type: ignore[attr-defined]
+    for family in metrics.drift.describe():
+        labels[family.name] = set(family._labelnames)  # type: ignore[attr-defined]
+    series: dict[str, set[str]] = {}
     for family in registry.collect():
-        names.add(family.name)
-        names.update({f"{family.name}_{suffix}" for suffix in ("bucket", "count", "sum", "total", "info")})
+        own = labels[family.name if family.name in labels else f"{family.name}_total"]
+        if family.type == "histogram":
+            series |= {f"{family.name}_bucket": own | {"le"}, f"{family.name}_count": own, f"{family.name}_sum": own}
+        elif family.type == "counter":
+            series[f"{family.name}_total"] = own
+        else:
+            series[family.name] = own
+    return series
+
+
+def host_path(service: dict[str, Any], container_path: str) -> Path:
+    """The file on this machine that ``container_path`` is inside ``service``, through its bind mounts."""
+    target = PurePosixPath(container_path)
+    for volume in service.get("volumes", []):
+        source, mount, *_ = volume.split(":")
+        if target == PurePosixPath(mount) or PurePosixPath(mount) in target.parents:
+            return ROOT / source / target.relative_to(mount)
+    raise AssertionError(f"{container_path} is not under any of the service's volumes {service.get('volumes')}")
+
+
+def published(service: dict[str, Any]) -> dict[int, int]:
+    """container port -> host port, from the short `HOST:CONTAINER` syntax."""
+    ports = {}
+    for entry in service.get("ports", []):
+        host, container = str(entry).rsplit(":", 1)
+        ports[int(container)] = int(host.rsplit(":", 1)[-1])
+    return ports
+
+
+def dockerfile_stages() -> dict[str, dict[str, Any]]:
+    """Stage name -> {"from": base, "instructions": [(INSTRUCTION, arguments)]}, in file order."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    stages: dict[str, dict[str, Any]] = {}
+    current: dict[str, Any] | None = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, arguments = line.partition(" ")
+        if instruction.upper() == "FROM":
+            base, *alias = arguments.split(" AS ")
+            current = {"from": base.strip(), "instructions": []}
+            stages[alias[0].strip() if alias else f"stage-{len(stages)}"] = current
+        elif current is not None:
+            current["instructions"].append((instruction.upper(), arguments.strip()))
+    return stages
+
+
+def inherited(stages: dict[str, dict[str, Any]], name: str, instruction: str) -> list[str]:
+    """Arguments of ``instruction`` in stage ``name`` and the stages it is built on, base first."""
+    stage = stages[name]
+    base = inherited(stages, stage["from"], instruction) if stage["from"] in stages else []
+    return base + [args for kind, args in stage["instructions"] if kind == instruction]
+
+
+def metric_names(expr: str) -> set[str]:
+    """The series names a PromQL expression selects (label values, durations and keywords left out)."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values may hold anything
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range durations
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    expr = re.sub(r"\{[^}]*\}", " ", expr)  # matchers, checked on their own
+    words = set(re.findall(r"(?<![\w$.:])[a-zA-Z_:][\w:]*(?![\w:])(?!\s*\()", expr))
+    return words - PROMQL_WORDS
+
+
+def matched_labels(expr: str) -> dict[str, set[str]]:
+    """metric -> label names in its `{...}` matchers."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    return {
+        name: set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", body))
+        for name, body in re.findall(r"([a-zA-Z_:][\w:]*)\s*\{([^}]*)\}", expr)
+    }
+
+
+def grouping_labels(expr: str) -> set[str]:
+    """Labels in by / without / on / ignoring clauses."""
+    clauses = re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", expr)
+    return {label.strip() for clause in clauses for label in clause.split(",") if label.strip()}
+
+
+def check_expression(expr: str, where: str, exported: dict[str, set[str]], job: str) -> set[str]:
+    """Assert every metric and label of ``expr`` exists; return the metrics."""
+    known = {**exported, **PROMETHEUS_SERIES}
+    names = metric_names(expr)
+    assert names, f"{where}: no metric in {expr!r}"
+    unknown = names - known.keys()
+    assert not unknown, f"{where} refers to metrics the service does not export: {sorted(unknown)}"
+    for name, labels in matched_labels(expr).items():
+        assert labels <= known[name], f"{where}: {name} has no label(s) {sorted(labels - known[name])}"
+    available = set().union(*(known[name] for name in names))
+    assert grouping_labels(expr) <= available, f"{where}: groups by labels {sorted(grouping_labels(expr) - available)}"
+    if "up" in names:  # Prometheus's own series: the job must be the scrape job's name
+        assert re.search(rf'\bup\{{[^}}]*job="{re.escape(job)}"', expr), f"{where}: up{{}} must select job {job!r}"
     return names
 
 
-def referenced(text: str) -> set[str]:
-    return set(re.findall(r"\bsbnn_[a-z_]+", text)) - {"sbnn_"}
+@pytest.fixture(scope="module")
+def prometheus_config(services: dict[str, dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
+    service = services["prometheus"]
+    config = next(a.split("=", 1)[1] for a in service["command"] if a.startswith("--config.file="))
+    path = host_path(service, config)
+    assert path.is_file(), path
+    return path, load_yaml(path)
 
 
-def test_dashboard_and_rules_use_exported_metrics() -> None:
-    exported = exported_names()
-    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/sbnn.json").read_text())
-    expressions = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
-    rules = (ROOT / "deploy/prometheus/rules.yml").read_text()
-    for source, text in (("dashboard", expressions), ("rules", rules)):
-        names = {n for n in referenced(text) if not n[0].isupper()}
-        assert names, source
-        assert names <= exported, f"{source} refers to unknown metrics: {sorted(names - exported)}"
+@pytest.fixture(scope="module")
+def rules(services: dict[str, dict[str, Any]], prometheus_config: tuple[Path, dict[str, Any]]) -> list[dict]:
+    _, config = prometheus_config
+    files = [host_path(services["prometheus"], f) for f in config["rule_files"]]
+    assert files and all(f.is_file() for f in files), files
+    return [rule for f in files for group in load_yaml(f)["groups"] for rule in group["rules"]]
 
 
-def test_compose_wires_the_three_services() -> None:
-    compose = (ROOT / "docker-compose.yml").read_text()
-    for service in ("sbnn:", "prometheus:", "grafana:"):
-        assert f"\n  {service}" in compose
-    assert "sbnn:8000" in (ROOT / "deploy/prometheus/prometheus.yml").read_text()
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "HEALTHCHECK" in dockerfile and "/v2/health/ready" in dockerfile and "USER 10001" in dockerfile
+@pytest.fixture(scope="module")
+def dashboard(services: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    path = host_path(services["grafana"], home)
+    assert path == GRAFANA / "dashboards" / "sbnn.json"
+    return json.loads(path.read_text())
+
+
+def scrape_job(config: dict[str, Any]) -> dict[str, Any]:
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "sbnn"]
+    return job
+
+
+def test_compose_wires_the_three_services(services: dict[str, dict[str, Any]]) -> None:
+    assert set(services) == {"sbnn", "prometheus", "grafana"}
+    sbnn, prometheus, grafana = services["sbnn"], services["prometheus"], services["grafana"]
+    assert (ROOT / sbnn["build"]["context"] / "Dockerfile").is_file()
+    assert sbnn["environment"]["SBNN_MODELS"] == "/models"  # where the image puts the bundled models
+    assert "SBNN_PORT" not in sbnn["environment"], "the scrape target and healthcheck assume the default port"
+    assert published(sbnn) == {Settings().port: 8000}
+    assert published(prometheus) == {9090: 9090} and published(grafana) == {3000: 3000}
+    assert prometheus["depends_on"] == ["sbnn"] and grafana["depends_on"] == ["prometheus"]
+    # Configuration is mounted read-only from folders of this repository.
+    for service in (prometheus, grafana):
+        for volume in service["volumes"]:
+            source, _, mode = volume.split(":")
+            assert (ROOT / source).is_dir() and mode == "ro", volume
+    assert host_path(prometheus, "/etc/prometheus") == PROMETHEUS
+    assert host_path(grafana, "/etc/grafana/provisioning") == GRAFANA / "provisioning"
+    # The service's health check is the image's: compose must not switch it off.
+    assert "healthcheck" not in sbnn or not sbnn["healthcheck"].get("disable", False)
+    for service in services.values():
+        assert service["restart"] == "unless-stopped"
+    assert int(sbnn["stop_grace_period"].rstrip("s")) >= 10  # uvicorn drains in-flight requests first
+
+
+def test_the_image_runs_unprivileged_with_a_readiness_healthcheck() -> None:
+    stages = dockerfile_stages()
+    served = list(stages)[-1]  # compose builds the last stage (no target)
+    assert served == "runtime" and {"runtime", "slim"} <= stages.keys()
+    for name in ("runtime", "slim"):
+        (user,) = inherited(stages, name, "USER")
+        assert user.split(":")[0] == "10001"
+        (healthcheck,) = inherited(stages, name, "HEALTHCHECK")
+        options, _, command = healthcheck.partition("CMD")
+        assert "/v2/health/ready" in command and "SBNN_PORT" in command
+        assert "--interval" in options and "--timeout" in options
+        env = dict(pair.split("=", 1) for args in inherited(stages, name, "ENV") for pair in shlex.split(args))
+        assert env["SBNN_PORT"] == str(Settings().port) and env["SBNN_MODELS"] == "/models"
+        assert inherited(stages, name, "EXPOSE") == [env["SBNN_PORT"]]
+        (command,) = inherited(stages, name, "CMD")
+        assert json.loads(command) == ["sbnn", "serve"]
+
+
+def test_prometheus_scrapes_the_service_metrics_route(
+    services: dict[str, dict[str, Any]], prometheus_config: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    from app.serve.app import create_app
+
+    _, config = prometheus_config
+    job = scrape_job(config)
+    (static,) = job["static_configs"]
+    (target,) = static["targets"]
+    host, port = target.rsplit(":", 1)
+    assert host in services and host == "sbnn"
+    assert int(port) in published(services["sbnn"])  # the container port the service listens on
+    path = job.get("metrics_path", "/metrics")
+
+    async def scrape() -> httpx.Response:  # the ASGI transport runs no lifespan: no model loads
+        transport = httpx.ASGITransport(app=create_app(Settings(models=tmp_path)))
+        async with httpx.AsyncClient(transport=transport, base_url="http://sbnn") as client:
+            return await client.get(path)
+
+    answer = asyncio.run(scrape())
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    assert "# TYPE sbnn_decisions_total counter" in answer.text
+
+
+def test_rule_files_exist_and_every_rule_is_complete(rules: list[dict], prometheus_config) -> None:
+    config_path, config = prometheus_config
+    assert config_path == PROMETHEUS / "prometheus.yml" and config["rule_files"] == ["/etc/prometheus/rules.yml"]
+    names = [rule["alert"] for rule in rules]
+    assert len(names) == len(set(names)) == 5  # deploy/ci-docker.sh expects the five loaded
+    for rule in rules:
+        assert rule["expr"].strip() and re.fullmatch(r"\d+[smh]", rule["for"]), rule["alert"]
+        assert rule["labels"]["severity"] in {"warning", "critical"}
+        assert rule["annotations"]["summary"].strip()
+    # promtool's unit tests (run by deploy/ci-docker.sh) load the same rules and test alerts that exist.
+    unit = load_yaml(PROMETHEUS / "rules.test.yml")
+    assert all((PROMETHEUS / f).is_file() for f in unit["rule_files"]) and unit["rule_files"] == ["rules.yml"]
+    tested = {case["alertname"] for test in unit["tests"] for case in test["alert_rule_test"]}
+    assert tested and tested <= set(names)
+
+
+def test_alert_rules_use_exported_metrics(rules: list[dict], exported: dict[str, set[str]], prometheus_config) -> None:
+    job = scrape_job(prometheus_config[1])["job_name"]
+    used = set()
+    for rule in rules:
+        used |= check_expression(rule["expr"], f"rule {rule['alert']}", exported, job)
+        # Annotations template labels of the alert's series.
+        templated = set(re.findall(r"\$labels\.(\w+)", rule["annotations"]["summary"]))
+        available = set().union(*(exported.get(n, PROMETHEUS_SERIES.get(n, set())) for n in metric_names(rule["expr"])))
+        assert templated <= available, f"rule {rule['alert']}: summary names labels {sorted(templated - available)}"
+    assert {"sbnn_drift_psi", "sbnn_drift_ood_rate", "sbnn_decisions_total"} <= used
+    # promtool's unit test series are exported series with exported labels, too.
+    for test in load_yaml(PROMETHEUS / "rules.test.yml")["tests"]:
+        for series in test["input_series"]:
+            name, _, body = series["series"].partition("{")
+            labels = set(re.findall(r"(\w+)\s*=", body))
+            assert name in exported and labels <= exported[name], series["series"]
+
+
+def test_dashboard_uses_exported_metrics_and_the_provisioned_datasource(
+    dashboard: dict[str, Any], exported: dict[str, set[str]], services: dict[str, dict[str, Any]], prometheus_config
+) -> None:
+    (datasource,) = load_yaml(GRAFANA / "provisioning" / "datasources" / "prometheus.yml")["datasources"]
+    host, port = re.fullmatch(r"http://([\w-]+):(\d+)", datasource["url"]).groups()
+    assert host in services and int(port) in published(services[host])
+    (provider,) = load_yaml(GRAFANA / "provisioning" / "dashboards" / "sbnn.yml")["providers"]
+    assert host_path(services["grafana"], provider["options"]["path"]) == GRAFANA / "dashboards"
+
+    job = scrape_job(prometheus_config[1])["job_name"]
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    used = set()
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            names = check_expression(target["expr"], f"panel {panel['title']!r}", exported, job)
+            used |= names
+            legend = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
+            labels = set().union(*(exported[n] for n in names))
+            assert legend <= labels, f"panel {panel['title']!r}: legend names labels {sorted(legend - labels)}"
+    (variable,) = dashboard["templating"]["list"]
+    assert variable["datasource"]["uid"] == datasource["uid"]
+    metric, label = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", variable["query"]).groups()
+    assert metric in exported and label in exported[metric] and label == variable["name"]
+    used.add(metric)
+
+
+def test_every_exported_metric_is_on_a_panel_or_in_an_alert(
+    dashboard: dict[str, Any], rules: list[dict], exported: dict[str, set[str]]
+) -> None:
+    expressions = [r["expr"] for r in rules] + [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    expressions.append(dashboard["templating"]["list"][0]["query"].replace("label_values(", "("))
+    used = {re.sub(r"_(bucket|count|sum)$", "", n) for e in expressions for n in metric_names(e)}
+    families = {re.sub(r"_(bucket|count|sum)$", "", n) for n in exported}
+    # Identity and batching figures, for ad-hoc queries: nothing to alert on or chart by default.
+    unwatched = {"sbnn_model_info", "sbnn_predictions_total", "sbnn_batch_rows", "sbnn_batch_requests"}
+    assert unwatched <= families, sorted(unwatched - families)
+    assert families - unwatched <= used, f"exported, on no panel and in no alert: {sorted(families - unwatched - used)}"

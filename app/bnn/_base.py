@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -11,8 +11,76 @@ from torch import Tensor, nn
 from app.bnn.init import InitSpec
 from app.bnn.priors import PriorSpec
 
-LayerSample = tuple[Tensor | None, ...]
-LayerNoise = tuple[Tensor, ...]
+# -- weight samples: what ``sample`` returns and ``propagate`` takes, one type per layer kind -------------------
+# NamedTuples, so a draw also unpacks positionally in field order (the engine's fused paths do).
+
+
+class LowRankSample(NamedTuple):
+    """S low-rank weight samples W_s = A_s B_sᵀ: a (S, m, r), b (S, n, r), bias (S, m)."""
+
+    a: Tensor
+    b: Tensor
+    bias: Tensor
+
+
+class DenseSample(NamedTuple):
+    """One dense weight matrix per sample: weight (S, m, n), bias (S, m) (S = M members for point estimates)."""
+
+    weight: Tensor
+    bias: Tensor
+
+
+class Rank1Sample(NamedTuple):
+    """S rank-1 multiplicative factors r sᵀ: scale_out r (S, m), scale_in s (S, n)."""
+
+    scale_out: Tensor
+    scale_in: Tensor
+
+
+class DropoutSample(NamedTuple):
+    """S input keep masks scaled by 1/(1 − p): mask (S, n); None when p = 0 (dropout off)."""
+
+    mask: Tensor | None
+
+
+LayerSample = LowRankSample | DenseSample | Rank1Sample | DropoutSample
+
+# -- standard noise: what ``draw_noise`` returns and ``sample_from_noise`` takes (fields follow ``noise_specs``) --
+
+
+class LowRankNoise(NamedTuple):
+    """Standard normals for A (S, m, r), B (S, n, r) and the bias (S, m)."""
+
+    a: Tensor
+    b: Tensor
+    bias: Tensor
+
+
+class DenseNoise(NamedTuple):
+    """Standard normals for the weight (S, m, n) and the bias (S, m)."""
+
+    weight: Tensor
+    bias: Tensor
+
+
+class Rank1Noise(NamedTuple):
+    """Standard normals for r (S, m) and s (S, n)."""
+
+    scale_out: Tensor
+    scale_in: Tensor
+
+
+class DropoutNoise(NamedTuple):
+    """U[0, 1) entries (S, n), one per input unit and sample; a unit is kept where uniform ≥ p."""
+
+    uniform: Tensor
+
+
+class NoNoise(NamedTuple):
+    """No noise: point estimates, and dropout with p = 0."""
+
+
+LayerNoise = LowRankNoise | DenseNoise | Rank1Noise | DropoutNoise | NoNoise
 
 
 @dataclass(frozen=True)
@@ -38,9 +106,11 @@ class _StochasticLinear(nn.Module):
     Attributes:
         fixed_samples: members of the predictive for kinds whose sample set is fixed (deterministic: 1,
             ensemble: M); None when any S can be drawn.
+        noise_type: the NamedTuple :meth:`draw_noise` returns, one field per :meth:`noise_specs` entry.
     """
 
     fixed_samples: int | None = None
+    noise_type: ClassVar[type[LayerNoise]] = NoNoise
 
     def __init__(self, in_features: int, out_features: int, prior: PriorSpec, init: InitSpec) -> None:
         super().__init__()
@@ -48,7 +118,6 @@ class _StochasticLinear(nn.Module):
             raise ValueError(f"in_features and out_features must be ≥ 1, got {in_features}, {out_features}")
         self.in_features = in_features
         self.out_features = out_features
-        self.prior_spec = prior
         self.prior = prior.build()
         self.init = init
 
@@ -57,10 +126,11 @@ class _StochasticLinear(nn.Module):
         return []
 
     def draw_noise(self, samples: int, generator: torch.Generator | None = None) -> LayerNoise:
-        """Standard noise for ``samples`` weight samples: one (S, *shape) tensor per :meth:`noise_specs` entry."""
+        """Standard noise for ``samples`` weight samples: one (S, *shape) tensor per :meth:`noise_specs` entry,
+        drawn in that order, as a :attr:`noise_type`."""
         like = next(self.parameters())
         factory = {"generator": generator, "device": like.device, "dtype": like.dtype}
-        return tuple(
+        return self.noise_type._make(
             torch.randn((samples, *spec.shape), **factory)
             if spec.distribution == "normal"
             else torch.rand((samples, *spec.shape), **factory)

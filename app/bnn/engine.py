@@ -19,14 +19,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import torch
 from torch import Tensor
 
+from app.bnn._base import LayerSample, LowRankSample
 from app.bnn.lowrank import LowRankBayesLinear
 from app.bnn.network import BayesianMLP, LayerKind
+from app.bnn.plan import Plan, PlanRefused
 from app.bnn.predictive import Predictive, class_probabilities, entropy, predict_with
 from app.bnn.spec import MonteCarloError, Sampler  # noqa: F401 - MonteCarloError re-exported
 
@@ -38,9 +40,20 @@ FEATURE_MAJOR_CHUNK_FLOATS = 1 << 21
 
 @dataclass
 class EngineResult:
+    """A call's predictive and the plan that drew it (``plan.samples``: the samples drawn, fewer than the cap
+    when an adaptive call stopped early)."""
+
     predictive: Predictive
-    sampler: Sampler
-    seed: int
+    plan: Plan
+
+    @property
+    def sampler(self) -> Sampler:
+        return self.plan.sampler
+
+    @property
+    def seed(self) -> int:
+        assert self.plan.seed is not None  # execute runs seeded plans only
+        return self.plan.seed
 
     @cached_property
     def mc_error(self) -> MonteCarloError:
@@ -109,7 +122,7 @@ class MonteCarloEngine:
             for layer in model.layers
             if isinstance(layer, LowRankBayesLinear)
         ]
-        self._bank: list | None = None
+        self._bank: list[LayerSample] | None = None
         self._bank_layout: list | None = None
         if self.bank_size:
             with torch.no_grad():
@@ -136,10 +149,9 @@ class MonteCarloEngine:
             return compute + self._weight_normals(samples) * self.cost.seconds_per_normal
         return 2 * compute + self._local_normals(rows, samples) * self.cost.seconds_per_normal
 
-    def choose(self, rows: int, samples: int, seed: int | None, adaptive: bool = False) -> Sampler:
+    def _choose(self, rows: int, samples: int, seed: int | None, adaptive: bool) -> Sampler:
         """The bank when the call can use it (no seed or the bank's seed, S within the bank, or any S for an
         adaptive call, which the bank then caps); otherwise the cheaper of fresh and local by the cost model."""
-        samples = self.model.num_samples(samples)
         fits = samples <= self.bank_size or adaptive
         if self._bank is not None and fits and seed in (None, self.bank_seed):
             return Sampler.BANK
@@ -148,65 +160,106 @@ class MonteCarloEngine:
         fresh = self.estimate(Sampler.FRESH, rows, samples)
         return Sampler.LOCAL if self.estimate(Sampler.LOCAL, rows, samples) < fresh else Sampler.FRESH
 
-    def warm_up_samplers(self) -> list[Sampler]:
-        """Every sampler this engine can run (each is run once before the model reports ready)."""
-        return [s for s in (Sampler.BANK, Sampler.FRESH, Sampler.LOCAL) if self.refuse(s, 1, None) is None]
-
-    def refuse(self, sampler: Sampler, samples: int, seed: int | None) -> tuple[str, str] | None:
-        """(option, reason) when ``sampler`` cannot serve (samples, seed), the option being "sampler",
-        "samples" or "seed"; None when it can."""
+    def plan(
+        self, sampler: Sampler, rows: int, samples: int, seed: int | None = None, tolerance: float | None = None
+    ) -> Plan:
+        """The one decision of a call on N = ``rows`` rows: ``auto`` resolved by the cost model, S =
+        ``model.num_samples(samples)`` (an adaptive bank call is capped by the bank), the seed that replays it
+        (the bank's, the call's, or None for the caller to supply) and the tolerance (None for deterministic
+        networks and ensembles: nothing to adapt). PlanRefused(option, reason) when the sampler cannot serve
+        the call, the option being "sampler", "samples" or "seed"."""
         samples = self.model.num_samples(samples)
+        adaptive = tolerance is not None and self.model.fixed_samples is None
+        if sampler is Sampler.AUTO:
+            sampler = self._choose(rows, samples, seed, tolerance is not None)
         if sampler is Sampler.BANK:
             if self._bank is None:
-                return "sampler", "this model has no frozen bank"
+                raise PlanRefused("sampler", "this model has no frozen bank")
+            if tolerance is not None:  # an adaptive call may name the bank whatever its cap: the bank caps it
+                samples = min(samples, self.bank_size)
             if samples > self.bank_size:
-                return "samples", f"the bank holds {self.bank_size} samples; {samples} asked"
+                raise PlanRefused("samples", f"the bank holds {self.bank_size} samples; {samples} asked")
             if seed not in (None, self.bank_seed):
-                return "seed", f"the bank was drawn with seed {self.bank_seed}; omit the seed or send that one"
-        if sampler is Sampler.LOCAL and (not self.lowrank or self.model.fixed_samples is not None):
-            return "sampler", f"local reparameterisation needs a lowrank network, not '{self.model.spec.kind.value}'"
-        return None
+                raise PlanRefused(
+                    "seed", f"the bank was drawn with seed {self.bank_seed}; omit the seed or send that one"
+                )
+            seed = self.bank_seed
+        elif sampler is Sampler.LOCAL and (not self.lowrank or self.model.fixed_samples is not None):
+            kind = self.model.spec.kind.value
+            raise PlanRefused("sampler", f"local reparameterisation needs a lowrank network, not '{kind}'")
+        return Plan(sampler, samples, seed, tolerance if adaptive else None)
 
-    def resolve(
-        self, sampler: Sampler, rows: int, samples: int, seed: int | None, fresh_seed: int, adaptive: bool = False
-    ) -> tuple[Sampler, int]:
-        """The sampler a call will use and the seed that replays it (the bank's, the call's or ``fresh_seed``)."""
-        if sampler is Sampler.AUTO:
-            sampler = self.choose(rows, samples, seed, adaptive)
-        if sampler is Sampler.BANK:
-            return sampler, self.bank_seed
-        return sampler, fresh_seed if seed is None else seed
+    def warm_up_samplers(self) -> list[Sampler]:
+        """Every sampler this engine can run (each is run once before the model reports ready)."""
+        runnable = []
+        for sampler in (Sampler.BANK, Sampler.FRESH, Sampler.LOCAL):
+            try:
+                self.plan(sampler, 1, 1)
+            except PlanRefused:
+                continue
+            runnable.append(sampler)
+        return runnable
 
     # -- running -----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, x: Tensor, weights: list) -> EngineResult:
-        """x: (N, d) through a draw from ``model.sample`` shared with other calls (seed set by the caller)."""
-        predictive = Predictive(self._propagate(x, weights))
-        return EngineResult(predictive, Sampler.FRESH, -1)
+    def evaluate(self, x: Tensor, weights: list[LayerSample]) -> Predictive:
+        """x: (N, d) through a draw from ``model.sample`` that the caller shares among calls -> (S, N, C)."""
+        return Predictive(self._propagate(x, weights))
 
     @torch.no_grad()
     def run(self, x: Tensor, samples: int, seed: int | None, sampler: Sampler = Sampler.AUTO) -> EngineResult:
-        """x: (N, d) -> EngineResult with S = ``model.num_samples(samples)`` samples."""
-        samples = self.model.num_samples(samples)
-        if sampler is Sampler.AUTO:
-            sampler = self.choose(x.shape[0], samples, seed)
-        if (refusal := self.refuse(sampler, samples, seed if sampler is Sampler.BANK else None)) is not None:
-            raise ValueError(f"{refusal[0]}: {refusal[1]}")
-        if sampler is Sampler.BANK:
-            probs = self._propagate(x, _slice(self._bank, 0, samples), _slice(self._bank_layout, 0, samples))
-            seed = self.bank_seed
-        else:
-            if seed is None:
-                raise ValueError(f"sampler '{sampler.value}' needs a seed")
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-            if sampler is Sampler.FRESH:
-                probs = self._propagate(x, self.model.sample(samples, generator))
-            else:
-                probs = self._local(x, samples, generator)
-        predictive = Predictive(probs)
-        return EngineResult(predictive, sampler, seed)
+        """x: (N, d) -> EngineResult with S = ``model.num_samples(samples)`` samples (``plan``, then ``execute``)."""
+        return self.execute(x, self.plan(sampler, x.shape[0], samples, seed))
 
-    def _propagate(self, x: Tensor, weights: list, layout: list | None = None) -> Tensor:
+    @torch.no_grad()
+    def run_adaptive(
+        self,
+        x: Tensor,
+        seed: int | None,
+        tolerance: float,
+        max_samples: int,
+        chunk: int = 64,
+        sampler: Sampler = Sampler.AUTO,
+    ) -> EngineResult:
+        """Draw ``chunk`` samples at a time until both Monte Carlo standard errors are ≤ ``tolerance`` or
+        ``max_samples`` are used (``plan``, then ``execute``)."""
+        return self.execute(x, self.plan(sampler, x.shape[0], max_samples, seed, tolerance), chunk)
+
+    @torch.no_grad()
+    def execute(self, x: Tensor, plan: Plan, chunk: int = 64) -> EngineResult:
+        """x: (N, d) through a seeded plan from ``plan`` -> EngineResult. With a tolerance, ``chunk`` samples at a
+        time until both Monte Carlo standard errors are ≤ it or the cap is used; chunks come from consecutive
+        slices of the bank, or from one generator, so a seed replays the same stopping point."""
+        if plan.seed is None:
+            raise ValueError(f"sampler '{plan.sampler.value}' needs a seed")
+        generator = None
+        if plan.sampler is not Sampler.BANK:
+            generator = torch.Generator(device=self.device).manual_seed(plan.seed)
+        if plan.tolerance is None:
+            return EngineResult(Predictive(self._draw(x, plan.sampler, 0, plan.samples, generator)), plan)
+        chunk = max(8, chunk - chunk % 8)
+        parts: list[Tensor] = []
+        used = 0
+        while used < plan.samples:
+            size = min(chunk, plan.samples - used)
+            parts.append(self._draw(x, plan.sampler, used, size, generator))
+            used += size
+            error = monte_carlo_error(Predictive(torch.cat(parts)))
+            if max(error.probability, error.mutual_information) <= plan.tolerance:
+                break
+        return EngineResult(Predictive(torch.cat(parts)), replace(plan, samples=used))
+
+    def _draw(self, x: Tensor, sampler: Sampler, start: int, size: int, generator: torch.Generator | None) -> Tensor:
+        """x: (N, d) through ``size`` samples -> probs (size, N, C): bank samples [start, start + size), or
+        fresh weights or local noise from ``generator``."""
+        if sampler is Sampler.BANK:
+            stop = start + size
+            return self._propagate(x, _slice(self._bank, start, stop), _slice(self._bank_layout, start, stop))  # type: ignore[arg-type]
+        if sampler is Sampler.FRESH:
+            return self._propagate(x, self.model.sample(size, generator))
+        return self._local(x, size, generator)  # type: ignore[arg-type]
+
+    def _propagate(self, x: Tensor, weights: list[LayerSample], layout: list | None = None) -> Tensor:
         """x: (N, d) through drawn weights (and their feature-major layout, if at hand) -> probs (S, N, C)."""
         if not self.lowrank:
             return predict_with(self.model, x, weights).probs
@@ -239,53 +292,6 @@ class MonteCarloEngine:
                 h = _activate(h, self.model)
         return class_probabilities(h, self.model.spec.likelihood)
 
-    @torch.no_grad()
-    def run_adaptive(
-        self,
-        x: Tensor,
-        seed: int | None,
-        tolerance: float,
-        max_samples: int,
-        chunk: int = 64,
-        sampler: Sampler = Sampler.AUTO,
-    ) -> EngineResult:
-        """Draw ``chunk`` samples at a time until both Monte Carlo standard errors are ≤ ``tolerance`` or
-        ``max_samples`` are used. Chunks come from consecutive slices of the bank, or from one generator, so
-        a seed replays the same stopping point."""
-        if self.model.fixed_samples is not None:  # deterministic and ensembles: nothing to adapt
-            return self.run(x, max_samples, seed, sampler)
-        chunk = max(8, chunk - chunk % 8)
-        if sampler is Sampler.AUTO:
-            sampler = self.choose(x.shape[0], max_samples, seed, adaptive=True)
-        if sampler is Sampler.BANK:
-            max_samples = min(max_samples, self.bank_size)
-        generator = None
-        if sampler is not Sampler.BANK:
-            if seed is None:
-                raise ValueError(f"sampler '{sampler.value}' needs a seed")
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-        parts: list[Tensor] = []
-        used = 0
-        while used < max_samples:
-            size = min(chunk, max_samples - used)
-            if sampler is Sampler.BANK:
-                part = self._propagate(
-                    x,
-                    _slice(self._bank, used, used + size),  # type: ignore[arg-type]
-                    _slice(self._bank_layout, used, used + size),
-                )
-            elif sampler is Sampler.FRESH:
-                part = self._propagate(x, self.model.sample(size, generator))
-            else:
-                part = self._local(x, size, generator)  # type: ignore[arg-type]
-            parts.append(part)
-            used += size
-            error = monte_carlo_error(Predictive(torch.cat(parts)))
-            if max(error.probability, error.mutual_information) <= tolerance:
-                break
-        predictive = Predictive(torch.cat(parts))
-        return EngineResult(predictive, sampler, self.bank_seed if sampler is Sampler.BANK else seed)  # type: ignore[arg-type]
-
 
 def _slice(weights: list | None, start: int, stop: int) -> list | None:
     """Samples [start, stop) of every tensor of a draw (weights or their augmented form)."""
@@ -301,7 +307,7 @@ def _layer_macs(layer: torch.nn.Module) -> int:
     return layer.in_features * layer.out_features  # type: ignore[operator]
 
 
-def _lowrank_row_major(x: Tensor, weights: list, model: BayesianMLP) -> Tensor:
+def _lowrank_row_major(x: Tensor, weights: list[LowRankSample], model: BayesianMLP) -> Tensor:
     """Small N: x: (N, n) -> logits (S, N, k); the first layer is one GEMM against all samples' B at once."""
     last = len(weights) - 1
     h: Tensor | None = None
@@ -318,7 +324,7 @@ def _lowrank_row_major(x: Tensor, weights: list, model: BayesianMLP) -> Tensor:
     return h  # type: ignore[return-value]
 
 
-def feature_major(weights: list) -> list[tuple[Tensor, Tensor, Tensor]]:
+def feature_major(weights: list[LowRankSample]) -> list[tuple[Tensor, Tensor, Tensor]]:
     """A low-rank draw in the feature-major path's layout, per layer: Bᵀ (S, r, n), A (S, m, r), c (S, m, 1),
     all contiguous (the bank keeps this form, so a call copies nothing)."""
     return [(b.transpose(1, 2).contiguous(), a.contiguous(), c.unsqueeze(2).contiguous()) for a, b, c in weights]

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from app.bnn import functional as BF
-from app.bnn._base import LayerNoise, LayerSample, NoiseSpec, _StochasticLinear
+from app.bnn._base import DenseNoise, DenseSample, NoiseSpec, _StochasticLinear
 from app.bnn.gaussian import MeanFieldGaussian
 from app.bnn.init import InitSpec, reference_variance
 from app.bnn.priors import PriorSpec
@@ -21,6 +21,8 @@ class BayesLinear(_StochasticLinear):
         prior: prior on every weight and bias entry.
         init: reference variance and η.
 
+    Draws: :class:`DenseSample` (weight, bias) from :class:`DenseNoise` of the same fields.
+
     Shape:
         x: (S, N, n) -> (S, N, m)
 
@@ -28,6 +30,8 @@ class BayesLinear(_StochasticLinear):
         weight: (m, n) Gaussians, μ ~ N(0, σ_W²), σ = η·σ_W.
         bias: (m,) Gaussians, μ = 0, σ = η·σ_W.
     """
+
+    noise_type = DenseNoise
 
     def __init__(
         self,
@@ -53,12 +57,12 @@ class BayesLinear(_StochasticLinear):
     def noise_specs(self) -> list[NoiseSpec]:
         return [NoiseSpec(self.weight.shape), NoiseSpec(self.bias.shape)]
 
-    def sample_from_noise(self, noise: LayerNoise) -> LayerSample:
+    def sample_from_noise(self, noise: DenseNoise) -> DenseSample:
         """Standard normals (S, m, n), (S, m) -> W: (S, m, n), b: (S, m)."""
         eps_weight, eps_bias = noise
-        return self.weight.transform(eps_weight), self.bias.transform(eps_bias)
+        return DenseSample(self.weight.transform(eps_weight), self.bias.transform(eps_bias))
 
-    def propagate(self, x: Tensor, weights: LayerSample) -> Tensor:
+    def propagate(self, x: Tensor, weights: DenseSample) -> Tensor:
         weight, bias = weights
         return BF.batched_linear(x, weight, bias)
 

@@ -50,10 +50,6 @@ class MeanFieldGaussian(nn.Module):
     def sigma(self) -> Tensor:
         return BF.sigma_from_rho(self.rho)
 
-    def sample(self, samples: int, generator: torch.Generator | None = None) -> Tensor:
-        """Reparameterised draws: -> (S, *shape)."""
-        return BF.sample_gaussian(self.mu, self.sigma, samples, generator)
-
     def transform(self, eps: Tensor) -> Tensor:
         """Reparameterised draws from given standard normals ``mu + sigma * eps``: (S, *shape) -> (S, *shape)."""
         return self.mu + self.sigma * eps

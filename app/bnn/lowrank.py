@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from app.bnn import functional as BF
-from app.bnn._base import LayerNoise, LayerSample, NoiseSpec, _StochasticLinear
+from app.bnn._base import LowRankNoise, LowRankSample, NoiseSpec, _StochasticLinear
 from app.bnn.gaussian import MeanFieldGaussian
 from app.bnn.init import InitSpec, default_damping, factor_scale, reference_variance
 from app.bnn.priors import PriorSpec
@@ -25,6 +25,8 @@ class LowRankBayesLinear(_StochasticLinear):
         prior: prior on every factor and bias entry.
         init: variance-matching initialisation.
 
+    Draws: :class:`LowRankSample` (a, b, bias) from :class:`LowRankNoise` of the same fields.
+
     Shape:
         x: (S, N, n) -> (S, N, m)
 
@@ -33,6 +35,8 @@ class LowRankBayesLinear(_StochasticLinear):
         factor_b: (n, r) Gaussians, initialised as ``factor_a``.
         bias: (m,) Gaussians, μ = 0, σ = η·σ_W.
     """
+
+    noise_type = LowRankNoise
 
     def __init__(
         self,
@@ -81,12 +85,14 @@ class LowRankBayesLinear(_StochasticLinear):
     def noise_specs(self) -> list[NoiseSpec]:
         return [NoiseSpec(p.shape) for p in (self.factor_a, self.factor_b, self.bias)]
 
-    def sample_from_noise(self, noise: LayerNoise) -> LayerSample:
+    def sample_from_noise(self, noise: LowRankNoise) -> LowRankSample:
         """Standard normals (S, m, r), (S, n, r), (S, m) -> A: (S, m, r), B: (S, n, r), b: (S, m)."""
         eps_a, eps_b, eps_bias = noise
-        return self.factor_a.transform(eps_a), self.factor_b.transform(eps_b), self.bias.transform(eps_bias)
+        return LowRankSample(
+            self.factor_a.transform(eps_a), self.factor_b.transform(eps_b), self.bias.transform(eps_bias)
+        )
 
-    def propagate(self, x: Tensor, weights: LayerSample) -> Tensor:
+    def propagate(self, x: Tensor, weights: LowRankSample) -> Tensor:
         a, b, bias = weights
         return BF.lowrank_linear(x, a, b, bias)
 

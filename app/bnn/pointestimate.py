@@ -6,13 +6,16 @@ import torch
 from torch import Tensor, nn
 
 from app.bnn import functional as BF
-from app.bnn._base import LayerNoise, LayerSample, NoiseSpec, _StochasticLinear
+from app.bnn._base import DenseSample, DropoutNoise, DropoutSample, NoiseSpec, NoNoise, _StochasticLinear
 from app.bnn.init import InitSpec, reference_variance
 from app.bnn.priors import PriorSpec
 
 
 class _PointLinear(_StochasticLinear):
-    """Shared weight (M, m, n) and bias (M, m) storage, ~ N(0, σ_W²) and 0; M = 1 unless an ensemble."""
+    """Shared weight (M, m, n) and bias (M, m) storage, ~ N(0, σ_W²) and 0; M = 1 unless an ensemble.
+
+    Draws: :class:`DenseSample` (weight, bias), the point estimates themselves, from :class:`NoNoise`.
+    """
 
     def __init__(
         self,
@@ -37,11 +40,11 @@ class _PointLinear(_StochasticLinear):
         self.weight.normal_(0.0, std, generator=generator)
         self.bias.zero_()
 
-    def sample_from_noise(self, noise: LayerNoise) -> LayerSample:
+    def sample_from_noise(self, noise: NoNoise) -> DenseSample:
         """The point estimates themselves: weight (M, m, n), bias (M, m); there is no noise."""
-        return self.weight, self.bias
+        return DenseSample(self.weight, self.bias)
 
-    def propagate(self, x: Tensor, weights: LayerSample) -> Tensor:
+    def propagate(self, x: Tensor, weights: DenseSample) -> Tensor:
         weight, bias = weights
         return BF.batched_linear(x, weight, bias)
 
@@ -88,6 +91,9 @@ class MCDropoutLinear(_PointLinear):
         p: probability that an input unit is dropped; 0 turns dropout off (used for the first layer,
             whose inputs are the features themselves).
 
+    Draws: :class:`DropoutSample` (mask) from :class:`DropoutNoise` (uniform); mask None from
+    :class:`NoNoise` when p = 0.
+
     Shape:
         x: (S or 1, N, n) -> (S, N, m)
     """
@@ -98,17 +104,21 @@ class MCDropoutLinear(_PointLinear):
         super().__init__(in_features, out_features, members=1, **kwargs)  # type: ignore[arg-type]
         self.p = p
 
+    @property
+    def noise_type(self) -> type[DropoutNoise | NoNoise]:
+        return NoNoise if self.p == 0.0 else DropoutNoise
+
     def noise_specs(self) -> list[NoiseSpec]:
         return [] if self.p == 0.0 else [NoiseSpec((self.in_features,), "uniform")]
 
-    def sample_from_noise(self, noise: LayerNoise) -> LayerSample:
-        """Uniforms (S, n) -> keep mask scaled by 1/(1 − p): (S, n); (None,) when p = 0 (no noise)."""
+    def sample_from_noise(self, noise: DropoutNoise | NoNoise) -> DropoutSample:
+        """Uniforms (S, n) -> keep mask scaled by 1/(1 − p): (S, n); mask None when p = 0 (no noise)."""
         if self.p == 0.0:
-            return (None,)
+            return DropoutSample(None)
         (uniform,) = noise
-        return ((uniform >= self.p).to(self.weight.dtype) / (1.0 - self.p),)
+        return DropoutSample((uniform >= self.p).to(self.weight.dtype) / (1.0 - self.p))
 
-    def propagate(self, x: Tensor, weights: LayerSample) -> Tensor:
+    def propagate(self, x: Tensor, weights: DropoutSample) -> Tensor:
         (mask,) = weights
         if mask is not None:
             x = x * mask.unsqueeze(-2)

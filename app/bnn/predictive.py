@@ -6,12 +6,12 @@ returns a :class:`Predictive`; :func:`decompose` splits its entropy into aleator
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from app.bnn._base import LayerSample
 from app.bnn.network import BayesianMLP, Likelihood
 
 
@@ -79,7 +79,9 @@ def auto_chunk_rows(model: BayesianMLP, samples: int) -> int:
 
 
 @torch.no_grad()
-def predict_with(model: BayesianMLP, x: Tensor, weights: list, chunk_rows: int | None = None) -> Predictive:
+def predict_with(
+    model: BayesianMLP, x: Tensor, weights: list[LayerSample], chunk_rows: int | None = None
+) -> Predictive:
     """x: (N, d) through already drawn ``weights`` (from ``model.sample``) -> Predictive (S, N, C).
 
     Rows are chunked to bound memory; chunk boundaries depend only on N and S, so the same request gives
@@ -100,7 +102,7 @@ def predict_with(model: BayesianMLP, x: Tensor, weights: list, chunk_rows: int |
     return Predictive(probs=torch.cat(chunks, dim=1))
 
 
-def weights_samples(weights: list) -> int:
+def weights_samples(weights: list[LayerSample]) -> int:
     """S of a draw from ``BayesianMLP.sample`` (the leading dimension of its first tensor)."""
     for layer in weights:
         for tensor in layer:
@@ -126,39 +128,3 @@ def predict(
         raise ValueError(f"x must be (N, d), got shape {tuple(x.shape)}")
     weights = model.sample(model.num_samples(samples), generator)
     return predict_with(model, x, weights, chunk_rows)
-
-
-@dataclass(frozen=True)
-class RegressionSummary:
-    """Per-row regression predictive, each (N,): mean, epistemic std (spread of sample means), total std
-    (epistemic and the model's own noise), and the central interval at ``level`` (Gaussian)."""
-
-    mean: Tensor
-    epistemic_std: Tensor
-    total_std: Tensor
-    lower: Tensor
-    upper: Tensor
-    level: float
-
-
-def regression_summary(means: Tensor, variances: Tensor | None = None, level: float = 0.95) -> RegressionSummary:
-    """means: (S, N) sample means, variances: (S, N) sample noise variances or None -> RegressionSummary.
-
-    Total variance by the law of total variance: Var_s[μ_s] + E_s[σ_s²]. Interval: mean ± z·total_std
-    with z the standard normal quantile (1.96 for 95%).
-    """
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    mean = means.mean(0)
-    epistemic_var = means.var(0, correction=0)
-    aleatoric_var = variances.mean(0) if variances is not None else torch.zeros_like(mean)
-    total_std = (epistemic_var + aleatoric_var).sqrt()
-    z = math.sqrt(2.0) * torch.special.erfinv(torch.tensor(level, dtype=torch.float64)).item()
-    return RegressionSummary(
-        mean=mean,
-        epistemic_std=epistemic_var.sqrt(),
-        total_std=total_std,
-        lower=mean - z * total_std,
-        upper=mean + z * total_std,
-        level=level,
-    )

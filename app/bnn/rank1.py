@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from app.bnn._base import LayerNoise, LayerSample, NoiseSpec, _StochasticLinear
+from app.bnn._base import NoiseSpec, Rank1Noise, Rank1Sample, _StochasticLinear
 from app.bnn.gaussian import MeanFieldGaussian
 from app.bnn.init import InitSpec, reference_variance
 from app.bnn.priors import PriorSpec
@@ -22,6 +22,8 @@ class Rank1BayesLinear(_StochasticLinear):
         prior: prior on the entries of ``r − 1`` and ``s − 1``.
         init: reference variance (for W) and η (initial σ of r and s).
 
+    Draws: :class:`Rank1Sample` (scale_out, scale_in) from :class:`Rank1Noise` of the same fields.
+
     Shape:
         x: (S, N, n) -> (S, N, m)
 
@@ -31,6 +33,8 @@ class Rank1BayesLinear(_StochasticLinear):
         scale_out: (m,) Gaussians r, μ = 1, σ = η.
         scale_in: (n,) Gaussians s, μ = 1, σ = η.
     """
+
+    noise_type = Rank1Noise
 
     def __init__(
         self,
@@ -61,12 +65,12 @@ class Rank1BayesLinear(_StochasticLinear):
     def noise_specs(self) -> list[NoiseSpec]:
         return [NoiseSpec(self.scale_out.shape), NoiseSpec(self.scale_in.shape)]
 
-    def sample_from_noise(self, noise: LayerNoise) -> LayerSample:
+    def sample_from_noise(self, noise: Rank1Noise) -> Rank1Sample:
         """Standard normals (S, m), (S, n) -> r: (S, m), s: (S, n)."""
         eps_out, eps_in = noise
-        return self.scale_out.transform(eps_out), self.scale_in.transform(eps_in)
+        return Rank1Sample(self.scale_out.transform(eps_out), self.scale_in.transform(eps_in))
 
-    def propagate(self, x: Tensor, weights: LayerSample) -> Tensor:
+    def propagate(self, x: Tensor, weights: Rank1Sample) -> Tensor:
         scale_out, scale_in = weights
         scaled = x * scale_in.unsqueeze(-2)  # (S, N, n)
         return torch.matmul(scaled, self.weight.T) * scale_out.unsqueeze(-2) + self.bias

@@ -10,13 +10,13 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from app.bnn.spec import LayerKind, NetworkSpec
 from app.data.dataset import DataProvenance
 from app.data.preprocess import Preprocessing
 from app.data.schema import FeatureSpec
-from app.gate.spec import GateSpec
+from app.gate.spec import GateSpec, StrictModel
 
 FORMAT_NAME = "sbnn-checkpoint"
 FORMAT_VERSION = 2  # 2: the layered gate (app.gate); 1 had a mutual-information threshold only
@@ -25,28 +25,24 @@ WEIGHTS_FILE = "weights.safetensors"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
 class TaskType(str, Enum):
     BINARY = "binary"
     MULTICLASS = "multiclass"
 
 
-class TaskInfo(_Strict):
+class TaskInfo(StrictModel):
     type: TaskType
     target: str
     labels: list[str] = Field(min_length=2, description="Class labels; index = class id.")
 
 
-class WeightsInfo(_Strict):
+class WeightsInfo(StrictModel):
     file: str = WEIGHTS_FILE
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(ge=1)
 
 
-class TrainingInfo(_Strict):
+class TrainingInfo(StrictModel):
     config: dict[str, Any]
     seed: int
     epochs_run: int
@@ -58,7 +54,7 @@ class TrainingInfo(_Strict):
     sbnn_version: str
 
 
-class NoiseInput(_Strict):
+class NoiseInput(StrictModel):
     """One noise input of the sampling graph: (S, *shape) standard normal or U[0, 1) entries."""
 
     name: str = Field(pattern=r"^noise_\d+_\d+$")
@@ -66,7 +62,7 @@ class NoiseInput(_Strict):
     distribution: Literal["normal", "uniform"]
 
 
-class OnnxSampling(_Strict):
+class OnnxSampling(StrictModel):
     """The sampling graph: x (N, d) and the noise inputs (S leading) -> per-sample probabilities (S, N, C)."""
 
     file: str = "model-sampling.onnx"
@@ -76,7 +72,7 @@ class OnnxSampling(_Strict):
     max_abs_diff: float = Field(ge=0.0, description="Largest |onnxruntime − torch| on shared reference noise.")
 
 
-class OnnxInfo(_Strict):
+class OnnxInfo(StrictModel):
     """The exported ONNX predictive (``sbnn export-onnx``), validated against torch when it was written.
 
     ``file`` holds the frozen bank (form a); ``sampling``, when present, the graph that takes noise as input
@@ -96,7 +92,7 @@ class OnnxInfo(_Strict):
     sampling: OnnxSampling | None = None
 
 
-class Manifest(_Strict):
+class Manifest(StrictModel):
     format: Literal["sbnn-checkpoint"] = FORMAT_NAME
     format_version: int
     name: str = Field(pattern=NAME_PATTERN)

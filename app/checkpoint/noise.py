@@ -1,4 +1,5 @@
-"""Standard noise for an exported sampling graph, from numpy only (the torch-free server draws it too).
+"""The exported graphs' interface from numpy only (the torch-free server reads it too): their output names,
+and the standard noise a sampling graph is fed.
 
 One seeded generator, ``NOISE_CHUNK`` samples at a time, every noise input per chunk in the manifest's order: the
 first k samples of a seed are the same whatever the total asked, so an adaptive run's draws are a prefix of a
@@ -11,6 +12,8 @@ import numpy as np
 
 from app.checkpoint.manifest import NoiseInput
 
+OUTPUTS = ["probabilities", "total_entropy", "aleatoric", "mutual_information", "predictive_std"]  # bank graph
+SAMPLING_OUTPUT = "sample_probabilities"  # sampling graph: per-sample probabilities (S, N, C)
 NOISE_CHUNK = 64  # samples drawn per step
 
 

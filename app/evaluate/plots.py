@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from app.evaluate.metrics import _as_scores, _ece_from_bins, reliability_bins
+from app.evaluate.metrics import _as_scores, ece_from_bins, reliability_bins
 
 __all__ = ["write_reliability_diagram", "write_score_histogram"]
 
@@ -20,7 +20,7 @@ _FIGSIZE = (5.0, 5.0)
 _DPI = 120
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     """Import pyplot on the non-interactive Agg backend, or explain how to install matplotlib."""
     try:
         import matplotlib
@@ -35,7 +35,8 @@ def _pyplot() -> Any:
     return plt
 
 
-def _prepare(path: str | os.PathLike[str]) -> Path:
+def prepare_figure_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, its folder created."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     return out
@@ -56,9 +57,9 @@ def write_reliability_diagram(
     probability for binary tasks, the top-label confidence for C > 2.
     """
     bins = reliability_bins(labels, probs, n_bins)  # validates the inputs before touching matplotlib
-    ece = _ece_from_bins(bins)
+    ece = ece_from_bins(bins)
     binary = np.asarray(probs).shape[1] == 2
-    plt = _pyplot()
+    plt = pyplot()
 
     edges = bins.edges
     centers = (edges[:-1] + edges[1:]) / 2.0
@@ -104,7 +105,7 @@ def write_reliability_diagram(
         ax_count.set_ylabel("count")
         ax_count.set_xlabel("predicted probability of positive class" if binary else "confidence (top label)")
 
-        fig.savefig(_prepare(path), dpi=_DPI, format="png")
+        fig.savefig(prepare_figure_path(path), dpi=_DPI, format="png")
     finally:
         plt.close(fig)
 
@@ -125,7 +126,7 @@ def write_score_histogram(
     sets = {name: _as_scores(scores, f"ood[{name!r}]") for name, scores in ood.items()}
     if threshold is not None and not np.isfinite(threshold):
         raise ValueError(f"threshold must be finite, got {threshold}")
-    plt = _pyplot()
+    plt = pyplot()
 
     pooled = np.concatenate([s_in, *sets.values()])
     edges = np.histogram_bin_edges(pooled, bins=min(50, max(10, int(np.sqrt(pooled.size)))))
@@ -151,6 +152,6 @@ def write_score_histogram(
         ax.set_xlabel(xlabel)
         ax.set_ylabel("density")
         ax.legend(fontsize=8)
-        fig.savefig(_prepare(path), dpi=_DPI, format="png")
+        fig.savefig(prepare_figure_path(path), dpi=_DPI, format="png")
     finally:
         plt.close(fig)

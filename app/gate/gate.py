@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from app.data.preprocess import Preprocessing
+from app.data.preprocess import MISSING_CODE, Preprocessing
 from app.data.schema import FeatureKind, FeatureSpec, format_range
 from app.gate.spec import SCORED, Component, GateSpec
 
@@ -143,7 +143,7 @@ class Screening:
 
     def screen(self, numeric: Mapping[str, np.ndarray], codes: Mapping[str, np.ndarray]) -> Screen:
         """Bounds and support on checked raw values (``Preprocessing.raw_values``): numeric (N,) float64 with
-        NaN where missing, category codes (N,) with -1 for an unseen category."""
+        NaN where missing, category codes (N,) negative for an unseen or (never in training) missing category."""
         rows = len(next(iter(numeric.values()))) if numeric else len(next(iter(codes.values())))
         reasons: list[list[str]] = [[] for _ in range(rows)]
         details: list[list[str]] = [[] for _ in range(rows)]
@@ -195,7 +195,10 @@ class Screening:
             for col in np.flatnonzero(unseen[row]):
                 spec = self.categorical[col]
                 reasons[row].append(f"{Component.SUPPORT.value}:{spec.name}")
-                details[row].append(f"{spec.name} is a category unseen in training (known: {spec.categories})")
+                if codes[spec.name][row] == MISSING_CODE:
+                    details[row].append(f"{spec.name} is missing, which it never was in training")
+                else:
+                    details[row].append(f"{spec.name} is a category unseen in training (known: {spec.categories})")
         support_score = excess.max(1) if excess.shape[1] else np.zeros(rows)
         return Screen(rejected, support_score, support_flag, reasons, details)
 

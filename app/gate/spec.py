@@ -43,11 +43,13 @@ class Component(str, Enum):
 SCORED = (Component.DENSITY, Component.EPISTEMIC)  # the components ranked against the training reference
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Frozen, and unknown fields refused: the manifest's sections and the gate's."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class _Percentiles(_Strict):
+class _Percentiles(StrictModel):
     reference_quantiles: list[float] = Field(
         min_length=REFERENCE_LEVELS,
         max_length=REFERENCE_LEVELS,
@@ -86,7 +88,7 @@ class EpistemicComponent(ScoredComponent):
     score: Literal["mutual_information"] = "mutual_information"
 
 
-class GateCalibration(_Strict):
+class GateCalibration(StrictModel):
     """How the thresholds were set, and on which Monte Carlo draws (the server's default bank)."""
 
     method: Literal["conformal-max-rank"] = "conformal-max-rank"
@@ -102,7 +104,7 @@ class GateCalibration(_Strict):
     bank_seed: int = Field(ge=0)
 
 
-class GateRates(_Strict):
+class GateRates(StrictModel):
     """Shares of one in-distribution split that the gate does not accept (its false positives), and the share
     each component refers."""
 
@@ -114,7 +116,7 @@ class GateRates(_Strict):
     epistemic: float = Field(ge=0.0, le=1.0)
 
 
-class GateFile(_Strict):
+class GateFile(StrictModel):
     """The gate's tensors: the density's mean and precision, and each scored component's sorted reference."""
 
     file: str = GATE_FILE
@@ -122,7 +124,7 @@ class GateFile(_Strict):
     bytes: int = Field(ge=1)
 
 
-class GateSpec(_Strict):
+class GateSpec(StrictModel):
     """The manifest's ``gate`` section."""
 
     target_fpr: float = Field(gt=0.0, lt=1.0, description="The union's false-positive budget.")

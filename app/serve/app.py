@@ -25,8 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import SchemaError
 from app.serve.api import ops, v1, v2
 from app.serve.backend import BackendKind
+from app.serve.batching import BatchingEngine
 from app.serve.dataplane import DataPlane
-from app.serve.engine import BatchingEngine
 from app.serve.errors import ModelNotFound, ModelNotReady, RequestRejected
 from app.serve.metrics import ServiceMetrics
 from app.serve.repository import ModelRepository

@@ -2,6 +2,7 @@
 
 Two backends: ``torch`` (``app.serve.backend_torch``: the Monte Carlo engine with every sampler) and ``onnx``
 (``app.serve.backend_onnx``: onnxruntime on the exported frozen-bank and sampling graphs, for torch-free images).
+Both decide a request's sampler, sample count and seed in one place, ``plan``, and run that plan as decided.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from app.bnn.plan import Plan
 from app.bnn.spec import MonteCarloError, Sampler
 from app.checkpoint.manifest import Manifest
 
@@ -23,27 +25,16 @@ class BackendKind(str, Enum):
 
 
 @dataclass(frozen=True)
-class InferenceOptions:
-    """What a request asks of the Monte Carlo pass."""
-
-    samples: int  # the sample count, or the cap when ``tolerance`` is set
-    seed: int | None = None
-    sampler: Sampler = Sampler.AUTO
-    tolerance: float | None = None  # adaptive: stop once both MC standard errors are at most this
-
-
-@dataclass(frozen=True)
 class Scores:
-    """One request's predictive: probs (N, C) and each uncertainty (N,) in nats."""
+    """One request's predictive, probs (N, C) and each uncertainty (N,) in nats, and the plan that drew it
+    (``plan.samples``: the samples drawn; ``plan.seed``: the seed that replays it)."""
 
+    plan: Plan
     probs: np.ndarray
     total: np.ndarray
     aleatoric: np.ndarray
     epistemic: np.ndarray
     std: np.ndarray
-    samples: int
-    seed: int
-    sampler: Sampler
     mc_error: MonteCarloError
 
 
@@ -55,14 +46,10 @@ class Backend(Protocol):
     def default_bank(self) -> tuple[int, int] | None:
         """(samples, seed) of the frozen bank a default request is answered with; None without a bank."""
 
-    def num_samples(self, samples: int) -> int:
-        """The samples a request for ``samples`` gets (fixed for deterministic models and ensembles)."""
+    def plan(self, sampler: Sampler, rows: int, samples: int, seed: int | None, tolerance: float | None) -> Plan:
+        """The plan a request of N = ``rows`` rows gets for these options (samples: the cap when ``tolerance``
+        is set); PlanRefused(option, reason) when this backend cannot serve them."""
 
-    def refuse(
-        self, sampler: Sampler, samples: int, seed: int | None, tolerance: float | None
-    ) -> tuple[str, str] | None:
-        """(option, reason) when this backend cannot serve these options (option: sampler, samples, seed or
-        tolerance), or None."""
-
-    def compute(self, jobs: list[tuple[np.ndarray, InferenceOptions]], batch_seed: int) -> list[Scores]:
-        """Score a batch of requests (x: (N, d) float32 each) on the compute thread."""
+    def compute(self, jobs: list[tuple[np.ndarray, Plan]], batch_seed: int) -> list[Scores]:
+        """Score a batch of requests (x: (N, d) float32 each, with its plan) on the compute thread; a plan
+        without a seed takes ``batch_seed``."""

@@ -20,51 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from app.bnn.plan import Plan, PlanRefused
 from app.bnn.spec import MonteCarloError, Sampler
 from app.checkpoint.files import read_manifest, read_onnx, verified_weights_bytes
 from app.checkpoint.manifest import Manifest, NoiseInput
-from app.checkpoint.noise import NOISE_CHUNK, NoiseStream
+from app.checkpoint.noise import NOISE_CHUNK, OUTPUTS, SAMPLING_OUTPUT, NoiseStream
 from app.errors import CheckpointError
-from app.serve.backend import BackendKind, InferenceOptions, Scores
-
-OUTPUTS = ["probabilities", "total_entropy", "aleatoric", "mutual_information", "predictive_std"]
-SAMPLING_OUTPUT = "sample_probabilities"
-MC_ERROR_GROUPS = 8  # batch means for the MI's Monte Carlo error, as the torch engine
-
-
-def _entropy(probs: np.ndarray) -> np.ndarray:
-    """H[p] over the last axis with 0·log 0 = 0: (..., C) -> (...)."""
-    logs = np.log(np.where(probs > 0, probs, 1.0))
-    return -(probs * logs).sum(-1)
-
-
-def summarise(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per-sample probabilities (S, N, C) -> mean (N, C), total, aleatoric, MI, std (N,) each, in nats: the
-    numpy twin of ``app.bnn.predictive.decompose`` (float64 throughout)."""
-    probs = probs.astype(np.float64)
-    mean = probs.mean(0)
-    total = _entropy(mean)
-    aleatoric = _entropy(probs).mean(0)
-    mutual_information = np.maximum(total - aleatoric, 0.0)
-    chosen = np.take_along_axis(probs, mean.argmax(-1)[None, :, None], axis=-1)[..., 0]  # (S, N)
-    return mean, total, aleatoric, mutual_information, chosen.std(0)
-
-
-def monte_carlo_error(probs: np.ndarray, groups: int = MC_ERROR_GROUPS) -> MonteCarloError:
-    """Largest-over-rows standard errors of p(predicted class) and of the MI (batch means over ``groups``
-    groups; NaN below 2 samples per group): the numpy twin of ``app.bnn.engine.monte_carlo_error``."""
-    probs = probs.astype(np.float64)
-    samples, rows, classes = probs.shape
-    if samples < 2:
-        return MonteCarloError(0.0, 0.0)
-    chosen = np.take_along_axis(probs, probs.mean(0).argmax(-1)[None, :, None], axis=-1)[..., 0]
-    se_p = float((chosen.std(0, ddof=1) / math.sqrt(samples)).max())
-    size = samples // groups
-    if size < 2:
-        return MonteCarloError(se_p, float("nan"))
-    grouped = probs[: groups * size].reshape(groups, size, rows, classes)
-    mi = np.maximum(_entropy(grouped.mean(1)) - _entropy(grouped).mean(1), 0.0)  # (groups, N)
-    return MonteCarloError(se_p, float((mi.std(0, ddof=1) / math.sqrt(groups)).max()))
+from app.serve.backend import BackendKind, Scores
+from app.serve.predictive_numpy import decompose_numpy, monte_carlo_error_numpy
 
 
 class OnnxBackend:
@@ -96,79 +59,75 @@ class OnnxBackend:
             sampling = ort.InferenceSession(graph, ort.SessionOptions(), providers=providers)
         backend = cls(manifest, bank, sampling)
         x = manifest.preprocessing.typical_input()
-        warm_up = [InferenceOptions(samples=backend.onnx.samples, sampler=Sampler.BANK)]
+        warm_up = [backend.plan(Sampler.BANK, 1, backend.onnx.samples, None, None)]
         if sampling is not None:
-            warm_up.append(InferenceOptions(samples=manifest.default_samples, seed=0, sampler=Sampler.FRESH))
-        for options in warm_up:
-            (scores,) = backend.compute([(x, options)], batch_seed=0)
+            warm_up.append(backend.plan(Sampler.FRESH, 1, manifest.default_samples, 0, None))
+        for plan in warm_up:
+            (scores,) = backend.compute([(x, plan)], batch_seed=0)
             if not np.isfinite(scores.probs).all():
-                raise CheckpointError(str(folder), f"warm-up prediction ({options.sampler.value}) is not finite")
+                raise CheckpointError(str(folder), f"warm-up prediction ({plan.sampler.value}) is not finite")
         return backend
 
     @property
     def default_bank(self) -> tuple[int, int] | None:
         return (self.onnx.samples, self.onnx.bank_seed)
 
-    def num_samples(self, samples: int) -> int:
-        return samples if self.sampling is not None else self.onnx.samples
-
-    def _bank_refusal(self, samples: int, seed: int | None, tolerance: float | None) -> tuple[str, str] | None:
+    def _bank_refusal(self, samples: int, seed: int | None, tolerance: float | None) -> PlanRefused | None:
         if samples != self.onnx.samples:
-            return "samples", f"the ONNX export's bank holds {self.onnx.samples} samples; {samples} asked"
+            return PlanRefused("samples", f"the ONNX export's bank holds {self.onnx.samples} samples; {samples} asked")
         if seed not in (None, self.onnx.bank_seed):
-            return "seed", f"the ONNX export's bank was drawn with seed {self.onnx.bank_seed}; omit it or send that one"
+            reason = f"the ONNX export's bank was drawn with seed {self.onnx.bank_seed}; omit it or send that one"
+            return PlanRefused("seed", reason)
         if tolerance is not None:
-            return "tolerance", "adaptive sample counts on the bank need the torch backend; use sampler 'fresh'"
+            return PlanRefused(
+                "tolerance", "adaptive sample counts on the bank need the torch backend; use sampler 'fresh'"
+            )
         return None
 
-    def _uses_bank(self, sampler: Sampler, samples: int, seed: int | None, tolerance: float | None) -> bool:
-        """Whether a request runs on the bank graph: the model has nothing to sample, the bank is asked for,
-        or the sampler is ``auto`` and the bank can serve the request as asked."""
-        if self.sampling is None or sampler is Sampler.BANK:
-            return True
-        return sampler is Sampler.AUTO and self._bank_refusal(samples, seed, tolerance) is None
-
-    def refuse(
-        self, sampler: Sampler, samples: int, seed: int | None, tolerance: float | None
-    ) -> tuple[str, str] | None:
+    def plan(self, sampler: Sampler, rows: int, samples: int, seed: int | None, tolerance: float | None) -> Plan:
+        """The bank graph when the model has nothing to sample (deterministic networks and ensembles: their fixed
+        members whatever the options, as with torch), when the bank is asked for, or when the sampler is
+        ``auto`` and the bank can serve the request as asked; the sampling graph otherwise. ``local`` is refused."""
         if sampler is Sampler.LOCAL:
-            return "sampler", "local reparameterisation needs the torch backend (onnx runs 'bank' or 'fresh')"
+            raise PlanRefused(
+                "sampler", "local reparameterisation needs the torch backend (onnx runs 'bank' or 'fresh')"
+            )
+        bank = Plan(Sampler.BANK, self.onnx.samples, self.onnx.bank_seed)
         if self.sampling is None:
-            return None  # deterministic or ensemble: the same fixed members whatever the options, as with torch
+            return bank
+        refusal = self._bank_refusal(samples, seed, tolerance)
         if sampler is Sampler.BANK:
-            return self._bank_refusal(samples, seed, tolerance)
-        return None
+            if refusal is not None:
+                raise refusal
+            return bank
+        if sampler is Sampler.AUTO and refusal is None:
+            return bank
+        return Plan(Sampler.FRESH, samples, seed, tolerance)
 
-    def compute(self, jobs: list[tuple[np.ndarray, InferenceOptions]], batch_seed: int) -> list[Scores]:
-        results = []
-        for x, o in jobs:
-            if self._uses_bank(o.sampler, o.samples, o.seed, o.tolerance):
-                results.append(self._run_bank(x))
-            else:
-                seed = batch_seed if o.seed is None else o.seed
-                results.append(self._run_fresh(x, o.samples, seed, o.tolerance))
-        return results
+    def compute(self, jobs: list[tuple[np.ndarray, Plan]], batch_seed: int) -> list[Scores]:
+        return [self._run(x, plan.seeded(batch_seed)) for x, plan in jobs]
+
+    def _run(self, x: np.ndarray, plan: Plan) -> Scores:
+        if plan.sampler is Sampler.BANK:
+            return self._run_bank(x)
+        assert self.onnx.sampling is not None and self.sampling is not None  # plan() sent the others to the bank
+        assert plan.seed is not None  # compute seeded it
+        return run_fresh(self.sampling, self.onnx.sampling.inputs, x, plan.samples, plan.seed, plan.tolerance)
 
     def _run_bank(self, x: np.ndarray) -> Scores:
         probs, total, aleatoric, mi, std = self.bank.run(OUTPUTS, {"x": x})  # type: ignore[attr-defined]
         samples = self.onnx.samples
         return Scores(
+            plan=Plan(Sampler.BANK, samples, self.onnx.bank_seed),
             probs=probs.astype(np.float64),
             total=total,
             aleatoric=aleatoric,
             epistemic=mi,
             std=std,
-            samples=samples,
-            seed=self.onnx.bank_seed,
-            sampler=Sampler.BANK,
             # The bank graph returns summaries only: the probability's error follows from the std; the MI's
             # needs the per-sample probabilities, which this graph does not return.
             mc_error=MonteCarloError(float(std.max()) / math.sqrt(samples), float("nan")),
         )
-
-    def _run_fresh(self, x: np.ndarray, samples: int, seed: int, tolerance: float | None) -> Scores:
-        assert self.onnx.sampling is not None and self.sampling is not None  # refuse() sent the others to the bank
-        return run_fresh(self.sampling, self.onnx.sampling.inputs, x, samples, seed, tolerance)
 
 
 def run_fresh(
@@ -188,19 +147,17 @@ def run_fresh(
         parts: list[np.ndarray] = []
         for start in range(0, samples, NOISE_CHUNK):
             parts.append(sample_probabilities(stream.next(min(NOISE_CHUNK, samples - start))))
-            error = monte_carlo_error(np.concatenate(parts))
+            error = monte_carlo_error_numpy(np.concatenate(parts))
             if max(error.probability, error.mutual_information) <= tolerance:
                 break
         probs = np.concatenate(parts)
-    mean, total, aleatoric, mi, std = summarise(probs)
+    mean, total, aleatoric, mi, std = decompose_numpy(probs)
     return Scores(
+        plan=Plan(Sampler.FRESH, probs.shape[0], seed, tolerance),
         probs=mean,
         total=total,
         aleatoric=aleatoric,
         epistemic=mi,
         std=std,
-        samples=probs.shape[0],
-        seed=seed,
-        sampler=Sampler.FRESH,
-        mc_error=monte_carlo_error(probs),
+        mc_error=monte_carlo_error_numpy(probs),
     )

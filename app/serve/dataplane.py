@@ -1,39 +1,69 @@
 """The protocol-agnostic data plane: one ``infer`` for /v1 and /v2, and model metadata.
 
-validate -> screen (bounds, support) -> preprocess -> batched Monte Carlo pass of the rows not rejected ->
-density and epistemic -> the gate's decisions and reasons -> metrics and drift, once.
+A router decodes its wire format into a ``ScoringRequest`` and makes this one call; ``infer`` walks the
+corridor (docs/serving.md): the model, its decoded columns, the server's limits and the backend's plan, the
+checkpoint's preprocessing checking every value once, the gate's screen (bounds, support), the batched Monte
+Carlo pass of the rows not rejected, density and epistemic, the gate's decisions and reasons, then metrics and
+drift, once.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from app.bnn.plan import Plan, PlanRefused
 from app.bnn.spec import Sampler
 from app.checkpoint.manifest import Manifest
+from app.data.schema import FeatureError, FeatureSpec
 from app.errors import SchemaError
 from app.gate.gate import Decision, GateResult
 from app.gate.spec import Component
-from app.serve.backend import InferenceOptions, Scores
-from app.serve.engine import BatchingEngine
+from app.serve.backend import Scores
+from app.serve.batching import BatchingEngine
 from app.serve.errors import RequestRejected
 from app.serve.metrics import ServiceMetrics
 from app.serve.repository import ModelRepository, ModelState, ServedModel
 from app.serve.settings import RejectMode, Settings
-from app.serve.validation import Locate, encode_scored, validate_columns
+
+Locate = Callable[[str, int], str]  # (feature, row) -> the field as the client named it
+Columns = dict[str, list[Any]]  # feature -> its N raw values
+Decode = Callable[[Sequence[FeatureSpec]], Columns]  # the model's features -> the request's columns
+
+
+@dataclass(frozen=True)
+class ScoringRequest:
+    """A request as a protocol decoded it, before anything model-specific is checked.
+
+    ``decode`` turns the body into raw columns once the model's features are known (raising the protocol's
+    errors: unknown, missing or duplicated features, tensor shapes and datatypes); ``locate`` names a value's
+    field as the protocol does; ``option_field`` prefixes the option fields (``parameters.`` on /v2) and
+    ``rows_field`` names the rows (``instances``, ``inputs``).
+    """
+
+    model: str
+    decode: Decode
+    locate: Locate
+    samples: int | None = None
+    seed: int | None = None
+    sampler: Sampler | None = None
+    tolerance: float | None = None
+    option_field: str = ""
+    rows_field: str = "instances"
 
 
 @dataclass(frozen=True)
 class InferenceResult:
-    """A request's answer: the predictive of the rows the gate let through (``scores``, None when it rejected
-    every row; ``scored``: (N,) bool marks them among the request's rows) and the gate's answer for all N."""
+    """A request's answer: the predictive of the rows the gate let through (``scores``, with the plan that ran;
+    None when it rejected every row; ``scored``: (N,) bool marks them among the request's rows), the gate's
+    answer for all N, and ``planned``, the plan the request was given (what would have run)."""
 
     model: ServedModel
-    options: InferenceOptions
+    planned: Plan
     scores: Scores | None
     scored: np.ndarray
     gate: GateResult
@@ -45,6 +75,11 @@ class InferenceResult:
     @property
     def rows(self) -> int:
         return int(self.scored.size)
+
+    @property
+    def samples(self) -> int:
+        """The samples drawn, or those planned when no row was scored."""
+        return (self.planned if self.scores is None else self.scores.plan).samples
 
     def per_row(self, values: np.ndarray) -> list[Any]:
         """Scored rows' values (N_scored, ...) as a list over all N rows, None for a rejected row."""
@@ -74,65 +109,57 @@ class DataPlane:
         """The ready model ``name`` (404 unknown, 503 not ready)."""
         return self.repository.get(name)
 
-    def options(
-        self,
-        model: ServedModel,
-        rows: int,
-        samples: int | None,
-        seed: int | None,
-        sampler: Sampler | None,
-        tolerance: float | None,
-        prefix: str = "",
-        rows_field: str = "instances",
-    ) -> InferenceOptions:
-        """Check a request's rows and Monte Carlo options against the server's limits and the model."""
+    def plan(self, model: ServedModel, request: ScoringRequest, rows: int) -> Plan:
+        """The server's limits (rows, samples, tolerance), then the backend's plan for the request's options;
+        RequestRejected naming the field otherwise."""
+        settings, prefix = self.settings, request.option_field
         if rows < 1:
-            raise RequestRejected(rows_field, "at least one row is required")
-        if rows > self.settings.max_rows:
-            raise RequestRejected(rows_field, f"{rows} rows exceed this server's limit of {self.settings.max_rows}")
-        if samples is not None and not 1 <= samples <= self.settings.max_samples:
-            limit = self.settings.max_samples
-            raise RequestRejected(f"{prefix}samples", f"must be between 1 and {limit}, got {samples}")
+            raise RequestRejected(request.rows_field, "at least one row is required")
+        if rows > settings.max_rows:
+            raise RequestRejected(request.rows_field, f"{rows} rows exceed this server's limit of {settings.max_rows}")
+        samples, tolerance = request.samples, request.tolerance
+        if samples is not None and not 1 <= samples <= settings.max_samples:
+            raise RequestRejected(f"{prefix}samples", f"must be between 1 and {settings.max_samples}, got {samples}")
         if tolerance is not None and not 0.0 < tolerance < 1.0:
             raise RequestRejected(f"{prefix}tolerance", f"must be in (0, 1), got {tolerance}")
+        if samples is None:  # adaptive requests stop by themselves: their cap is the server's maximum
+            samples = settings.max_samples if tolerance is not None else model.manifest.default_samples
         backend = model.backend
         assert backend is not None  # a ready model has its backend
-        if samples is None:
-            # Adaptive requests stop by themselves: their cap is the server's maximum.
-            samples = self.settings.max_samples if tolerance is not None else model.manifest.default_samples
-            samples = backend.num_samples(samples) if tolerance is None else samples
-        sampler = sampler or self.settings.sampler
-        if (refusal := backend.refuse(sampler, samples, seed, tolerance)) is not None:
-            option, reason = refusal
-            raise RequestRejected(f"{prefix}{option}", reason)
-        return InferenceOptions(samples=samples, seed=seed, sampler=sampler, tolerance=tolerance)
+        try:
+            return backend.plan(request.sampler or settings.sampler, rows, samples, request.seed, tolerance)
+        except PlanRefused as refusal:
+            raise RequestRejected(f"{prefix}{refusal.option}", refusal.reason) from None
 
-    async def infer(
-        self,
-        model: ServedModel,
-        columns: Mapping[str, Sequence[object]],
-        options: InferenceOptions,
-        locate: Locate,
-    ) -> InferenceResult:
-        """Gate and score validated raw columns as ``options`` ask (the seed, when absent, is chosen and
+    async def infer(self, request: ScoringRequest) -> InferenceResult:
+        """The corridor: gate and score the request's rows as planned (the seed, when absent, is chosen and
         returned): rows the bounds reject are not scored, the others are, and every row is explained."""
+        model = self.model(request.model)
         manifest, gate = model.manifest, model.gate
         assert gate is not None  # a ready model has its gate
-        raw = validate_columns(manifest, columns, locate)
-        screen = gate.screen(*raw)
+        columns = request.decode(manifest.features)
+        plan = self.plan(model, request, len(next(iter(columns.values()))))
+        try:
+            numeric, codes = manifest.preprocessing.raw_values(columns)
+        except FeatureError as err:
+            raise SchemaError(request.locate(err.feature, err.row), err.reason) from None
+        screen = gate.screen(numeric, codes)
         if self.settings.reject_mode is RejectMode.REQUEST and screen.rejected.any():
             row = int(np.flatnonzero(screen.rejected)[0])
             feature = screen.reasons[row][0].split(":", 1)[1]
-            raise SchemaError(locate(feature, row), screen.details[row][0])
+            raise SchemaError(request.locate(feature, row), screen.details[row][0])
         scored = ~screen.rejected
-        x = encode_scored(manifest, raw, scored, columns, locate)
-        scores = await self.engine.submit(model, x, options) if scored.any() else None
+        # Rows within the gate's bounds encode finitely (no value is over MAX_STANDARD_SCORE SDs out).
+        x = manifest.preprocessing.encode(
+            {k: v[scored] for k, v in numeric.items()}, {k: v[scored] for k, v in codes.items()}
+        )
+        scores = await self.engine.submit(model, x, plan) if scored.any() else None
         density = np.full(scored.size, np.nan)
         epistemic = np.full(scored.size, np.nan)
         if scores is not None:
             density[scored] = gate.density(x)
             epistemic[scored] = scores.epistemic
-        result = InferenceResult(model, options, scores, scored, gate.decide(screen, density, epistemic))
+        result = InferenceResult(model, plan, scores, scored, gate.decide(screen, density, epistemic))
         self._record(model, result)
         return result
 

@@ -17,6 +17,7 @@ components that rank it below chance or a gate that refers less than half of it 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -86,13 +87,21 @@ def build_gate(
     target_fpr: float,
     samples: int,
     bank_seed: int = SERVER_BANK_SEED,
+    on_step: Callable[[str], None] | None = None,
 ) -> tuple[GateSpec, GateTensors]:
-    """Fit and calibrate the gate of a trained ``model`` on ``dataset`` (see the module's docstring)."""
+    """Fit and calibrate the gate of a trained ``model`` on ``dataset`` (see the module's docstring);
+    ``on_step`` hears a description of each scoring step as it starts (progress only)."""
+
+    def step(text: str) -> None:
+        if on_step is not None:
+            on_step(f"calibrating the gate: {text}")
+
     screening = Screening(dataset.features, preprocessing)
     _check_bounds(screening, preprocessing, dataset)
     scorer = BankScorer(model, samples, bank_seed)
 
     x_train = preprocessing.transform(dataset.train.frame)
+    step(f"scoring the training split ({x_train.shape[0]:,} rows, {scorer.samples} samples)")
     density, shrinkage = fit_density(x_train)
     reference = {
         Component.DENSITY: np.sort(density(x_train)),
@@ -101,6 +110,7 @@ def build_gate(
     tensors = GateTensors(density, reference)
     n_reference = x_train.shape[0]
 
+    step(f"scoring the validation split ({len(dataset.val.y):,} rows)")
     scored_val = score_set(scorer, screening, density, preprocessing, dataset.val.frame)
     screen, val_density, val_epistemic = scored_val.screen, scored_val.density, scored_val.predictions.epistemic
     scored = ~screen.rejected  # the percentiles describe the rows the gate scores
@@ -129,12 +139,13 @@ def build_gate(
         tensors=GateFile(sha256="0" * 64, bytes=1),  # filled in by save_checkpoint
     )
     gate = Gate(spec, screening, tensors)
+    step(f"scoring the test split ({len(dataset.test.y):,} rows)")
     val, test = gated(gate, scored_val), gate_set(scorer, gate, preprocessing, dataset.test.frame)
     achieved = {"val": in_distribution_rates(val), "test": in_distribution_rates(test)}
-    reports = {
-        name: set_report(gate, test, gate_set(scorer, gate, preprocessing, split.frame))
-        for name, split in dataset.ood.items()
-    }
+    reports = {}
+    for name, split in dataset.ood.items():
+        step(f"scoring the OOD set {name} ({len(split.y):,} rows)")
+        reports[name] = set_report(gate, test, gate_set(scorer, gate, preprocessing, split.frame))
     warnings = gate_warnings(reports)
     if level is None:
         warnings.insert(

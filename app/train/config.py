@@ -60,8 +60,9 @@ class TrainConfig(BaseModel):
         epochs = info.data.get("epochs")
         if epochs is not None and value > epochs:
             raise ValueError(
-                f"the KL warm-up ({value} epochs) exceeds epochs ({epochs}): only epochs after the warm-up can be "
-                "kept as the best, so no epoch would be"
+                f"the KL warm-up ({value} epochs) is longer than the training ({epochs} epoch{'s' * (epochs != 1)}): "
+                "only an epoch at the end of the warm-up or later can be kept as the best, so no epoch would be "
+                "kept; shorten the warm-up or train for more epochs."
             )
         return value
 

@@ -70,8 +70,10 @@ def train_checkpoint(
     name: str | None = None,
     version: str = "1",
     on_epoch: Callable[[EpochLog], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> tuple[Manifest, TrainResult]:
-    """Train ``config.kind`` on ``dataset`` and write a checkpoint folder ``out``."""
+    """Train ``config.kind`` on ``dataset`` and write a checkpoint folder ``out``; ``on_epoch`` hears of every
+    epoch and ``on_step`` of each long step after them (a description), for progress shown by the caller."""
     out = Path(out)
     preprocessing = Preprocessing.fit(dataset.train.frame, dataset.features)
     x_train = preprocessing.transform(dataset.train.frame)
@@ -82,7 +84,9 @@ def train_checkpoint(
         twin = load_twin(config.warm_start, preprocessing, dataset.features, config.hidden)
     result = train(x_train, dataset.train.y, x_val, dataset.val.y, classes, config, on_epoch, twin=twin)
 
-    gate, gate_tensors = build_gate(result.model, dataset, preprocessing, config.target_fpr, config.default_samples)
+    gate, gate_tensors = build_gate(
+        result.model, dataset, preprocessing, config.target_fpr, config.default_samples, on_step=on_step
+    )
 
     manifest = Manifest(
         format_version=FORMAT_VERSION,
@@ -116,4 +120,6 @@ def train_checkpoint(
         data=dataset.provenance,
         weights=WeightsInfo(sha256="0" * 64, bytes=1),  # filled in by save_checkpoint
     )
+    if on_step is not None:
+        on_step(f"saving {out}")
     return save_checkpoint(out, result.model, manifest, gate_tensors), result

@@ -9,6 +9,7 @@ import torch
 
 from app.bnn import BayesianMLP, LayerKind, NetworkSpec
 from app.bnn.engine import CostModel, MonteCarloEngine, Sampler, monte_carlo_error
+from app.bnn.plan import Plan, PlanRefused
 from app.bnn.predictive import Predictive, decompose, predict_with
 
 COST = CostModel(seconds_per_normal=7e-9, seconds_per_mac=5e-11)  # fixed, so choices do not depend on load
@@ -79,30 +80,52 @@ def test_global_rng_untouched() -> None:
 
 
 def test_cost_model_choices() -> None:
-    engine = MonteCarloEngine(lowrank(hidden=128, d=9), bank_size=512, cost=COST)
-    assert engine.choose(1, 512, None) is Sampler.BANK
-    assert engine.choose(1, 512, engine.bank_seed) is Sampler.BANK
-    assert engine.choose(1, 512, 5) is Sampler.LOCAL  # a fresh seed, one row: r + m normals per row win
-    assert engine.choose(1024, 512, 5) is Sampler.FRESH  # many rows: one weight draw shared by all wins
-    assert engine.choose(1, 1024, None) is not Sampler.BANK  # more than the bank holds
+    engine = MonteCarloEngine(lowrank(hidden=128, d=9), bank_size=512, bank_seed=3, cost=COST)
+    auto = Sampler.AUTO
+    assert engine.plan(auto, 1, 512) == Plan(Sampler.BANK, 512, 3)  # the bank's seed replays it
+    assert engine.plan(auto, 1, 512, 3) == Plan(Sampler.BANK, 512, 3)
+    assert engine.plan(auto, 1, 512, 5) == Plan(Sampler.LOCAL, 512, 5)  # a fresh seed, one row: r + m normals win
+    assert engine.plan(auto, 1024, 512, 5).sampler is Sampler.FRESH  # many rows: one shared weight draw wins
+    assert engine.plan(auto, 1, 1024) == Plan(Sampler.LOCAL, 1024, None)  # more than the bank holds: seed to come
+    assert engine.plan(auto, 1, 4096, None, 0.01) == Plan(Sampler.BANK, 512, 3, 0.01)  # adaptive: the bank caps it
     assert engine.estimate(Sampler.BANK, 1, 512) < engine.estimate(Sampler.FRESH, 1, 512)
 
 
-def test_refusals_name_the_reason() -> None:
+def test_refusals_name_the_option_and_the_reason() -> None:
     engine = MonteCarloEngine(lowrank(), bank_size=64, bank_seed=3, cost=COST)
-    option, reason = engine.refuse(Sampler.BANK, 65, None)
-    assert option == "samples" and "holds 64" in reason
-    option, reason = engine.refuse(Sampler.BANK, 8, 4)
-    assert option == "seed" and "seed 3" in reason
-    assert engine.refuse(Sampler.BANK, 8, 3) is None
+    with pytest.raises(PlanRefused, match="holds 64") as refused:
+        engine.plan(Sampler.BANK, 1, 65)
+    assert refused.value.option == "samples"
+    with pytest.raises(PlanRefused, match="seed 3") as refused:
+        engine.plan(Sampler.BANK, 1, 8, 4)
+    assert refused.value.option == "seed"
+    assert engine.plan(Sampler.BANK, 1, 8, 3) == Plan(Sampler.BANK, 8, 3)
+    assert engine.plan(Sampler.BANK, 1, 4096, None, 0.01).samples == 64  # an adaptive bank call is capped
     ensemble = BayesianMLP(
         NetworkSpec(in_features=5, hidden=[8], kind=LayerKind.ENSEMBLE), generator=torch.Generator().manual_seed(0)
     )
     other = MonteCarloEngine(ensemble, bank_size=0, cost=COST)
-    assert "lowrank" in other.refuse(Sampler.LOCAL, 8, 1)[1]
-    assert other.refuse(Sampler.BANK, 8, None) == ("sampler", "this model has no frozen bank")
+    with pytest.raises(PlanRefused, match="lowrank"):
+        other.plan(Sampler.LOCAL, 1, 8, 1)
+    with pytest.raises(PlanRefused, match="this model has no frozen bank") as refused:
+        other.plan(Sampler.BANK, 1, 8)
+    assert refused.value.option == "sampler"
+    assert other.plan(Sampler.FRESH, 1, 100, 2, 0.01) == Plan(Sampler.FRESH, 5, 2, None)  # members: nothing to adapt
+    assert other.warm_up_samplers() == [Sampler.FRESH]
     with pytest.raises(ValueError, match="needs a seed"):
         engine.run(rows(1), 8, None, Sampler.FRESH)
+
+
+def test_execute_runs_the_plan_as_decided() -> None:
+    engine = MonteCarloEngine(lowrank(), bank_size=64, bank_seed=3, cost=COST)
+    x = rows(3)
+    plan = engine.plan(Sampler.AUTO, 3, 32, 9)
+    result = engine.execute(x, plan)
+    assert result.plan == plan and (result.sampler, result.seed) == (plan.sampler, 9)
+    assert torch.equal(result.predictive.probs, engine.run(x, 32, 9).predictive.probs)
+    weights = engine.model.sample(32, torch.Generator().manual_seed(9))
+    shared = engine.evaluate(x, weights)  # a draw the caller shares: the same numbers as a fresh run
+    assert torch.equal(shared.probs, engine.run(x, 32, 9, Sampler.FRESH).predictive.probs)
 
 
 @pytest.mark.parametrize(
@@ -116,8 +139,8 @@ def test_other_kinds_run_through_the_generic_path(kind: LayerKind) -> None:
     with torch.no_grad():
         torch.testing.assert_close(bank.predictive.probs, predict_with(model, x, engine._bank).probs)  # noqa: SLF001
     fresh = engine.run(x, 32, 4, Sampler.FRESH)
-    assert fresh.predictive.samples == model.num_samples(32)
-    assert engine.choose(6, 32, 4) is Sampler.FRESH
+    assert fresh.predictive.samples == fresh.plan.samples == model.num_samples(32)
+    assert engine.plan(Sampler.AUTO, 6, 32, 4).sampler is Sampler.FRESH
 
 
 def test_adaptive_stops_at_the_tolerance_and_replays() -> None:
@@ -131,6 +154,7 @@ def test_adaptive_stops_at_the_tolerance_and_replays() -> None:
     assert strict.predictive.samples == 256
     banked = MonteCarloEngine(lowrank(), bank_size=512, cost=COST).run_adaptive(x, None, 1e-6, 4096)
     assert banked.predictive.samples == 512 and banked.sampler is Sampler.BANK  # capped by the bank
+    assert loose.plan.samples == loose.predictive.samples and loose.plan.tolerance == 0.02
 
 
 def test_monte_carlo_error_of_known_spread() -> None:

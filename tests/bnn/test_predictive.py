@@ -17,7 +17,6 @@ from app.bnn import (
     decompose,
     entropy,
     predict,
-    regression_summary,
 )
 
 
@@ -58,18 +57,6 @@ def test_bernoulli_logit_becomes_two_classes() -> None:
     torch.testing.assert_close(probs[0, 1], torch.stack([1 - positive, positive]))
     softmax = class_probabilities(torch.zeros(1, 1, 4), Likelihood.CATEGORICAL)
     torch.testing.assert_close(softmax, torch.full((1, 1, 4), 0.25))
-
-
-def test_regression_summary_by_hand() -> None:
-    means = torch.tensor([[1.0], [3.0]])  # epistemic var 1
-    variances = torch.tensor([[2.0], [4.0]])  # aleatoric var 3
-    s = regression_summary(means, variances, level=0.95)
-    assert float(s.mean) == 2.0
-    assert float(s.epistemic_std) == pytest.approx(1.0)
-    assert float(s.total_std) == pytest.approx(2.0)
-    assert float(s.upper - s.mean) == pytest.approx(1.959964 * 2.0, rel=1e-5)
-    with pytest.raises(ValueError, match="level"):
-        regression_summary(means, level=1.0)
 
 
 @pytest.mark.parametrize("kind", [LayerKind.LOWRANK, LayerKind.MCDROPOUT, LayerKind.ENSEMBLE])

@@ -17,9 +17,17 @@ from app.bnn.engine import MonteCarloEngine, Sampler, monte_carlo_error
 from app.bnn.predictive import Predictive, class_probabilities, decompose
 from app.checkpoint.io import load_checkpoint, read_onnx, save_checkpoint
 from app.checkpoint.noise import NoiseStream
-from app.checkpoint.onnx_export import OUTPUTS, SAMPLING_FILE, SAMPLING_OUTPUT, export_onnx
+from app.checkpoint.onnx_export import (
+    DEFAULT_OPSET,
+    OUTPUTS,
+    SAMPLING_FILE,
+    SAMPLING_OUTPUT,
+    ExportReport,
+    export_onnx,
+    noise_inputs,
+)
 from app.errors import CheckpointError
-from app.serve import backend_onnx
+from app.serve.predictive_numpy import decompose_numpy, monte_carlo_error_numpy
 
 NOISE_FREE = (LayerKind.DETERMINISTIC, LayerKind.ENSEMBLE)
 
@@ -51,10 +59,27 @@ def checkpoint_of_kind(tiny_checkpoint: Path, tmp_path: Path, kind: LayerKind) -
     return folder
 
 
-@pytest.mark.parametrize("kind", list(LayerKind))
-def test_onnx_matches_the_torch_bank_for_every_kind(tiny_checkpoint: Path, tmp_path: Path, kind: LayerKind) -> None:
-    folder = checkpoint_of_kind(tiny_checkpoint, tmp_path, kind)
-    report = export_onnx(load_checkpoint(folder), seed=0)
+@pytest.fixture(scope="module", params=list(LayerKind), ids=lambda kind: kind.value)
+def exported_kind(
+    request: pytest.FixtureRequest, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[LayerKind, Path, ExportReport]:
+    """A checkpoint of each kind exported once (a dynamo export takes seconds), shared by the parity tests."""
+    kind = request.param
+    folder = checkpoint_of_kind(tiny_checkpoint, tmp_path_factory.mktemp("kinds"), kind)
+    return kind, folder, export_onnx(load_checkpoint(folder), seed=0)
+
+
+@pytest.fixture(scope="module")
+def exported_tiny(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint with both graphs, exported once; tests that tamper with it work on a copy."""
+    folder = tmp_path_factory.mktemp("exported") / "tiny"
+    shutil.copytree(tiny_checkpoint, folder)
+    export_onnx(load_checkpoint(folder))
+    return folder
+
+
+def test_onnx_matches_the_torch_bank_for_every_kind(exported_kind: tuple[LayerKind, Path, ExportReport]) -> None:
+    _, folder, report = exported_kind
     assert report.info.max_abs_diff <= 1e-4
     checkpoint = load_checkpoint(folder)
     assert checkpoint.manifest.onnx == report.info
@@ -72,10 +97,9 @@ def test_onnx_matches_the_torch_bank_for_every_kind(tiny_checkpoint: Path, tmp_p
     assert probs.shape == (9, 2) and aleatoric.shape == (9,)
 
 
-def test_tampered_onnx_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_tampered_onnx_is_refused(exported_tiny: Path, tmp_path: Path) -> None:
     folder = tmp_path / "copy"
-    shutil.copytree(tiny_checkpoint, folder)
-    export_onnx(load_checkpoint(folder))
+    shutil.copytree(exported_tiny, folder)
     path = folder / "model.onnx"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -84,7 +108,27 @@ def test_tampered_onnx_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None
     with pytest.raises(CheckpointError, match="sha256"):
         read_onnx(folder, manifest)
     recorded = json.loads((folder / "manifest.json").read_text())["onnx"]
-    assert recorded["sampler"] == "bank" and recorded["opset"] == 17
+    assert recorded["sampler"] == "bank" and recorded["opset"] == DEFAULT_OPSET
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))],
+)
+def test_export_leaves_the_callers_model_alone(tiny_checkpoint: Path, tmp_path: Path, device: str) -> None:
+    """The export works on a CPU copy: the checkpoint's network keeps its device, mode and parameters."""
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_checkpoint, folder)
+    checkpoint = load_checkpoint(folder, device=device)
+    model = checkpoint.model.train()
+    before = {name: (t.clone(), t.device, t.data_ptr()) for name, t in model.state_dict().items()}
+    export_onnx(checkpoint)
+    assert model.training
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for name, (value, where, pointer) in before.items():
+        assert after[name].device == where and after[name].data_ptr() == pointer
+        assert torch.equal(after[name], value)
 
 
 def test_export_refuses_a_loose_match(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -96,12 +140,11 @@ def test_export_refuses_a_loose_match(tiny_checkpoint: Path, tmp_path: Path) -> 
     assert load_checkpoint(folder).manifest.onnx is None
 
 
-@pytest.mark.parametrize("kind", list(LayerKind))
-def test_sampling_graph_matches_torch_on_shared_noise(tiny_checkpoint: Path, tmp_path: Path, kind: LayerKind) -> None:
+def test_sampling_graph_matches_torch_on_shared_noise(exported_kind: tuple[LayerKind, Path, ExportReport]) -> None:
     """Form (b): the same noise through onnxruntime and through the torch layers gives the same per-sample
     probabilities; the backend's numpy summaries equal torch's decomposition and Monte Carlo errors."""
-    folder = checkpoint_of_kind(tiny_checkpoint, tmp_path, kind)
-    sampling = export_onnx(load_checkpoint(folder), seed=0).info.sampling
+    kind, folder, report = exported_kind
+    sampling = report.info.sampling
     checkpoint = load_checkpoint(folder)
     model = checkpoint.model
     if kind in NOISE_FREE:
@@ -121,8 +164,8 @@ def test_sampling_graph_matches_torch_on_shared_noise(tiny_checkpoint: Path, tmp
         noise = NoiseStream(sampling.inputs, seed=4).next(samples)
         (onnx_probs,) = session.run([SAMPLING_OUTPUT], {"x": x, **noise})
         per_layer, names = [], iter(noise)
-        for specs in model.noise_specs():
-            per_layer.append(tuple(torch.from_numpy(noise[next(names)]) for _ in specs))
+        for layer, specs in zip(model.layers, model.noise_specs(), strict=True):
+            per_layer.append(layer.noise_type._make(torch.from_numpy(noise[next(names)]) for _ in specs))
         with torch.no_grad():
             logits = model.propagate(torch.from_numpy(x), model.sample_from_noise(per_layer))
         torch_probs = class_probabilities(logits, model.spec.likelihood)
@@ -130,7 +173,7 @@ def test_sampling_graph_matches_torch_on_shared_noise(tiny_checkpoint: Path, tmp
         np.testing.assert_allclose(onnx_probs, torch_probs.numpy(), atol=1e-5)
 
     predictive = Predictive(torch.from_numpy(onnx_probs))
-    mean, total, aleatoric, mi, std = backend_onnx.summarise(onnx_probs)
+    mean, total, aleatoric, mi, std = decompose_numpy(onnx_probs)
     u = decompose(predictive)
     for ours, theirs in [
         (mean, predictive.mean),
@@ -140,17 +183,15 @@ def test_sampling_graph_matches_torch_on_shared_noise(tiny_checkpoint: Path, tmp
         (std, u.std),
     ]:
         np.testing.assert_allclose(ours, theirs.double().numpy(), atol=1e-6)
-    ours_error, theirs_error = backend_onnx.monte_carlo_error(onnx_probs), monte_carlo_error(predictive)
+    ours_error, theirs_error = monte_carlo_error_numpy(onnx_probs), monte_carlo_error(predictive)
     assert ours_error.probability == pytest.approx(theirs_error.probability, rel=1e-4)
     assert ours_error.mutual_information == pytest.approx(theirs_error.mutual_information, rel=1e-3, abs=1e-9)
 
 
-def test_noise_stream_is_a_prefix_whatever_the_total(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_noise_stream_is_a_prefix_whatever_the_total(tiny_checkpoint: Path) -> None:
     """The k-th chunk of a seed's noise does not depend on how many samples were asked: an adaptive run that
     stops early saw the first samples of the full run."""
-    folder = tmp_path / "copy"
-    shutil.copytree(tiny_checkpoint, folder)
-    inputs = export_onnx(load_checkpoint(folder)).info.sampling.inputs
+    inputs = noise_inputs(load_checkpoint(tiny_checkpoint).model)
     full = NoiseStream(inputs, seed=9)
     short = NoiseStream(inputs, seed=9)
     first, again = full.next(64), short.next(64)
@@ -158,10 +199,9 @@ def test_noise_stream_is_a_prefix_whatever_the_total(tiny_checkpoint: Path, tmp_
     assert not np.array_equal(full.next(64)[inputs[0].name], first[inputs[0].name])
 
 
-def test_tampered_sampling_graph_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_tampered_sampling_graph_is_refused(exported_tiny: Path, tmp_path: Path) -> None:
     folder = tmp_path / "copy"
-    shutil.copytree(tiny_checkpoint, folder)
-    export_onnx(load_checkpoint(folder))
+    shutil.copytree(exported_tiny, folder)
     path = folder / SAMPLING_FILE
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF

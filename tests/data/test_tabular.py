@@ -10,7 +10,7 @@ pd = pytest.importorskip("pandas")
 from app.data.dataset import DataProvenance, load_dataset, stratified_split  # noqa: E402
 from app.data.preprocess import Preprocessing  # noqa: E402
 from app.data.schema import FeatureKind  # noqa: E402
-from app.data.tabular import load_table  # noqa: E402
+from app.data.tabular import MAX_CLASSES, MAX_LEVELS, check_columns, check_target, listed, load_table  # noqa: E402
 from app.errors import DataError  # noqa: E402
 
 
@@ -158,3 +158,64 @@ def test_stratified_split() -> None:
     assert not np.array_equal(stratified_split(y, seed=6)[0], train)
     with pytest.raises(DataError):
         stratified_split(y, (0.5, 0.2, 0.2))
+
+
+def test_identifiers_and_many_categories_are_refused_by_name(tmp_path: Path) -> None:
+    frame = _table(300)
+    frame["name"] = [f"person {i}" for i in range(300)]  # text, all distinct
+    frame["record"] = np.arange(5000, 5300)  # whole numbers in row order
+    frame["town"] = [f"t{i % (MAX_LEVELS + 10)}" for i in range(300)]  # 60 levels
+    path = tmp_path / "people.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(DataError) as refused:
+        load_table(path, target="outcome")
+    message = str(refused.value)
+    assert message.startswith("3 feature columns cannot be learned from: name (300 distinct values in 300 rows")
+    assert "record (300 distinct whole numbers in order" in message
+    assert f"town (60 categories, more than {MAX_LEVELS})" in message
+    assert "--drop name,record,town" in message and "--features" in message
+    ds = load_table(path, target="outcome", drop=["name", "record", "town"])
+    assert [f.name for f in ds.features] == ["x", "count", "site", "grade"]
+    assert load_table(path, target="outcome", features=["x", "site"]).provenance.options["features"] == ["x", "site"]
+    with pytest.raises(DataError, match="nope: --drop names no column"):
+        load_table(path, target="outcome", drop=["nope"])
+
+
+def test_column_checks_spare_measurements_and_missing_categories() -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "weight": rng.normal(70, 10, 200),  # continuous: all distinct, not an identifier
+            "income": rng.permutation(np.arange(10_000, 10_200)) * 7,  # distinct whole numbers, not in order
+            "site": rng.choice(["a", "b", None], 200),  # missing is the preprocessing's own level
+        }
+    )
+    check_columns(frame, ["weight", "income", "site"])
+    with pytest.raises(DataError, match="weight"):
+        check_columns(frame.assign(weight=frame["weight"].round(3).astype(str)), ["weight"])  # as text: an id
+
+
+def test_a_continuous_target_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="y: the target looks continuous .*some not whole numbers"):
+        check_target(pd.Series([0.5, 1.0, 2.0]), "y")
+    with pytest.raises(DataError, match=f"{MAX_CLASSES + 1} distinct numeric values, more than {MAX_CLASSES}"):
+        check_target(pd.Series(np.arange(MAX_CLASSES + 1)), "y")
+    check_target(pd.Series(np.arange(MAX_CLASSES) % 3), "y")
+    check_target(pd.Series([f"c{i}" for i in range(100)]), "y")  # text classes are the user's choice
+    frame = _table(300).assign(outcome=np.linspace(0.0, 1.0, 300))
+    frame.to_csv(tmp_path / "risk.csv", index=False)
+    with pytest.raises(DataError, match="classifiers only"):
+        load_table(tmp_path / "risk.csv", target="outcome")
+
+
+def test_a_category_seen_only_outside_training_is_refused(tmp_path: Path) -> None:
+    frame = _table(300)
+    frame.loc[[0, 1], "site"] = ["rare-1", "rare-2"]  # one-row levels; seed 1 splits one off training
+    frame.to_csv(tmp_path / "rare.csv", index=False)
+    with pytest.raises(DataError, match=r"site: categor.* only in the validation or test split.*--drop site"):
+        load_table(tmp_path / "rare.csv", target="outcome", seed=1)
+
+
+def test_listed_caps_long_lists() -> None:
+    assert listed(["a", "b"]) == "a, b"
+    assert listed([str(i) for i in range(12)]) == "0, 1, 2, 3, 4 and 7 more"

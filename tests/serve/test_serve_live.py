@@ -171,11 +171,10 @@ async def test_concurrent_clients_get_their_own_answers(
     def delta(name: str, **labels: str) -> float:
         return after.count(name, model=MODEL, **labels) - before.count(name, model=MODEL, **labels)
 
-    batches = delta("sbnn_batch_requests_count")
-    single_request_batches = delta("sbnn_batch_requests_bucket", le="1.0")
+    # Every request went through exactly one pass. How many passes they shared depends on the scheduler, so it
+    # is not asserted here; tests/serve/test_batching.py checks coalescing deterministically.
     assert delta("sbnn_batch_requests_sum") == CLIENTS * REQUESTS_PER_CLIENT
-    assert 1 <= batches < CLIENTS * REQUESTS_PER_CLIENT  # some pass served more than one request
-    assert single_request_batches < batches
+    assert 1 <= delta("sbnn_batch_requests_count") <= CLIENTS * REQUESTS_PER_CLIENT
 
 
 async def test_drift_gauges_rise_after_a_unit_mismatch(

@@ -148,3 +148,22 @@ def test_multiclass_user_table_trains(table_files: tuple[Path, Path]) -> None:
     )
     assert result.model.spec.out_features == 3
     assert np.isfinite(result.best_val_nll)
+
+
+def test_progress_callbacks_change_nothing(
+    tiny_checkpoint: Path, tiny_config: TrainConfig, table_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from app.evaluate.evaluate import score_sets
+    from app.train.pipeline import train_checkpoint
+
+    data = load_table(table_files[0], "outcome", ood_path=table_files[1], seed=0)
+    steps: list[str] = []
+    manifest, _ = train_checkpoint(data, tiny_config, tmp_path / "m", on_epoch=lambda log: None, on_step=steps.append)
+    quiet = load_checkpoint(tiny_checkpoint).manifest  # the same run without callbacks
+    assert manifest.weights.sha256 == quiet.weights.sha256 and manifest.gate.achieved == quiet.gate.achieved
+    assert any("scoring the validation split" in s for s in steps) and any("OOD set ood-file" in s for s in steps)
+
+    checkpoint, heard = load_checkpoint(tiny_checkpoint), []
+    scored = score_sets(checkpoint, data, samples=8, on_step=heard.append)
+    assert evaluate(checkpoint, data, scored=scored, on_step=heard.append) == evaluate(checkpoint, data, scored=scored)
+    assert heard[0].startswith("scoring the test split") and any(s.startswith("PAC-Bayes bound: KL") for s in heard)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from fastapi import APIRouter
 
+from app.data.schema import FeatureSpec
 from app.errors import SchemaError
 from app.gate.gate import GateResult
 from app.gate.spec import Component
@@ -28,7 +30,7 @@ from app.serve.api.schemas_v1 import (
     SupportOut,
     UncertaintyOut,
 )
-from app.serve.dataplane import InferenceResult
+from app.serve.dataplane import Columns, InferenceResult, ScoringRequest
 from app.serve.repository import ModelState, ServedModel
 
 router = APIRouter(prefix="/v1", tags=["v1"])
@@ -82,9 +84,9 @@ def model_metadata(name: str, dataplane: DataPlaneDep) -> ModelMetadataResponse:
     )
 
 
-def _columns(request: PredictRequest, entry: ServedModel) -> dict[str, list[object]]:
+def _columns(request: PredictRequest, features: Sequence[FeatureSpec]) -> Columns:
     """Instances (records) -> columns, refusing missing and unknown keys by name."""
-    names = [f.name for f in entry.manifest.features]
+    names = [f.name for f in features]
     known = set(names)
     for row, instance in enumerate(request.instances):
         for key in instance:
@@ -96,16 +98,28 @@ def _columns(request: PredictRequest, entry: ServedModel) -> dict[str, list[obje
     return {name: [instance[name] for instance in request.instances] for name in names}
 
 
-def _number(value: float) -> float | None:
+def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
 def _component(gate: GateResult, component: Component, threshold: float | None, row: int) -> ComponentOut:
     return ComponentOut(
-        score=_number(float(gate.scores[component][row])),
+        score=_finite_or_none(float(gate.scores[component][row])),
         threshold=threshold,
-        percentile=_number(float(gate.percentiles[component][row])),
+        percentile=_finite_or_none(float(gate.percentiles[component][row])),
         flag=bool(gate.flags[component][row]),
+    )
+
+
+def _decode(name: str, request: PredictRequest) -> ScoringRequest:
+    return ScoringRequest(
+        model=name,
+        decode=lambda features: _columns(request, features),
+        locate=lambda feature, row: f"instances[{row}].{feature}",
+        samples=request.samples,
+        seed=request.seed,
+        sampler=request.sampler,
+        tolerance=request.tolerance,
     )
 
 
@@ -127,8 +141,8 @@ def _encode(result: InferenceResult) -> PredictResponse:
                 uncertainty=None if u is None else UncertaintyOut(total=u[0], aleatoric=u[1], epistemic=u[2], std=u[3]),
                 gate=GateOut(
                     support=SupportOut(
-                        score=_number(float(gate.scores[Component.SUPPORT][row])),
-                        percentile=_number(float(gate.percentiles[Component.SUPPORT][row])),
+                        score=_finite_or_none(float(gate.scores[Component.SUPPORT][row])),
+                        percentile=_finite_or_none(float(gate.percentiles[Component.SUPPORT][row])),
                         flag=bool(gate.flags[Component.SUPPORT][row]),
                     ),
                     density=_component(gate, Component.DENSITY, thresholds[Component.DENSITY], row),
@@ -141,13 +155,13 @@ def _encode(result: InferenceResult) -> PredictResponse:
         )
     return PredictResponse(
         model=ModelRef(name=m.name, version=m.version, sha256=m.weights.sha256, kind=m.kind.value),
-        samples=result.options.samples if s is None else s.samples,
-        seed=None if s is None else s.seed,
-        sampler=None if s is None else s.sampler,
+        samples=result.samples,
+        seed=None if s is None else s.plan.seed,
+        sampler=None if s is None else s.plan.sampler,
         mc_error=None
         if s is None
         else MonteCarloErrorOut(
-            probability=s.mc_error.probability, mutual_information=_number(s.mc_error.mutual_information)
+            probability=s.mc_error.probability, mutual_information=_finite_or_none(s.mc_error.mutual_information)
         ),
         predictions=predictions,
     )
@@ -160,10 +174,4 @@ def _encode(result: InferenceResult) -> PredictResponse:
     summary="Predict with uncertainty and the gate's accept/refer/reject decision with reasons",
 )
 async def predict(name: str, request: PredictRequest, dataplane: DataPlaneDep) -> PredictResponse:
-    entry = dataplane.model(name)
-    options = dataplane.options(
-        entry, len(request.instances), request.samples, request.seed, request.sampler, request.tolerance
-    )
-    columns = _columns(request, entry)
-    result = await dataplane.infer(entry, columns, options, lambda f, row: f"instances[{row}].{f}")
-    return _encode(result)
+    return _encode(await dataplane.infer(_decode(name, request)))

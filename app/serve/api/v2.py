@@ -11,6 +11,7 @@ reasons (comma-separated) and label [N] (BYTES; label "" for a rejected row). Re
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
@@ -20,7 +21,7 @@ from fastapi.responses import JSONResponse
 
 from app.bnn.spec import Sampler
 from app.checkpoint.manifest import Manifest
-from app.data.schema import FeatureKind
+from app.data.schema import FeatureKind, FeatureSpec
 from app.gate.spec import Component
 from app.serve.api.deps import DataPlaneDep
 from app.serve.api.schemas_v2 import (
@@ -36,7 +37,7 @@ from app.serve.api.schemas_v2 import (
     ServerMetadataResponse,
     TensorMetadata,
 )
-from app.serve.dataplane import InferenceResult
+from app.serve.dataplane import Columns, InferenceResult, ScoringRequest
 from app.serve.errors import ModelNotFound, RequestRejected
 from app.serve.repository import ModelState
 
@@ -142,16 +143,14 @@ def _values(tensor: RequestInput, field: str) -> list[Any]:
 
 
 def _check_tensor(tensor: RequestInput, kind: FeatureKind) -> list[Any]:
-    """Datatype, shape and element types of one input tensor -> its N values."""
+    """Datatype and shape of one input tensor, and integer datatypes' ranges -> its N values (each value is
+    checked against the feature by the model's preprocessing)."""
     field = f"inputs.{tensor.name}"
     values = _values(tensor, field)
     datatype = tensor.datatype
     if kind is FeatureKind.CATEGORICAL:
         if datatype != "BYTES":
             raise RequestRejected(field, f"categorical feature needs datatype BYTES, got {datatype}")
-        for row, value in enumerate(values):
-            if not isinstance(value, str):
-                raise RequestRejected(f"{field}[{row}]", f"BYTES element must be a string, got {value!r}")
         return values
     if datatype not in NUMERIC_DATATYPES:
         raise RequestRejected(field, f"numeric feature needs one of {sorted(NUMERIC_DATATYPES)}, got {datatype}")
@@ -166,9 +165,10 @@ def _check_tensor(tensor: RequestInput, kind: FeatureKind) -> list[Any]:
     return values
 
 
-def _columns(request: InferenceRequest, manifest: Manifest) -> dict[str, list[Any]]:
-    kinds = {f.name: f.kind for f in manifest.features}
-    columns: dict[str, list[Any]] = {}
+def _columns(request: InferenceRequest, features: Sequence[FeatureSpec]) -> Columns:
+    """Input tensors -> columns, refusing unknown, duplicated and missing inputs and unequal N."""
+    kinds = {f.name: f.kind for f in features}
+    columns: Columns = {}
     for tensor in request.inputs:
         if tensor.name not in kinds:
             raise RequestRejected(f"inputs.{tensor.name}", f"unknown input; expected {list(kinds)}")
@@ -246,9 +246,9 @@ def _encode(result: InferenceResult, request: InferenceRequest) -> InferenceResp
         "label": ("BYTES", [n], [label or "" for label in result.labels]),
     }
     wanted = [o.name for o in request.outputs] if request.outputs else list(available)
-    parameters: dict[str, Any] = {"samples": result.options.samples if s is None else s.samples}
+    parameters: dict[str, Any] = {"samples": result.samples}
     if s is not None:
-        parameters.update(seed=s.seed, sampler=s.sampler.value, mc_error_probability=s.mc_error.probability)
+        parameters.update(seed=s.plan.seed, sampler=s.plan.sampler.value, mc_error_probability=s.mc_error.probability)
         if math.isfinite(s.mc_error.mutual_information):
             parameters["mc_error_mutual_information"] = s.mc_error.mutual_information
     parameters["model_sha256"] = m.weights.sha256
@@ -264,28 +264,28 @@ def _encode(result: InferenceResult, request: InferenceRequest) -> InferenceResp
     )
 
 
-async def _infer(name: str, request: InferenceRequest, dataplane: DataPlaneDep) -> InferenceResponse:
-    entry = dataplane.model(name)
+def _decode(name: str, request: InferenceRequest) -> ScoringRequest:
     asked = [output.name for output in request.outputs or []]
     for output in asked:
         if output not in OUTPUT_NAMES:
             raise RequestRejected(f"outputs.{output}", f"unknown output; available: {sorted(OUTPUT_NAMES)}")
         if asked.count(output) > 1:
             raise RequestRejected(f"outputs.{output}", "output requested more than once")
-    columns = _columns(request, entry.manifest)
-    rows = len(next(iter(columns.values())))
-    options = dataplane.options(
-        entry,
-        rows,
-        _parameter(request, "samples"),
-        _parameter(request, "seed"),
-        _sampler(request),
-        _tolerance(request),
-        prefix="parameters.",
+    return ScoringRequest(
+        model=name,
+        decode=lambda features: _columns(request, features),
+        locate=lambda feature, row: f"inputs.{feature}[{row}]",
+        samples=_parameter(request, "samples"),
+        seed=_parameter(request, "seed"),
+        sampler=_sampler(request),
+        tolerance=_tolerance(request),
+        option_field="parameters.",
         rows_field="inputs",
     )
-    result = await dataplane.infer(entry, columns, options, lambda f, row: f"inputs.{f}[{row}]")
-    return _encode(result, request)
+
+
+async def _infer(name: str, request: InferenceRequest, dataplane: DataPlaneDep) -> InferenceResponse:
+    return _encode(await dataplane.infer(_decode(name, request)), request)
 
 
 def _versioned(version: str, name: str, dataplane: DataPlaneDep) -> None:

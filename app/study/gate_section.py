@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.evaluate.gate import RANKED, gate_findings
-from app.evaluate.tables import mean_std, ms, table
+from app.study.tables import mean_std, ms, table
 
 RATES = ("not_accepted", "support", "density", "epistemic")
 COMPONENTS = ("support", "density", "epistemic")
@@ -31,7 +31,7 @@ def _sets(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def summarise_gate(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def aggregate_gate(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Mean ± std over one kind's seeds of its gate metrics."""
     gates = [r["metrics"]["gate"] for r in results]
     return {

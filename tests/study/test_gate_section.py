@@ -1,11 +1,11 @@
-"""The comparison report's gate section (app.evaluate.results_gate): aggregation over seeds and the tables."""
+"""The comparison report's gate section (app.study.gate_section): aggregation over seeds and the tables."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from app.evaluate.gate import RANKED
-from app.evaluate.results_gate import render_gate, summarise_gate
+from app.study.gate_section import aggregate_gate, render_gate
 
 
 def _set(auroc: float, not_accepted: float, below: bool = False) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def _run(seed: int, unit_auroc: float) -> dict[str, Any]:
 
 
 def test_findings_are_counted_over_seeds_and_rendered_once_per_kind() -> None:
-    summary = summarise_gate([_run(0, 0.9), _run(1, 0.1), _run(2, 0.2)])
+    summary = aggregate_gate([_run(0, 0.9), _run(1, 0.1), _run(2, 0.2)])
     assert summary["test"]["not_accepted"]["mean"] == 0.03
     findings = {(f["set"], f["finding"]): f for f in summary["findings"]}
     assert findings[("late", "under_half")]["seeds"] == 3

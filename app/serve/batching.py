@@ -1,18 +1,22 @@
 """Dynamic batching over each model's backend, off the event loop.
 
 Requests for one model queue up; a per-model task takes what is queued (up to ``batch_max_rows`` rows,
-waiting at most ``batch_max_wait_ms`` for more) and runs it on the single compute thread. Each request gets
-a sampler (``app.bnn.engine``): the frozen bank by default, whose draws every request shares at no cost;
-``fresh`` requests of a batch with the same (samples, seed) share one weight draw, and requests without a seed
-take the batch's seed, which the response reports; ``local`` and adaptive requests run on their own. A
-request's rows always go through the draws on their own, so replaying it alone with its reported seed and
-sampler gives bitwise the same answer.
+waiting at most ``batch_max_wait_ms`` for more) and runs it on the single compute thread. Each request comes
+with its plan (``app.bnn.plan``, decided by the backend's ``plan``): the frozen bank by default, whose draws
+every request shares at no cost; ``fresh`` requests of a batch with the same (samples, seed) share one weight
+draw, and plans without a seed take the batch's seed, which the response reports; ``local`` and adaptive
+requests run on their own. A request's rows always go through the draws on their own, so replaying it alone
+with its reported seed and sampler gives bitwise the same answer.
+
+A failed pass fails the requests of its batch with the exception and the loop goes on; a request whose client
+went away (its future cancelled) is dropped before its batch runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.serve.backend import InferenceOptions, Scores
+from app.bnn.plan import Plan
+from app.serve.backend import Scores
 from app.serve.metrics import ServiceMetrics
 from app.serve.repository import ServedModel
 from app.serve.settings import Settings
@@ -29,7 +34,7 @@ from app.serve.settings import Settings
 @dataclass
 class _Job:
     x: np.ndarray  # (N, d) float32
-    options: InferenceOptions
+    plan: Plan
     future: asyncio.Future[Scores]
     enqueued: float
 
@@ -45,7 +50,10 @@ def new_seed() -> int:
 
 def _compute(model: ServedModel, jobs: list[_Job], batch_seed: int) -> list[Scores]:
     assert model.backend is not None  # only ready models are queued
-    return model.backend.compute([(job.x, job.options) for job in jobs], batch_seed)
+    results = model.backend.compute([(job.x, job.plan) for job in jobs], batch_seed)
+    if len(results) != len(jobs):  # a backend bug fails its batch, not the loop
+        raise RuntimeError(f"the {model.name} backend answered {len(results)} of {len(jobs)} requests")
+    return results
 
 
 class BatchingEngine:
@@ -58,14 +66,14 @@ class BatchingEngine:
         self._queues: dict[str, asyncio.Queue[_Job]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
-    async def submit(self, model: ServedModel, x: np.ndarray, options: InferenceOptions) -> Scores:
-        """Queue ``x`` (N, d) for ``model`` and wait for its scores."""
+    async def submit(self, model: ServedModel, x: np.ndarray, plan: Plan) -> Scores:
+        """Queue ``x`` (N, d) for ``model`` to run as ``plan`` and wait for its scores."""
         loop = asyncio.get_running_loop()
         queue = self._queues.get(model.name)
         if queue is None:
             queue = self._queues[model.name] = asyncio.Queue()
             self._tasks[model.name] = asyncio.create_task(self._batch_loop(model, queue), name=f"batch-{model.name}")
-        job = _Job(x=x, options=options, future=loop.create_future(), enqueued=time.perf_counter())
+        job = _Job(x=x, plan=plan, future=loop.create_future(), enqueued=time.perf_counter())
         await queue.put(job)
         return await job.future
 
@@ -101,6 +109,10 @@ class BatchingEngine:
                 self.metrics.stage_duration.labels(model.name, "queue").observe(started - job.enqueued)
             try:
                 results = await loop.run_in_executor(self.executor, _compute, model, jobs, new_seed())
+            except asyncio.CancelledError:  # closing: nobody will answer these requests
+                for job in jobs:
+                    job.future.cancel()
+                raise
             except Exception as exc:  # a failed pass fails its requests, never the loop
                 for job in jobs:
                     if not job.future.done():
@@ -114,9 +126,15 @@ class BatchingEngine:
                     job.future.set_result(result)
 
     async def close(self) -> None:
+        """Cancel every model's batching task and shut the compute thread down."""
         for task in self._tasks.values():
             task.cancel()
         for task in self._tasks.values():
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        for queue in self._queues.values():  # requests still queued will not run
+            while not queue.empty():
+                queue.get_nowait().future.cancel()
+        # Off the event loop: a pass in flight finishes on the compute thread while the loop keeps running.
+        shutdown = functools.partial(self.executor.shutdown, wait=True, cancel_futures=True)
+        await asyncio.get_running_loop().run_in_executor(None, shutdown)

@@ -1,4 +1,4 @@
-"""Aggregating over seeds and writing Markdown tables, for the comparison's report."""
+"""Mean ± std over seeds and Markdown tables: the cells of the comparison's report."""
 
 from __future__ import annotations
 

@@ -1,19 +1,20 @@
-"""`sbnn compare` end to end on a tiny plan: runs, resumability, the report, figures, served models, verdicts."""
+"""`sbnn compare` end to end on a tiny plan (app.study.runs and app.study.publish): runs, resumability, the
+report, figures, served models."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from app.checkpoint.io import load_checkpoint
 from app.data.tabular import load_table
-from app.evaluate.compare import COMPARISON, RESULT_FILE, Plan, Variant, run_comparison
-from app.evaluate.results import Verdict, assess_claims, risk_coverage, verdict, write_results
+from app.study.design import COMPARISON, StudyPlan
+from app.study.publish import write_results
+from app.study.runs import RESULT_FILE, run_comparison
 
-TINY_PLAN = Plan(
+TINY_PLAN = StudyPlan(
     seeds=(0,),
     ablation_seeds=(0,),
     variants=tuple(v for v in COMPARISON if v.label in ("deterministic", "lowrank", "lowrank-svd")),
@@ -111,65 +112,3 @@ def test_best_model_of_each_kind_is_served_from_models(compared: dict) -> None:
         assert {"card.md", "metrics.json", "reliability.png", "ood_scores.png"} <= {p.name for p in folder.iterdir()}
         assert sum(p.stat().st_size for p in folder.iterdir()) < 1_000_000
     assert load_checkpoint(models / "cohort-deterministic").manifest.kind.value == "deterministic"
-
-
-def _summary(low_params: int, low_auroc: float, low_ece: float, low_ood: float) -> dict:
-    def entry(params: int, auroc: float, ece: float, ood: float, nll: float = 0.4) -> dict:
-        return {
-            "parameter_count": params,
-            "test": {"auroc": {"mean": auroc}, "ece": {"mean": ece}, "nll": {"mean": nll}},
-            "ood": {
-                "shift": {"mutual_information": {"auroc": {"mean": ood}}},
-                "units": {"mutual_information": {"auroc": {"mean": ood + 0.1}}},
-            },
-        }
-
-    return {
-        "lowrank": entry(low_params, low_auroc, low_ece, low_ood),
-        "lowrank-svd": entry(low_params, low_auroc + 0.05, low_ece, low_ood, nll=0.39),
-        "fullrank": entry(36_000, 0.80, 0.03, 0.70),
-        "ensemble": entry(90_000, 0.82, 0.02, 0.75),
-        "deterministic": entry(18_000, 0.81, 0.045, 0.5),
-    }
-
-
-def test_claim_verdicts_follow_the_stated_rules() -> None:
-    assert verdict([]) is Verdict.NOT_TESTED
-    good = assess_claims(_summary(11_000, 0.81, 0.03, 0.80))
-    assert [c.verdict for c in good] == [
-        Verdict.HOLDS,  # 3.3× fewer than fullrank, AUROC 0.01 above it
-        Verdict.HOLDS,  # 8.2× fewer than the ensemble, AUROC 0.01 below (within 0.02)
-        Verdict.HOLDS,  # OOD AUROC above both, on both sets
-        Verdict.HOLDS,  # ECE within 0.02 of all three
-        Verdict.IN_PART,  # the warm start gains 0.05 AUROC (a gain) but only 0.01 NLL
-    ]
-    poor = assess_claims(_summary(20_000, 0.75, 0.06, 0.72))
-    assert [c.verdict for c in poor[:4]] == [
-        Verdict.DOES_NOT_HOLD,  # 1.8× fewer, AUROC 0.05 below
-        Verdict.DOES_NOT_HOLD,  # 4.5× fewer (< 6.4), AUROC 0.07 below
-        Verdict.IN_PART,  # above fullrank, below the ensemble, on both sets
-        Verdict.IN_PART,  # ECE 0.06: within 0.02 of deterministic's 0.045 only
-    ]
-    small_but_worse = assess_claims(_summary(11_000, 0.75, 0.03, 0.80))
-    assert small_but_worse[1].verdict is Verdict.IN_PART  # 8.2× fewer, but AUROC 0.07 below
-    assert not small_but_worse[1].conditions[1].holds
-    missing = assess_claims({k: v for k, v in _summary(11_000, 0.81, 0.03, 0.8).items() if k != "ensemble"})
-    assert missing[1].verdict is Verdict.NOT_TESTED and missing[1].missing == ("ensemble",)
-
-
-def test_risk_coverage_refers_the_most_uncertain_first() -> None:
-    labels = np.array([0, 0, 1, 1])
-    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.6, 0.4]])  # rows 1 and 3 are wrong
-    score = np.array([0.0, 0.9, 0.1, 0.8])  # and the most uncertain
-    np.testing.assert_allclose(risk_coverage(labels, probs, score, np.array([0.0, 0.25, 0.5])), [0.5, 1 / 3, 0.0])
-    tied = risk_coverage(labels, probs, np.zeros(4), np.array([0.0, 0.25, 0.5]))
-    np.testing.assert_allclose(tied, [0.5, 0.5, 0.5])  # ties are referred at random: the error stays the base rate
-
-
-def test_plans_that_cannot_run_are_refused_before_training() -> None:
-    with pytest.raises(ValueError, match="earlier variant"):
-        Plan(variants=(Variant("svd", {"kind": "lowrank"}, warm_start_from="deterministic"),), ablation_ranks=())
-    with pytest.raises(ValueError, match="KL warm-up"):
-        Plan(epochs=2)  # the default 10-epoch warm-up would leave no epoch to keep
-    with pytest.raises(ValueError, match="lowrank"):
-        Plan(variants=COMPARISON[3:4])  # the rank ablation varies a lowrank variant

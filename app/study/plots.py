@@ -1,6 +1,6 @@
-"""Figures of a comparison (`sbnn compare`): one panel per kind, so kinds compare at a glance.
+"""Figures of the comparison (`sbnn compare`): one panel per kind, so kinds compare at a glance.
 
-matplotlib is imported inside each function (through :func:`app.evaluate.plots._pyplot`), as for the model
+matplotlib is imported inside each function (through :func:`app.evaluate.plots.pyplot`), as for the model
 card figures.
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.evaluate.metrics import _ece_from_bins, reliability_bins
-from app.evaluate.plots import _prepare, _pyplot
+from app.evaluate.metrics import ece_from_bins, reliability_bins
+from app.evaluate.plots import prepare_figure_path, pyplot
 
 __all__ = [
     "ParetoPoint",
@@ -24,7 +24,7 @@ __all__ = [
     "write_risk_coverage",
 ]
 
-_DPI = 110
+_GRID_DPI = 110
 _PANEL = 3.2  # inches per grid panel
 # Scores at or below this are drawn in the lowest bin of a log axis (a deterministic network's MI is 0).
 _LOG_FLOOR = 1e-7
@@ -41,17 +41,17 @@ def _save_grid(fig: object, axes: np.ndarray, used: int, note: str, path: str | 
         ax.axis("off")
     if note:
         fig.suptitle(note, fontsize=9)  # type: ignore[attr-defined]
-    fig.savefig(_prepare(path), dpi=_DPI, format="png")  # type: ignore[attr-defined]
+    fig.savefig(prepare_figure_path(path), dpi=_GRID_DPI, format="png")  # type: ignore[attr-defined]
 
 
 def write_reliability_grid(
     path: str | os.PathLike[str], panels: Mapping[str, tuple[np.ndarray, np.ndarray]], n_bins: int, note: str = ""
 ) -> None:
     """One reliability diagram per kind: ``panels[label] = (labels (N,), probs (N, C))``; ECE in each title."""
-    plt = _pyplot()
+    plt = pyplot()
     rows, columns = _grid(len(panels))
     fig, axes = plt.subplots(
-        rows, columns, figsize=(_PANEL * columns, _PANEL * rows), dpi=_DPI, squeeze=False, layout="constrained"
+        rows, columns, figsize=(_PANEL * columns, _PANEL * rows), dpi=_GRID_DPI, squeeze=False, layout="constrained"
     )
     try:
         for ax, (label, (labels, probs)) in zip(axes.flat, panels.items(), strict=False):
@@ -70,7 +70,7 @@ def write_reliability_grid(
             ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1)
-            ax.set_title(f"{label}: ECE {_ece_from_bins(bins):.3f}", fontsize=9)
+            ax.set_title(f"{label}: ECE {ece_from_bins(bins):.3f}", fontsize=9)
             ax.set_xlabel("predicted risk", fontsize=8)
             ax.set_ylabel("observed frequency", fontsize=8)
             # Bin counts on a twin axis: where most predictions lie matters as much as the gaps.
@@ -90,10 +90,10 @@ def write_ood_histogram_grid(
 ) -> None:
     """One panel per kind: share of rows per bin of the score on the in-distribution test split (filled) and on
     each OOD set (outlines), log-spaced bins; ``panels[label] = (id (N,), {set: (N_k,)}, gate threshold or None)``."""
-    plt = _pyplot()
+    plt = pyplot()
     rows, columns = _grid(len(panels))
     fig, axes = plt.subplots(
-        rows, columns, figsize=(_PANEL * columns, _PANEL * rows), dpi=_DPI, squeeze=False, layout="constrained"
+        rows, columns, figsize=(_PANEL * columns, _PANEL * rows), dpi=_GRID_DPI, squeeze=False, layout="constrained"
     )
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     try:
@@ -153,9 +153,9 @@ def write_risk_coverage(
 ) -> None:
     """Error of the cases kept against the fraction referred, one panel per referral score:
     ``curves[score][label] = (mean error (F,), std over seeds (F,))`` at the fractions ``referred`` (F,)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(
-        1, len(curves), figsize=(5.0 * len(curves), 4.2), dpi=_DPI, squeeze=False, layout="constrained"
+        1, len(curves), figsize=(5.0 * len(curves), 4.2), dpi=_GRID_DPI, squeeze=False, layout="constrained"
     )
     try:
         for ax, (score, by_label) in zip(axes.flat, curves.items(), strict=True):
@@ -171,7 +171,7 @@ def write_risk_coverage(
         axes.flat[0].legend(fontsize=8)
         if note:
             fig.suptitle(note, fontsize=9)
-        fig.savefig(_prepare(path), dpi=_DPI, format="png")
+        fig.savefig(prepare_figure_path(path), dpi=_GRID_DPI, format="png")
     finally:
         plt.close(fig)
 
@@ -250,8 +250,8 @@ def write_rank_ablation(
     """Three panels: test AUROC and OOD AUROC (MI) against parameters (Pareto plots of the rank ablation
     beside the other kinds), and the singular-value energy a trained deterministic network keeps at each rank,
     ``energy[layer] = (ranks (R,), mean (R,), std (R,))``."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(16.0, 4.6), dpi=_DPI, layout="constrained")
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(16.0, 4.6), dpi=_GRID_DPI, layout="constrained")
     try:
         _pareto_panel(axes[0], auroc, "test AUROC")
         axes[0].set_title("accuracy of the risk against size", fontsize=10)
@@ -275,6 +275,6 @@ def write_rank_ablation(
         ax.set_title("singular-value energy of a trained deterministic net", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-        fig.savefig(_prepare(path), dpi=_DPI, format="png")
+        fig.savefig(prepare_figure_path(path), dpi=_GRID_DPI, format="png")
     finally:
         plt.close(fig)

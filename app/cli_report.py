@@ -1,0 +1,120 @@
+"""The tables ``sbnn evaluate``, ``bound`` and ``info`` print: rendering only, from results computed elsewhere.
+
+Names that come from users or data (models, sets, warnings) are escaped: rich would read ``[...]`` as markup.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from app.cli_options import threshold_text, warn
+
+
+def print_evaluation(console: Console, name: str, seed: int, result: dict[str, Any]) -> None:
+    """The test split's metrics, the gate's rates and its AUROCs on the OOD sets and the stress suite."""
+    test = result["test"]
+    table = Table(title=escape(f"{name}: test split ({result['samples']} samples, seed {seed})"))
+    for column in ("AUROC", "AUPRC", "accuracy", "NLL", "Brier", "ECE", "rows"):
+        table.add_column(column, justify="right")
+    table.add_row(*(f"{test[k]:.3f}" for k in ("auroc", "auprc", "accuracy", "nll", "brier", "ece")), str(test["n"]))
+    console.print(table)
+    gate = result["gate"]
+    rates = gate["test"]
+    console.print(
+        f"gate on the test split: {rates['not_accepted']:.1%} not accepted at a {gate['target_fpr']:.1%} budget "
+        f"(support {rates['support']:.1%}, density {rates['density']:.1%}, epistemic {rates['epistemic']:.1%})"
+    )
+    for title, reports in (("OOD sets", gate["ood"]), ("stress suite", gate["stress"])):
+        ood = Table(title=f"The gate on the {title}: AUROC vs the test split, and share not accepted")
+        for column in ("set", "rows", "support", "density", "epistemic", "gate", "not accepted", "rejected"):
+            ood.add_column(column, justify="right")
+        for set_name, entry in reports.items():
+            auroc = entry["auroc"]
+            ood.add_row(
+                escape(set_name),
+                str(entry["rows"]),
+                *(f"{auroc[k]:.3f}" for k in ("support", "density", "epistemic", "gate")),
+                f"{entry['not_accepted']:.1%}",
+                f"{entry['rejected']:.1%}",
+            )
+        console.print(ood)
+    for warning in gate["warnings"]:
+        warn(warning)
+
+
+def print_bound(console: Console, report: Any) -> None:
+    """A :class:`app.evaluate.bound.BoundReport` as two tables (per layer, then the bound) and its status."""
+    layers = Table(title=escape(f"{report.model} ({report.kind}): KL per layer, prior {report.prior}"))
+    # Factor entries: r(m+n) lowrank, mn fullrank, m+n for rank1's scales.
+    columns = ["layer", "m × n", "rank", "factor entries", "mn", "√(factors/mn)", "KL (nats)", "quad. error"]
+    if report.has_twin:
+        columns += ["σ>r", "energy kept", "‖μ_Aμ_Bᵀ − W*_r‖"]
+    for column in columns:
+        layers.add_column(column, justify="right")
+    for layer in report.layers:
+        m, n = layer.shape
+        cells = [
+            str(layer.index),
+            f"{m} × {n}",
+            "-" if layer.rank is None else str(layer.rank),
+            f"{layer.factor_parameters:,}",
+            f"{layer.dense_parameters:,}",
+            f"{layer.complexity_ratio:.3f}",
+            f"{layer.kl:,.1f}",
+            f"{layer.kl_error:.1e}",
+        ]
+        if report.has_twin:
+            cells += [
+                "-" if v is None else f"{v:.4g}" for v in (layer.rank_bias, layer.retained_energy, layer.learning_error)
+            ]
+        layers.add_row(*cells)
+    console.print(layers)
+    summary = Table(title=f"McAllester bound, δ = {report.delta:g}", show_header=False)
+    summary.add_row("N (training rows)", f"{report.rows:,}")
+    summary.add_row(
+        "KL(Q‖P)", f"{report.kl:,.1f} nats (quadrature, {report.points} nodes, error {report.kl_error:.1e})"
+    )
+    summary.add_row(
+        "Gibbs 0–1 risk L̂",
+        f"{report.gibbs_risk:.4f} ± {report.gibbs_risk_std_error:.1e} ({report.samples} samples, seed {report.seed})",
+    )
+    summary.add_row("majority-class error", f"{report.majority_error:.4f}")
+    summary.add_row("ln(2√N/δ)", f"{report.confidence_term:.3f}")
+    summary.add_row("sqrt((KL + ln(2√N/δ))/(2N))", f"{report.complexity:.4f}")
+    summary.add_row("bound", f"{report.bound:.4f}")
+    summary.add_row("KL for a bound below 1", f"≤ {report.kl_max:,.1f} nats")
+    console.print(summary)
+    status = "[bold red]vacuous[/] (bound ≥ 1)" if report.vacuous else "[bold green]non-vacuous[/] (bound < 1)"
+    console.print(f"status: {status}")
+    if report.caveat:
+        console.print(f"caveat: {escape(report.caveat)}")
+
+
+def print_info(console: Console, m: Any) -> None:
+    """A verified checkpoint's :class:`app.checkpoint.manifest.Manifest` ``m`` as one table."""
+    table = Table(title=escape(f"{m.name} (version {m.version}): verified"), show_header=False)
+    table.add_row("kind", m.kind.value)
+    table.add_row("network", " → ".join(map(str, [m.network.in_features, *m.network.hidden, m.network.out_features])))
+    table.add_row("ranks", str(m.ranks))
+    table.add_row("parameters", f"{m.parameter_count:,}")
+    table.add_row("features", escape(", ".join(f.name for f in m.features)))
+    table.add_row("labels", escape(", ".join(m.task.labels)))
+    gate = m.gate
+    table.add_row(
+        "OOD gate",
+        f"budget {gate.target_fpr:.1%}; refers {gate.achieved['val'].not_accepted:.1%} of validation, "
+        + (f"{gate.achieved['test'].not_accepted:.1%} of test; " if "test" in gate.achieved else "")
+        + f"density > {threshold_text(gate.density.threshold)}, mutual information > "
+        f"{threshold_text(gate.epistemic.threshold)} nats",
+    )
+    bounded = [f"{f.name} {f.plausible}" for f in m.features if f.plausible is not None]
+    table.add_row("plausible bounds", escape(", ".join(bounded)) or "none")
+    table.add_row("default samples", str(m.default_samples))
+    table.add_row("weights sha256", m.weights.sha256)
+    if m.metrics:
+        table.add_row("test AUROC", f"{m.metrics['test']['auroc']:.3f}")
+    console.print(table)

@@ -1,0 +1,72 @@
+"""The ``sbnn compare`` command: run the comparison study (resumable), then publish its report and models.
+
+A plain function with typer's annotations, registered by :mod:`app.cli` and printing through its shared consoles
+(:mod:`app.cli_options`); heavy imports happen inside it, so ``sbnn --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from app.cli_options import console, guard
+
+
+def compare(
+    out: Annotated[
+        Path | None, typer.Option(help="Runs folder [default: runs/compare; quick: runs/compare-quick].")
+    ] = None,
+    docs: Annotated[
+        Path | None, typer.Option(help="Where results.md and results/ go [default: docs; quick: OUT/docs].")
+    ] = None,
+    models: Annotated[
+        Path | None, typer.Option(help="Where the best model of each kind goes [default: models; quick: OUT/models].")
+    ] = None,
+    seeds: Annotated[int | None, typer.Option(help="Training seeds 0..N-1 [default: 3; quick: 2].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs of every run [default: 200; quick: 30].")] = None,
+    skip_ablation: Annotated[bool, typer.Option(help="Skip the rank ablation.")] = False,
+    quick: Annotated[bool, typer.Option(help="Smoke test of the pipeline: fewer seeds, epochs and samples.")] = False,
+    threads: Annotated[
+        int, typer.Option(help="torch CPU threads; 1 keeps timings comparable (the networks are small).")
+    ] = 1,
+) -> None:
+    """Train every kind on flchain with the same budget over several seeds (resumable), then write
+    docs/results.md with tables, claims and figures, and save the best model of each kind."""
+    import time
+
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from app.data.flchain import load_flchain
+    from app.study.design import make_study_plan
+    from app.study.publish import command_line, write_results
+    from app.study.runs import RichReporter, run_comparison
+
+    if threads < 1:
+        raise typer.BadParameter(f"must be ≥ 1, got {threads}", param_hint="--threads")
+    torch.set_num_threads(threads)
+    out = out or Path("runs/compare-quick" if quick else "runs/compare")
+    docs = docs or (out / "docs" if quick else Path("docs"))
+    models = models or (out / "models" if quick else Path("models"))
+    started = time.perf_counter()
+    with guard("compare", "train", "data"):
+        plan = make_study_plan(seeds=seeds, epochs=epochs, ablation=not skip_ablation, quick=quick)
+        # The bundled model's split (seed 0) for every run: only the training seed varies.
+        dataset = load_flchain(seed=0)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=False) as progress:
+            outcomes = run_comparison(plan, dataset, out, ablation=not skip_ablation, reporter=RichReporter(progress))
+        console.print("measuring inference times, drawing figures, saving the best model of each kind …")
+        report = write_results(plan, dataset, out, docs, models, command_line(), ablation=not skip_ablation)
+    trained = sum(o.trained for o in outcomes)
+    console.print(
+        f"{trained} of {len(outcomes)} runs trained now ({len(outcomes) - trained} done before); wrote "
+        f"[bold]{escape(str(docs / 'results.md'))}[/] and {len(report['models'])} models under "
+        f"{escape(str(models))} in "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+    for claim in report["claims"]:
+        console.print(f"  {claim['verdict']:<14} {claim['statement']}", markup=False, highlight=False)

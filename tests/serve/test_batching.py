@@ -1,0 +1,190 @@
+"""The batching engine on its own: coalescing, a failing pass, a client gone, closing.
+
+Batches are made deterministic without timing: requests are submitted as tasks before the event loop runs any
+of them (so all are queued when the batching task first looks), and the wait for more is 0 ms. A minimal
+backend records what each pass received and can fail or block on demand; the last test runs the tiny
+checkpoint's real torch backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from app.bnn.plan import Plan
+from app.bnn.spec import MonteCarloError, Sampler
+from app.serve.backend import BackendKind, Scores
+from app.serve.batching import BatchingEngine
+from app.serve.metrics import ServiceMetrics
+from app.serve.repository import ModelState, ServedModel
+from app.serve.settings import Settings
+
+pytestmark = pytest.mark.anyio
+
+POISON = -1.0  # a request whose first value is this fails its whole pass
+
+
+class RecordingBackend:
+    """Answers each row with its first value; records the rows of every request of every pass."""
+
+    kind = BackendKind.TORCH
+    default_bank = None
+
+    def __init__(self) -> None:
+        self.passes: list[list[int]] = []
+        self.entered = threading.Event()  # a pass has started
+        self.release = threading.Event()  # a pass may finish
+        self.release.set()
+
+    def plan(self, sampler: Sampler, rows: int, samples: int, seed: int | None, tolerance: float | None) -> Plan:
+        return Plan(Sampler.FRESH, samples, seed, tolerance)
+
+    def compute(self, jobs: list[tuple[np.ndarray, Plan]], batch_seed: int) -> list[Scores]:
+        self.entered.set()
+        if not self.release.wait(timeout=30):
+            raise TimeoutError("the test never released the pass")
+        self.passes.append([x.shape[0] for x, _ in jobs])
+        if any(x[0, 0] == POISON for x, _ in jobs):
+            raise ValueError("a poisoned pass")
+        return [_scores(x, plan.seeded(batch_seed)) for x, plan in jobs]
+
+
+def _scores(x: np.ndarray, plan: Plan) -> Scores:
+    value = x[:, 0].astype(np.float64)
+    return Scores(plan, np.stack([1 - value, value], 1), value, value, value * 0, value, MonteCarloError(0.0, 0.0))
+
+
+def _engine(tmp_path: Path, batch_max_rows: int = 2048) -> BatchingEngine:
+    settings = Settings(models=tmp_path, batch_max_rows=batch_max_rows, batch_max_wait_ms=0.0)
+    return BatchingEngine(settings, ServiceMetrics(CollectorRegistry()))
+
+
+def _model(backend: object) -> ServedModel:
+    return ServedModel(name="m", path=Path("m"), state=ModelState.READY, backend=backend)  # type: ignore[arg-type]
+
+
+def _rows(first: float, n: int = 3) -> np.ndarray:
+    return np.full((n, 2), first, dtype=np.float32)
+
+
+def _submit(engine: BatchingEngine, model: ServedModel, x: np.ndarray, seed: int | None = None) -> asyncio.Task:
+    return asyncio.create_task(engine.submit(model, x, Plan(Sampler.FRESH, 8, seed)))
+
+
+async def test_concurrent_requests_share_a_pass_up_to_the_row_limit(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    engine, model = _engine(tmp_path, batch_max_rows=7), _model(backend)
+    tasks = [_submit(engine, model, _rows(v), seed) for v, seed in ((0.1, 5), (0.2, None), (0.3, None), (0.4, 6))]
+    answers = await asyncio.gather(*tasks)
+    assert backend.passes == [[3, 3, 3], [3]]  # 3 + 3 < 7 rows, so a third joins; the fourth starts a pass
+    for answer, value in zip(answers, (0.1, 0.2, 0.3, 0.4), strict=True):
+        np.testing.assert_allclose(answer.total, value, rtol=1e-6)  # each request gets its own rows back
+    assert answers[0].plan.seed == 5 and answers[3].plan.seed == 6
+    assert answers[1].plan.seed == answers[2].plan.seed is not None  # no seed: the pass's, reported
+    await engine.close()
+
+
+async def test_a_failing_pass_fails_exactly_its_requests_and_the_loop_goes_on(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    engine, model = _engine(tmp_path, batch_max_rows=4), _model(backend)
+    poisoned, neighbour, later = (_submit(engine, model, _rows(v)) for v in (POISON, 0.2, 0.3))
+    results = await asyncio.gather(poisoned, neighbour, later, return_exceptions=True)
+    assert backend.passes == [[3, 3], [3]]
+    assert all(isinstance(r, ValueError) and str(r) == "a poisoned pass" for r in results[:2])
+    assert isinstance(results[2], Scores)
+    after = await engine.submit(model, _rows(0.5), Plan(Sampler.FRESH, 8, 1))  # the loop still serves
+    np.testing.assert_allclose(after.total, 0.5, rtol=1e-6)
+    await engine.close()
+
+
+async def test_a_backend_answering_too_few_requests_fails_its_pass(tmp_path: Path) -> None:
+    class Short(RecordingBackend):
+        def compute(self, jobs: list[tuple[np.ndarray, Plan]], batch_seed: int) -> list[Scores]:
+            answers = super().compute(jobs, batch_seed)
+            return answers[:-1] if len(answers) > 1 else answers  # loses one answer of a shared pass
+
+    engine, model = _engine(tmp_path), _model(Short())
+    results = await asyncio.gather(*(_submit(engine, model, _rows(v)) for v in (0.1, 0.2)), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) and "answered 1 of 2" in str(r) for r in results)
+    assert isinstance(await engine.submit(model, _rows(0.3), Plan(Sampler.FRESH, 8, 1)), Scores)  # not a dead loop
+    await engine.close()
+
+
+async def test_a_request_whose_client_went_away_is_dropped(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    backend.release.clear()
+    engine, model = _engine(tmp_path), _model(backend)
+    running = _submit(engine, model, _rows(0.1, n=1))
+    await asyncio.to_thread(backend.entered.wait, 30)  # the first pass is on the compute thread
+    gone, waiting = _submit(engine, model, _rows(0.2, n=2)), _submit(engine, model, _rows(0.3, n=3))
+    while engine._queues["m"].qsize() < 2:  # noqa: SLF001 - both queued behind the running pass
+        await asyncio.sleep(0)
+    gone.cancel()
+    backend.release.set()
+    first, last = await running, await waiting
+    assert gone.cancelled()
+    assert backend.passes == [[1], [3]]  # the cancelled request never reached the backend
+    np.testing.assert_allclose(first.total, 0.1, rtol=1e-6)
+    np.testing.assert_allclose(last.total, 0.3, rtol=1e-6)
+    await engine.close()
+
+
+async def test_close_cancels_the_loops_and_what_they_hold_and_shuts_the_executor(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    backend.release.clear()
+    engine, model = _engine(tmp_path), _model(backend)
+    running = _submit(engine, model, _rows(0.1))
+    await asyncio.to_thread(backend.entered.wait, 30)
+    queued = _submit(engine, model, _rows(0.2))
+    while engine._queues["m"].qsize() < 1:  # noqa: SLF001
+        await asyncio.sleep(0)
+    loop_task = engine._tasks["m"]  # noqa: SLF001
+    closing = asyncio.create_task(engine.close())
+    await asyncio.wait([loop_task])  # cancelled without waiting for the pass in flight
+    backend.release.set()  # let the compute thread finish, so the executor can shut down
+    await closing
+    assert loop_task.cancelled()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert backend.passes == [[3]]  # the queued request never ran
+    with pytest.raises(RuntimeError, match="shutdown"):
+        engine.executor.submit(int)
+
+
+async def test_the_real_backend_answers_a_coalesced_request_as_it_answers_it_alone(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
+    """The tiny checkpoint's torch backend: fresh requests of one pass with the same (samples, seed) share a
+    weight draw, the bank is shared, an unseeded fresh request takes the pass's seed; replayed alone with the
+    reported plan, every request gets bitwise the same answer."""
+    import torch
+
+    from app.serve.backend_torch import TorchBackend
+
+    backend = TorchBackend.load(tiny_checkpoint, torch.device("cpu"), None, 0)
+    engine, model = _engine(tmp_path), _model(backend)
+    base = backend.manifest.preprocessing.typical_input()
+    rng = np.random.default_rng(0)
+    xs = [base + rng.normal(0, 0.5, (n, base.shape[1])).astype(np.float32) for n in (1, 4, 2, 3)]
+    plans = [
+        backend.plan(Sampler.FRESH, 1, 32, 7, None),
+        backend.plan(Sampler.FRESH, 4, 32, 7, None),  # shares the first one's draw
+        backend.plan(Sampler.AUTO, 2, 64, None, None),  # the bank
+        backend.plan(Sampler.FRESH, 3, 16, None, None),  # the pass's seed
+    ]
+    tasks = [asyncio.create_task(engine.submit(model, x, plan)) for x, plan in zip(xs, plans, strict=True)]
+    answers = await asyncio.gather(*tasks)
+    assert [a.plan.sampler for a in answers] == [Sampler.FRESH, Sampler.FRESH, Sampler.BANK, Sampler.FRESH]
+    for x, answer in zip(xs, answers, strict=True):
+        (alone,) = backend.compute([(x, answer.plan)], batch_seed=12345)
+        assert alone.plan == answer.plan
+        np.testing.assert_array_equal(alone.probs, answer.probs)
+        np.testing.assert_array_equal(alone.epistemic, answer.epistemic)
+    await engine.close()
