@@ -279,7 +279,8 @@ def bound_command(
         twin_checkpoint = None if twin is None else load_checkpoint(twin)
         extras += source_extras(checkpoint.manifest.data.source)
         from app.data.dataset import load_dataset
-        from app.evaluate.bound import bound_report, render_bound_markdown
+        from app.evaluate.bound import bound_report
+        from app.evaluate.bound_markdown import render_bound_markdown
 
         with steps("bound") as on_step:
             on_step("loading the data")

@@ -145,7 +145,8 @@ def render_card(manifest: Manifest, result: dict[str, Any], figures: bool = True
     lines += ["", *gate_section(m, result.get("gate"))]
     if "bound" in result:
         # Imported here: the bound module needs torch, rendering a card from stored metrics otherwise does not.
-        from app.evaluate.bound import BoundReport, render_bound_markdown
+        from app.evaluate.bound import BoundReport
+        from app.evaluate.bound_markdown import render_bound_markdown
 
         lines += ["", *render_bound_markdown(BoundReport.from_dict(result["bound"])).rstrip("\n").split("\n")]
     lines += [

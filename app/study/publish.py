@@ -286,7 +286,8 @@ def _bound_sections(best: Mapping[str, Path], out: Path, dataset: TabularDataset
     """PAC-Bayes bound sections of the best lowrank and fullrank models, the deterministic run of the same seed
     as twin."""
     from app.checkpoint.io import load_checkpoint
-    from app.evaluate.bound import bound_report, render_bound_markdown
+    from app.evaluate.bound import bound_report
+    from app.evaluate.bound_markdown import render_bound_markdown
 
     parts, numbers = [], {}
     for label in ("lowrank", "fullrank"):

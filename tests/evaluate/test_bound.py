@@ -20,7 +20,8 @@ from app.checkpoint.io import Checkpoint, load_checkpoint
 from app.cli import app as cli
 from app.data.dataset import TabularDataset, load_dataset
 from app.errors import BoundError
-from app.evaluate.bound import BoundReport, bound_report, mcallester_bound, render_bound_markdown
+from app.evaluate.bound import BoundReport, bound_report, mcallester_bound
+from app.evaluate.bound_markdown import render_bound_markdown
 from app.evaluate.card import render_card
 from app.evaluate.evaluate import evaluate
 
