@@ -48,6 +48,8 @@ def print_evaluation(console: Console, name: str, seed: int, result: dict[str, A
 
 def print_bound(console: Console, report: Any) -> None:
     """A :class:`app.evaluate.bound.BoundReport` as two tables (per layer, then the bound) and its status."""
+    from app.evaluate.bound_markdown import layer_cells  # torch: only once a bound is printed
+
     layers = Table(title=escape(f"{report.model} ({report.kind}): KL per layer, prior {report.prior}"))
     # Factor entries: r(m+n) lowrank, mn fullrank, m+n for rank1's scales.
     columns = ["layer", "m × n", "rank", "factor entries", "mn", "√(factors/mn)", "KL (nats)", "quad. error"]
@@ -56,21 +58,7 @@ def print_bound(console: Console, report: Any) -> None:
     for column in columns:
         layers.add_column(column, justify="right")
     for layer in report.layers:
-        m, n = layer.shape
-        cells = [
-            str(layer.index),
-            f"{m} × {n}",
-            "-" if layer.rank is None else str(layer.rank),
-            f"{layer.factor_parameters:,}",
-            f"{layer.dense_parameters:,}",
-            f"{layer.complexity_ratio:.3f}",
-            f"{layer.kl:,.1f}",
-            f"{layer.kl_error:.1e}",
-        ]
-        if report.has_twin:
-            cells += [
-                "-" if v is None else f"{v:.4g}" for v in (layer.rank_bias, layer.retained_energy, layer.learning_error)
-            ]
+        cells = layer_cells(layer, report.has_twin)
         layers.add_row(*cells)
     console.print(layers)
     summary = Table(title=f"McAllester bound, δ = {report.delta:g}", show_header=False)

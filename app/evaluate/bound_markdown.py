@@ -3,11 +3,35 @@ table, the global terms and what "vacuous" means (for the model card and the com
 
 from __future__ import annotations
 
-from app.evaluate.bound import BoundReport
+from app.evaluate.bound import BoundReport, LayerBound
 
 
 def _opt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def layer_cells(layer: LayerBound, twin: bool) -> list[str]:
+    """One layer's row of the bound table (the Markdown section's and ``sbnn bound``'s): index, shape, rank,
+    factor entries, mn, √(factors / mn), KL, quadrature error, and with a twin σ_{>r}, retained energy and
+    the learning error."""
+    m, n = layer.shape
+    cells = [
+        str(layer.index),
+        f"{m} × {n}",
+        "-" if layer.rank is None else str(layer.rank),
+        f"{layer.factor_parameters:,}",
+        f"{layer.dense_parameters:,}",
+        f"{layer.complexity_ratio:.3f}",
+        f"{layer.kl:,.1f}",
+        f"{layer.kl_error:.1e}",
+    ]
+    if twin:
+        cells += [
+            _opt(layer.rank_bias, ".4g"),
+            _opt(layer.retained_energy, ".4f"),
+            _opt(layer.learning_error, ".4g"),
+        ]
+    return cells
 
 
 def render_bound_markdown(report: BoundReport) -> str:
@@ -38,23 +62,7 @@ def render_bound_markdown(report: BoundReport) -> str:
         "|" + "---|" * len(header),
     ]
     for layer in r.layers:
-        m, n = layer.shape
-        cells = [
-            str(layer.index),
-            f"{m} × {n}",
-            "-" if layer.rank is None else str(layer.rank),
-            f"{layer.factor_parameters:,}",
-            f"{layer.dense_parameters:,}",
-            f"{layer.complexity_ratio:.3f}",
-            f"{layer.kl:,.1f}",
-            f"{layer.kl_error:.1e}",
-        ]
-        if twin:
-            cells += [
-                _opt(layer.rank_bias, ".4g"),
-                _opt(layer.retained_energy, ".4f"),
-                _opt(layer.learning_error, ".4g"),
-            ]
+        cells = layer_cells(layer, twin)
         lines.append("| " + " | ".join(cells) + " |")
     verdict = "**vacuous**" if r.vacuous else "**non-vacuous**"
     lines += [
