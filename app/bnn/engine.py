@@ -297,7 +297,10 @@ def _slice(weights: list | None, start: int, stop: int) -> list | None:
     """Samples [start, stop) of every tensor of a draw (weights or their augmented form)."""
     if weights is None:
         return None
-    return [tuple(None if t is None else t[start:stop] for t in layer) for layer in weights]
+    # A typed draw (LowRankSample, …) stays typed; the feature-major layout is plain tuples.
+    return [
+        (getattr(type(layer), "_make", tuple))(None if t is None else t[start:stop] for t in layer) for layer in weights
+    ]
 
 
 def _layer_macs(layer: torch.nn.Module) -> int:

@@ -35,7 +35,7 @@ from app.bnn.predictive import Predictive, class_probabilities, decompose
 from app.checkpoint.io import Checkpoint, sha256_bytes, write_manifest
 from app.checkpoint.manifest import NoiseInput, OnnxInfo, OnnxSampling
 from app.checkpoint.noise import OUTPUTS, SAMPLING_OUTPUT, NoiseStream
-from app.errors import CheckpointError
+from app.errors import CheckpointError, MissingExtra
 
 ONNX_FILE = "model.onnx"
 SAMPLING_FILE = "model-sampling.onnx"
@@ -143,13 +143,13 @@ def export_onnx(
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise CheckpointError(str(checkpoint.path), "onnxruntime is needed: pip install 'sbnn[onnx]'") from exc
+        raise MissingExtra("onnxruntime", "onnx", "the ONNX export") from exc
     try:
         import onnxscript  # noqa: F401 - the dynamo exporter writes the graphs with it
     except ImportError as exc:
         if exc.name != "onnxscript":
             raise  # onnx itself missing: the command line names the extra
-        raise CheckpointError(str(checkpoint.path), "onnxscript is needed: pip install 'sbnn[onnx]'") from exc
+        raise MissingExtra("onnxscript", "onnx", "the ONNX export") from exc
     opset = max(opset, DEFAULT_OPSET)
     model = copy.deepcopy(checkpoint.model).to("cpu").eval()
     samples = model.num_samples(samples or checkpoint.manifest.default_samples)

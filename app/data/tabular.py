@@ -241,6 +241,10 @@ def load_table(
 
     train, val, test = split_population(table[features], y, fractions, seed)
     specs = _annotate(infer_feature_specs(train.frame, features, categorical), plausible or {}, units or {})
+    # A feature missing anywhere in the table takes missing values (its own level, or an indicator column):
+    # otherwise a gap that only the validation or test split holds would fail after training.
+    gaps = table[features].isna().any()
+    specs = [s.model_copy(update={"missing_allowed": True}) if gaps[s.name] else s for s in specs]
     if check:
         _check_levels(specs, val, test)
 

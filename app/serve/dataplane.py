@@ -32,26 +32,35 @@ from app.serve.settings import RejectMode, Settings
 
 Locate = Callable[[str, int], str]  # (feature, row) -> the field as the client named it
 Columns = dict[str, list[Any]]  # feature -> its N raw values
-Decode = Callable[[Sequence[FeatureSpec]], Columns]  # the model's features -> the request's columns
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """A request's Monte Carlo options as the client sent them (None: the server's or model's default)."""
+
+    samples: int | None = None
+    seed: int | None = None
+    sampler: Sampler | None = None
+    tolerance: float | None = None
+
+
+Decode = Callable[[Sequence[FeatureSpec]], tuple[Columns, RequestOptions]]  # features -> columns, options
 
 
 @dataclass(frozen=True)
 class ScoringRequest:
     """A request as a protocol decoded it, before anything model-specific is checked.
 
-    ``decode`` turns the body into raw columns once the model's features are known (raising the protocol's
-    errors: unknown, missing or duplicated features, tensor shapes and datatypes); ``locate`` names a value's
-    field as the protocol does; ``option_field`` prefixes the option fields (``parameters.`` on /v2) and
-    ``rows_field`` names the rows (``instances``, ``inputs``).
+    ``decode`` turns the body into raw columns and options once the model is found and its features are known
+    (raising the protocol's errors: unknown, missing or duplicated features, tensor shapes and datatypes,
+    malformed options), so an unknown or unready model is a 404 or 503 whatever the body holds; ``locate``
+    names a value's field as the protocol does; ``option_field`` prefixes the option fields (``parameters.``
+    on /v2) and ``rows_field`` names the rows (``instances``, ``inputs``).
     """
 
     model: str
     decode: Decode
     locate: Locate
-    samples: int | None = None
-    seed: int | None = None
-    sampler: Sampler | None = None
-    tolerance: float | None = None
     option_field: str = ""
     rows_field: str = "instances"
 
@@ -109,7 +118,7 @@ class DataPlane:
         """The ready model ``name`` (404 unknown, 503 not ready)."""
         return self.repository.get(name)
 
-    def plan(self, model: ServedModel, request: ScoringRequest, rows: int) -> Plan:
+    def plan(self, model: ServedModel, request: ScoringRequest, options: RequestOptions, rows: int) -> Plan:
         """The server's limits (rows, samples, tolerance), then the backend's plan for the request's options;
         RequestRejected naming the field otherwise."""
         settings, prefix = self.settings, request.option_field
@@ -117,7 +126,7 @@ class DataPlane:
             raise RequestRejected(request.rows_field, "at least one row is required")
         if rows > settings.max_rows:
             raise RequestRejected(request.rows_field, f"{rows} rows exceed this server's limit of {settings.max_rows}")
-        samples, tolerance = request.samples, request.tolerance
+        samples, tolerance = options.samples, options.tolerance
         if samples is not None and not 1 <= samples <= settings.max_samples:
             raise RequestRejected(f"{prefix}samples", f"must be between 1 and {settings.max_samples}, got {samples}")
         if tolerance is not None and not 0.0 < tolerance < 1.0:
@@ -127,7 +136,7 @@ class DataPlane:
         backend = model.backend
         assert backend is not None  # a ready model has its backend
         try:
-            return backend.plan(request.sampler or settings.sampler, rows, samples, request.seed, tolerance)
+            return backend.plan(options.sampler or settings.sampler, rows, samples, options.seed, tolerance)
         except PlanRefused as refusal:
             raise RequestRejected(f"{prefix}{refusal.option}", refusal.reason) from None
 
@@ -137,8 +146,8 @@ class DataPlane:
         model = self.model(request.model)
         manifest, gate = model.manifest, model.gate
         assert gate is not None  # a ready model has its gate
-        columns = request.decode(manifest.features)
-        plan = self.plan(model, request, len(next(iter(columns.values()))))
+        columns, options = request.decode(manifest.features)
+        plan = self.plan(model, request, options, len(next(iter(columns.values()))))
         try:
             numeric, codes = manifest.preprocessing.raw_values(columns)
         except FeatureError as err:

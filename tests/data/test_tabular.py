@@ -219,3 +219,19 @@ def test_a_category_seen_only_outside_training_is_refused(tmp_path: Path) -> Non
 def test_listed_caps_long_lists() -> None:
     assert listed(["a", "b"]) == "a, b"
     assert listed([str(i) for i in range(12)]) == "0, 1, 2, 3, 4 and 7 more"
+
+
+@pytest.mark.parametrize("column", ["site", "count"])
+def test_a_gap_outside_the_training_split_is_a_missing_value_not_a_failure(tmp_path: Path, column: str) -> None:
+    frame = _table(300)
+    frame[column] = frame[column].astype(object)
+    y = (frame["outcome"] == "yes").to_numpy().astype(np.int64)
+    _, val, _ = stratified_split(y, (0.6, 0.2, 0.2), 0)  # the split load_table makes with seed 0
+    frame.loc[val[:3], column] = None  # gaps in three validation rows only
+    frame.to_csv(tmp_path / "gaps.csv", index=False)
+    ds = load_table(tmp_path / "gaps.csv", target="outcome")
+    assert ds.train.frame[column].notna().all() and not ds.val.frame[column].notna().all()
+    assert next(f for f in ds.features if f.name == column).missing_allowed
+    p = Preprocessing.fit(ds.train.frame, ds.features)
+    for split in (ds.val, ds.test):
+        assert np.isfinite(p.transform(split.frame)).all()  # the gap is a level (or indicator), not an error

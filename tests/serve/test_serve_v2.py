@@ -177,6 +177,21 @@ async def test_versioned_infer(asgi_client: httpx.AsyncClient, flchain_row: dict
     assert unknown_ready.status_code == 404
 
 
+async def test_an_unknown_model_is_404_whatever_the_body_holds(
+    asgi_client: httpx.AsyncClient, flchain_row: dict[str, Any], to_v2: V2Inputs
+) -> None:
+    bad_bodies = [
+        {"inputs": to_v2([flchain_row]), "parameters": {"samples": "x"}},
+        {"inputs": to_v2([flchain_row]), "outputs": [{"name": "nope"}]},
+        {"inputs": [{"name": "nope", "datatype": "FP64", "shape": [1], "data": [1.0]}]},
+    ]
+    for body in bad_bodies:
+        unknown = await asgi_client.post("/v2/models/nope/infer", json=body)
+        assert unknown.status_code == 404, unknown.text
+        known = await asgi_client.post(INFER, json=body)
+        assert known.status_code == 400, known.text
+
+
 async def test_outputs_filter(asgi_client: httpx.AsyncClient, flchain_row: dict[str, Any], to_v2: V2Inputs) -> None:
     request = {
         "inputs": to_v2([flchain_row, flchain_row]),

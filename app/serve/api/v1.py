@@ -30,7 +30,7 @@ from app.serve.api.schemas_v1 import (
     SupportOut,
     UncertaintyOut,
 )
-from app.serve.dataplane import Columns, InferenceResult, ScoringRequest
+from app.serve.dataplane import Columns, InferenceResult, RequestOptions, ScoringRequest
 from app.serve.repository import ModelState, ServedModel
 
 router = APIRouter(prefix="/v1", tags=["v1"])
@@ -112,14 +112,13 @@ def _component(gate: GateResult, component: Component, threshold: float | None, 
 
 
 def _decode(name: str, request: PredictRequest) -> ScoringRequest:
+    options = RequestOptions(
+        samples=request.samples, seed=request.seed, sampler=request.sampler, tolerance=request.tolerance
+    )
     return ScoringRequest(
         model=name,
-        decode=lambda features: _columns(request, features),
+        decode=lambda features: (_columns(request, features), options),
         locate=lambda feature, row: f"instances[{row}].{feature}",
-        samples=request.samples,
-        seed=request.seed,
-        sampler=request.sampler,
-        tolerance=request.tolerance,
     )
 
 

@@ -37,7 +37,7 @@ from app.serve.api.schemas_v2 import (
     ServerMetadataResponse,
     TensorMetadata,
 )
-from app.serve.dataplane import Columns, InferenceResult, ScoringRequest
+from app.serve.dataplane import Columns, InferenceResult, RequestOptions, ScoringRequest
 from app.serve.errors import ModelNotFound, RequestRejected
 from app.serve.repository import ModelState
 
@@ -264,21 +264,29 @@ def _encode(result: InferenceResult, request: InferenceRequest) -> InferenceResp
     )
 
 
-def _decode(name: str, request: InferenceRequest) -> ScoringRequest:
+def _decoded(request: InferenceRequest, features: Sequence[FeatureSpec]) -> tuple[Columns, RequestOptions]:
+    """The requested outputs checked, then the input tensors -> columns, then the parameters -> options."""
     asked = [output.name for output in request.outputs or []]
     for output in asked:
         if output not in OUTPUT_NAMES:
             raise RequestRejected(f"outputs.{output}", f"unknown output; available: {sorted(OUTPUT_NAMES)}")
         if asked.count(output) > 1:
             raise RequestRejected(f"outputs.{output}", "output requested more than once")
-    return ScoringRequest(
-        model=name,
-        decode=lambda features: _columns(request, features),
-        locate=lambda feature, row: f"inputs.{feature}[{row}]",
+    columns = _columns(request, features)
+    options = RequestOptions(
         samples=_parameter(request, "samples"),
         seed=_parameter(request, "seed"),
         sampler=_sampler(request),
         tolerance=_tolerance(request),
+    )
+    return columns, options
+
+
+def _decode(name: str, request: InferenceRequest) -> ScoringRequest:
+    return ScoringRequest(
+        model=name,
+        decode=lambda features: _decoded(request, features),
+        locate=lambda feature, row: f"inputs.{feature}[{row}]",
         option_field="parameters.",
         rows_field="inputs",
     )
