@@ -23,12 +23,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import SchemaError
-from app.serve.api import ops, v1, v2
+from app.serve.api import kserve_v1, ops, v1, v2
 from app.serve.backend import BackendKind
 from app.serve.batching import BatchingEngine
 from app.serve.dataplane import DataPlane
 from app.serve.errors import ModelNotFound, ModelNotReady, RequestRejected
 from app.serve.metrics import ServiceMetrics
+from app.serve.middleware import HeadMiddleware, RequestBodyMiddleware, RequestIdMiddleware
 from app.serve.repository import ModelRepository
 from app.serve.settings import Settings
 
@@ -212,10 +213,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.dataplane = dataplane
     _install_error_handlers(app)
     app.include_router(v1.router)
+    app.include_router(kserve_v1.router)
     app.include_router(v2.router)
     app.include_router(ops.router)
+    # The last added runs first: HEAD as GET, latency, request id, the body limit, then the body decoded.
+    app.add_middleware(RequestBodyMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
     app.add_middleware(LatencyMiddleware, metrics=metrics, repository=repository)
+    app.add_middleware(HeadMiddleware)
     return app
 
 

@@ -115,6 +115,14 @@ class PredictResponse(_Wire):
     predictions: list[PredictionOut]
 
 
+class KServePredictResponse(_Wire):
+    """The KServe V1 answer of ``POST /v1/models/{name}:predict``: one prediction object per instance, the same
+    object as ``PredictResponse.predictions`` (the top-level model, samples, seed and Monte Carlo errors are on
+    the canonical ``/predict`` route only)."""
+
+    predictions: list[PredictionOut]
+
+
 class GateThresholdsOut(_Wire):
     density: float | None
     epistemic: float | None
@@ -131,6 +139,7 @@ class GateSummaryOut(_Wire):
 class ModelSummaryOut(_Wire):
     name: str
     state: Literal["loading", "ready", "failed"]
+    ready: bool = Field(description="True when the model serves (state ready): KServe V1's model readiness.")
     reason: str | None = None
     version: str | None = None
     kind: str | None = None
@@ -160,3 +169,7 @@ class ErrorDetail(_Wire):
 
 class ErrorResponse(_Wire):
     detail: str | list[ErrorDetail]
+
+
+class LiveResponse(_Wire):
+    status: Literal["alive"] = Field(description="KServe V1 server liveness (what the SDK's is_server_live reads).")

@@ -14,6 +14,13 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _Lenient(BaseModel):
+    """A request object: fields a client adds (``model_name``, ``model_version``, …) are kept aside in
+    ``model_extra`` and ignored, as the protocol allows; only a misspelt known field is refused (api/v2.py)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
 class ServerMetadataResponse(_Wire):
     name: str
     version: str
@@ -47,7 +54,7 @@ class ModelMetadataResponse(_Wire):
     outputs: list[TensorMetadata]
 
 
-class RequestInput(_Wire):
+class RequestInput(_Lenient):
     name: str
     shape: list[int] = Field(min_length=1, max_length=2)
     datatype: str
@@ -55,12 +62,12 @@ class RequestInput(_Wire):
     data: TensorData
 
 
-class RequestOutput(_Wire):
+class RequestOutput(_Lenient):
     name: str
     parameters: Parameters | None = None
 
 
-class InferenceRequest(_Wire):
+class InferenceRequest(_Lenient):
     id: str | None = None
     parameters: Parameters | None = Field(None, description="May carry 'samples' and 'seed'.")
     inputs: list[RequestInput] = Field(min_length=1, description="One tensor of shape [N] per feature.")

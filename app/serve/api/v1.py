@@ -47,6 +47,7 @@ def _summary(entry: ServedModel) -> dict:
     return {
         "name": entry.name,
         "state": entry.state.value,
+        "ready": ready,
         "reason": entry.reason or None,
         "version": entry.manifest.version if ready else None,
         "kind": entry.manifest.kind.value if ready else None,
@@ -111,7 +112,8 @@ def _component(gate: GateResult, component: Component, threshold: float | None, 
     )
 
 
-def _decode(name: str, request: PredictRequest) -> ScoringRequest:
+def decode(name: str, request: PredictRequest) -> ScoringRequest:
+    """The body -> the data plane's request (shared with the KServe V1 alias, app.serve.api.kserve_v1)."""
     options = RequestOptions(
         samples=request.samples, seed=request.seed, sampler=request.sampler, tolerance=request.tolerance
     )
@@ -122,7 +124,8 @@ def _decode(name: str, request: PredictRequest) -> ScoringRequest:
     )
 
 
-def _encode(result: InferenceResult) -> PredictResponse:
+def encode(result: InferenceResult) -> PredictResponse:
+    """The data plane's answer -> the /v1 body (its ``predictions`` are also the KServe V1 answer)."""
     m, s, gate = result.manifest, result.scores, result.gate
     labels = m.task.labels
     thresholds = m.gate.thresholds()
@@ -173,4 +176,4 @@ def _encode(result: InferenceResult) -> PredictResponse:
     summary="Predict with uncertainty and the gate's accept/refer/reject decision with reasons",
 )
 async def predict(name: str, request: PredictRequest, dataplane: DataPlaneDep) -> PredictResponse:
-    return _encode(await dataplane.infer(_decode(name, request)))
+    return encode(await dataplane.infer(decode(name, request)))

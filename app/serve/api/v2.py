@@ -10,6 +10,7 @@ reasons (comma-separated) and label [N] (BYTES; label "" for a rejected row). Re
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Sequence
 from importlib import metadata
@@ -37,6 +38,7 @@ from app.serve.api.schemas_v2 import (
     ServerMetadataResponse,
     TensorMetadata,
 )
+from app.serve.backend import BackendKind
 from app.serve.dataplane import Columns, InferenceResult, RequestOptions, ScoringRequest
 from app.serve.errors import ModelNotFound, RequestRejected
 from app.serve.repository import ModelState
@@ -67,6 +69,8 @@ VECTORS = (
 )
 STRINGS = ("decision", "reasons", "label")
 OUTPUT_NAMES = frozenset({"probabilities", *VECTORS, "ood_flag", *STRINGS})
+PLATFORMS = {BackendKind.TORCH: "sbnn_pytorch", BackendKind.ONNX: "sbnn_onnxruntime"}
+PARAMETER_NAMES = ("samples", "seed", "sampler", "tolerance")
 
 
 def _outputs_metadata(manifest: Manifest) -> list[TensorMetadata]:
@@ -111,7 +115,9 @@ def _model_ready(name: str, dataplane: DataPlaneDep) -> Any:
 
 
 def _model_metadata(name: str, dataplane: DataPlaneDep) -> ModelMetadataResponse:
-    manifest = dataplane.model(name).manifest
+    model = dataplane.model(name)
+    manifest = model.manifest
+    assert model.backend is not None  # a ready model has its backend
     inputs = [
         TensorMetadata(name=f.name, datatype="FP64" if f.kind is FeatureKind.NUMERIC else "BYTES", shape=[-1])
         for f in manifest.features
@@ -119,7 +125,7 @@ def _model_metadata(name: str, dataplane: DataPlaneDep) -> ModelMetadataResponse
     return ModelMetadataResponse(
         name=name,
         versions=[manifest.version],
-        platform="sbnn_pytorch",
+        platform=PLATFORMS[model.backend.kind],
         inputs=inputs,
         outputs=_outputs_metadata(manifest),
     )
@@ -264,8 +270,30 @@ def _encode(result: InferenceResult, request: InferenceRequest) -> InferenceResp
     )
 
 
+def _refuse_misspelt(where: str, given: Sequence[str], known: Sequence[str]) -> None:
+    """Fields a client adds are ignored, but one that reads like a known field (``parameter``, ``params``,
+    ``output``, ``sample``) is a 400: ignoring it would silently answer another question than the one asked."""
+    for key in given:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.75)
+        if close:
+            raise RequestRejected(f"{where}{key}", f"unknown field; did you mean '{close[0]}'?")
+
+
+def _check_fields(request: InferenceRequest) -> None:
+    _refuse_misspelt("body.", list(request.model_extra or {}), list(InferenceRequest.model_fields))
+    _refuse_misspelt("parameters.", list(request.parameters or {}), PARAMETER_NAMES)
+    for tensor in request.inputs:
+        _refuse_misspelt(f"inputs.{tensor.name}.", list(tensor.model_extra or {}), list(RequestInput.model_fields))
+    for output in request.outputs or []:
+        _refuse_misspelt(f"outputs.{output.name}.", list(output.model_extra or {}), ["name", "parameters"])
+
+
 def _decoded(request: InferenceRequest, features: Sequence[FeatureSpec]) -> tuple[Columns, RequestOptions]:
-    """The requested outputs checked, then the input tensors -> columns, then the parameters -> options."""
+    """Misspelt fields refused, the requested outputs checked, then the input tensors -> columns, then the
+    parameters -> options."""
+    _check_fields(request)
     asked = [output.name for output in request.outputs or []]
     for output in asked:
         if output not in OUTPUT_NAMES:
