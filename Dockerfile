@@ -56,11 +56,13 @@ RUN /opt/sbnn/bin/pip install --no-deps --no-index --no-build-isolation . \
 FROM ${BASE_IMAGE} AS serving-base
 RUN groupadd --system --gid 10001 sbnn \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin sbnn
+# gRPC (SBNN_GRPC_PORT) is off in the images until they install grpcio: REST only, for now.
 ENV PATH=/opt/sbnn/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     SBNN_MODELS=/models \
     SBNN_HOST=0.0.0.0 \
-    SBNN_PORT=8000
+    SBNN_PORT=8000 \
+    SBNN_GRPC_PORT=0
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \

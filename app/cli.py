@@ -351,12 +351,15 @@ def serve(
     ] = None,
     host: Annotated[str | None, typer.Option(help="Bind address (env SBNN_HOST, default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (env SBNN_PORT, default 8000).")] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="gRPC port (env SBNN_GRPC_PORT, default 8081; 0 turns gRPC off).")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (env SBNN_DEVICE, default auto).")] = None,
     backend: Annotated[
         str | None, typer.Option(help="torch, onnx (exported bank, no torch) or auto (env SBNN_BACKEND).")
     ] = None,
 ) -> None:
-    """Serve every checkpoint under the model folder: REST /v1, Open Inference Protocol /v2, /metrics."""
+    """Serve every checkpoint under the model folder: REST /v1, Open Inference Protocol /v2 and gRPC, /metrics."""
     import uvicorn
     from pydantic import ValidationError
 
@@ -364,7 +367,9 @@ def serve(
     from app.serve.settings import Settings
 
     given = {"models": models, "host": host, "port": port, "device": device, "backend": backend}
-    overrides = {k: v for k, v in given.items() if v}
+    overrides: dict[str, object] = {k: v for k, v in given.items() if v}
+    if grpc_port is not None:  # 0 is a value here: gRPC off
+        overrides["grpc_port"] = grpc_port
     try:
         settings = Settings(**overrides)
         application = create_app(settings)

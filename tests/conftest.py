@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,9 @@ import pandas as pd
 import pytest
 
 from app.train.config import TrainConfig
+
+# Apps under test serve no gRPC unless a test asks for it (a fixed default port would clash between apps).
+os.environ.setdefault("SBNN_GRPC_PORT", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "models" / "flchain-mortality"

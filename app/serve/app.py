@@ -34,6 +34,7 @@ from app.serve.repository import ModelRepository
 from app.serve.settings import Settings
 
 log = logging.getLogger("sbnn.serve")
+GRPC_GRACE_S = 10.0  # how long gRPC calls in flight may finish at shutdown
 
 
 def _is_v2(request: Request) -> bool:
@@ -194,9 +195,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader = asyncio.get_running_loop().run_in_executor(engine.executor, repository.load_all)
         loader.add_done_callback(lambda _: dataplane.publish_model_metrics())
+        grpc_server = None
         try:
+            if settings.grpc_port:
+                from app.serve.grpc.server import GrpcServer  # grpc is imported only when it serves
+
+                grpc_server = GrpcServer(dataplane, settings.host, settings.grpc_port, settings.max_body_bytes)
+                await grpc_server.start()
+                loader.add_done_callback(lambda _: asyncio.ensure_future(grpc_server.mark_ready()))
             yield
         finally:
+            if grpc_server is not None:  # uvicorn has drained HTTP before the lifespan ends; now gRPC drains
+                await grpc_server.stop(GRPC_GRACE_S)
             await loader  # never close the compute thread under a load in progress
             await engine.close()
 

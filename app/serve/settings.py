@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     models: Path = Field(Path("models"), description="Model repository: one checkpoint folder per model.")
     host: str = Field("127.0.0.1", description="Address to bind (0.0.0.0 inside containers).")
     port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int = Field(8081, ge=0, le=65535, description="gRPC port (Open Inference Protocol); 0 turns it off.")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto: CUDA when available.")
     max_samples: int = Field(4096, ge=1, le=65536, description="Largest Monte Carlo sample count a request may ask.")
     max_rows: int = Field(1024, ge=1, le=100_000, description="Largest number of rows (instances) per request.")

@@ -137,6 +137,7 @@ def live_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory
             "SBNN_MODELS": str(model_repository),
             "SBNN_DEVICE": "cpu",
             "SBNN_BATCH_MAX_WAIT_MS": "5",
+            "SBNN_GRPC_PORT": "0",
             **{f"SBNN_{key.upper()}": str(value) for key, value in LIMITS.items()},
         }
     )
