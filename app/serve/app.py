@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -29,7 +28,7 @@ from app.serve.batching import BatchingEngine
 from app.serve.dataplane import DataPlane
 from app.serve.errors import ModelNotFound, ModelNotReady, RequestRejected
 from app.serve.metrics import ServiceMetrics
-from app.serve.middleware import HeadMiddleware, RequestBodyMiddleware, RequestIdMiddleware
+from app.serve.middleware import HeadMiddleware, RequestBodyMiddleware, RequestIdMiddleware, error_response
 from app.serve.repository import ModelRepository
 from app.serve.settings import Settings
 
@@ -131,16 +130,7 @@ class BodyLimitMiddleware:
             await self._reject(scope, send)
 
     async def _reject(self, scope: Scope, send: Send) -> None:
-        key = "error" if scope["path"].startswith("/v2") else "detail"
-        body = json.dumps({key: f"request body over the {self.limit}-byte limit"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await error_response(scope, send, 413, f"request body over the {self.limit}-byte limit", [])
 
 
 class _BodyTooLarge(Exception):

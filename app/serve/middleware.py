@@ -38,7 +38,9 @@ def _set_header(scope: Scope, name: bytes, value: bytes | None) -> None:
     scope["headers"] = headers if value is None else [*headers, (name, value)]
 
 
-async def _answer(scope: Scope, send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]]) -> None:
+async def error_response(
+    scope: Scope, send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]]
+) -> None:
     """An error in each surface's shape: {"error": …} on /v2, {"detail": …} elsewhere."""
     key = "error" if scope["path"].startswith("/v2") else "detail"
     body = json.dumps({key: message}).encode()
@@ -101,7 +103,9 @@ class RequestBodyMiddleware:
             return
         if encoding not in ENCODINGS:
             accept = [(b"accept-encoding", b"gzip, deflate")]
-            await _answer(scope, send, 415, f"unsupported Content-Encoding {encoding!r}; use gzip or deflate", accept)
+            await error_response(
+                scope, send, 415, f"unsupported Content-Encoding {encoding!r}; use gzip or deflate", accept
+            )
             return
         chunks = []
         while True:
@@ -114,10 +118,10 @@ class RequestBodyMiddleware:
         try:
             body = inflate(b"".join(chunks), ENCODINGS[encoding], self.limit)
         except _TooLarge:
-            await _answer(scope, send, 413, f"request body over the {self.limit}-byte limit once inflated", [])
+            await error_response(scope, send, 413, f"request body over the {self.limit}-byte limit once inflated", [])
             return
         except zlib.error as exc:
-            await _answer(scope, send, 400, f"body: not valid {encoding} data ({exc})", [])
+            await error_response(scope, send, 400, f"body: not valid {encoding} data ({exc})", [])
             return
         _set_header(scope, b"content-encoding", None)
         _set_header(scope, b"content-length", str(len(body)).encode())
