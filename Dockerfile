@@ -20,7 +20,8 @@ RUN python3 -m venv /opt/sbnn \
  && if [ "$WHEELHOUSE" = "1" ]; then source="--no-index --find-links /wheelhouse"; \
     else source="--extra-index-url $TORCH_INDEX_URL"; fi \
  && /opt/sbnn/bin/pip install $source -c deploy/constraints.txt \
-      torch numpy pydantic pydantic-settings safetensors typer rich fastapi uvicorn prometheus-client setuptools
+      torch numpy pydantic pydantic-settings safetensors typer rich fastapi uvicorn prometheus-client setuptools \
+      grpcio grpcio-health-checking protobuf
 COPY pyproject.toml README.md ./
 COPY app/ app/
 RUN /opt/sbnn/bin/pip install --no-deps --no-index --no-build-isolation . \
@@ -45,7 +46,8 @@ COPY deploy/wheelhouse/ /wheelhouse/
 RUN python3 -m venv /opt/sbnn \
  && if [ "$WHEELHOUSE" = "1" ]; then source="--no-index --find-links /wheelhouse"; else source=""; fi \
  && /opt/sbnn/bin/pip install $source -c deploy/constraints.txt \
-      onnxruntime numpy safetensors pydantic pydantic-settings typer rich fastapi uvicorn prometheus-client setuptools
+      onnxruntime numpy safetensors pydantic pydantic-settings typer rich fastapi uvicorn prometheus-client setuptools \
+      grpcio grpcio-health-checking protobuf
 COPY pyproject.toml README.md ./
 COPY app/ app/
 # --no-deps: the package's torch requirement is for the torch backend, which this image does not run.
@@ -56,15 +58,15 @@ RUN /opt/sbnn/bin/pip install --no-deps --no-index --no-build-isolation . \
 FROM ${BASE_IMAGE} AS serving-base
 RUN groupadd --system --gid 10001 sbnn \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin sbnn
-# gRPC (SBNN_GRPC_PORT) is off in the images until they install grpcio: REST only, for now.
+# REST on SBNN_PORT, gRPC (Open Inference Protocol, grpc.health.v1) on SBNN_GRPC_PORT.
 ENV PATH=/opt/sbnn/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     SBNN_MODELS=/models \
     SBNN_HOST=0.0.0.0 \
     SBNN_PORT=8000 \
-    SBNN_GRPC_PORT=0
+    SBNN_GRPC_PORT=8081
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8081
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
   CMD ["python3", "-c", "import os, sys, urllib.request as u; u.urlopen('http://127.0.0.1:%s/v2/health/ready' % os.environ['SBNN_PORT'], timeout=2); sys.exit(0)"]
 # uvicorn drains in-flight requests on SIGTERM before it exits (docker stop waits 10 s, compose 30 s).

@@ -29,15 +29,18 @@ def free_port() -> int:
 class Server:
     base: str
     pid: int
+    grpc: str | None  # host:port when SBNN_GRPC_PORT was given, else None (gRPC off)
 
 
 @contextmanager
 def running_server(timeout: float = 60.0, **settings: str) -> Iterator[Server]:
-    """`sbnn serve` with SBNN_<KEY>=value for each setting; raises with the server's log if it never gets ready."""
+    """`sbnn serve` with SBNN_<KEY>=value for each setting (gRPC off unless ``grpc_port`` is one); raises with the
+    server's log if it never gets ready."""
     port = free_port()
     env = {
         **os.environ,
         "SBNN_PORT": str(port),
+        "SBNN_GRPC_PORT": "0",
         "SBNN_LOG_LEVEL": "warning",
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         **{f"SBNN_{key.upper()}": str(value) for key, value in settings.items()},
@@ -58,7 +61,8 @@ def running_server(timeout: float = 60.0, **settings: str) -> Iterator[Server]:
                 log.seek(0)
                 raise RuntimeError(f"server not ready (exit {server.poll()}): {log.read()[-3000:]}")
             time.sleep(0.2)
-        yield Server(base=base, pid=server.pid)
+        grpc_port = int(env["SBNN_GRPC_PORT"])
+        yield Server(base=base, pid=server.pid, grpc=f"127.0.0.1:{grpc_port}" if grpc_port else None)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -35,6 +35,9 @@ VOLATILE_METRICS = (("evaluated",),)
 # default thread count (the physical cores) of the 2-core machine that trained it.
 BUNDLED_THREADS = 2
 BUNDLED_CPU_CAPABILITY = "AVX512"
+# numpy's OpenBLAS kernels then (the gate's covariance): OpenBLAS picks them by CPU model, not by instruction
+# set (it ran Haswell kernels on an AVX-512 AMD EPYC and the gate's last bits moved), so the rebuild pins them.
+BUNDLED_BLAS_CORE = "SkylakeX"
 
 
 def documented_command() -> list[str]:
@@ -90,6 +93,8 @@ def retrain(threads: int, workdir: Path, isa: str | None = None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "COLUMNS": "200"}
     if isa is not None:
         env |= {"ATEN_CPU_CAPABILITY": isa, "MKL_ENABLE_INSTRUCTIONS": isa.upper(), "ONEDNN_MAX_CPU_ISA": isa.upper()}
+    else:
+        env["OPENBLAS_CORETYPE"] = BUNDLED_BLAS_CORE  # over any machine-wide choice (this one sets Haswell)
     load = os.getloadavg()[0]  # other work on the machine stretches the wall times, not the bytes
     started = time.perf_counter()
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)

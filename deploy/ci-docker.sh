@@ -2,7 +2,8 @@
 # Build and test the Docker image with a real engine, without any container registry:
 #   a private dockerd (no bridge, no iptables, loopback only), a base image made with debootstrap and
 #   `docker import`, the image built from a wheelhouse prepared on the host (the air-gapped path), then
-#   run, health-checked, asked a prediction, scraped by a real Prometheus with the alert rules, stopped.
+#   run, health-checked, asked a prediction over REST and over gRPC (grpc.health.v1 and ModelInfer, from inside
+#   the container with the image's own python), scraped by a real Prometheus with the alert rules, stopped.
 # Also lints the Dockerfile (hadolint) and validates compose (docker compose config) and Prometheus
 # files (promtool). Skips with a clear message where the machine cannot run a Docker daemon.
 set -euo pipefail
@@ -17,6 +18,59 @@ started=$(date +%s)
 
 skip() { echo "SKIP docker CI: $*"; exit 0; }
 step() { echo "== docker: $* ($(( $(date +%s) - started )) s)"; }
+# free_ports N: N distinct free loopback ports, space-separated (every socket is held until all are chosen).
+free_ports() {
+  python -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
+}
+# grpc_check CONTAINER PORT: inside the running container, with the image's python and grpcio, on loopback:
+# grpc.health.v1 SERVING for "" and inference.GRPCInferenceService, then a ModelInfer for the bundled model
+# (an in-distribution row is accepted, one aged 95 referred). Prints one line; fails the script otherwise.
+grpc_check() {
+  docker exec -i "$1" python3 - "$2" <<'PY' || { docker logs "$1" 2>&1 | tail -30; exit 1; }
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from app.serve.grpc import open_inference_grpc_pb2 as pb
+from app.serve.grpc import open_inference_grpc_pb2_grpc as pb_grpc
+
+SERVICE = "inference.GRPCInferenceService"
+with grpc.insecure_channel(f"127.0.0.1:{sys.argv[1]}") as channel:
+    grpc.channel_ready_future(channel).result(timeout=30)
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + 30
+    while True:  # readiness: NOT_SERVING until every model folder was tried
+        statuses = {s: health.Check(health_pb2.HealthCheckRequest(service=s), timeout=5).status for s in ("", SERVICE)}
+        if all(v == health_pb2.HealthCheckResponse.SERVING for v in statuses.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    names = {s or '""': health_pb2.HealthCheckResponse.ServingStatus.Name(v) for s, v in statuses.items()}
+    if set(names.values()) != {"SERVING"}:
+        sys.exit(f"gRPC health: {names}")
+    rows = [dict(age=62.0, sex="F", kappa=1.2, flc_grp=5.0, creatinine=1.0, mgus=0.0, **{"lambda": 1.5})]
+    rows.append(dict(rows[0], age=95.0))
+    request = pb.ModelInferRequest(model_name="flchain-mortality")
+    for name in rows[0]:
+        values = [row[name] for row in rows]
+        tensor = request.inputs.add(name=name, datatype="BYTES" if name == "sex" else "FP64", shape=[len(rows)])
+        if name == "sex":
+            tensor.contents.bytes_contents.extend(v.encode() for v in values)
+        else:
+            tensor.contents.fp64_contents.extend(values)
+    answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
+    outputs = {tensor.name: tensor for tensor in answer.outputs}
+    decisions = [v.decode() for v in outputs["decision"].contents.bytes_contents]
+    if decisions != ["accept", "refer"]:
+        sys.exit(f"gRPC ModelInfer: unexpected decisions {decisions} in {answer}")
+    print(f"gRPC on 127.0.0.1:{sys.argv[1]} (grpcio {grpc.__version__}): health {names}; ModelInfer "
+          f"{answer.model_name} v{answer.model_version}: decisions {decisions}, outputs {sorted(outputs)}")
+PY
+}
 
 cleanup() {
   set +e
@@ -64,6 +118,7 @@ tar -C "$work/rootfs" -c . | docker import - "$base" >/dev/null
 step "wheelhouse on the host (the air-gapped build path)"
 python -m pip download --quiet --only-binary=:all: -d deploy/wheelhouse -c deploy/constraints.txt \
   torch numpy pydantic pydantic-settings safetensors typer rich fastapi uvicorn prometheus-client setuptools \
+  grpcio grpcio-health-checking protobuf \
   onnx onnxruntime onnxscript
 
 megabytes() { docker image inspect -f '{{.Size}}' "$1" | awk '{printf "%.0f MB", $1/1e6}'; }
@@ -72,6 +127,9 @@ build_started=$(date +%s)
 docker build --network host --build-arg WHEELHOUSE=1 -t "$image" . > "$work/build.log" 2>&1 \
   || { tail -40 "$work/build.log"; exit 1; }
 echo "image built in $(( $(date +%s) - build_started )) s; size $(megabytes "$image") (base $(megabytes "$base"))"
+exposed=$(docker image inspect -f '{{json .Config.ExposedPorts}}' "$image")
+grep -q '"8000/tcp"' <<<"$exposed" && grep -q '"8081/tcp"' <<<"$exposed" \
+  || { echo "the image exposes $exposed, not 8000 and 8081"; exit 1; }
 
 step "build the slim (onnxruntime, no torch) image"
 build_started=$(date +%s)
@@ -80,8 +138,10 @@ docker build --network host --build-arg WHEELHOUSE=1 --target slim -t sbnn:ci-sl
 echo "slim image built in $(( $(date +%s) - build_started )) s (after the default one); size $(megabytes sbnn:ci-slim)"
 docker run --rm --entrypoint python3 sbnn:ci-slim -c \
   "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" || { echo "torch in the slim image"; exit 1; }
-slim_port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-docker run -d --name sbnn-ci-slim --network host -e SBNN_PORT="$slim_port" -e SBNN_HOST=127.0.0.1 sbnn:ci-slim >/dev/null
+# --network host: each container gets its own free REST and gRPC ports (the image's 8081 could be taken here).
+read -r slim_port slim_grpc_port port grpc_port < <(free_ports 4)
+docker run -d --name sbnn-ci-slim --network host -e SBNN_PORT="$slim_port" -e SBNN_GRPC_PORT="$slim_grpc_port" \
+  -e SBNN_HOST=127.0.0.1 sbnn:ci-slim >/dev/null
 for _ in $(seq 1 60); do
   [ "$(docker inspect -f '{{.State.Health.Status}}' sbnn-ci-slim)" = healthy ] && break
   sleep 2
@@ -102,11 +162,13 @@ slim_expect "frozen bank, gate" "{\"instances\": [{$row, \"creatinine\": 1.0}, {
   '"sampler":"bank"' '"decision":"accept"' '"decision":"reject","reasons":\["bounds:creatinine"\]'
 slim_expect "fresh samples (sampling graph)" "{\"instances\": [{$row, \"creatinine\": 1.0}], \"seed\": 7}" \
   '"sampler":"fresh"' '"seed":7'
+echo -n "slim image (no torch), "
+grpc_check sbnn-ci-slim "$slim_grpc_port"
 docker rm -f sbnn-ci-slim >/dev/null
 
 step "run and wait for health"
-port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-docker run -d --name sbnn-ci --network host -e SBNN_PORT="$port" -e SBNN_HOST=127.0.0.1 "$image" >/dev/null
+docker run -d --name sbnn-ci --network host -e SBNN_PORT="$port" -e SBNN_GRPC_PORT="$grpc_port" \
+  -e SBNN_HOST=127.0.0.1 "$image" >/dev/null
 for _ in $(seq 1 90); do
   health=$(docker inspect -f '{{.State.Health.Status}}' sbnn-ci)
   [ "$health" = healthy ] && break
@@ -126,6 +188,14 @@ grep -q 'sbnn_decisions_total{decision="refer",model="flchain-mortality"} 1.0' <
   || { echo "metrics do not show the referral"; exit 1; }
 grep -q 'sbnn_gate_reasons_total{model="flchain-mortality",reason="support"} 1.0' <<<"$metrics" \
   || { echo "metrics do not show the referral's reason"; exit 1; }
+
+step "gRPC: health and ModelInfer inside the container"
+grpc_check sbnn-ci "$grpc_port"
+metrics=$(curl -sf "http://127.0.0.1:$port/metrics")
+grep -q 'route="/inference.GRPCInferenceService/ModelInfer"' <<<"$metrics" \
+  || { echo "metrics do not show the gRPC ModelInfer"; exit 1; }
+grep -q 'sbnn_decisions_total{decision="refer",model="flchain-mortality"} 2.0' <<<"$metrics" \
+  || { echo "metrics do not count the gRPC referral"; exit 1; }
 
 step "Prometheus scrapes the container and loads the rules"
 cat > "$work/prometheus.yml" <<YAML

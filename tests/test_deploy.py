@@ -12,6 +12,7 @@ import asyncio
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -27,6 +28,8 @@ from app.serve.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 GRAFANA = ROOT / "deploy" / "grafana"
+# The gRPC port's default (tests/conftest.py turns gRPC off in this process's environment: not Settings()).
+GRPC_PORT = Settings.model_fields["grpc_port"].default
 # Series Prometheus itself makes per scrape target, with their labels.
 PROMETHEUS_SERIES = {"up": {"job", "instance"}}
 # PromQL words that look like metric names but are functions, aggregations or keywords.
@@ -196,7 +199,8 @@ def test_compose_wires_the_three_services(services: dict[str, dict[str, Any]]) -
     assert (ROOT / sbnn["build"]["context"] / "Dockerfile").is_file()
     assert sbnn["environment"]["SBNN_MODELS"] == "/models"  # where the image puts the bundled models
     assert "SBNN_PORT" not in sbnn["environment"], "the scrape target and healthcheck assume the default port"
-    assert published(sbnn) == {Settings().port: 8000}
+    assert "SBNN_GRPC_PORT" not in sbnn["environment"], "the published gRPC port is the image's"
+    assert published(sbnn) == {Settings().port: 8000, GRPC_PORT: 8081}  # REST and gRPC
     assert published(prometheus) == {9090: 9090} and published(grafana) == {3000: 3000}
     assert prometheus["depends_on"] == ["sbnn"] and grafana["depends_on"] == ["prometheus"]
     # Configuration is mounted read-only from folders of this repository.
@@ -226,9 +230,48 @@ def test_the_image_runs_unprivileged_with_a_readiness_healthcheck() -> None:
         assert "--interval" in options and "--timeout" in options
         env = dict(pair.split("=", 1) for args in inherited(stages, name, "ENV") for pair in shlex.split(args))
         assert env["SBNN_PORT"] == str(Settings().port) and env["SBNN_MODELS"] == "/models"
-        assert inherited(stages, name, "EXPOSE") == [env["SBNN_PORT"]]
+        assert env.get("SBNN_GRPC_PORT", str(GRPC_PORT)) == str(GRPC_PORT) != "0"
+        exposed = [port for args in inherited(stages, name, "EXPOSE") for port in args.split()]
+        assert exposed == [env["SBNN_PORT"], str(GRPC_PORT)]  # REST, then gRPC
         (command,) = inherited(stages, name, "CMD")
         assert json.loads(command) == ["sbnn", "serve"]
+
+
+def requirement_name(requirement: str) -> str:
+    """The normalised project name of a requirement string (``"grpcio>=1.85.1,<2"`` -> ``"grpcio"``)."""
+    name = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement)
+    assert name, requirement
+    return re.sub(r"[-_.]+", "-", name.group(0)).lower()
+
+
+def pip_installs(stage: dict[str, Any]) -> set[str]:
+    """The packages a stage's RUN instructions `pip install ... -c deploy/constraints.txt` (options left out)."""
+    runs = " && ".join(arguments for kind, arguments in stage["instructions"] if kind == "RUN")
+    lists = re.findall(r"pip install [^&]*?-c deploy/constraints\.txt([^&]*)", runs)
+    return {requirement_name(word) for words in lists for word in words.split() if not word.startswith("-")}
+
+
+def test_the_images_install_and_pin_the_serving_dependencies() -> None:
+    """gRPC included: the package installs with --no-deps, so each image lists its dependencies itself; every one
+    is pinned in deploy/constraints.txt and in the wheelhouse deploy/ci-docker.sh builds the images from."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    required = {requirement_name(r) for r in project["dependencies"]}
+    assert {"grpcio", "grpcio-health-checking", "protobuf"} <= required
+    pinned = {}
+    for line in (ROOT / "deploy" / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pinned[requirement_name(name)] = version.strip()
+    assert required <= pinned.keys(), sorted(required - pinned.keys())
+    assert pinned["grpcio"] == "1.85.3" and pinned["grpcio-health-checking"] == "1.85.1"
+    stages = dockerfile_stages()
+    assert required <= pip_installs(stages["build"]), sorted(required - pip_installs(stages["build"]))
+    slim = required - {"torch"}  # the slim image runs onnxruntime, not torch
+    assert slim <= pip_installs(stages["build-slim"]) and "torch" not in pip_installs(stages["build-slim"])
+    script = re.sub(r"\\\n", " ", (ROOT / "deploy" / "ci-docker.sh").read_text())
+    (download,) = re.findall(r"pip download .*?-c deploy/constraints\.txt(.*)", script)
+    wheelhouse = {requirement_name(word) for word in download.split() if not word.startswith("-")}
+    assert required | pip_installs(stages["export"]) <= wheelhouse
 
 
 def test_prometheus_scrapes_the_service_metrics_route(

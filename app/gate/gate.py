@@ -114,7 +114,7 @@ class GateResult:
 
     @property
     def accepted(self) -> np.ndarray:
-        return np.array([d is Decision.ACCEPT for d in self.decisions], dtype=bool)
+        return np.fromiter(map(Decision.ACCEPT.__eq__, self.decisions), dtype=bool, count=len(self.decisions))
 
 
 def _unit(spec: FeatureSpec) -> str:

@@ -208,6 +208,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=v2.server_metadata().version,
         lifespan=lifespan,
     )
+    openapi = app.openapi
+
+    def openapi_with_inference_request() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            openapi().setdefault("components", {}).setdefault("schemas", {}).update(v2.openapi_schemas())
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi_with_inference_request  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.dataplane = dataplane

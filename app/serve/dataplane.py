@@ -97,6 +97,12 @@ class InferenceResult:
             out[row] = value
         return out
 
+    def spread(self, values: np.ndarray) -> np.ndarray:
+        """Scored rows' values (N_scored, ...) as a float64 array over all N rows, NaN for a rejected row."""
+        out = np.full((self.rows, *values.shape[1:]), np.nan)
+        out[self.scored] = values
+        return out
+
     @property
     def labels(self) -> list[str | None]:
         if self.scores is None:

@@ -1,7 +1,7 @@
 """ASGI middleware that lets standard protocol clients in unchanged (docs/api.md, "Compatibility").
 
 - ``RequestBodyMiddleware``: gzip and deflate request bodies inflated, never beyond the body limit (a larger
-  result is a 413, so a small bomb is refused, not inflated); /v2 bodies read as JSON whatever the Content-Type.
+  result is a 413, so a small bomb is refused, not inflated).
 - ``RequestIdMiddleware``: ``X-Request-Id`` echoed (one generated when absent or unusable); one log line per
   request with the id and the W3C ``traceparent``, never a request value.
 - ``HeadMiddleware``: HEAD answered as GET is, with the same status and headers and no body.
@@ -82,21 +82,18 @@ def inflate(data: bytes, wbits: int, limit: int) -> bytes:
 
 class RequestBodyMiddleware:
     """Inflate gzip/deflate bodies within ``limit`` bytes (413 past it, 400 naming the body when corrupt, 415
-    for another encoding); under ``json_prefixes``, a POST body is JSON whatever its Content-Type (or none).
+    for another encoding).
 
     Sits inside the body-limit middleware, which bounds the compressed bytes read here."""
 
-    def __init__(self, app: ASGIApp, limit: int, json_prefixes: tuple[str, ...] = ("/v2",)) -> None:
+    def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
-        self.json_prefixes = json_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["method"] == "POST" and scope["path"].startswith(self.json_prefixes):
-            _set_header(scope, b"content-type", b"application/json")
         encoding = (_header(scope, b"content-encoding") or "identity").strip().lower()
         if encoding == "identity":
             await self.app(scope, receive, send)

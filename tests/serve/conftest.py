@@ -285,3 +285,9 @@ def assert_valid_prediction_response(body: dict[str, Any], rows: int, manifest: 
 @pytest.fixture(scope="session")
 def check_prediction() -> Callable[[dict[str, Any], int, dict[str, Any], Path], None]:
     return assert_valid_prediction_response
+
+
+@pytest.fixture(scope="session")
+def serve_limits() -> dict[str, int]:
+    """LIMITS for servers that tests start themselves (test_serve_clients.py's uvicorn with gRPC on)."""
+    return dict(LIMITS)

@@ -158,7 +158,7 @@ V2_CASES: list[tuple[str, dict[str, Any] | str, str]] = [
     ("UINT32 negative", _v2([{**ROW, "mgus": -1}], mgus={"datatype": "UINT32"}), "inputs.mgus[0]"),
     ("nesting not matching [N]", _v2([ROW], age={"data": [[62]]}), "inputs.age"),
     ("nesting too deep", _v2([ROW], age={"shape": [1, 1], "data": [[[62]]]}), "inputs.age"),
-    ("tensor without data", {"inputs": [{"name": "age", "shape": [1], "datatype": "FP64"}]}, "inputs.0.data"),
+    ("tensor without data", {"inputs": [{"name": "age", "shape": [1], "datatype": "FP64"}]}, "inputs.age.data"),
     ("unknown top-level field", _v2([ROW], input=[]), "body.input:"),
 ]
 

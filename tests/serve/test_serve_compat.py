@@ -79,10 +79,10 @@ async def test_v2_malformed_json_without_content_type_is_400(asgi_client: httpx.
 async def test_v2_fields_a_client_adds_are_ignored(
     asgi_client: httpx.AsyncClient, plain_answer: dict[str, Any]
 ) -> None:
-    """KServe's InferRequest.to_rest() adds model_name; tritonclient adds binary_data parameters."""
+    """KServe's InferRequest.to_rest() adds model_name; clients add their own parameters and fields."""
     body = _request(model_name=MODEL, model_version="1", trace={"span": "x"})
     body["parameters"]["binary_data_output"] = False
-    body["inputs"][0].update(model_name=MODEL, parameters={"binary_data_size": 0}, note="added")
+    body["inputs"][0].update(model_name=MODEL, parameters={"client_tag": "x"}, note="added")
     body["outputs"] = [
         {"name": o["name"], "parameters": {"binary_data": False}, "x": 1} for o in plain_answer["outputs"]
     ]

@@ -291,7 +291,7 @@ async def test_raw_contents_that_do_not_fit_are_invalid_argument(stub: pb_grpc.G
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.ModelInfer(request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert info.value.details().startswith("inputs.age: raw contents of 7 bytes")
+    assert info.value.details().startswith("inputs.age: 7 bytes are not a whole number of FP64")
     request = to_grpc({"inputs": v2_inputs([dict(FLCHAIN_ROW)])}, raw=True)
     del request.raw_input_contents[-1]
     with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -368,3 +368,76 @@ async def test_sbnn_serve_grpc_port_and_graceful_shutdown(model_repository: Path
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+
+
+def _grpc_forms() -> list[tuple[str, dict[str, Any], pb.ModelInferRequest]]:
+    """test_serve_bad_inputs' /v2 bad bodies that have a gRPC form: the tensors typed contents can carry (not a
+    string for a number, not a null category, not a JSON-only defect)."""
+    from test_serve_bad_inputs import V2_CASES  # the same directory: on sys.path under pytest's prepend mode
+
+    forms = []
+    for name, body, _ in V2_CASES:
+        if not isinstance(body, dict) or set(body) - {"id", "inputs", "parameters", "outputs"}:
+            continue  # a JSON-only defect, or a field (a misspelling) a protobuf message cannot carry
+        if any(not isinstance(t, dict) or set(t) - {"name", "shape", "datatype", "data"} for t in body["inputs"]):
+            continue
+        try:
+            forms.append((name, body, to_grpc(body)))
+        except (AttributeError, KeyError, TypeError, ValueError):
+            continue
+    return forms
+
+
+@pytest.mark.parametrize(("body", "request_"), [pytest.param(b, r, id=n) for n, b, r in _grpc_forms()])
+async def test_every_v2_bad_input_with_a_grpc_form_is_refused_alike(
+    rest: httpx.AsyncClient, stub: pb_grpc.GRPCInferenceServiceStub, body: dict[str, Any], request_: Any
+) -> None:
+    refused = await rest.post(INFER, json=body)
+    assert 400 <= refused.status_code < 500, refused.text
+    codes = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND}
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ModelInfer(request_)
+    assert info.value.code() == codes[refused.status_code]
+    assert info.value.details() == refused.json()["error"]
+
+
+def test_most_v2_bad_inputs_have_a_grpc_form() -> None:
+    assert len(_grpc_forms()) >= 25
+
+
+async def test_unknown_datatype_is_worded_as_v2_words_it(
+    rest: httpx.AsyncClient, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    body = {"inputs": v2_inputs([dict(FLCHAIN_ROW)])}
+    refused = await rest.post(INFER, json={"inputs": [{**body["inputs"][0], "datatype": "FP8"}, *body["inputs"][1:]]})
+    request = to_grpc(body)
+    request.inputs[0].datatype = "FP8"
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == refused.json()["error"]
+    assert info.value.details().startswith("inputs.age: unknown datatype FP8; expected one of ['BOOL', 'BYTES'")
+
+
+async def test_an_empty_bytes_element_is_a_missing_category(
+    rest: httpx.AsyncClient, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    """gRPC has no null: an empty BYTES element is read as JSON's null is (typed and raw contents)."""
+    parameters = {"samples": 16, "seed": 2, "sampler": "fresh"}
+    expected = await rest.post(
+        INFER, json={"inputs": v2_inputs([{**FLCHAIN_ROW, "sex": None}]), "parameters": parameters}
+    )
+    assert expected.status_code == 200, expected.text
+    body = {"inputs": v2_inputs([{**FLCHAIN_ROW, "sex": ""}]), "parameters": parameters}
+    _same(_typed(await stub.ModelInfer(to_grpc(body))), _json_outputs(expected.json()))
+    _same(_from_raw(await stub.ModelInfer(to_grpc(body, raw=True))), _json_outputs(expected.json()))
+
+
+async def test_a_message_over_the_size_limit_is_resource_exhausted(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    """The gRPC receive limit is the REST body limit (conftest LIMITS: 64 KiB)."""
+    request = to_grpc({"inputs": v2_inputs([dict(FLCHAIN_ROW)])})
+    request.id = "x" * 70_000
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ModelInfer(request)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "65536" in info.value.details()

@@ -55,11 +55,13 @@ class ModelMetadataResponse(_Wire):
 
 
 class RequestInput(_Lenient):
+    """An input tensor; ``data`` is JSON's values, or the array read from binary data (api/v2_binary.py)."""
+
     name: str
     shape: list[int] = Field(min_length=1, max_length=2)
     datatype: str
     parameters: Parameters | None = None
-    data: TensorData
+    data: TensorData | None = Field(None, description="The values, unless parameters.binary_data_size is given.")
 
 
 class RequestOutput(_Lenient):
@@ -79,7 +81,7 @@ class ResponseOutput(_Wire):
     shape: list[int]
     datatype: str
     parameters: Parameters | None = None
-    data: TensorData
+    data: TensorData | None = Field(None, description="The values, unless parameters.binary_data_size is given.")
 
 
 class InferenceResponse(_Wire):

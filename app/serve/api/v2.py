@@ -17,13 +17,15 @@ from importlib import metadata
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
 
 from app.bnn.spec import Sampler
 from app.checkpoint.manifest import Manifest
 from app.data.schema import FeatureKind, FeatureSpec
+from app.gate.gate import Decision
 from app.gate.spec import Component
+from app.serve.api import v2_binary
 from app.serve.api.deps import DataPlaneDep
 from app.serve.api.schemas_v2 import (
     ErrorResponse,
@@ -38,6 +40,7 @@ from app.serve.api.schemas_v2 import (
     ServerMetadataResponse,
     TensorMetadata,
 )
+from app.serve.api.tensors import DATATYPES, OutputTensor, to_bytes
 from app.serve.backend import BackendKind
 from app.serve.dataplane import Columns, InferenceResult, RequestOptions, ScoringRequest
 from app.serve.errors import ModelNotFound, RequestRejected
@@ -70,7 +73,8 @@ VECTORS = (
 STRINGS = ("decision", "reasons", "label")
 OUTPUT_NAMES = frozenset({"probabilities", *VECTORS, "ood_flag", *STRINGS})
 PLATFORMS = {BackendKind.TORCH: "sbnn_pytorch", BackendKind.ONNX: "sbnn_onnxruntime"}
-PARAMETER_NAMES = ("samples", "seed", "sampler", "tolerance")
+DECISIONS = {d: d.value for d in Decision}
+PARAMETER_NAMES = ("samples", "seed", "sampler", "tolerance", "binary_data_output")
 
 
 def _outputs_metadata(manifest: Manifest) -> list[TensorMetadata]:
@@ -89,7 +93,7 @@ def server_metadata() -> ServerMetadataResponse:
         version = metadata.version("sbnn")
     except metadata.PackageNotFoundError:
         version = "0+unknown"
-    return ServerMetadataResponse(name="sbnn", version=version, extensions=[])
+    return ServerMetadataResponse(name="sbnn", version=version, extensions=[v2_binary.EXTENSION])
 
 
 @router.get("/health/live", response_model=LiveResponse, summary="Liveness")
@@ -114,7 +118,7 @@ def _model_ready(name: str, dataplane: DataPlaneDep) -> Any:
     return JSONResponse({"name": name, "ready": is_ready}, status_code=200 if is_ready else 503)
 
 
-def _model_metadata(name: str, dataplane: DataPlaneDep) -> ModelMetadataResponse:
+def model_metadata(name: str, dataplane: DataPlaneDep) -> ModelMetadataResponse:
     model = dataplane.model(name)
     manifest = model.manifest
     assert model.backend is not None  # a ready model has its backend
@@ -131,12 +135,12 @@ def _model_metadata(name: str, dataplane: DataPlaneDep) -> ModelMetadataResponse
     )
 
 
-def _values(tensor: RequestInput, field: str) -> list[Any]:
+def _values(tensor: RequestInput, field: str) -> list[Any] | np.ndarray:
     """The N values of a [N] (flat data) or [N, 1] (flat or nested [[v], …]) tensor."""
     shape, data = tensor.shape, tensor.data
     if any(d < 0 for d in shape) or (len(shape) == 2 and shape[1] != 1):
         raise RequestRejected(field, f"shape must be [N] or [N, 1], got {shape}")
-    if any(isinstance(v, list) for v in data):
+    if not isinstance(data, np.ndarray) and any(isinstance(v, list) for v in data):  # an array came flat
         nested_ok = len(shape) == 2 and all(
             isinstance(v, list) and len(v) == 1 and not isinstance(v[0], list) for v in data
         )
@@ -148,19 +152,21 @@ def _values(tensor: RequestInput, field: str) -> list[Any]:
     return data
 
 
-def _check_tensor(tensor: RequestInput, kind: FeatureKind) -> list[Any]:
+def _check_tensor(tensor: RequestInput, kind: FeatureKind) -> list[Any] | np.ndarray:
     """Datatype and shape of one input tensor, and integer datatypes' ranges -> its N values (each value is
     checked against the feature by the model's preprocessing)."""
     field = f"inputs.{tensor.name}"
     values = _values(tensor, field)
     datatype = tensor.datatype
+    if datatype not in DATATYPES:
+        raise RequestRejected(field, f"unknown datatype {datatype}; expected one of {DATATYPES}")
     if kind is FeatureKind.CATEGORICAL:
         if datatype != "BYTES":
             raise RequestRejected(field, f"categorical feature needs datatype BYTES, got {datatype}")
         return values
     if datatype not in NUMERIC_DATATYPES:
         raise RequestRejected(field, f"numeric feature needs one of {sorted(NUMERIC_DATATYPES)}, got {datatype}")
-    if datatype in INTEGER_RANGES:
+    if datatype in INTEGER_RANGES and not isinstance(values, np.ndarray):  # an array is in its dtype's range
         low, high = INTEGER_RANGES[datatype]
         for row, value in enumerate(values):
             integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
@@ -222,52 +228,73 @@ def _tolerance(request: InferenceRequest) -> float | None:
     return float(value)
 
 
-def _numbers(values: np.ndarray) -> list[float | None]:
-    """FP64 data with null where a value is missing (a rejected row; JSON has no NaN)."""
-    return [v if math.isfinite(v) else None for v in values.tolist()]
+def output_tensors(result: InferenceResult, request: InferenceRequest) -> list[OutputTensor]:
+    """The requested outputs (default: all), in the order asked."""
+    s, gate = result.scores, result.gate
+    n, classes = result.rows, len(result.manifest.task.labels)
 
+    def scored(values: np.ndarray | None, *shape: int) -> np.ndarray:
+        return np.full((n, *shape), np.nan) if values is None else result.spread(values)
 
-def _encode(result: InferenceResult, request: InferenceRequest) -> InferenceResponse:
-    s, m, gate = result.scores, result.manifest, result.gate
-    n, classes = result.rows, len(m.task.labels)
+    def strings(values: list[str]) -> np.ndarray:
+        return np.array(values, dtype=object)
 
-    def scored(values: np.ndarray | None) -> list[Any]:
-        return [None] * n if values is None else result.per_row(values)
+    labels = np.full(n, "", dtype=object)  # "" where the gate rejected the row
+    if s is not None:
+        labels[result.scored] = np.array(result.manifest.task.labels, dtype=object)[s.probs.argmax(1)]
 
-    probs = scored(None if s is None else s.probs)
-    available: dict[str, tuple[str, list[int], list[Any]]] = {
-        "probabilities": ("FP64", [n, classes], [p for row in probs for p in (row or [None] * classes)]),
+    available: dict[str, tuple[str, list[int], np.ndarray]] = {
+        "probabilities": ("FP64", [n, classes], scored(None if s is None else s.probs, classes)),
         "total_entropy": ("FP64", [n], scored(None if s is None else s.total)),
         "aleatoric": ("FP64", [n], scored(None if s is None else s.aleatoric)),
         "mutual_information": ("FP64", [n], scored(None if s is None else s.epistemic)),
         "predictive_std": ("FP64", [n], scored(None if s is None else s.std)),
-        "support_score": ("FP64", [n], _numbers(gate.scores[Component.SUPPORT])),
-        "support_percentile": ("FP64", [n], _numbers(gate.percentiles[Component.SUPPORT])),
-        "density_score": ("FP64", [n], _numbers(gate.scores[Component.DENSITY])),
-        "density_percentile": ("FP64", [n], _numbers(gate.percentiles[Component.DENSITY])),
-        "epistemic_percentile": ("FP64", [n], _numbers(gate.percentiles[Component.EPISTEMIC])),
-        "ood_flag": ("BOOL", [n], (~gate.accepted).tolist()),
-        "decision": ("BYTES", [n], [d.value for d in gate.decisions]),
-        "reasons": ("BYTES", [n], [",".join(r) for r in gate.reasons]),
-        "label": ("BYTES", [n], [label or "" for label in result.labels]),
+        "support_score": ("FP64", [n], gate.scores[Component.SUPPORT]),
+        "support_percentile": ("FP64", [n], gate.percentiles[Component.SUPPORT]),
+        "density_score": ("FP64", [n], gate.scores[Component.DENSITY]),
+        "density_percentile": ("FP64", [n], gate.percentiles[Component.DENSITY]),
+        "epistemic_percentile": ("FP64", [n], gate.percentiles[Component.EPISTEMIC]),
+        "ood_flag": ("BOOL", [n], ~gate.accepted),
+        "decision": ("BYTES", [n], strings(list(map(DECISIONS.__getitem__, gate.decisions)))),
+        "reasons": ("BYTES", [n], strings(list(map(",".join, gate.reasons)))),
+        "label": ("BYTES", [n], labels),
     }
     wanted = [o.name for o in request.outputs] if request.outputs else list(available)
+    return [OutputTensor(name, *available[name][:2], available[name][2].ravel()) for name in wanted]
+
+
+def response_parameters(result: InferenceResult) -> dict[str, Any]:
+    """What ran: samples, seed, sampler, the Monte Carlo error bounds and the weights' sha256."""
+    s = result.scores
     parameters: dict[str, Any] = {"samples": result.samples}
     if s is not None:
         parameters.update(seed=s.plan.seed, sampler=s.plan.sampler.value, mc_error_probability=s.mc_error.probability)
         if math.isfinite(s.mc_error.mutual_information):
             parameters["mc_error_mutual_information"] = s.mc_error.mutual_information
-    parameters["model_sha256"] = m.weights.sha256
-    return InferenceResponse(
-        model_name=m.name,
-        model_version=m.version,
+    parameters["model_sha256"] = result.manifest.weights.sha256
+    return parameters
+
+
+def encode(result: InferenceResult, request: InferenceRequest) -> Response:
+    """The response body: every output's data in the JSON, or after it as binary where the request asked."""
+    tensors = output_tensors(result, request)
+    binary = v2_binary.binary_outputs(request, [t.name for t in tensors])
+    outputs, chunks = [], []
+    for t in tensors:
+        if t.name in binary:
+            chunks.append(to_bytes(t.datatype, t.values))
+            parameters = {"binary_data_size": len(chunks[-1])}
+            outputs.append(ResponseOutput(name=t.name, datatype=t.datatype, shape=t.shape, parameters=parameters))
+        else:
+            outputs.append(ResponseOutput(name=t.name, datatype=t.datatype, shape=t.shape, data=t.data()))
+    response = InferenceResponse(
+        model_name=result.manifest.name,
+        model_version=result.manifest.version,
         id=request.id,
-        parameters=parameters,
-        outputs=[
-            ResponseOutput(name=name, datatype=available[name][0], shape=available[name][1], data=available[name][2])
-            for name in wanted
-        ],
+        parameters=response_parameters(result),
+        outputs=outputs,
     )
+    return v2_binary.render(response, chunks)
 
 
 def _refuse_misspelt(where: str, given: Sequence[str], known: Sequence[str]) -> None:
@@ -300,6 +327,12 @@ def _decoded(request: InferenceRequest, features: Sequence[FeatureSpec]) -> tupl
             raise RequestRejected(f"outputs.{output}", f"unknown output; available: {sorted(OUTPUT_NAMES)}")
         if asked.count(output) > 1:
             raise RequestRejected(f"outputs.{output}", "output requested more than once")
+    for output in request.outputs or []:
+        if "classification" in (output.parameters or {}):
+            raise RequestRejected(
+                f"outputs.{output.name}.parameters.classification",
+                "the classification extension is not supported; ask for 'probabilities' and 'label'",
+            )
     columns = _columns(request, features)
     options = RequestOptions(
         samples=_parameter(request, "samples"),
@@ -310,7 +343,7 @@ def _decoded(request: InferenceRequest, features: Sequence[FeatureSpec]) -> tupl
     return columns, options
 
 
-def _decode(name: str, request: InferenceRequest) -> ScoringRequest:
+def decode(name: str, request: InferenceRequest) -> ScoringRequest:
     return ScoringRequest(
         model=name,
         decode=lambda features: _decoded(request, features),
@@ -320,11 +353,12 @@ def _decode(name: str, request: InferenceRequest) -> ScoringRequest:
     )
 
 
-async def _infer(name: str, request: InferenceRequest, dataplane: DataPlaneDep) -> InferenceResponse:
-    return _encode(await dataplane.infer(_decode(name, request)), request)
+async def _infer(name: str, http: Request, dataplane: DataPlaneDep) -> Response:
+    request = v2_binary.read_request(await http.body(), http.headers.get(v2_binary.HEADER))
+    return encode(await dataplane.infer(decode(name, request)), request)
 
 
-def _versioned(version: str, name: str, dataplane: DataPlaneDep) -> None:
+def check_version(version: str, name: str, dataplane: DataPlaneDep) -> None:
     """A versioned path names the one version each model folder holds; another version is unknown (404)."""
     entry = dataplane.repository.lookup(name)
     if entry.state is ModelState.READY and entry.manifest.version != version:
@@ -332,26 +366,45 @@ def _versioned(version: str, name: str, dataplane: DataPlaneDep) -> None:
 
 
 def _model_ready_versioned(name: str, version: str, dataplane: DataPlaneDep) -> Any:
-    _versioned(version, name, dataplane)
+    check_version(version, name, dataplane)
     return _model_ready(name, dataplane)
 
 
 def _model_metadata_versioned(name: str, version: str, dataplane: DataPlaneDep) -> ModelMetadataResponse:
-    _versioned(version, name, dataplane)
-    return _model_metadata(name, dataplane)
+    check_version(version, name, dataplane)
+    return model_metadata(name, dataplane)
 
 
-async def _infer_versioned(
-    name: str, version: str, request: InferenceRequest, dataplane: DataPlaneDep
-) -> InferenceResponse:
-    _versioned(version, name, dataplane)
-    return await _infer(name, request, dataplane)
+async def _infer_versioned(name: str, version: str, http: Request, dataplane: DataPlaneDep) -> Response:
+    check_version(version, name, dataplane)
+    return await _infer(name, http, dataplane)
+
+
+# The inference body is read by v2_binary (JSON, or JSON and binary data), so its schema is declared here.
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": f"The binary tensor data extension: {v2_binary.HEADER} bytes of JSON, then data.",
+            },
+        },
+    }
+}
+
+
+def openapi_schemas() -> dict[str, Any]:
+    """InferenceRequest and the schemas it refers to, for the OpenAPI document's components."""
+    schema = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {**schema.pop("$defs", {}), "InferenceRequest": schema}
 
 
 for path, endpoint, method, model, summary in [
     ("/models/{name}/ready", _model_ready, "GET", ModelReadyResponse, "Model readiness"),
     ("/models/{name}/versions/{version}/ready", _model_ready_versioned, "GET", ModelReadyResponse, "Model readiness"),
-    ("/models/{name}", _model_metadata, "GET", ModelMetadataResponse, "Model metadata"),
+    ("/models/{name}", model_metadata, "GET", ModelMetadataResponse, "Model metadata"),
     ("/models/{name}/versions/{version}", _model_metadata_versioned, "GET", ModelMetadataResponse, "Model metadata"),
     ("/models/{name}/infer", _infer, "POST", InferenceResponse, "Inference"),
     ("/models/{name}/versions/{version}/infer", _infer_versioned, "POST", InferenceResponse, "Inference"),
@@ -364,4 +417,5 @@ for path, endpoint, method, model, summary in [
         responses=ERRORS,
         summary=summary,
         response_model_exclude_none=True,
+        openapi_extra=INFER_BODY if method == "POST" else None,
     )

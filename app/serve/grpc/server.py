@@ -1,19 +1,18 @@
 """The gRPC surface: ``inference.GRPCInferenceService`` over the same data plane as /v2, and ``grpc.health.v1``.
 
 A ModelInfer request becomes the /v2 wire request (``InferenceRequest``): typed ``contents`` or
-``raw_input_contents`` (little-endian; BYTES elements each prefixed by a 4-byte little-endian length) → the
-tensor's flat data (FP32/FP64 NaN: a missing value, as JSON's null). From there it walks /v2's corridor
-unchanged (``v2._decode`` → ``DataPlane.infer`` → ``v2._encode``), so validation, limits, the gate, metrics and
-messages are /v2's. Outputs go back as typed contents, or as ``raw_output_contents`` when the request sent raw
-inputs (a missing FP64 value, a rejected row's, is NaN). Errors map to status codes with /v2's messages:
-INVALID_ARGUMENT (400), NOT_FOUND (404), UNAVAILABLE (503).
+``raw_input_contents`` (``app.serve.api.tensors``: little-endian, BYTES elements length-prefixed) → the
+tensor's flat data. gRPC has no null: a missing value is NaN (FP16/FP32/FP64) or an empty BYTES element. From
+there it walks /v2's corridor unchanged (``v2.decode`` → ``DataPlane.infer`` → ``v2.output_tensors``), so
+validation, limits, the gate, metrics and messages are /v2's. Outputs go back as typed contents, or as
+``raw_output_contents`` when the request sent raw inputs (a rejected row's FP64 outputs are NaN). Errors map
+to status codes with /v2's messages: INVALID_ARGUMENT (400), NOT_FOUND (404), UNAVAILABLE (503),
+RESOURCE_EXHAUSTED (a message over the size limit).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -25,8 +24,9 @@ from pydantic import ValidationError
 
 from app.errors import SchemaError
 from app.serve.api import v2
-from app.serve.api.schemas_v2 import InferenceRequest, InferenceResponse
-from app.serve.dataplane import DataPlane
+from app.serve.api.schemas_v2 import InferenceRequest
+from app.serve.api.tensors import DATATYPES, from_bytes, missing_as_none, text, to_bytes
+from app.serve.dataplane import DataPlane, InferenceResult
 from app.serve.errors import ModelNotFound, ModelNotReady, RequestRejected
 from app.serve.grpc import open_inference_grpc_pb2 as pb
 from app.serve.grpc import open_inference_grpc_pb2_grpc as pb_grpc
@@ -34,76 +34,40 @@ from app.serve.repository import ModelState
 
 log = logging.getLogger("sbnn.serve.grpc")
 SERVICE = "inference.GRPCInferenceService"
-# Each datatype's typed contents field and its little-endian dtype in raw contents.
+# Each datatype's typed contents field (FP16 has none: raw contents only).
 CONTENTS = {
-    "BOOL": ("bool_contents", "|b1"),
-    "INT8": ("int_contents", "<i1"),
-    "INT16": ("int_contents", "<i2"),
-    "INT32": ("int_contents", "<i4"),
-    "INT64": ("int64_contents", "<i8"),
-    "UINT8": ("uint_contents", "<u1"),
-    "UINT16": ("uint_contents", "<u2"),
-    "UINT32": ("uint_contents", "<u4"),
-    "UINT64": ("uint64_contents", "<u8"),
-    "FP16": (None, "<f2"),  # no typed contents field: raw only
-    "FP32": ("fp32_contents", "<f4"),
-    "FP64": ("fp64_contents", "<f8"),
-    "BYTES": ("bytes_contents", None),
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 T = TypeVar("T")
 
 
-def _missing_as_none(values: list[Any], datatype: str) -> list[Any]:
-    return [None if isinstance(v, float) and math.isnan(v) else v for v in values] if datatype[:2] == "FP" else values
-
-
-def _bytes_elements(field: str, raw: bytes) -> list[bytes]:
-    out, at = [], 0
-    while at < len(raw):
-        if at + 4 > len(raw):
-            raise RequestRejected(field, "raw BYTES contents end inside a 4-byte length prefix")
-        (size,) = struct.unpack_from("<I", raw, at)
-        at += 4
-        if at + size > len(raw):
-            raise RequestRejected(field, f"raw BYTES element of {size} bytes runs past the contents")
-        out.append(raw[at : at + size])
-        at += size
-    return out
-
-
-def _text(field: str, elements: list[bytes]) -> list[str]:
-    try:
-        return [e.decode("utf-8") for e in elements]
-    except UnicodeDecodeError:
-        raise RequestRejected(field, "BYTES element is not valid UTF-8") from None
-
-
-def _raw_data(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes) -> list[Any]:
+def _typed_data(tensor: pb.ModelInferRequest.InferInputTensor) -> list[Any] | np.ndarray:
     field = f"inputs.{tensor.name}"
-    if tensor.datatype not in CONTENTS:
-        raise RequestRejected(field, f"unknown datatype {tensor.datatype}; expected one of {sorted(CONTENTS)}")
-    if tensor.datatype == "BYTES":
-        return _text(field, _bytes_elements(field, raw))
-    dtype = np.dtype(CONTENTS[tensor.datatype][1])
-    if len(raw) % dtype.itemsize:
-        raise RequestRejected(field, f"raw contents of {len(raw)} bytes are not a whole number of {tensor.datatype}")
-    return _missing_as_none(np.frombuffer(raw, dtype=dtype).tolist(), tensor.datatype)
-
-
-def _typed_data(tensor: pb.ModelInferRequest.InferInputTensor) -> list[Any]:
-    field = f"inputs.{tensor.name}"
-    if tensor.datatype not in CONTENTS:
-        raise RequestRejected(field, f"unknown datatype {tensor.datatype}; expected one of {sorted(CONTENTS)}")
-    name = CONTENTS[tensor.datatype][0]
+    if tensor.datatype not in DATATYPES:
+        raise RequestRejected(field, f"unknown datatype {tensor.datatype}; expected one of {DATATYPES}")
+    name = CONTENTS.get(tensor.datatype)
     if name is None:
         raise RequestRejected(field, f"{tensor.datatype} has no typed contents; send raw_input_contents")
     others = [f.name for f, _ in tensor.contents.ListFields() if f.name != name]
     if others:
         raise RequestRejected(f"{field}.contents", f"datatype {tensor.datatype} takes {name}, got {others[0]}")
-    values = list(getattr(tensor.contents, name))
+    values = getattr(tensor.contents, name)
     if tensor.datatype == "BYTES":
-        return _text(field, values)
-    return _missing_as_none(values, tensor.datatype)
+        return missing_as_none(text(field, list(values)), tensor.datatype)
+    if tensor.datatype in ("FP32", "FP64"):
+        return np.array(values, dtype=np.float64)  # NaN is a missing value, as in binary data
+    return list(values)  # integers stay Python ints: /v2 checks each against its datatype's range
 
 
 def _parameter(value: pb.InferParameter) -> Any:
@@ -121,15 +85,15 @@ def _request(message: pb.ModelInferRequest) -> InferenceRequest:
     raw = list(message.raw_input_contents)
     if raw and len(raw) != len(message.inputs):
         raise RequestRejected("raw_input_contents", f"{len(raw)} raw contents for {len(message.inputs)} inputs")
-    inputs = []
+    inputs, data = [], []
     for i, tensor in enumerate(message.inputs):
         if raw and tensor.HasField("contents"):
             raise RequestRejected(f"inputs.{tensor.name}.contents", "not allowed together with raw_input_contents")
-        data = _raw_data(tensor, raw[i]) if raw else _typed_data(tensor)
+        data.append(from_bytes(f"inputs.{tensor.name}", tensor.datatype, raw[i]) if raw else _typed_data(tensor))
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
         if tensor.parameters:
             entry["parameters"] = _parameters(tensor.parameters)
-        inputs.append({**entry, "data": data})
+        inputs.append(entry)
     body: dict[str, Any] = {"inputs": inputs}
     if message.id:
         body["id"] = message.id
@@ -137,7 +101,10 @@ def _request(message: pb.ModelInferRequest) -> InferenceRequest:
         body["parameters"] = _parameters(message.parameters)
     if message.outputs:
         body["outputs"] = [{"name": output.name} for output in message.outputs]
-    return InferenceRequest.model_validate(body)
+    request = InferenceRequest.model_validate(body)
+    for tensor, values in zip(request.inputs, data, strict=True):
+        tensor.data = values  # as read_request places binary data: an array is not revalidated as a list
+    return request
 
 
 def _set_parameter(target: pb.InferParameter, value: Any) -> None:
@@ -151,33 +118,19 @@ def _set_parameter(target: pb.InferParameter, value: Any) -> None:
         target.string_param = str(value)
 
 
-def _contents(datatype: str, data: list[Any]) -> list[Any]:
-    if datatype == "BYTES":
-        return [str(v).encode("utf-8") for v in data]
-    if datatype == "FP64":
-        return [math.nan if v is None else v for v in data]
-    return data
-
-
-def _raw(datatype: str, values: list[Any]) -> bytes:
-    if datatype == "BYTES":
-        return b"".join(struct.pack("<I", len(v)) + v for v in values)
-    return np.asarray(values, dtype=CONTENTS[datatype][1]).tobytes()
-
-
-def _response(response: InferenceResponse, raw: bool) -> pb.ModelInferResponse:
-    message = pb.ModelInferResponse(
-        model_name=response.model_name, model_version=response.model_version or "", id=response.id or ""
-    )
-    for key, value in (response.parameters or {}).items():
+def _response(result: InferenceResult, request: InferenceRequest, raw: bool) -> pb.ModelInferResponse:
+    manifest = result.manifest
+    message = pb.ModelInferResponse(model_name=manifest.name, model_version=manifest.version, id=request.id or "")
+    for key, value in v2.response_parameters(result).items():
         _set_parameter(message.parameters[key], value)
-    for output in response.outputs:
+    for output in v2.output_tensors(result, request):
         tensor = message.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
-        values = _contents(output.datatype, output.data)
         if raw:
-            message.raw_output_contents.append(_raw(output.datatype, values))
+            message.raw_output_contents.append(to_bytes(output.datatype, output.values))
+        elif output.datatype == "BYTES":
+            tensor.contents.bytes_contents.extend(v.encode("utf-8") for v in output.values.tolist())
         else:
-            getattr(tensor.contents, CONTENTS[output.datatype][0]).extend(values)
+            getattr(tensor.contents, CONTENTS[output.datatype]).extend(output.values.tolist())
     return message
 
 
@@ -231,7 +184,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:  # noqa: N802
         async def work() -> pb.ModelReadyResponse:
             if request.version:
-                v2._versioned(request.version, request.name, self.dataplane)
+                v2.check_version(request.version, request.name, self.dataplane)
             entry = self.dataplane.repository.lookup(request.name)
             return pb.ModelReadyResponse(ready=entry.state is ModelState.READY)
 
@@ -242,8 +195,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelMetadataResponse:
         async def work() -> pb.ModelMetadataResponse:
             if request.version:
-                v2._versioned(request.version, request.name, self.dataplane)
-            meta = v2._model_metadata(request.name, self.dataplane)
+                v2.check_version(request.version, request.name, self.dataplane)
+            meta = v2.model_metadata(request.name, self.dataplane)
             tensors = [pb.ModelMetadataResponse.TensorMetadata(**t.model_dump()) for t in meta.inputs]
             outputs = [pb.ModelMetadataResponse.TensorMetadata(**t.model_dump()) for t in meta.outputs]
             return pb.ModelMetadataResponse(
@@ -255,10 +208,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:  # noqa: N802
         async def work() -> pb.ModelInferResponse:
             if request.model_version:
-                v2._versioned(request.model_version, request.model_name, self.dataplane)
+                v2.check_version(request.model_version, request.model_name, self.dataplane)
             body = _request(request)
-            answer = v2._encode(await self.dataplane.infer(v2._decode(request.model_name, body)), body)
-            return _response(answer, raw=bool(request.raw_input_contents))
+            result = await self.dataplane.infer(v2.decode(request.model_name, body))
+            return _response(result, body, raw=bool(request.raw_input_contents))
 
         return await self._call("ModelInfer", context, request.model_name, work)
 
