@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -127,9 +127,13 @@ def _free_loopback_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def live_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real uvicorn process serving the repository on a free loopback port; yields its base URL."""
+@contextmanager
+def running_uvicorn(
+    model_repository: Path, log_dir: Path, ready: Callable[[], bool] = lambda: True, **settings: str
+) -> Iterator[str]:
+    """A real uvicorn process serving ``model_repository`` on a free loopback port with LIMITS and SBNN_<KEY>
+    ``settings`` (gRPC off unless one turns it on); yields its base URL once /v2/health/ready is 200 and
+    ``ready()`` holds; stopped by SIGTERM."""
     port = _free_loopback_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("SBNN_")}
     env.update(
@@ -139,22 +143,12 @@ def live_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory
             "SBNN_BATCH_MAX_WAIT_MS": "5",
             "SBNN_GRPC_PORT": "0",
             **{f"SBNN_{key.upper()}": str(value) for key, value in LIMITS.items()},
+            **{f"SBNN_{key.upper()}": value for key, value in settings.items()},
         }
     )
-    log_path = tmp_path_factory.mktemp("uvicorn") / "stderr.log"
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "app.serve.app:app_from_env",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
+    log_path = log_dir / "stderr.log"
+    command = [sys.executable, "-m", "uvicorn", "--factory", "app.serve.app:app_from_env"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     base_url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -164,10 +158,11 @@ def live_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory
             if process.poll() is not None:
                 pytest.fail(f"uvicorn exited with {process.returncode} during startup:\n{log_path.read_text()}")
             try:
-                if httpx.get(f"{base_url}/v2/health/ready", timeout=2.0).status_code == 200:
-                    break
+                up = httpx.get(f"{base_url}/v2/health/ready", timeout=2.0).status_code == 200
             except httpx.TransportError:
-                pass
+                up = False
+            if up and ready():
+                break
             if time.monotonic() > deadline:
                 pytest.fail(f"uvicorn not ready within {READY_TIMEOUT_S} s:\n{log_path.read_text()}")
             time.sleep(0.1)
@@ -180,6 +175,19 @@ def live_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def start_uvicorn() -> Callable[..., Any]:
+    """``running_uvicorn`` for tests that start a server of their own (other settings, gRPC on)."""
+    return running_uvicorn
+
+
+@pytest.fixture(scope="session")
+def live_server(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real uvicorn process serving the repository on a free loopback port; yields its base URL."""
+    with running_uvicorn(model_repository, tmp_path_factory.mktemp("uvicorn")) as base_url:
+        yield base_url
 
 
 class Metrics:
@@ -285,9 +293,3 @@ def assert_valid_prediction_response(body: dict[str, Any], rows: int, manifest: 
 @pytest.fixture(scope="session")
 def check_prediction() -> Callable[[dict[str, Any], int, dict[str, Any], Path], None]:
     return assert_valid_prediction_response
-
-
-@pytest.fixture(scope="session")
-def serve_limits() -> dict[str, int]:
-    """LIMITS for servers that tests start themselves (test_serve_clients.py's uvicorn with gRPC on)."""
-    return dict(LIMITS)

@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
+import re
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,50 +87,15 @@ def client_venvs() -> Path:
 
 @pytest.fixture(scope="module")
 def oip_server(
-    model_repository: Path, serve_limits: dict[str, int], tmp_path_factory: pytest.TempPathFactory
+    model_repository: Path, start_uvicorn: Callable[..., Any], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, str]]:
     """A real uvicorn (REST) with gRPC on, both on free loopback ports; yields (base URL, gRPC address)."""
-    port, grpc_port = _free_loopback_port(), _free_loopback_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("SBNN_")}
-    env.update(
-        {
-            "SBNN_MODELS": str(model_repository),
-            "SBNN_DEVICE": "cpu",
-            "SBNN_HOST": "127.0.0.1",
-            "SBNN_BATCH_MAX_WAIT_MS": "5",
-            "SBNN_GRPC_PORT": str(grpc_port),
-            **{f"SBNN_{key.upper()}": str(value) for key, value in serve_limits.items()},
-        }
-    )
-    log_path = tmp_path_factory.mktemp("uvicorn-clients") / "stderr.log"
-    command = [sys.executable, "-m", "uvicorn", "--factory", "app.serve.app:app_from_env"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    base_url = f"http://127.0.0.1:{port}"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"uvicorn exited with {process.returncode} during startup:\n{log_path.read_text()}")
-            try:
-                ready = httpx.get(f"{base_url}/v2/health/ready", timeout=2.0).status_code == 200
-            except httpx.TransportError:
-                ready = False
-            if ready and _listening(grpc_port):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"uvicorn not ready within {READY_TIMEOUT_S} s:\n{log_path.read_text()}")
-            time.sleep(0.1)
+    grpc_port = _free_loopback_port()
+    log_dir = tmp_path_factory.mktemp("uvicorn-clients")
+    with start_uvicorn(
+        model_repository, log_dir, ready=lambda: _listening(grpc_port), host="127.0.0.1", grpc_port=str(grpc_port)
+    ) as base_url:
         yield base_url, f"127.0.0.1:{grpc_port}"
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -256,3 +220,34 @@ def test_client_decodes_the_v1_numbers(
         wrong = {key: (got.get(key), value) for key, value in wanted.items() if not _same(got.get(key), value)}
         assert not wrong, f"row {index} ({DECISIONS[index]}): (client, /v1) differ for {wrong}"
     assert rows[2]["probabilities"] is None and rows[2]["label"] == "" and rows[2]["mutual_information"] is None
+
+
+DOCS_API = REPO / "docs" / "api.md"
+# docs/api.md's client examples: ```triton-python and ```kserve-python run with that client's venv, and
+# ```server-python (httpx and numpy only) with this one; each against this module's server.
+SNIPPET = re.compile(r"^```(triton|kserve|server)-python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+
+
+def _snippets() -> list[tuple[str, int, str]]:
+    text = DOCS_API.read_text()
+    return [(m.group(1), text.count("\n", 0, m.start()) + 1, m.group(2)) for m in SNIPPET.finditer(text)]
+
+
+def test_docs_have_client_snippets() -> None:
+    assert {kind for kind, _, _ in _snippets()} == {"triton", "kserve", "server"}
+
+
+@pytest.mark.parametrize(("kind", "line", "source"), _snippets(), ids=[f"{k}-line{n}" for k, n, _ in _snippets()])
+def test_docs_client_snippet_runs(
+    client_venvs: Path, oip_server: tuple[str, str], tmp_path: Path, kind: str, line: int, source: str
+) -> None:
+    """Each snippet as written, with the documented addresses (127.0.0.1:8000 and :8081) pointed at this server."""
+    rest, grpc_address = oip_server[0].removeprefix("http://"), oip_server[1]
+    script = tmp_path / "snippet.py"
+    script.write_text(source.replace("127.0.0.1:8000", rest).replace("127.0.0.1:8081", grpc_address))
+    python = Path(sys.executable) if kind == "server" else client_venvs / kind / "bin" / "python"
+    if not python.exists():
+        pytest.fail(f"SBNN_CLIENT_VENVS={client_venvs} has no {kind} venv: run tests/serve/clients/make_venvs.sh")
+    done = subprocess.run([str(python), str(script)], capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S)
+    assert done.returncode == 0, f"docs/api.md line {line}:\n{done.stdout}\n{done.stderr[-3000:]}"
+    assert "accept" in done.stdout, done.stdout

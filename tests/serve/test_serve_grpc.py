@@ -441,3 +441,16 @@ async def test_a_message_over_the_size_limit_is_resource_exhausted(stub: pb_grpc
         await stub.ModelInfer(request)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "65536" in info.value.details()
+
+
+async def test_extensions_outside_the_protocol_are_unimplemented_and_404(served: Any) -> None:
+    """Triton's repository, statistics and shared-memory calls are not in the protocol: UNIMPLEMENTED and 404."""
+    rest, channel = served
+    for method in ("RepositoryIndex", "ModelStatistics", "SystemSharedMemoryStatus"):
+        call = channel.unary_unary(f"/{pb.DESCRIPTOR.package}.GRPCInferenceService/{method}")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(b"")
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED, method
+    for path in ("/v2/repository/index", f"/v2/models/{MODEL}/stats", "/v2/systemsharedmemory/status"):
+        response = await rest.post(path, json={})
+        assert response.status_code == 404 and "error" in response.json(), path

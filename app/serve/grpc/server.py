@@ -3,7 +3,7 @@
 A ModelInfer request becomes the /v2 wire request (``InferenceRequest``): typed ``contents`` or
 ``raw_input_contents`` (``app.serve.api.tensors``: little-endian, BYTES elements length-prefixed) → the
 tensor's flat data. gRPC has no null: a missing value is NaN (FP16/FP32/FP64) or an empty BYTES element. From
-there it walks /v2's corridor unchanged (``v2.decode`` → ``DataPlane.infer`` → ``v2.output_tensors``), so
+there it walks /v2's corridor unchanged (``v2.decode`` → ``DataPlane.infer`` → ``v2_outputs.output_tensors``), so
 validation, limits, the gate, metrics and messages are /v2's. Outputs go back as typed contents, or as
 ``raw_output_contents`` when the request sent raw inputs (a rejected row's FP64 outputs are NaN). Errors map
 to status codes with /v2's messages: INVALID_ARGUMENT (400), NOT_FOUND (404), UNAVAILABLE (503),
@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
 from app.errors import SchemaError
-from app.serve.api import v2
+from app.serve.api import v2, v2_outputs
 from app.serve.api.schemas_v2 import InferenceRequest
 from app.serve.api.tensors import DATATYPES, from_bytes, missing_as_none, text, to_bytes
 from app.serve.dataplane import DataPlane, InferenceResult
@@ -121,9 +121,9 @@ def _set_parameter(target: pb.InferParameter, value: Any) -> None:
 def _response(result: InferenceResult, request: InferenceRequest, raw: bool) -> pb.ModelInferResponse:
     manifest = result.manifest
     message = pb.ModelInferResponse(model_name=manifest.name, model_version=manifest.version, id=request.id or "")
-    for key, value in v2.response_parameters(result).items():
+    for key, value in v2_outputs.response_parameters(result).items():
         _set_parameter(message.parameters[key], value)
-    for output in v2.output_tensors(result, request):
+    for output in v2_outputs.output_tensors(result, request):
         tensor = message.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
         if raw:
             message.raw_output_contents.append(to_bytes(output.datatype, output.values))
