@@ -30,6 +30,7 @@ from app.cli_options import (
     steps,
     warn,
 )
+from app.serve.keys_command import keys_app
 from app.study.command import compare
 from app.train.config import ClassWeight
 
@@ -43,6 +44,7 @@ app = typer.Typer(
     rich_markup_mode=None,  # help as written: rich markup would eat every [...]
     context_settings={"max_content_width": 120},
 )
+app.add_typer(keys_app, name="keys")
 # TrainConfig fields whose option has another name.
 OPTION_OF_FIELD = {"kl_warmup_epochs": "--kl-warmup", "default_samples": "--samples"}
 
@@ -358,6 +360,12 @@ def serve(
     backend: Annotated[
         str | None, typer.Option(help="torch, onnx (exported bank, no torch) or auto (env SBNN_BACKEND).")
     ] = None,
+    api_keys_file: Annotated[
+        Path | None, typer.Option(help="API keys file (env SBNN_API_KEYS_FILE; `sbnn keys new` writes one).")
+    ] = None,
+    allow_unauthenticated: Annotated[
+        bool, typer.Option(help="Serve a non-loopback --host with no API key: anyone who can reach it may call.")
+    ] = False,
 ) -> None:
     """Serve every checkpoint under the model folder: REST /v1, Open Inference Protocol /v2 and gRPC, /metrics."""
     import uvicorn
@@ -367,6 +375,7 @@ def serve(
     from app.serve.settings import Settings
 
     given = {"models": models, "host": host, "port": port, "device": device, "backend": backend}
+    given |= {"api_keys_file": api_keys_file, "allow_unauthenticated": allow_unauthenticated}
     overrides: dict[str, object] = {k: v for k, v in given.items() if v}
     if grpc_port is not None:  # 0 is a value here: gRPC off
         overrides["grpc_port"] = grpc_port
@@ -378,7 +387,14 @@ def serve(
     except ImportError as exc:  # --backend onnx without the onnx extra
         exit_missing_extra("serve", exc, [])
     # One worker process: metrics and drift windows live in this process (see docs/serving.md).
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level=settings.log_level, workers=1)
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        workers=1,
+        server_header=False,  # no "server: uvicorn": what runs here is nobody else's business
+    )
 
 
 def main() -> None:

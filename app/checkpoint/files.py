@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -50,7 +51,7 @@ def read_manifest(folder: str | Path) -> Manifest:
     path = folder / MANIFEST_FILE
     if not folder.is_dir():
         raise CheckpointError(str(folder), "not a checkpoint folder (no such directory)")
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
             raise CheckpointError(
@@ -59,11 +60,14 @@ def read_manifest(folder: str | Path) -> Manifest:
                 "re-save as safetensors with a manifest.json",
             )
         raise CheckpointError(str(path), "missing manifest.json")
-    size = path.stat().st_size
+    size = _regular_file(path, "manifest").st_size
     if size > MAX_MANIFEST_BYTES:
         raise CheckpointError(str(path), f"manifest is {size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit")
+    text = _read_at_most(path, MAX_MANIFEST_BYTES, "manifest")
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise CheckpointError(str(path), f"manifest grew past the {MAX_MANIFEST_BYTES}-byte limit while read")
     try:
-        raw = json.loads(path.read_bytes())
+        raw = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(str(path), f"not valid JSON ({exc})") from exc
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
@@ -130,11 +134,44 @@ def rebuild_command(raw: dict, folder: Path) -> str:
     return " ".join(parts)
 
 
+def _regular_file(path: Path, where: str) -> os.stat_result:
+    """``path``'s own status (not a link's target): CheckpointError unless it is a regular file."""
+    try:
+        status = path.lstat()
+    except FileNotFoundError:
+        raise CheckpointError(str(path), f"{where} file is missing") from None
+    except OSError as exc:
+        raise CheckpointError(str(path), f"{where} file cannot be read ({exc.strerror})") from None
+    if stat.S_ISLNK(status.st_mode):
+        raise CheckpointError(str(path), f"{where} file is a symbolic link; checkpoint files must be regular files")
+    if not stat.S_ISREG(status.st_mode):
+        raise CheckpointError(str(path), f"{where} file is not a regular file")
+    return status
+
+
+def _read_at_most(path: Path, limit: int, where: str) -> bytes:
+    """Up to ``limit`` + 1 bytes of the regular file ``path``, opened without following a link (a file swapped
+    for a link or a FIFO after the check is refused, not followed or waited on)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise CheckpointError(str(path), f"{where} file cannot be opened as a regular file ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise CheckpointError(str(path), f"{where} file is not a regular file")
+        return handle.read(limit + 1)
+
+
 def _verified_bytes(path: Path, size: int, sha256: str, where: str) -> bytes:
-    """A checkpoint file's bytes after its size and sha256 were checked against the manifest's record."""
-    if not path.is_file():
-        raise CheckpointError(str(path), f"{where} file is missing")
-    data = path.read_bytes()  # hash and parse the very same bytes
+    """A checkpoint file's bytes after its size and sha256 were checked against the manifest's record.
+
+    The file must be a regular file (a symbolic link, directory or device is refused) whose size is the
+    manifest's before anything is read, and no more than that many bytes (and one) are ever read."""
+    actual = _regular_file(path, where).st_size
+    if actual != size:
+        raise CheckpointError(str(path), f"size {actual} bytes differs from the manifest's {size} (truncated?)")
+    data = _read_at_most(path, size, where)  # hash and parse the very same bytes
     if len(data) != size:
         raise CheckpointError(str(path), f"size {len(data)} bytes differs from the manifest's {size} (truncated?)")
     digest = sha256_bytes(data)

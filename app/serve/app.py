@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -23,6 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import SchemaError
 from app.serve.api import kserve_v1, ops, v1, v2
+from app.serve.api.v2_binary import HEADER
+from app.serve.auth import AuthMiddleware, DocsAccess, KeyRing
 from app.serve.backend import BackendKind
 from app.serve.batching import BatchingEngine
 from app.serve.dataplane import DataPlane
@@ -167,9 +171,31 @@ class LatencyMiddleware:
             self.metrics.request_duration.labels(model, route, str(status)).observe(time.perf_counter() - started)
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _keys(settings: Settings) -> KeyRing:
+    """The API keys; refuses a non-loopback address without any, unless ``allow_unauthenticated`` says so."""
+    keys = KeyRing(settings.api_keys_file, settings.api_keys)
+    if not keys.enabled and not _is_loopback(settings.host) and not settings.allow_unauthenticated:
+        raise ValueError(
+            f"refusing to serve {settings.host} without API keys: anyone who can reach it could call every route. "
+            "Configure keys (SBNN_API_KEYS_FILE or SBNN_API_KEYS; `sbnn keys new` makes one), or pass "
+            "--allow-unauthenticated (SBNN_ALLOW_UNAUTHENTICATED=true) to serve it open"
+        )
+    return keys
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service for ``settings`` (default: from the environment)."""
     settings = settings or Settings()
+    keys = _keys(settings)
     metrics = ServiceMetrics(CollectorRegistry())
     if settings.backend is not BackendKind.ONNX and importlib.util.find_spec("torch"):
         from app.device import resolve_device
@@ -190,7 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.grpc_port:
                 from app.serve.grpc.server import GrpcServer  # grpc is imported only when it serves
 
-                grpc_server = GrpcServer(dataplane, settings.host, settings.grpc_port, settings.max_body_bytes)
+                grpc_server = GrpcServer(dataplane, settings.host, settings.grpc_port, settings.max_body_bytes, keys)
                 await grpc_server.start()
                 loader.add_done_callback(lambda _: asyncio.ensure_future(grpc_server.mark_ready()))
             yield
@@ -207,6 +233,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "REST under /v1, the Open Inference Protocol (KServe v2) under /v2, Prometheus metrics at /metrics.",
         version=v2.server_metadata().version,
         lifespan=lifespan,
+        **({"docs_url": None, "redoc_url": None, "openapi_url": None} if settings.docs is DocsAccess.OFF else {}),
     )
     openapi = app.openapi
 
@@ -224,12 +251,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(kserve_v1.router)
     app.include_router(v2.router)
     app.include_router(ops.router)
-    # The last added runs first: HEAD as GET, latency, request id, the body limit, then the body decoded.
+    # The last added runs first: CORS, HEAD as GET, latency, request id, the API key (before any body is read),
+    # the body limit, then the body decoded.
     app.add_middleware(RequestBodyMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(AuthMiddleware, keys=keys, docs=settings.docs)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(LatencyMiddleware, metrics=metrics, repository=repository)
     app.add_middleware(HeadMiddleware)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "HEAD", "POST"],
+            allow_headers=["authorization", "content-type", "content-encoding", "x-request-id", HEADER.lower()],
+            expose_headers=["x-request-id", HEADER.lower()],
+        )
     return app
 
 

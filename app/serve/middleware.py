@@ -3,7 +3,7 @@
 - ``RequestBodyMiddleware``: gzip and deflate request bodies inflated, never beyond the body limit (a larger
   result is a 413, so a small bomb is refused, not inflated).
 - ``RequestIdMiddleware``: ``X-Request-Id`` echoed (one generated when absent or unusable); one log line per
-  request with the id and the W3C ``traceparent``, never a request value.
+  request with the id, the API key's id and the W3C ``traceparent``, never a request value.
 - ``HeadMiddleware``: HEAD answered as GET is, with the same status and headers and no body.
 """
 
@@ -163,11 +163,12 @@ class RequestIdMiddleware:
             await self.app(scope, receive, tagged)
         finally:
             access_log.info(
-                "%s %s %d %.1f ms request_id=%s traceparent=%s",
+                "%s %s %d %.1f ms key_id=%s request_id=%s traceparent=%s",
                 scope["method"],
                 getattr(scope.get("route"), "path", "unmatched"),  # the template: no value from the request
                 status,
                 1000 * (time.perf_counter() - started),
+                scope.get("state", {}).get("key_id", "-"),  # the API key's id (app.serve.auth), never the key
                 request_id,
                 traceparent or "-",
             )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from enum import Enum
@@ -44,6 +45,23 @@ class ServedModel:
         if self.backend is None:
             raise ModelNotReady(self.name, self.reason or self.state.value)
         return self.backend.manifest
+
+
+def client_reason(folder: Path, exc: Exception) -> str:
+    """Why ``folder`` failed, as clients read it (GET /v1/models, 503 answers): files named relative to the
+    model folder, no server path anywhere in the text."""
+    text = str(exc)
+    if isinstance(exc, CheckpointError):
+        where = Path(exc.path)
+        try:
+            relative = where.relative_to(folder)
+        except ValueError:
+            relative = Path(where.name) if where.name else None
+        text = exc.reason if relative is None or str(relative) == "." else f"{relative}: {exc.reason}"
+    for prefix in sorted({str(folder), str(folder.resolve())}, key=len, reverse=True):
+        text = text.replace(prefix + os.sep, "").replace(prefix, folder.name)
+    root = str(folder.parent)
+    return text.replace(root + os.sep, "") if root not in {"", ".", os.sep} else text
 
 
 class ModelRepository:
@@ -100,8 +118,8 @@ class ModelRepository:
                 )
             gate = read_gate(entry.path, backend.manifest)
         except (CheckpointError, ValueError, RuntimeError) as exc:
-            entry.state, entry.reason = ModelState.FAILED, str(exc)
-            log.error("model %s not ready: %s", entry.name, exc)
+            entry.state, entry.reason = ModelState.FAILED, client_reason(entry.path, exc)
+            log.error("model %s not ready: %s", entry.name, exc)  # the server's log keeps the full path
             return
         calibration = gate.spec.calibration
         if backend.default_bank != (calibration.samples, calibration.bank_seed):

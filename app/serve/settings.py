@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.bnn.spec import Sampler
+from app.serve.auth import DocsAccess
 from app.serve.backend import BackendKind
 
 
@@ -46,6 +47,15 @@ class Settings(BaseSettings):
     drift_window: int = Field(1000, ge=10, le=1_000_000, description="Recent predictions per model used for drift.")
     drift_min_rows: int = Field(50, ge=1, description="Rows in the window before drift gauges are reported.")
     log_level: str = Field("info", pattern=r"^(critical|error|warning|info|debug)$")
+    api_keys_file: Path | None = Field(
+        None, description="JSON file of API keys (id, sha256 of the token, scopes), re-read when it changes."
+    )
+    api_keys: str | None = Field(None, description="API keys as the same JSON, e.g. from a secret (SBNN_API_KEYS).")
+    allow_unauthenticated: bool = Field(
+        False, description="Serve a non-loopback address without any API key (anyone who can reach it may call)."
+    )
+    docs: DocsAccess = Field(DocsAccess.INFER, description="/docs and /openapi.json: public, infer (a key) or off.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins browsers may call from (CORS).")
 
     @field_validator("models")
     @classmethod

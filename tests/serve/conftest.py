@@ -148,7 +148,7 @@ def running_uvicorn(
     )
     log_path = log_dir / "stderr.log"
     command = [sys.executable, "-m", "uvicorn", "--factory", "app.serve.app:app_from_env"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-server-header"]
     base_url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)

@@ -14,7 +14,7 @@ from app.serve.api import v1
 from app.serve.api.deps import DataPlaneDep
 from app.serve.api.schemas_v1 import KServePredictResponse, LiveResponse, PredictRequest
 
-router = APIRouter(tags=["kserve-v1"])
+router = APIRouter(tags=["kserve-v1"], route_class=v1.StrictJsonRoute)
 
 
 @router.get("/", response_model=LiveResponse, summary="KServe V1 server liveness (alias of /v2/health/live)")

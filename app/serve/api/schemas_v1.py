@@ -23,10 +23,16 @@ class PredictRequest(_Wire):
         description="Feature records, one per row, keyed by the model's feature names (see GET /v1/models/{name}).",
         examples=[[{"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 1.0, "mgus": 0}]],
     )
+    # Strict, as /v2's parameters are: no "512" for 512, no true for 1, no 8.0 for 8.
     samples: int | None = Field(
-        None, ge=1, description="Monte Carlo weight samples (default: the model's); the cap when `tolerance` is set."
+        None,
+        ge=1,
+        strict=True,
+        description="Monte Carlo weight samples (default: the model's); the cap when `tolerance` is set.",
     )
-    seed: int | None = Field(None, ge=0, lt=2**63, description="Seed of the weight samples; omit for a fresh one.")
+    seed: int | None = Field(
+        None, ge=0, lt=2**63, strict=True, description="Seed of the weight samples; omit for a fresh one."
+    )
     sampler: Sampler | None = Field(
         None,
         description="bank (frozen samples), fresh (drawn per request), local (local reparameterisation) or "
@@ -34,6 +40,7 @@ class PredictRequest(_Wire):
     )
     tolerance: float | None = Field(
         None,
+        strict=True,
         gt=0.0,
         lt=1.0,
         description="Adaptive: draw 64 samples at a time until the Monte Carlo standard "

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import email.message
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 
 from app.data.schema import FeatureSpec
 from app.errors import SchemaError
 from app.gate.gate import GateResult
 from app.gate.spec import Component
+from app.serve.api import strict_json
 from app.serve.api.deps import DataPlaneDep
 from app.serve.api.schemas_v1 import (
     ComponentOut,
@@ -33,7 +38,39 @@ from app.serve.api.schemas_v1 import (
 from app.serve.dataplane import Columns, InferenceResult, RequestOptions, ScoringRequest
 from app.serve.repository import ModelState, ServedModel
 
-router = APIRouter(prefix="/v1", tags=["v1"])
+
+def _is_json(content_type: str | None) -> bool:
+    """Whether FastAPI reads a body of this Content-Type as JSON (none, application/json, application/*+json)."""
+    if not content_type:
+        return True
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+class StrictJsonRoute(APIRoute):
+    """A route whose JSON body is parsed strictly (app.serve.api.strict_json) before FastAPI validates it:
+    invalid UTF-8, a duplicated key or a lone surrogate is a 422 whose ``loc`` names the place, never the value.
+    The request model, and so the OpenAPI schema, is the route's own."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict_handler(request: Request) -> Response:
+            if request.method == "POST" and _is_json(request.headers.get("content-type")):
+                body = await request.body()
+                if body:
+                    try:
+                        request._json = strict_json.loads(body)  # what request.json() returns to FastAPI
+                    except strict_json.JsonRefused as exc:
+                        raise RequestValidationError([exc.error()]) from None
+            return await handler(request)
+
+        return strict_handler
+
+
+router = APIRouter(prefix="/v1", tags=["v1"], route_class=StrictJsonRoute)
 ERRORS = {
     404: {"model": ErrorResponse, "description": "Unknown model."},
     413: {"model": ErrorResponse, "description": "Body over the size limit."},

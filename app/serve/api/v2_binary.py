@@ -12,7 +12,6 @@ Content-Type application/octet-stream.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from app.serve.api import strict_json
 from app.serve.api.schemas_v2 import InferenceRequest, InferenceResponse
 from app.serve.api.tensors import from_bytes
 from app.serve.errors import RequestRejected
@@ -29,13 +29,14 @@ EXTENSION = "binary_tensor_data"
 
 
 def _parse(text: bytes) -> InferenceRequest:
-    """The JSON part -> the wire request; errors worded as FastAPI words a body's (``body.inputs.0.shape``)."""
+    """The JSON part -> the wire request; errors worded as FastAPI words a body's (``body.inputs.0.shape``).
+
+    Strict (app.serve.api.strict_json): invalid UTF-8, a duplicated key or a lone surrogate in a key or string
+    (an input's name, a BYTES element, the ``id``) is refused by its location before anything is scored."""
     try:
-        document = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        position = exc.pos if isinstance(exc, json.JSONDecodeError) else exc.start
-        error = {"type": "json_invalid", "loc": ("body", position), "msg": "JSON decode error", "input": {}}
-        raise RequestValidationError([error]) from None
+        document = strict_json.loads(text)
+    except strict_json.JsonRefused as exc:
+        raise RequestValidationError([exc.error()]) from None
     try:
         return InferenceRequest.model_validate(document)
     except ValidationError as exc:

@@ -26,6 +26,7 @@ from app.errors import SchemaError
 from app.serve.api import v2, v2_outputs
 from app.serve.api.schemas_v2 import InferenceRequest
 from app.serve.api.tensors import DATATYPES, from_bytes, missing_as_none, text, to_bytes
+from app.serve.auth import KeyRing, grpc_interceptor
 from app.serve.dataplane import DataPlane, InferenceResult
 from app.serve.errors import ModelNotFound, ModelNotReady, RequestRejected
 from app.serve.grpc import open_inference_grpc_pb2 as pb
@@ -220,9 +221,9 @@ class GrpcServer:
     """A ``grpc.aio`` server on the app's event loop: the inference service and the health service ("" is
     SERVING while the process runs; ``inference.GRPCInferenceService`` once every model folder was tried)."""
 
-    def __init__(self, dataplane: DataPlane, host: str, port: int, max_message_bytes: int) -> None:
+    def __init__(self, dataplane: DataPlane, host: str, port: int, max_message_bytes: int, keys: KeyRing) -> None:
         options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.so_reuseport", 0)]
-        self.server = grpc.aio.server(options=options)
+        self.server = grpc.aio.server(options=options, interceptors=[grpc_interceptor(keys)])
         self.health = health.aio.HealthServicer()
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
