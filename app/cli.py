@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from app.audit.command import audit_app
 from app.bnn.spec import LayerKind, PriorKind
 from app.cli_options import (
     CommandGroup,
@@ -45,6 +46,7 @@ app = typer.Typer(
     context_settings={"max_content_width": 120},
 )
 app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
 # TrainConfig fields whose option has another name.
 OPTION_OF_FIELD = {"kl_warmup_epochs": "--kl-warmup", "default_samples": "--samples"}
 

@@ -87,6 +87,11 @@ class AuditWriter:
         return self._queue.qsize()
 
     @property
+    def full(self) -> bool:
+        """Whether a record submitted now would meet the overflow policy (approximate, as ``Queue.full``)."""
+        return self._queue.full()
+
+    @property
     def alive(self) -> bool:
         """Whether the draining thread runs (False once closed)."""
         return self._thread.is_alive()

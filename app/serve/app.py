@@ -13,7 +13,8 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import SchemaError
 from app.serve.api import kserve_v1, ops, v1, v2
 from app.serve.api.v2_binary import HEADER
+from app.serve.audit import AuditMiddleware, AuditTrail
 from app.serve.auth import AuthMiddleware, DocsAccess, KeyRing
 from app.serve.backend import BackendKind
 from app.serve.batching import BatchingEngine
@@ -36,8 +38,12 @@ from app.serve.middleware import HeadMiddleware, RequestBodyMiddleware, RequestI
 from app.serve.repository import ModelRepository
 from app.serve.settings import Settings
 
+if TYPE_CHECKING:
+    from app.audit.writer import AuditWriter
+
 log = logging.getLogger("sbnn.serve")
 GRPC_GRACE_S = 10.0  # how long gRPC calls in flight may finish at shutdown
+AUDIT_CLOSE_S = 30.0  # how long the audit writer may take to write what is queued at shutdown
 
 
 def _is_v2(request: Request) -> bool:
@@ -192,10 +198,47 @@ def _keys(settings: Settings) -> KeyRing:
     return keys
 
 
+def _audit_writer_importable() -> None:
+    """Refuse at start, in words, an audit trail without the audit extra (SQLAlchemy)."""
+    if importlib.util.find_spec("sqlalchemy") is None:
+        raise ImportError("the audit trail (SBNN_AUDIT_DIR / SBNN_AUDIT_URL) needs the audit extra: sbnn[audit]")
+
+
+def _audit_writer(settings: Settings) -> AuditWriter:
+    """Open (and migrate) the audit database and start its writer; a database that cannot be opened stops the
+    start-up, since requests would otherwise go unrecorded."""
+    from app.audit.store import AuditStore, safe_url
+    from app.audit.writer import AuditWriter
+
+    url = settings.audit_database
+    assert url is not None
+    if settings.audit_dir is not None and not settings.audit_url:
+        settings.audit_dir.mkdir(parents=True, exist_ok=True)
+    store = AuditStore.open(url)
+    log.info("audit trail: %s (%s when full)", safe_url(url), settings.audit_overflow.value)
+    return AuditWriter(store, settings.audit_queue, settings.audit_overflow)
+
+
+async def _prune_daily(writer: AuditWriter, days: int | None) -> None:
+    """Delete records older than ``days`` at start and then once a day (None: keep everything)."""
+    if days is None:
+        return
+    while True:
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+        try:
+            removed = await asyncio.to_thread(writer.store.delete_older_than, cutoff)  # type: ignore[attr-defined]
+            log.info("audit trail: %d records older than %d days deleted", removed, days)
+        except Exception as exc:  # a failed prune is retried tomorrow; serving goes on
+            log.error("audit trail: pruning failed (%s)", type(exc).__name__)
+        await asyncio.sleep(24 * 3600)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service for ``settings`` (default: from the environment)."""
     settings = settings or Settings()
     keys = _keys(settings)
+    if settings.audit_database:
+        _audit_writer_importable()
     metrics = ServiceMetrics(CollectorRegistry())
     if settings.backend is not BackendKind.ONNX and importlib.util.find_spec("torch"):
         from app.device import resolve_device
@@ -206,17 +249,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     engine = BatchingEngine(settings, metrics)
     dataplane = DataPlane(settings, repository, engine, metrics)
+    trail = AuditTrail(known=lambda name: name in repository.names())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        writer = await asyncio.to_thread(_audit_writer, settings) if settings.audit_database else None
+        trail.writer = writer
         loader = asyncio.get_running_loop().run_in_executor(engine.executor, repository.load_all)
         loader.add_done_callback(lambda _: dataplane.publish_model_metrics())
         grpc_server = None
+        pruning = asyncio.create_task(_prune_daily(writer, settings.audit_retention_days)) if writer else None
         try:
             if settings.grpc_port:
                 from app.serve.grpc.server import GrpcServer  # grpc is imported only when it serves
 
-                grpc_server = GrpcServer(dataplane, settings.host, settings.grpc_port, settings.max_body_bytes, keys)
+                grpc_server = GrpcServer(
+                    dataplane, settings.host, settings.grpc_port, settings.max_body_bytes, keys, trail
+                )
                 await grpc_server.start()
                 loader.add_done_callback(lambda _: asyncio.ensure_future(grpc_server.mark_ready()))
             yield
@@ -225,6 +274,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await grpc_server.stop(GRPC_GRACE_S)
             await loader  # never close the compute thread under a load in progress
             await engine.close()
+            if pruning is not None:
+                pruning.cancel()
+            if writer is not None:  # every request has been answered: write what is queued, then close
+                trail.writer = None
+                await asyncio.to_thread(writer.close, AUDIT_CLOSE_S)
+                await asyncio.to_thread(writer.store.close)  # type: ignore[attr-defined]
 
     app = FastAPI(
         title="sbnn",
@@ -252,9 +307,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2.router)
     app.include_router(ops.router)
     # The last added runs first: CORS, HEAD as GET, latency, request id, the API key (before any body is read),
-    # the body limit, then the body decoded.
+    # the audit trail, the body limit, then the body decoded.
     app.add_middleware(RequestBodyMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(AuditMiddleware, trail=trail)
     app.add_middleware(AuthMiddleware, keys=keys, docs=settings.docs)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(LatencyMiddleware, metrics=metrics, repository=repository)

@@ -23,6 +23,7 @@ from app.data.schema import FeatureError, FeatureSpec
 from app.errors import SchemaError
 from app.gate.gate import Decision, GateResult
 from app.gate.spec import Component
+from app.serve import audit
 from app.serve.backend import Scores
 from app.serve.batching import BatchingEngine
 from app.serve.errors import RequestRejected
@@ -179,6 +180,7 @@ class DataPlane:
         return result
 
     def _record(self, model: ServedModel, result: InferenceResult) -> None:
+        audit.note(result)  # the request's audit record, when its surface opened one (app.serve.audit)
         name, metrics, gate = model.name, self.metrics, result.gate
         if result.scores is not None:
             histogram = metrics.epistemic.labels(name)

@@ -147,6 +147,7 @@ class RequestIdMiddleware:
             return
         given = _header(scope, b"x-request-id")
         request_id = given if given is not None and REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id  # for the audit trail
         traceparent = _header(scope, b"traceparent")
         traceparent = traceparent if traceparent is not None and TRACEPARENT.fullmatch(traceparent) else None
         started, status = time.perf_counter(), 500

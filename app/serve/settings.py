@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.audit.writer import Overflow
 from app.bnn.spec import Sampler
 from app.serve.auth import DocsAccess
 from app.serve.backend import BackendKind
@@ -56,6 +57,24 @@ class Settings(BaseSettings):
     )
     docs: DocsAccess = Field(DocsAccess.INFER, description="/docs and /openapi.json: public, infer (a key) or off.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins browsers may call from (CORS).")
+    audit_dir: Path | None = Field(
+        None, description="Audit trail in SQLite at <audit_dir>/audit.db (needs sbnn[audit])."
+    )
+    audit_url: str | None = Field(
+        None, description="Audit trail database URL, e.g. postgresql+psycopg://… (over audit_dir; sbnn[audit])."
+    )
+    audit_queue: int = Field(10_000, ge=1, le=10_000_000, description="Audit records waiting to be written, at most.")
+    audit_overflow: Overflow = Field(
+        Overflow.FAIL_CLOSED, description="A full audit queue: fail_closed (503, nothing unrecorded) or drop (count)."
+    )
+    audit_retention_days: int | None = Field(None, ge=1, description="Delete audit records older than this (daily).")
+
+    @property
+    def audit_database(self) -> str | None:
+        """The audit trail's URL: audit_url, else SQLite under audit_dir, else None (no trail)."""
+        if self.audit_url:
+            return self.audit_url
+        return None if self.audit_dir is None else f"sqlite:///{(self.audit_dir / 'audit.db').resolve()}"
 
     @field_validator("models")
     @classmethod

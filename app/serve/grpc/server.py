@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -22,15 +24,18 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
+from app.audit.writer import Overflow
 from app.errors import SchemaError
 from app.serve.api import v2, v2_outputs
 from app.serve.api.schemas_v2 import InferenceRequest
 from app.serve.api.tensors import DATATYPES, from_bytes, missing_as_none, text, to_bytes
-from app.serve.auth import KeyRing, grpc_interceptor
+from app.serve.audit import AuditNote, AuditTrail
+from app.serve.auth import KeyRing, KeyScope, decide, grpc_interceptor
 from app.serve.dataplane import DataPlane, InferenceResult
 from app.serve.errors import ModelNotFound, ModelNotReady, RequestRejected
 from app.serve.grpc import open_inference_grpc_pb2 as pb
 from app.serve.grpc import open_inference_grpc_pb2_grpc as pb_grpc
+from app.serve.middleware import REQUEST_ID
 from app.serve.repository import ModelState
 
 log = logging.getLogger("sbnn.serve.grpc")
@@ -144,14 +149,44 @@ def _invalid(exc: ValidationError) -> str:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """Each RPC calls what the matching /v2 route calls; errors are aborted with /v2's messages."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, keys: KeyRing, trail: AuditTrail) -> None:
         self.dataplane = dataplane
+        self.keys = keys
+        self.trail = trail
+
+    def _audit(self, method: str, context: grpc.aio.ServicerContext) -> tuple[AuditNote, object] | None:
+        """A ModelInfer's audit note (None for other RPCs or without a trail); UNAVAILABLE when the trail's
+        queue is full under fail_closed, as REST's 503."""
+        writer = self.trail.writer
+        if method != "ModelInfer" or writer is None:
+            return None
+        if writer.overflow is Overflow.FAIL_CLOSED and writer.full:
+            raise ModelNotReady("the audit trail is behind: retry shortly")
+        return self.trail.open()
+
+    def _record(
+        self, opened: tuple[AuditNote, object], context: grpc.aio.ServicerContext, arrived: datetime, **details: Any
+    ) -> None:
+        current, token = opened
+        self.trail.close(token)
+        metadata = dict(context.invocation_metadata() or ())
+        given = metadata.get("x-request-id")
+        _, _, caller = decide(self.keys, metadata.get("authorization"), KeyScope.INFER)
+        self.trail.record(
+            current,
+            arrived=arrived,
+            request_id=given if given and REQUEST_ID.fullmatch(given) else uuid.uuid4().hex,
+            key_id=None if caller is None else caller.key_id,
+            surface="grpc",
+            **details,
+        )
 
     async def _call(
         self, method: str, context: grpc.aio.ServicerContext, model: str, work: Callable[[], Awaitable[T]]
     ) -> T:
-        started, code = time.perf_counter(), grpc.StatusCode.OK
+        started, code, arrived, opened = time.perf_counter(), grpc.StatusCode.OK, datetime.now(UTC), None
         try:
+            opened = self._audit(method, context)
             return await work()
         except ModelNotFound as exc:
             code, message = grpc.StatusCode.NOT_FOUND, str(exc)
@@ -164,9 +199,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             known = model if model in self.dataplane.repository.names() else ("unknown" if model else "")
             route = f"/{SERVICE}/{method}"
-            self.dataplane.metrics.request_duration.labels(known, route, code.name).observe(
-                time.perf_counter() - started
-            )
+            seconds = time.perf_counter() - started
+            self.dataplane.metrics.request_duration.labels(known, route, code.name).observe(seconds)
+            if opened is not None:
+                self._record(opened, context, arrived, seconds=seconds, route=route, model=model, status=code.name)
         await context.abort(code, message)
         raise AssertionError("abort raises")  # pragma: no cover
 
@@ -221,11 +257,13 @@ class GrpcServer:
     """A ``grpc.aio`` server on the app's event loop: the inference service and the health service ("" is
     SERVING while the process runs; ``inference.GRPCInferenceService`` once every model folder was tried)."""
 
-    def __init__(self, dataplane: DataPlane, host: str, port: int, max_message_bytes: int, keys: KeyRing) -> None:
+    def __init__(
+        self, dataplane: DataPlane, host: str, port: int, max_message_bytes: int, keys: KeyRing, trail: AuditTrail
+    ) -> None:
         options = [("grpc.max_receive_message_length", max_message_bytes), ("grpc.so_reuseport", 0)]
         self.server = grpc.aio.server(options=options, interceptors=[grpc_interceptor(keys)])
         self.health = health.aio.HealthServicer()
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), self.server)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane, keys, trail), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.address = f"{host}:{port}"
 
