@@ -293,3 +293,23 @@ def assert_valid_prediction_response(body: dict[str, Any], rows: int, manifest: 
 @pytest.fixture(scope="session")
 def check_prediction() -> Callable[[dict[str, Any], int, dict[str, Any], Path], None]:
     return assert_valid_prediction_response
+
+
+def grpc_infer_request(model: str, row: dict[str, Any]) -> Any:
+    """A one-row ModelInferRequest in typed contents (FP64 numbers, BYTES for the categorical features)."""
+    from app.serve.grpc import open_inference_grpc_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=model)
+    for name, value in row.items():
+        tensor = request.inputs.add(name=name, shape=[1], datatype="BYTES" if name in CATEGORICAL else "FP64")
+        if name in CATEGORICAL:
+            tensor.contents.bytes_contents.append(str(value).encode())
+        else:
+            tensor.contents.fp64_contents.append(float(value))
+    return request
+
+
+@pytest.fixture(scope="session")
+def one_row_grpc() -> Callable[[str, dict[str, Any]], Any]:
+    """``one_row_grpc(model, row)``: a one-row gRPC ModelInferRequest."""
+    return grpc_infer_request

@@ -21,7 +21,6 @@ from app.audit.store import AuditStore
 from app.audit.writer import AuditWriter, Overflow
 from app.serve.app import create_app
 from app.serve.auth import KeyScope, keys_json, new_key
-from app.serve.grpc import open_inference_grpc_pb2 as pb
 from app.serve.grpc import open_inference_grpc_pb2_grpc as pb_grpc
 from app.serve.settings import Settings
 
@@ -54,7 +53,7 @@ def _v2(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def test_every_prediction_request_is_recorded_without_patient_data(
-    serve_settings: Settings, app_client: Callable[[Settings], Any], tmp_path: Path
+    serve_settings: Settings, app_client: Callable[[Settings], Any], tmp_path: Path, one_row_grpc: Callable[..., Any]
 ) -> None:
     token, entry = new_key("ward-7", [KeyScope.INFER])
     keys = tmp_path / "keys.json"
@@ -71,13 +70,7 @@ async def test_every_prediction_request_is_recorded_without_patient_data(
         bad = await client.post(f"/v2/models/{MODEL}/infer", json={"inputs": []}, headers=auth)
         unknown = await client.post("/v2/models/Jane-Doe-1961/infer", json=_v2(ROWS[:1]), headers=auth)
         assert [r.status_code for r in (v1, kserve, v2, bad, unknown)] == [200, 200, 200, 400, 404]
-        request = pb.ModelInferRequest(model_name=MODEL)
-        for name, value in ROW.items():
-            tensor = request.inputs.add(name=name, shape=[1], datatype="BYTES" if name == "sex" else "FP64")
-            if name == "sex":
-                tensor.contents.bytes_contents.append(str(value).encode())
-            else:
-                tensor.contents.fp64_contents.append(float(value))
+        request = one_row_grpc(MODEL, ROW)
         metadata = (("authorization", f"Bearer {token}"), ("x-request-id", "grpc-call-1"))
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, metadata=metadata)

@@ -132,15 +132,9 @@ async def test_the_access_log_names_the_key_never_the_token(
 
 
 async def test_grpc_needs_the_key_in_its_metadata(
-    served: tuple[httpx.AsyncClient, str], tokens: dict[str, Any]
+    served: tuple[httpx.AsyncClient, str], tokens: dict[str, Any], one_row_grpc: Callable[..., Any]
 ) -> None:
-    request = pb.ModelInferRequest(model_name=MODEL)
-    for name, value in ROW.items():
-        tensor = request.inputs.add(name=name, shape=[1], datatype="BYTES" if name == "sex" else "FP64")
-        if name == "sex":
-            tensor.contents.bytes_contents.append(str(value).encode())
-        else:
-            tensor.contents.fp64_contents.append(float(value))
+    request = one_row_grpc(MODEL, ROW)
     async with grpc.aio.insecure_channel(served[1]) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         assert (await stub.ServerLive(pb.ServerLiveRequest())).live
