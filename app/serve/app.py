@@ -32,7 +32,7 @@ from app.serve.auth import AuthMiddleware, DocsAccess, KeyRing
 from app.serve.backend import BackendKind
 from app.serve.batching import BatchingEngine
 from app.serve.dataplane import DataPlane
-from app.serve.errors import ModelNotFound, ModelNotReady, RequestRejected
+from app.serve.errors import DeadlineExceeded, ModelNotFound, ModelNotReady, Overloaded, RequestRejected
 from app.serve.metrics import ServiceMetrics
 from app.serve.middleware import HeadMiddleware, RequestBodyMiddleware, RequestIdMiddleware, error_response
 from app.serve.repository import ModelRepository
@@ -69,6 +69,16 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ModelNotReady)
     async def _not_ready(request: Request, exc: ModelNotReady) -> JSONResponse:
         return _error(request, 503, None, str(exc))
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        response = _error(request, 503, None, exc.reason)
+        response.headers["retry-after"] = str(exc.retry_after_s)
+        return response
+
+    @app.exception_handler(DeadlineExceeded)
+    async def _deadline(request: Request, exc: DeadlineExceeded) -> JSONResponse:
+        return _error(request, 504, None, str(exc))
 
     @app.exception_handler(SchemaError)
     async def _schema(request: Request, exc: SchemaError) -> JSONResponse:

@@ -9,7 +9,9 @@ requests run on their own. A request's rows always go through the draws on their
 with its reported seed and sampler gives bitwise the same answer.
 
 A failed pass fails the requests of its batch with the exception and the loop goes on; a request whose client
-went away (its future cancelled) is dropped before its batch runs.
+went away (its future cancelled) is dropped before its batch runs, and so is one past the server's deadline
+(``request_timeout_s``: a 504 at once; its rows are not computed unless a pass had already started them). Beyond
+``max_queued_rows`` rows waiting or running for a model, a request is refused at once (``Overloaded``: 503).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 
 from app.bnn.plan import Plan
 from app.serve.backend import Scores
+from app.serve.errors import DeadlineExceeded, Overloaded
 from app.serve.metrics import ServiceMetrics
 from app.serve.repository import ServedModel
 from app.serve.settings import Settings
@@ -48,12 +51,16 @@ def new_seed() -> int:
     return secrets.randbits(31)
 
 
-def _compute(model: ServedModel, jobs: list[_Job], batch_seed: int) -> list[Scores]:
+def _compute(model: ServedModel, jobs: list[_Job], batch_seed: int) -> list[Scores | None]:
+    """The batch's scores, None for a job whose request ended (deadline, client gone) while it waited for this
+    thread: it is not computed. (``done()`` reads one attribute: safe off the loop, at worst one pass late.)"""
     assert model.backend is not None  # only ready models are queued
-    results = model.backend.compute([(job.x, job.plan) for job in jobs], batch_seed)
-    if len(results) != len(jobs):  # a backend bug fails its batch, not the loop
-        raise RuntimeError(f"the {model.name} backend answered {len(results)} of {len(jobs)} requests")
-    return results
+    live = [job for job in jobs if not job.future.done()]
+    results = model.backend.compute([(job.x, job.plan) for job in live], batch_seed) if live else []
+    if len(results) != len(live):  # a backend bug fails its batch, not the loop
+        raise RuntimeError(f"the {model.name} backend answered {len(results)} of {len(live)} requests")
+    answered = dict(zip(map(id, live), results, strict=True))
+    return [answered.get(id(job)) for job in jobs]
 
 
 class BatchingEngine:
@@ -65,6 +72,7 @@ class BatchingEngine:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sbnn-compute")
         self._queues: dict[str, asyncio.Queue[_Job]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._rows: dict[str, int] = {}  # rows waiting or running, per model
 
     async def submit(self, model: ServedModel, x: np.ndarray, plan: Plan) -> Scores:
         """Queue ``x`` (N, d) for ``model`` to run as ``plan`` and wait for its scores."""
@@ -73,9 +81,23 @@ class BatchingEngine:
         if queue is None:
             queue = self._queues[model.name] = asyncio.Queue()
             self._tasks[model.name] = asyncio.create_task(self._batch_loop(model, queue), name=f"batch-{model.name}")
+        name, rows, waiting = model.name, x.shape[0], self._rows.get(model.name, 0)
+        if waiting + rows > self.settings.max_queued_rows:
+            raise Overloaded(
+                f"model '{name}' has {waiting} rows waiting or running, and this server takes at most "
+                f"{self.settings.max_queued_rows} per model: retry shortly"
+            )
         job = _Job(x=x, plan=plan, future=loop.create_future(), enqueued=time.perf_counter())
+        self._rows[name] = waiting + rows
+        job.future.add_done_callback(lambda _: self._rows.__setitem__(name, self._rows[name] - rows))
         await queue.put(job)
-        return await job.future
+        try:
+            # On timeout wait_for cancels the future: a job still queued is then dropped before its batch runs.
+            return await asyncio.wait_for(job.future, self.settings.request_timeout_s)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"not answered within the server's {self.settings.request_timeout_s:g} s deadline"
+            ) from None
 
     async def _collect(self, queue: asyncio.Queue[_Job]) -> list[_Job]:
         """The next batch: the first job, then what arrives within the wait, up to the row limit."""
@@ -119,10 +141,12 @@ class BatchingEngine:
                         job.future.set_exception(exc)
                 continue
             self.metrics.stage_duration.labels(model.name, "compute").observe(time.perf_counter() - started)
-            self.metrics.batch_rows.labels(model.name).observe(sum(job.rows for job in jobs))
-            self.metrics.batch_requests.labels(model.name).observe(len(jobs))
+            computed = [job for job, result in zip(jobs, results, strict=True) if result is not None]
+            if computed:  # what the pass carried: requests that ended while waiting were not computed
+                self.metrics.batch_rows.labels(model.name).observe(sum(job.rows for job in computed))
+                self.metrics.batch_requests.labels(model.name).observe(len(computed))
             for job, result in zip(jobs, results, strict=True):
-                if not job.future.done():
+                if result is not None and not job.future.done():
                     job.future.set_result(result)
 
     async def close(self) -> None:

@@ -26,3 +26,17 @@ class RequestRejected(SbnnError):
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+
+
+class Overloaded(SbnnError):
+    """More is waiting than this server takes on: 503 with Retry-After (gRPC: UNAVAILABLE); the request did
+    not run."""
+
+    def __init__(self, reason: str, retry_after_s: int = 1) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(SbnnError):
+    """Not answered within the server's deadline: 504 (gRPC: DEADLINE_EXCEEDED). Work still queued is dropped."""

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
     batch_max_rows: int = Field(2048, ge=1, description="Dynamic batching: most rows coalesced into one pass.")
     batch_max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, description="Dynamic batching: longest wait to fill.")
+    max_queued_rows: int = Field(
+        8192, ge=1, description="Rows waiting or running per model; a request beyond them is a 503 (load shedding)."
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0.0, le=3600.0, description="A request not answered within this is a 504; its queued work is dropped."
+    )
     backend: BackendKind = Field(
         BackendKind.AUTO, description="torch (every sampler), onnx (the exported bank, no torch) or auto."
     )

@@ -32,7 +32,7 @@ from app.serve.api.tensors import DATATYPES, from_bytes, missing_as_none, text, 
 from app.serve.audit import AuditNote, AuditTrail
 from app.serve.auth import KeyRing, KeyScope, decide, grpc_interceptor
 from app.serve.dataplane import DataPlane, InferenceResult
-from app.serve.errors import ModelNotFound, ModelNotReady, RequestRejected
+from app.serve.errors import DeadlineExceeded, ModelNotFound, ModelNotReady, Overloaded, RequestRejected
 from app.serve.grpc import open_inference_grpc_pb2 as pb
 from app.serve.grpc import open_inference_grpc_pb2_grpc as pb_grpc
 from app.serve.middleware import REQUEST_ID
@@ -161,7 +161,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if method != "ModelInfer" or writer is None:
             return None
         if writer.overflow is Overflow.FAIL_CLOSED and writer.full:
-            raise ModelNotReady("the audit trail is behind: retry shortly")
+            raise Overloaded("the audit trail is behind: retry shortly")
         return self.trail.open()
 
     def _record(
@@ -192,6 +192,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             code, message = grpc.StatusCode.NOT_FOUND, str(exc)
         except ModelNotReady as exc:
             code, message = grpc.StatusCode.UNAVAILABLE, str(exc)
+        except Overloaded as exc:
+            code, message = grpc.StatusCode.UNAVAILABLE, exc.reason
+        except DeadlineExceeded as exc:
+            code, message = grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
         except (SchemaError, RequestRejected) as exc:
             code, message = grpc.StatusCode.INVALID_ARGUMENT, f"{exc.field}: {exc.reason}"
         except ValidationError as exc:
