@@ -12,6 +12,7 @@ RESOURCE_EXHAUSTED (a message over the size limit).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -200,6 +201,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             code, message = grpc.StatusCode.INVALID_ARGUMENT, f"{exc.field}: {exc.reason}"
         except ValidationError as exc:
             code, message = grpc.StatusCode.INVALID_ARGUMENT, _invalid(exc)
+        except asyncio.CancelledError:  # the client went away or its deadline passed: metrics and audit say so
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            raise
         finally:
             known = model if model in self.dataplane.repository.names() else ("unknown" if model else "")
             route = f"/{SERVICE}/{method}"
