@@ -138,10 +138,8 @@ class AuditMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         writer = self.trail.writer
-        if writer is None or scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        if not PREDICTION_PATH.fullmatch(scope["path"]):
+        prediction = scope["type"] == "http" and scope["method"] == "POST" and PREDICTION_PATH.fullmatch(scope["path"])
+        if writer is None or not prediction:
             await self.app(scope, receive, send)
             return
         from app.audit.writer import Overflow

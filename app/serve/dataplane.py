@@ -104,12 +104,16 @@ class InferenceResult:
         out[self.scored] = values
         return out
 
+    def labels_or(self, fill: str | None) -> np.ndarray:
+        """(N,) object: each scored row's most probable label, ``fill`` for a rejected row."""
+        out = np.full(self.rows, fill, dtype=object)
+        if self.scores is not None:
+            out[self.scored] = np.array(self.manifest.task.labels, dtype=object)[self.scores.probs.argmax(1)]
+        return out
+
     @property
     def labels(self) -> list[str | None]:
-        if self.scores is None:
-            return [None] * self.rows
-        names = self.manifest.task.labels
-        return self.per_row(np.array([names[i] for i in self.scores.probs.argmax(1).tolist()], dtype=object))
+        return self.labels_or(None).tolist()
 
 
 class DataPlane:

@@ -25,6 +25,11 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")  # what is safe to echo a
 TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
+def choose_request_id(given: str | None) -> str:
+    """The request id to answer and log: the client's when it is a safe token, else a new one."""
+    return given if given is not None and REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
@@ -145,8 +150,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = _header(scope, b"x-request-id")
-        request_id = given if given is not None and REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        request_id = choose_request_id(_header(scope, b"x-request-id"))
         scope.setdefault("state", {})["request_id"] = request_id  # for the audit trail
         traceparent = _header(scope, b"traceparent")
         traceparent = traceparent if traceparent is not None and TRACEPARENT.fullmatch(traceparent) else None

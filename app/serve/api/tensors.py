@@ -32,7 +32,14 @@ DTYPES = {
     "FP64": "<f8",
 }
 DATATYPES = sorted([*DTYPES, "BYTES"])
+NUMERIC_DATATYPES = frozenset(DTYPES) - {"BOOL"}
 LENGTH = struct.Struct("<I")
+
+
+def check_datatype(field: str, datatype: str) -> None:
+    """RequestRejected naming ``field`` unless ``datatype`` is one of the protocol's."""
+    if datatype not in DATATYPES:
+        raise RequestRejected(field, f"unknown datatype {datatype}; expected one of {DATATYPES}")
 
 
 def missing_as_none(values: list[Any], datatype: str) -> list[Any]:
@@ -89,8 +96,7 @@ def from_bytes(field: str, datatype: str, raw: bytes) -> np.ndarray:
         decoded = np.empty(len(distinct), dtype=object)
         decoded[:] = missing_as_none(text(field, distinct), datatype)
         return decoded[index]
-    if datatype not in DTYPES:
-        raise RequestRejected(field, f"unknown datatype {datatype}; expected one of {DATATYPES}")
+    check_datatype(field, datatype)
     dtype = np.dtype(DTYPES[datatype])
     if len(raw) % dtype.itemsize:
         raise RequestRejected(field, f"{len(raw)} bytes are not a whole number of {datatype} elements")

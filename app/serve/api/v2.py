@@ -37,7 +37,7 @@ from app.serve.api.schemas_v2 import (
     ServerMetadataResponse,
     TensorMetadata,
 )
-from app.serve.api.tensors import DATATYPES
+from app.serve.api.tensors import NUMERIC_DATATYPES, check_datatype
 from app.serve.api.v2_outputs import OUTPUT_NAMES
 from app.serve.backend import BackendKind
 from app.serve.dataplane import Columns, RequestOptions, ScoringRequest
@@ -50,7 +50,6 @@ ERRORS = {
     404: {"model": ErrorResponse, "description": "Unknown model."},
     503: {"model": ErrorResponse, "description": "The model is loading or failed verification."},
 }
-NUMERIC_DATATYPES = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "FP16", "FP32", "FP64"}
 INTEGER_RANGES = {
     **{f"INT{bits}": (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) for bits in (8, 16, 32, 64)},
     **{f"UINT{bits}": (0, 2**bits - 1) for bits in (8, 16, 32, 64)},
@@ -132,8 +131,7 @@ def _check_tensor(tensor: RequestInput, kind: FeatureKind) -> list[Any] | np.nda
     field = f"inputs.{tensor.name}"
     values = _values(tensor, field)
     datatype = tensor.datatype
-    if datatype not in DATATYPES:
-        raise RequestRejected(field, f"unknown datatype {datatype}; expected one of {DATATYPES}")
+    check_datatype(field, datatype)
     if kind is FeatureKind.CATEGORICAL:
         if datatype != "BYTES":
             raise RequestRejected(field, f"categorical feature needs datatype BYTES, got {datatype}")

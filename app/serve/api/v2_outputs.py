@@ -56,10 +56,6 @@ def output_tensors(result: InferenceResult, request: InferenceRequest) -> list[O
     def strings(values: list[str]) -> np.ndarray:
         return np.array(values, dtype=object)
 
-    labels = np.full(n, "", dtype=object)  # "" where the gate rejected the row
-    if s is not None:
-        labels[result.scored] = np.array(result.manifest.task.labels, dtype=object)[s.probs.argmax(1)]
-
     available: dict[str, tuple[str, list[int], np.ndarray]] = {
         "probabilities": ("FP64", [n, classes], scored(None if s is None else s.probs, classes)),
         "total_entropy": ("FP64", [n], scored(None if s is None else s.total)),
@@ -74,7 +70,7 @@ def output_tensors(result: InferenceResult, request: InferenceRequest) -> list[O
         "ood_flag": ("BOOL", [n], ~gate.accepted),
         "decision": ("BYTES", [n], strings(list(map(DECISIONS.__getitem__, gate.decisions)))),
         "reasons": ("BYTES", [n], strings(list(map(",".join, gate.reasons)))),
-        "label": ("BYTES", [n], labels),
+        "label": ("BYTES", [n], result.labels_or("")),  # "" where the gate rejected the row
     }
     wanted = [o.name for o in request.outputs] if request.outputs else list(available)
     return [OutputTensor(name, *available[name][:2], available[name][2].ravel()) for name in wanted]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -29,14 +28,14 @@ from app.audit.writer import Overflow
 from app.errors import SchemaError
 from app.serve.api import v2, v2_outputs
 from app.serve.api.schemas_v2 import InferenceRequest
-from app.serve.api.tensors import DATATYPES, from_bytes, missing_as_none, text, to_bytes
+from app.serve.api.tensors import check_datatype, from_bytes, missing_as_none, text, to_bytes
 from app.serve.audit import AuditNote, AuditTrail
 from app.serve.auth import KeyRing, KeyScope, decide, grpc_interceptor
 from app.serve.dataplane import DataPlane, InferenceResult
 from app.serve.errors import DeadlineExceeded, ModelNotFound, ModelNotReady, Overloaded, RequestRejected
 from app.serve.grpc import open_inference_grpc_pb2 as pb
 from app.serve.grpc import open_inference_grpc_pb2_grpc as pb_grpc
-from app.serve.middleware import REQUEST_ID
+from app.serve.middleware import choose_request_id
 from app.serve.repository import ModelState
 
 log = logging.getLogger("sbnn.serve.grpc")
@@ -61,8 +60,7 @@ T = TypeVar("T")
 
 def _typed_data(tensor: pb.ModelInferRequest.InferInputTensor) -> list[Any] | np.ndarray:
     field = f"inputs.{tensor.name}"
-    if tensor.datatype not in DATATYPES:
-        raise RequestRejected(field, f"unknown datatype {tensor.datatype}; expected one of {DATATYPES}")
+    check_datatype(field, tensor.datatype)
     name = CONTENTS.get(tensor.datatype)
     if name is None:
         raise RequestRejected(field, f"{tensor.datatype} has no typed contents; send raw_input_contents")
@@ -171,12 +169,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         current, token = opened
         self.trail.close(token)
         metadata = dict(context.invocation_metadata() or ())
-        given = metadata.get("x-request-id")
         _, _, caller = decide(self.keys, metadata.get("authorization"), KeyScope.INFER)
         self.trail.record(
             current,
             arrived=arrived,
-            request_id=given if given and REQUEST_ID.fullmatch(given) else uuid.uuid4().hex,
+            request_id=choose_request_id(metadata.get("x-request-id")),
             key_id=None if caller is None else caller.key_id,
             surface="grpc",
             **details,

@@ -1,10 +1,10 @@
 """One inference with the KServe SDK's clients, the documented way, printed as one JSON document on stdout.
 
 Run by tests/serve/test_serve_clients.py with the python of its own virtualenv (kserve needs protobuf<7), so it
-imports only kserve, numpy and the standard library. The request file holds {"rows": [...], "inputs": [{"name",
-"datatype", "data"}], "parameters": {...}}. Modes: rest-v2 (InferInput data lists: JSON), rest-v2-binary
-(set_data_from_numpy: binary tensor data), rest-v1 ({"instances": rows}), grpc (typed contents) and grpc-raw
-(raw_input_contents). Exit status 2 and {"error": ...} when the call fails.
+imports only kserve, numpy, the standard library and decoded.py beside it. The request file holds
+{"rows": [...], "inputs": [{"name", "datatype", "data"}], "parameters": {...}}. Modes: rest-v2 (InferInput data
+lists: JSON), rest-v2-binary (set_data_from_numpy: binary tensor data), rest-v1 ({"instances": rows}), grpc
+(typed contents) and grpc-raw (raw_input_contents). Exit status 2 and {"error": ...} when the call fails.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import sys
 from typing import Any
 
 import grpc
 import httpx
 import numpy as np
+from decoded import decoded  # this folder's shared output decoding
 
 # Importing kserve runs its model server's argparse over sys.argv (and exits on options it finds ambiguous,
 # such as --grpc): keep ours aside while it imports.
@@ -43,17 +43,6 @@ def _inputs(request: dict[str, Any], from_numpy: bool) -> list[InferInput]:
     return inputs
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars -> JSON values: NaN as null, bytes as UTF-8 text."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
 def _parameter(value: Any) -> Any:
     """A response parameter: plain already (REST) or an InferParameter message (gRPC).
 
@@ -70,12 +59,7 @@ def _answer(response: Any) -> dict[str, Any]:
     outputs = {}
     for output in response.outputs:
         array = output.as_numpy()
-        outputs[output.name] = {
-            "datatype": output.datatype,
-            "shape": list(array.shape),
-            "numpy_dtype": str(array.dtype),
-            "data": [_plain(value) for value in array.reshape(-1).tolist()],
-        }
+        outputs[output.name] = decoded(output.datatype, array)
     parameters = {key: _parameter(value) for key, value in (response.parameters or {}).items()}
     return {"model_name": response.model_name, "parameters": parameters, "outputs": outputs}
 

@@ -1,8 +1,8 @@
 """One inference with NVIDIA's tritonclient, the documented way, printed as one JSON document on stdout.
 
 Run by tests/serve/test_serve_clients.py with the python of its own virtualenv (tritonclient's pins clash with the
-project's), so it imports only tritonclient, numpy and the standard library. The request file holds
-{"inputs": [{"name", "datatype", "data"}], "parameters": {...}, "outputs": [names]}.
+project's), so it imports only tritonclient, numpy, the standard library and decoded.py beside it. The request
+file holds {"inputs": [{"name", "datatype", "data"}], "parameters": {...}, "outputs": [names]}.
 Modes: http-json, http-binary, aio-json, aio-binary, grpc. Exit status 2 and {"error": ...} when the call fails.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import sys
 from typing import Any
 
@@ -19,6 +18,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
+from decoded import decoded  # this folder's shared output decoding
 from tritonclient.utils import InferenceServerException
 
 MODES = ("http-json", "http-binary", "aio-json", "aio-binary", "grpc")
@@ -50,28 +50,12 @@ def _json_outputs(module: Any, request: dict[str, Any]) -> list[Any]:
     return [module.InferRequestedOutput(name, binary_data=False) for name in request["outputs"]]
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars -> JSON values: NaN as null, bytes as UTF-8 text."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
 def _decode(result: Any, described: list[dict[str, Any]]) -> dict[str, Any]:
     """Every output the server answered, through the client's own as_numpy."""
     outputs = {}
     for output in described:
         array = result.as_numpy(output["name"])
-        outputs[output["name"]] = {
-            "datatype": output["datatype"],
-            "shape": list(array.shape),
-            "numpy_dtype": str(array.dtype),
-            "data": [_plain(value) for value in array.reshape(-1).tolist()],
-        }
+        outputs[output["name"]] = decoded(output["datatype"], array)
     return outputs
 
 
