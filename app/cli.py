@@ -374,6 +374,7 @@ def serve(
     from pydantic import ValidationError
 
     from app.serve.app import create_app
+    from app.serve.http_protocol import protocol_with_timeouts
     from app.serve.settings import Settings
 
     given = {"models": models, "host": host, "port": port, "device": device, "backend": backend}
@@ -396,6 +397,8 @@ def serve(
         log_level=settings.log_level,
         workers=1,
         server_header=False,  # no "server: uvicorn": what runs here is nobody else's business
+        # h11 with header and body read deadlines: a slow client cannot hold a connection open forever.
+        http=protocol_with_timeouts(settings.header_timeout_s, settings.body_timeout_s),
     )
 
 

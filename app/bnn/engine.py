@@ -9,33 +9,37 @@
   Rows no longer share draws (each row's own predictive is exact); the cost grows with N, so it pays for
   small N with a fresh seed.
 
-Low-rank networks run fused paths: rows × samples through the factors without a Python loop over samples,
-in a row-major layout for small N and a feature-major layout (activations (S, m, N), chunked over samples so
-they stay in cache) for large N. Other kinds go through the generic ``sample``/``propagate`` path.
+Low-rank networks run fused paths (``app.bnn.fused``): rows × samples through the factors without a Python
+loop over samples. Other kinds go through the generic ``sample``/``propagate`` path. A call runs piece by piece
+(``steps``; the pieces are in ``app.bnn.plan``), so memory stays bounded and a server can interleave calls.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from functools import cached_property
 
 import torch
 from torch import Tensor
 
-from app.bnn._base import LayerSample, LowRankSample
+from app.bnn._base import LayerSample
+from app.bnn.fused import (
+    FEATURE_MAJOR_CHUNK_FLOATS,
+    ROW_MAJOR_MAX_ROWS,
+    activate,
+    feature_major,
+    lowrank_feature_major,
+    lowrank_row_major,
+    slice_samples,
+)
 from app.bnn.lowrank import LowRankBayesLinear
-from app.bnn.network import BayesianMLP, LayerKind
-from app.bnn.plan import Plan, PlanRefused
+from app.bnn.network import BayesianMLP, LayerKind, Likelihood
+from app.bnn.plan import DRAW_UNIT, Plan, PlanRefused, largest_error, piece_samples, run_to_end, summary_rows
 from app.bnn.predictive import Predictive, class_probabilities, entropy, predict_with
 from app.bnn.spec import MonteCarloError, Sampler  # noqa: F401 - MonteCarloError re-exported
-
-ROW_MAJOR_MAX_ROWS = 16  # measured crossover between the two low-rank layouts on 2 CPU cores
-# Feature-major path: samples per chunk so one (chunk, width, N) activation holds about this many floats
-# (8 MiB: well inside a 32 MiB L3; 16 samples for the bundled model at N = 1024, measured best).
-FEATURE_MAJOR_CHUNK_FLOATS = 1 << 21
 
 
 @dataclass
@@ -105,6 +109,8 @@ class MonteCarloEngine:
         self.model = model
         self.device = next(model.parameters()).device
         self.lowrank = model.spec.kind is LayerKind.LOWRANK
+        self.widest = max(m for _, m in model.spec.layer_shapes())
+        self.classes = 2 if model.spec.likelihood is Likelihood.BERNOULLI else model.spec.out_features
         self.cost = cost or CostModel.measure(self.device)
         self.bank_seed = bank_seed
         self.bank_size = model.num_samples(bank_size) if bank_size > 0 else 0
@@ -227,49 +233,97 @@ class MonteCarloEngine:
 
     @torch.no_grad()
     def execute(self, x: Tensor, plan: Plan, chunk: int = 64) -> EngineResult:
-        """x: (N, d) through a seeded plan from ``plan`` -> EngineResult. With a tolerance, ``chunk`` samples at a
-        time until both Monte Carlo standard errors are ≤ it or the cap is used; chunks come from consecutive
-        slices of the bank, or from one generator, so a seed replays the same stopping point."""
+        """x: (N, d) through a seeded plan from ``plan`` -> EngineResult (``steps``, run to the end)."""
+        return run_to_end(self.steps(x, plan, chunk))
+
+    @torch.no_grad()
+    def steps(self, x: Tensor, plan: Plan, chunk: int = 64) -> Generator[None, None, EngineResult]:
+        """``execute`` one piece at a time (``app.bnn.plan``): yields between pieces, so that the caller may run
+        other work or stop, and returns the EngineResult. With a tolerance, ``chunk`` samples at a time until
+        both Monte Carlo standard errors are ≤ it or the cap is used; chunks come from consecutive slices of
+        the bank, or from one generator, so a seed replays the same stopping point."""
         if plan.seed is None:
             raise ValueError(f"sampler '{plan.sampler.value}' needs a seed")
         generator = None
         if plan.sampler is not Sampler.BANK:
             generator = torch.Generator(device=self.device).manual_seed(plan.seed)
+        # One buffer for the per-sample probabilities, filled piece by piece: no list of parts to concatenate,
+        # and no small long-lived tensors between the pieces' temporaries (they fragment the heap: measured).
+        probs = torch.empty((plan.samples, x.shape[0], self.classes), device=x.device, dtype=x.dtype)
         if plan.tolerance is None:
-            return EngineResult(Predictive(self._draw(x, plan.sampler, 0, plan.samples, generator)), plan)
+            yield from self._pieces(x, plan.sampler, 0, plan.samples, generator, probs)
+            return EngineResult(Predictive(probs), plan)
         chunk = max(8, chunk - chunk % 8)
-        parts: list[Tensor] = []
         used = 0
         while used < plan.samples:
             size = min(chunk, plan.samples - used)
-            parts.append(self._draw(x, plan.sampler, used, size, generator))
+            yield from self._pieces(x, plan.sampler, used, size, generator, probs)
             used += size
-            error = monte_carlo_error(Predictive(torch.cat(parts)))
+            yield
+            error = yield from monte_carlo_error_steps(Predictive(probs[:used]))
             if max(error.probability, error.mutual_information) <= plan.tolerance:
                 break
-        return EngineResult(Predictive(torch.cat(parts)), replace(plan, samples=used))
+        return EngineResult(Predictive(probs[:used]), replace(plan, samples=used))
 
-    def _draw(self, x: Tensor, sampler: Sampler, start: int, size: int, generator: torch.Generator | None) -> Tensor:
-        """x: (N, d) through ``size`` samples -> probs (size, N, C): bank samples [start, start + size), or
-        fresh weights or local noise from ``generator``."""
+    @torch.no_grad()
+    def shared_fresh(self, xs: list[Tensor], samples: int, seed: int) -> list[Predictive]:
+        """Several calls' rows, each (N_i, d), through one fresh draw of S samples from ``seed`` -> (S, N_i, C)
+        each: drawn unit by unit as a lone call draws it, so each answer is that call's ``execute`` alone."""
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        outs = [torch.empty((samples, x.shape[0], self.classes), device=x.device, dtype=x.dtype) for x in xs]
+        start = 0
+        for size in self._draw_units(samples):
+            weights = self.model.sample(size, generator)
+            for out, x in zip(outs, xs, strict=True):
+                out[start : start + size] = self._propagate(x, weights)
+            start += size
+        return [Predictive(out) for out in outs]
+
+    def _pieces(
+        self, x: Tensor, sampler: Sampler, start: int, size: int, generator: torch.Generator | None, out: Tensor
+    ) -> Generator[None, None, None]:
+        """``_draw`` of samples [start, start + size) into ``out`` (S, N, C), one piece at a time, yielding
+        between pieces."""
+        step = size if self.model.fixed_samples is not None else piece_samples(sampler, x.shape[0])
+        for offset in range(0, size, step):
+            if offset:
+                yield
+            first, count = start + offset, min(step, size - offset)
+            self._draw(x, sampler, first, count, generator, out[first : first + count])
+
+    def _draw_units(self, samples: int) -> list[int]:
+        """The sizes of the fresh draws S samples are made of (the members, for fixed-member networks)."""
+        if self.model.fixed_samples is not None:
+            return [samples]
+        return [min(DRAW_UNIT, samples - start) for start in range(0, samples, DRAW_UNIT)]
+
+    def _draw(
+        self, x: Tensor, sampler: Sampler, start: int, size: int, generator: torch.Generator | None, out: Tensor
+    ) -> None:
+        """x: (N, d) through ``size`` samples into ``out`` (size, N, C): bank samples [start, start + size), or
+        fresh weights (whole draw units, ``start`` being a multiple of one) or local noise from ``generator``."""
         if sampler is Sampler.BANK:
             stop = start + size
-            return self._propagate(x, _slice(self._bank, start, stop), _slice(self._bank_layout, start, stop))  # type: ignore[arg-type]
-        if sampler is Sampler.FRESH:
-            return self._propagate(x, self.model.sample(size, generator))
-        return self._local(x, size, generator)  # type: ignore[arg-type]
+            bank, layout = slice_samples(self._bank, start, stop), slice_samples(self._bank_layout, start, stop)
+            out.copy_(self._propagate(x, bank, layout))  # type: ignore[arg-type]
+        elif sampler is Sampler.FRESH:
+            first = 0
+            for count in self._draw_units(size):
+                out[first : first + count] = self._propagate(x, self.model.sample(count, generator))
+                first += count
+        else:
+            out.copy_(self._local(x, size, generator))  # type: ignore[arg-type]
 
     def _propagate(self, x: Tensor, weights: list[LayerSample], layout: list | None = None) -> Tensor:
         """x: (N, d) through drawn weights (and their feature-major layout, if at hand) -> probs (S, N, C)."""
         if not self.lowrank:
             return predict_with(self.model, x, weights).probs
         if x.shape[0] <= ROW_MAJOR_MAX_ROWS:
-            logits = _lowrank_row_major(x, weights, self.model)
+            logits = lowrank_row_major(x, weights, self.model)
         else:
             layout = layout if layout is not None else feature_major(weights)
-            widest = max(m for _, m in self.model.spec.layer_shapes())
-            chunk = max(1, FEATURE_MAJOR_CHUNK_FLOATS // (widest * x.shape[0]))
-            logits = _lowrank_feature_major(x, layout, chunk, self.model)
+            chunk = max(1, FEATURE_MAJOR_CHUNK_FLOATS // (self.widest * x.shape[0]))
+            logits = lowrank_feature_major(x, layout, chunk, self.model)
         return class_probabilities(logits, self.model.spec.likelihood)
 
     def _local(self, x: Tensor, samples: int, generator: torch.Generator) -> Tensor:
@@ -289,18 +343,8 @@ class MonteCarloEngine:
             eps = torch.randn(mean.shape, generator=generator, device=x.device, dtype=x.dtype)
             h = torch.addcmul(mean, std, eps).reshape(samples, rows, -1)
             if i < last:
-                h = _activate(h, self.model)
+                h = activate(h, self.model)
         return class_probabilities(h, self.model.spec.likelihood)
-
-
-def _slice(weights: list | None, start: int, stop: int) -> list | None:
-    """Samples [start, stop) of every tensor of a draw (weights or their augmented form)."""
-    if weights is None:
-        return None
-    # A typed draw (LowRankSample, …) stays typed; the feature-major layout is plain tuples.
-    return [
-        (getattr(type(layer), "_make", tuple))(None if t is None else t[start:stop] for t in layer) for layer in weights
-    ]
 
 
 def _layer_macs(layer: torch.nn.Module) -> int:
@@ -308,57 +352,6 @@ def _layer_macs(layer: torch.nn.Module) -> int:
     if isinstance(layer, LowRankBayesLinear):
         return layer.rank * (layer.in_features + layer.out_features)
     return layer.in_features * layer.out_features  # type: ignore[operator]
-
-
-def _lowrank_row_major(x: Tensor, weights: list[LowRankSample], model: BayesianMLP) -> Tensor:
-    """Small N: x: (N, n) -> logits (S, N, k); the first layer is one GEMM against all samples' B at once."""
-    last = len(weights) - 1
-    h: Tensor | None = None
-    for i, (a, b, c) in enumerate(weights):
-        if i == 0:
-            samples, n, r = b.shape
-            xb = x @ b.permute(1, 0, 2).reshape(n, samples * r)  # (N, S·r): one GEMM for every sample
-            hidden = xb.reshape(x.shape[0], samples, r).transpose(0, 1)  # (S, N, r)
-        else:
-            hidden = torch.bmm(h, b)  # type: ignore[arg-type]
-        h = torch.baddbmm(c.unsqueeze(1), hidden, a.transpose(1, 2))  # (S, N, m)
-        if i < last:
-            h = _activate(h, model)
-    return h  # type: ignore[return-value]
-
-
-def feature_major(weights: list[LowRankSample]) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """A low-rank draw in the feature-major path's layout, per layer: Bᵀ (S, r, n), A (S, m, r), c (S, m, 1),
-    all contiguous (the bank keeps this form, so a call copies nothing)."""
-    return [(b.transpose(1, 2).contiguous(), a.contiguous(), c.unsqueeze(2).contiguous()) for a, b, c in weights]
-
-
-def _lowrank_feature_major(
-    x: Tensor, layout: list[tuple[Tensor, Tensor, Tensor]], sample_chunk: int, model: BayesianMLP
-) -> Tensor:
-    """Large N: activations kept as (S, m, N) so every GEMM has the long N dimension last, ``sample_chunk``
-    samples at a time so that they stay in cache. x: (N, n) -> logits (S, N, k)."""
-    (first_bt, first_a, first_c), rest = layout[0], layout[1:]
-    samples, rank, n = first_bt.shape
-    rows = x.shape[0]
-    xb = (first_bt.reshape(samples * rank, n) @ x.T).reshape(samples, rank, rows)  # (S, r, N): one GEMM
-    last = len(rest) - 1
-    outputs = []
-    for start in range(0, samples, sample_chunk):
-        part = slice(start, start + sample_chunk)
-        h = torch.baddbmm(first_c[part], first_a[part], xb[part])  # (s, m, N)
-        if rest:
-            h = _activate(h, model)
-        for i, (bt, a, c) in enumerate(rest):
-            h = torch.baddbmm(c[part], a[part], torch.bmm(bt[part], h))
-            if i < last:
-                h = _activate(h, model)
-        outputs.append(h)
-    return torch.cat(outputs).transpose(1, 2)  # (S, N, k)
-
-
-def _activate(h: Tensor, model: BayesianMLP) -> Tensor:
-    return h.relu_() if model.spec.activation.value == "relu" else model.activation(h)
 
 
 def monte_carlo_error(predictive: Predictive, groups: int = 8) -> MonteCarloError:
@@ -380,3 +373,14 @@ def monte_carlo_error(predictive: Predictive, groups: int = 8) -> MonteCarloErro
     grouped = probs[: groups * size].reshape(groups, size, rows, classes)
     mi = (entropy(grouped.mean(1)) - entropy(grouped).mean(1)).clamp_min(0.0)  # (groups, N)
     return MonteCarloError(se_p, float((mi.std(0) / math.sqrt(groups)).max()))
+
+
+def monte_carlo_error_steps(predictive: Predictive, groups: int = 8) -> Generator[None, None, MonteCarloError]:
+    """``monte_carlo_error`` a block of rows at a time (``summary_rows``), yielding between blocks."""
+    block = summary_rows(predictive.samples)
+    errors: list[MonteCarloError] = []
+    for start in range(0, predictive.probs.shape[1], block):
+        if errors:
+            yield
+        errors.append(monte_carlo_error(Predictive(predictive.probs[:, start : start + block]), groups))
+    return largest_error(errors)

@@ -7,6 +7,7 @@ Both decide a request's sampler, sample count and seed in one place, ``plan``, a
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -38,6 +39,15 @@ class Scores:
     mc_error: MonteCarloError
 
 
+@dataclass(frozen=True)
+class Cost:
+    """A request's estimated compute seconds on this server (rates measured when the model loaded) and peak
+    memory in bytes beyond the model's own (``app.bnn.plan.peak_bytes``), for the worst case of its plan."""
+
+    seconds: float
+    bytes: int
+
+
 class Backend(Protocol):
     kind: BackendKind
     manifest: Manifest
@@ -50,6 +60,13 @@ class Backend(Protocol):
         """The plan a request of N = ``rows`` rows gets for these options (samples: the cap when ``tolerance``
         is set); PlanRefused(option, reason) when this backend cannot serve them."""
 
+    def cost(self, plan: Plan, rows: int) -> Cost:
+        """What a request of N = ``rows`` rows planned as ``plan`` is estimated to take (an adaptive plan: its cap)."""
+
     def compute(self, jobs: list[tuple[np.ndarray, Plan]], batch_seed: int) -> list[Scores]:
         """Score a batch of requests (x: (N, d) float32 each, with its plan) on the compute thread; a plan
-        without a seed takes ``batch_seed``."""
+        without a seed takes ``batch_seed``. Each answer equals ``steps`` of that request alone."""
+
+    def steps(self, x: np.ndarray, plan: Plan) -> Generator[None, None, Scores]:
+        """Score one request with a seeded plan piece by piece (``app.bnn.plan``): yields between pieces, so the
+        caller may run other requests or stop, and returns its scores."""

@@ -16,18 +16,22 @@ members from the bank graph, as the torch backend gives them.
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
 
-from app.bnn.plan import Plan, PlanRefused
+from app.bnn.plan import Plan, PlanRefused, largest_error, peak_bytes, piece_samples, run_to_end, summary_rows
 from app.bnn.spec import MonteCarloError, Sampler
 from app.checkpoint.files import read_manifest, read_onnx, verified_weights_bytes
 from app.checkpoint.manifest import Manifest, NoiseInput
 from app.checkpoint.noise import NOISE_CHUNK, OUTPUTS, SAMPLING_OUTPUT, NoiseStream
 from app.errors import CheckpointError
-from app.serve.backend import BackendKind, Scores
+from app.serve.backend import BackendKind, Cost, Scores
 from app.serve.predictive_numpy import decompose_numpy, monte_carlo_error_numpy
+
+RATE_ROWS = 256  # the rows of the pass each sampler's rate is measured on, when the model loads
 
 
 class OnnxBackend:
@@ -39,6 +43,7 @@ class OnnxBackend:
         self.sampling = sampling
         assert manifest.onnx is not None  # checked by load
         self.onnx = manifest.onnx
+        self.seconds_per_row_sample: dict[Sampler, float] = {}  # measured when loading
 
     @classmethod
     def load(cls, folder: Path) -> OnnxBackend:
@@ -66,7 +71,20 @@ class OnnxBackend:
             (scores,) = backend.compute([(x, plan)], batch_seed=0)
             if not np.isfinite(scores.probs).all():
                 raise CheckpointError(str(folder), f"warm-up prediction ({plan.sampler.value}) is not finite")
+            backend.measure_rate(x, plan)
         return backend
+
+    def measure_rate(self, x: np.ndarray, plan: Plan, rows: int = RATE_ROWS, repeats: int = 2) -> None:
+        """Seconds per row and sample of ``plan``'s sampler: the fastest of ``repeats`` runs of one piece."""
+        if plan.sampler is Sampler.FRESH:
+            plan = Plan(Sampler.FRESH, min(plan.samples, piece_samples(Sampler.FRESH, rows)), 0)
+        x = np.repeat(x, rows, axis=0)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.compute([(x, plan)], batch_seed=0)
+            best = min(best, time.perf_counter() - start)
+        self.seconds_per_row_sample[plan.sampler] = best / (rows * plan.samples)
 
     @property
     def default_bank(self) -> tuple[int, int] | None:
@@ -104,19 +122,31 @@ class OnnxBackend:
             return bank
         return Plan(Sampler.FRESH, samples, seed, tolerance)
 
+    def cost(self, plan: Plan, rows: int) -> Cost:
+        seconds = rows * plan.samples * self.seconds_per_row_sample.get(plan.sampler, 0.0)
+        classes = len(self.manifest.task.labels)
+        return Cost(seconds, peak_bytes(plan, rows, classes, max(m for _, m in self.manifest.network.layer_shapes())))
+
     def compute(self, jobs: list[tuple[np.ndarray, Plan]], batch_seed: int) -> list[Scores]:
-        return [self._run(x, plan.seeded(batch_seed)) for x, plan in jobs]
+        return [run_to_end(self.steps(x, plan.seeded(batch_seed))) for x, plan in jobs]
 
-    def _run(self, x: np.ndarray, plan: Plan) -> Scores:
+    def steps(self, x: np.ndarray, plan: Plan) -> Generator[None, None, Scores]:
         if plan.sampler is Sampler.BANK:
-            return self._run_bank(x)
+            return (yield from self._bank_steps(x))
         assert self.onnx.sampling is not None and self.sampling is not None  # plan() sent the others to the bank
-        assert plan.seed is not None  # compute seeded it
-        return run_fresh(self.sampling, self.onnx.sampling.inputs, x, plan.samples, plan.seed, plan.tolerance)
+        assert plan.seed is not None  # the caller seeded it
+        inputs = self.onnx.sampling.inputs
+        return (yield from fresh_steps(self.sampling, inputs, x, plan.samples, plan.seed, plan.tolerance))
 
-    def _run_bank(self, x: np.ndarray) -> Scores:
-        probs, total, aleatoric, mi, std = self.bank.run(OUTPUTS, {"x": x})  # type: ignore[attr-defined]
-        samples = self.onnx.samples
+    def _bank_steps(self, x: np.ndarray) -> Generator[None, None, Scores]:
+        """The bank graph a block of rows at a time (its outputs are per row)."""
+        samples, block = self.onnx.samples, summary_rows(self.onnx.samples)
+        parts = []
+        for start in range(0, x.shape[0], block):
+            if parts:
+                yield
+            parts.append(self.bank.run(OUTPUTS, {"x": x[start : start + block]}))  # type: ignore[attr-defined]
+        probs, total, aleatoric, mi, std = (np.concatenate(column) for column in zip(*parts, strict=True))
         return Scores(
             plan=Plan(Sampler.BANK, samples, self.onnx.bank_seed),
             probs=probs.astype(np.float64),
@@ -135,23 +165,41 @@ def run_fresh(
 ) -> Scores:
     """``samples`` fresh samples from ``seed`` through a sampling graph's onnxruntime ``session``; with a
     tolerance, chunk by chunk until both Monte Carlo errors are within it (``samples`` is then the cap)."""
+    return run_to_end(fresh_steps(session, inputs, x, samples, seed, tolerance))
+
+
+def fresh_steps(
+    session: object, inputs: list[NoiseInput], x: np.ndarray, samples: int, seed: int, tolerance: float | None
+) -> Generator[None, None, Scores]:
+    """``run_fresh`` one piece at a time (``app.bnn.plan``), yielding between pieces."""
 
     def sample_probabilities(noise: dict[str, np.ndarray]) -> np.ndarray:
         (probs,) = session.run([SAMPLING_OUTPUT], {"x": x, **noise})  # type: ignore[attr-defined]
         return probs  # (S, N, C)
 
     stream = NoiseStream(inputs, seed)
-    if tolerance is None:  # one graph run over all the samples: the same chunks, concatenated
-        probs = sample_probabilities(stream.draw(samples))
-    else:
-        parts: list[np.ndarray] = []
-        for start in range(0, samples, NOISE_CHUNK):
-            parts.append(sample_probabilities(stream.next(min(NOISE_CHUNK, samples - start))))
-            error = monte_carlo_error_numpy(np.concatenate(parts))
+    step = NOISE_CHUNK if tolerance is not None else piece_samples(Sampler.FRESH, x.shape[0])
+    parts: list[np.ndarray] = []
+    for start in range(0, samples, step):
+        if parts:
+            yield
+        # stream.draw gives the same noise as NOISE_CHUNK samples at a time: a piece is whole chunks.
+        parts.append(sample_probabilities(stream.draw(min(step, samples - start))))
+        if tolerance is not None:
+            yield
+            error = yield from _error_steps(np.concatenate(parts))
             if max(error.probability, error.mutual_information) <= tolerance:
                 break
-        probs = np.concatenate(parts)
-    mean, total, aleatoric, mi, std = decompose_numpy(probs)
+    probs = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    yield
+    block = summary_rows(probs.shape[0])
+    blocks, errors = [], []
+    for start in range(0, probs.shape[1], block):
+        if blocks:
+            yield
+        blocks.append(decompose_numpy(probs[:, start : start + block]))
+        errors.append(monte_carlo_error_numpy(probs[:, start : start + block]))
+    mean, total, aleatoric, mi, std = (np.concatenate(column) for column in zip(*blocks, strict=True))
     return Scores(
         plan=Plan(Sampler.FRESH, probs.shape[0], seed, tolerance),
         probs=mean,
@@ -159,5 +207,16 @@ def run_fresh(
         aleatoric=aleatoric,
         epistemic=mi,
         std=std,
-        mc_error=monte_carlo_error_numpy(probs),
+        mc_error=largest_error(errors),
     )
+
+
+def _error_steps(probs: np.ndarray) -> Generator[None, None, MonteCarloError]:
+    """``monte_carlo_error_numpy`` a block of rows at a time, yielding between blocks."""
+    block = summary_rows(probs.shape[0])
+    errors: list[MonteCarloError] = []
+    for start in range(0, probs.shape[1], block):
+        if errors:
+            yield
+        errors.append(monte_carlo_error_numpy(probs[:, start : start + block]))
+    return largest_error(errors)

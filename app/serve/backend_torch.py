@@ -2,33 +2,44 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from app.bnn.engine import MonteCarloEngine, monte_carlo_error
-from app.bnn.plan import Plan
+from app.bnn.plan import Plan, largest_error, peak_bytes, piece_samples, run_to_end, summary_rows
 from app.bnn.predictive import Predictive, decompose
 from app.bnn.spec import Sampler
 from app.checkpoint.io import load_checkpoint
 from app.checkpoint.manifest import Manifest
 from app.errors import CheckpointError
-from app.serve.backend import BackendKind, Scores
+from app.serve.backend import BackendKind, Cost, Scores
+
+RATE_ROWS = 256  # the rows of the pass each sampler's rate is measured on, when the model loads
 
 
-def _scores(predictive: Predictive, plan: Plan) -> Scores:
-    u = decompose(predictive)
-    return Scores(
-        plan=plan,
-        probs=predictive.mean.double().cpu().numpy(),
-        total=u.total.cpu().numpy(),
-        aleatoric=u.aleatoric.cpu().numpy(),
-        epistemic=u.epistemic.cpu().numpy(),
-        std=u.std.cpu().numpy(),
-        mc_error=monte_carlo_error(predictive),
-    )
+def summarise(predictive: Predictive, plan: Plan) -> Generator[None, None, Scores]:
+    """A predictive's scores a block of rows at a time (``summary_rows``) into preallocated arrays, yielding
+    between blocks."""
+    probs, block = predictive.probs, summary_rows(predictive.samples)
+    rows, classes = probs.shape[1], probs.shape[2]
+    mean = np.empty((rows, classes))
+    total, aleatoric, epistemic, std = (np.empty(rows, dtype=np.float32) for _ in range(4))
+    errors = []
+    for start in range(0, rows, block):
+        if start:
+            yield
+        part, where = Predictive(probs[:, start : start + block]), slice(start, start + block)
+        u = decompose(part)
+        mean[where] = part.mean.double().cpu().numpy()
+        for out, values in ((total, u.total), (aleatoric, u.aleatoric), (epistemic, u.epistemic), (std, u.std)):
+            out[where] = values.cpu().numpy()
+        errors.append(monte_carlo_error(part))
+    return Scores(plan, mean, total, aleatoric, epistemic, std, largest_error(errors))
 
 
 class TorchBackend:
@@ -38,6 +49,7 @@ class TorchBackend:
         self.manifest = manifest
         self.engine = engine
         self.device = device
+        self.seconds_per_row_sample: dict[Sampler, float] = {}  # measured by warm_up
 
     @classmethod
     def load(cls, folder: Path, device: torch.device, bank_samples: int | None, bank_seed: int) -> TorchBackend:
@@ -50,6 +62,7 @@ class TorchBackend:
         return backend
 
     def warm_up(self, folder: Path) -> None:
+        """Run every sampler once on a typical row, then time one piece of each for the cost estimates."""
         x = self.manifest.preprocessing.typical_input()
         for sampler in self.engine.warm_up_samplers():
             bank = sampler is Sampler.BANK
@@ -58,6 +71,21 @@ class TorchBackend:
             (scores,) = self.compute([(x, plan)], batch_seed=0)
             if not np.isfinite(scores.probs).all():
                 raise CheckpointError(str(folder), f"warm-up prediction ({sampler.value}) is not finite")
+            rows = np.repeat(x, RATE_ROWS, axis=0)
+            samples = min(samples, piece_samples(sampler, RATE_ROWS))
+            plan = self.plan(sampler, RATE_ROWS, samples, None if bank else 0, None)
+            self.seconds_per_row_sample[sampler] = self._timed(rows, plan) / (RATE_ROWS * plan.samples)
+
+    def _timed(self, x: np.ndarray, plan: Plan, repeats: int = 2) -> float:
+        """The fastest of ``repeats`` runs of one request, in seconds."""
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.compute([(x, plan)], batch_seed=0)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            best = min(best, time.perf_counter() - start)
+        return best
 
     @property
     def default_bank(self) -> tuple[int, int] | None:
@@ -65,6 +93,11 @@ class TorchBackend:
 
     def plan(self, sampler: Sampler, rows: int, samples: int, seed: int | None, tolerance: float | None) -> Plan:
         return self.engine.plan(sampler, rows, samples, seed, tolerance)
+
+    def cost(self, plan: Plan, rows: int) -> Cost:
+        seconds = rows * plan.samples * self.seconds_per_row_sample.get(plan.sampler, 0.0)
+        classes = len(self.manifest.task.labels)
+        return Cost(seconds, peak_bytes(plan, rows, classes, self.engine.widest))
 
     @torch.no_grad()
     def compute(self, jobs: list[tuple[np.ndarray, Plan]], batch_seed: int) -> list[Scores]:
@@ -77,11 +110,15 @@ class TorchBackend:
             if plan.sampler is Sampler.FRESH and plan.tolerance is None:
                 shared[(plan.samples, plan.seed)].append(index)  # type: ignore[index]
                 continue
-            result = engine.execute(torch.from_numpy(x_np).to(device), plan)
-            results[index] = _scores(result.predictive, result.plan)
+            results[index] = run_to_end(self.steps(x_np, plan))
         for (samples, seed), members in shared.items():
-            weights = engine.model.sample(samples, torch.Generator(device=device).manual_seed(seed))
-            for index in members:
-                x = torch.from_numpy(jobs[index][0]).to(device)
-                results[index] = _scores(engine.evaluate(x, weights), jobs[index][1].seeded(batch_seed))
+            xs = [torch.from_numpy(jobs[index][0]).to(device) for index in members]
+            for index, predictive in zip(members, engine.shared_fresh(xs, samples, seed), strict=True):
+                results[index] = run_to_end(summarise(predictive, jobs[index][1].seeded(batch_seed)))
         return [r for r in results if r is not None]
+
+    @torch.no_grad()
+    def steps(self, x: np.ndarray, plan: Plan) -> Generator[None, None, Scores]:
+        result = yield from self.engine.steps(torch.from_numpy(x).to(self.device), plan)
+        yield
+        return (yield from summarise(result.predictive, result.plan))

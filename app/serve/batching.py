@@ -1,7 +1,10 @@
-"""Dynamic batching over each model's backend, off the event loop.
+"""Dynamic batching over each model's backend, off the event loop, with large requests run piece by piece.
 
 Requests for one model queue up; a per-model task takes what is queued (up to ``batch_max_rows`` rows,
-waiting at most ``batch_max_wait_ms`` for more) and runs it on the single compute thread. Each request comes
+waiting at most ``batch_max_wait_ms`` for more) and runs it on the single compute thread. A request whose
+estimated compute exceeds ``STEPPED_OVER_S`` is not part of a batch: it runs one piece at a time
+(``Backend.steps``, about 10 ms each), and what arrives meanwhile runs between its pieces, so a one-row request
+waits for one piece, not for the whole large request; several large requests take turns. Each request comes
 with its plan (``app.bnn.plan``, decided by the backend's ``plan``): the frozen bank by default, whose draws
 every request shares at no cost; ``fresh`` requests of a batch with the same (samples, seed) share one weight
 draw, and plans without a seed take the batch's seed, which the response reports; ``local`` and adaptive
@@ -10,7 +13,8 @@ with its reported seed and sampler gives bitwise the same answer.
 
 A failed pass fails the requests of its batch with the exception and the loop goes on; a request whose client
 went away (its future cancelled) is dropped before its batch runs, and so is one past the server's deadline
-(``request_timeout_s``: a 504 at once; its rows are not computed unless a pass had already started them). Beyond
+(its deadline: ``request_timeout_s`` or the shorter one the request asked; a 504 at once; its rows are not
+computed unless a pass had already started them, and a large request stops at its next piece). Beyond
 ``max_queued_rows`` rows waiting or running for a model, a request is refused at once (``Overloaded``: 503).
 """
 
@@ -21,6 +25,8 @@ import contextlib
 import functools
 import secrets
 import time
+from collections import deque
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -33,6 +39,8 @@ from app.serve.metrics import ServiceMetrics
 from app.serve.repository import ServedModel
 from app.serve.settings import Settings
 
+STEPPED_OVER_S = 0.02  # a request estimated to take longer runs piece by piece, between the other requests
+
 
 @dataclass
 class _Job:
@@ -40,10 +48,29 @@ class _Job:
     plan: Plan
     future: asyncio.Future[Scores]
     enqueued: float
+    stepped: bool  # run piece by piece on its own, not in a batch
 
     @property
     def rows(self) -> int:
         return self.x.shape[0]
+
+
+@dataclass
+class _Running:
+    """A stepped request between its pieces."""
+
+    job: _Job
+    steps: Generator[None, None, Scores]
+    seconds: float = 0.0  # compute time of its pieces so far
+
+
+def _advance(steps: Generator[None, None, Scores]) -> Scores | None:
+    """Run one piece on the compute thread: the scores once the last one is done, else None."""
+    try:
+        next(steps)
+    except StopIteration as stop:
+        return stop.value
+    return None
 
 
 def new_seed() -> int:
@@ -74,8 +101,10 @@ class BatchingEngine:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._rows: dict[str, int] = {}  # rows waiting or running, per model
 
-    async def submit(self, model: ServedModel, x: np.ndarray, plan: Plan) -> Scores:
-        """Queue ``x`` (N, d) for ``model`` to run as ``plan`` and wait for its scores."""
+    async def submit(self, model: ServedModel, x: np.ndarray, plan: Plan, timeout_s: float | None = None) -> Scores:
+        """Queue ``x`` (N, d) for ``model`` to run as ``plan`` and wait for its scores, at most ``timeout_s``
+        (the server's ``request_timeout_s`` when None or longer)."""
+        assert model.backend is not None  # only ready models are queued
         loop = asyncio.get_running_loop()
         queue = self._queues.get(model.name)
         if queue is None:
@@ -87,17 +116,29 @@ class BatchingEngine:
                 f"model '{name}' has {waiting} rows waiting or running, and this server takes at most "
                 f"{self.settings.max_queued_rows} per model: retry shortly"
             )
-        job = _Job(x=x, plan=plan, future=loop.create_future(), enqueued=time.perf_counter())
+        stepped = model.backend.cost(plan, rows).seconds > STEPPED_OVER_S
+        job = _Job(x=x, plan=plan, future=loop.create_future(), enqueued=time.perf_counter(), stepped=stepped)
         self._rows[name] = waiting + rows
         job.future.add_done_callback(lambda _: self._rows.__setitem__(name, self._rows[name] - rows))
         await queue.put(job)
+        server = self.settings.request_timeout_s
+        timeout = server if timeout_s is None else min(timeout_s, server)
         try:
-            # On timeout wait_for cancels the future: a job still queued is then dropped before its batch runs.
-            return await asyncio.wait_for(job.future, self.settings.request_timeout_s)
+            # On timeout wait_for cancels the future: a job still queued is then dropped before its batch runs,
+            # and a stepped one at its next piece.
+            return await asyncio.wait_for(job.future, timeout)
         except TimeoutError:
-            raise DeadlineExceeded(
-                f"not answered within the server's {self.settings.request_timeout_s:g} s deadline"
-            ) from None
+            whose = "the server's" if timeout == server else "the request's"
+            raise DeadlineExceeded(f"not answered within {whose} {timeout:g} s deadline") from None
+
+    def _ready(self, queue: asyncio.Queue[_Job]) -> list[_Job]:
+        """What is queued now, up to the row limit, without waiting (large requests are in progress)."""
+        jobs: list[_Job] = []
+        rows = 0
+        while rows < self.settings.batch_max_rows and not queue.empty():
+            jobs.append(queue.get_nowait())
+            rows += jobs[-1].rows
+        return jobs
 
     async def _collect(self, queue: asyncio.Queue[_Job]) -> list[_Job]:
         """The next batch: the first job, then what arrives within the wait, up to the row limit."""
@@ -120,34 +161,78 @@ class BatchingEngine:
         return jobs
 
     async def _batch_loop(self, model: ServedModel, queue: asyncio.Queue[_Job]) -> None:
+        """Batches as they come; while large requests are in progress, what is queued, then one of their pieces."""
+        assert model.backend is not None  # only ready models are queued
+        running: deque[_Running] = deque()
+        try:
+            while True:
+                jobs = self._ready(queue) if running else await self._collect(queue)
+                jobs = [job for job in jobs if not job.future.done()]  # drop requests whose client went away
+                now = time.perf_counter()
+                for job in jobs:
+                    self.metrics.stage_duration.labels(model.name, "queue").observe(now - job.enqueued)
+                    if job.stepped:
+                        running.append(_Running(job, model.backend.steps(job.x, job.plan.seeded(new_seed()))))
+                batch = [job for job in jobs if not job.stepped]
+                if batch:
+                    await self._pass(model, batch)
+                if running:
+                    await self._piece(model, running)
+        except asyncio.CancelledError:  # closing: nobody will answer these requests
+            for run in running:
+                run.job.future.cancel()
+            raise
+
+    async def _pass(self, model: ServedModel, jobs: list[_Job]) -> None:
+        """One batched pass on the compute thread; its requests answered."""
         loop = asyncio.get_running_loop()
-        while True:
-            jobs = await self._collect(queue)
-            jobs = [job for job in jobs if not job.future.done()]  # drop requests whose client went away
-            if not jobs:
-                continue
-            started = time.perf_counter()
+        started = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self.executor, _compute, model, jobs, new_seed())
+        except asyncio.CancelledError:
             for job in jobs:
-                self.metrics.stage_duration.labels(model.name, "queue").observe(started - job.enqueued)
-            try:
-                results = await loop.run_in_executor(self.executor, _compute, model, jobs, new_seed())
-            except asyncio.CancelledError:  # closing: nobody will answer these requests
-                for job in jobs:
-                    job.future.cancel()
-                raise
-            except Exception as exc:  # a failed pass fails its requests, never the loop
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-                continue
-            self.metrics.stage_duration.labels(model.name, "compute").observe(time.perf_counter() - started)
-            computed = [job for job, result in zip(jobs, results, strict=True) if result is not None]
-            if computed:  # what the pass carried: requests that ended while waiting were not computed
-                self.metrics.batch_rows.labels(model.name).observe(sum(job.rows for job in computed))
-                self.metrics.batch_requests.labels(model.name).observe(len(computed))
-            for job, result in zip(jobs, results, strict=True):
-                if result is not None and not job.future.done():
-                    job.future.set_result(result)
+                job.future.cancel()
+            raise
+        except Exception as exc:  # a failed pass fails its requests, never the loop
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        computed = [(job, result) for job, result in zip(jobs, results, strict=True) if result is not None]
+        if computed:  # what the pass carried: requests that ended while waiting were not computed
+            self._observe(model, time.perf_counter() - started, [job for job, _ in computed])
+        for job, result in computed:
+            if not job.future.done():
+                job.future.set_result(result)
+
+    async def _piece(self, model: ServedModel, running: deque[_Running]) -> None:
+        """The next piece of the first large request in line, which then goes to the back of the line; one
+        whose request ended (deadline, client gone) stops here."""
+        run = running.popleft()
+        if run.job.future.done():
+            run.steps.close()
+            return
+        started = time.perf_counter()
+        try:
+            scores = await asyncio.get_running_loop().run_in_executor(self.executor, _advance, run.steps)
+        except asyncio.CancelledError:
+            run.job.future.cancel()
+            raise
+        except Exception as exc:  # a failed request, never the loop
+            if not run.job.future.done():
+                run.job.future.set_exception(exc)
+            return
+        run.seconds += time.perf_counter() - started
+        if scores is None:
+            running.append(run)
+        elif not run.job.future.done():
+            self._observe(model, run.seconds, [run.job])
+            run.job.future.set_result(scores)
+
+    def _observe(self, model: ServedModel, seconds: float, jobs: list[_Job]) -> None:
+        self.metrics.stage_duration.labels(model.name, "compute").observe(seconds)
+        self.metrics.batch_rows.labels(model.name).observe(sum(job.rows for job in jobs))
+        self.metrics.batch_requests.labels(model.name).observe(len(jobs))
 
     async def close(self) -> None:
         """Cancel every model's batching task and shut the compute thread down."""

@@ -43,6 +43,7 @@ class RequestOptions:
     seed: int | None = None
     sampler: Sampler | None = None
     tolerance: float | None = None
+    timeout_s: float | None = None  # the request's own deadline (the server's applies when it is shorter)
 
 
 Decode = Callable[[Sequence[FeatureSpec]], tuple[Columns, RequestOptions]]  # features -> columns, options
@@ -56,7 +57,8 @@ class ScoringRequest:
     (raising the protocol's errors: unknown, missing or duplicated features, tensor shapes and datatypes,
     malformed options), so an unknown or unready model is a 404 or 503 whatever the body holds; ``locate``
     names a value's field as the protocol does; ``option_field`` prefixes the option fields (``parameters.``
-    on /v2) and ``rows_field`` names the rows (``instances``, ``inputs``).
+    on /v2), ``rows_field`` names the rows (``instances``, ``inputs``) and ``timeout_s`` is the transport's
+    deadline, if it has one.
     """
 
     model: str
@@ -64,6 +66,7 @@ class ScoringRequest:
     locate: Locate
     option_field: str = ""
     rows_field: str = "instances"
+    timeout_s: float | None = None  # a deadline the transport carries (gRPC's), besides the body's
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,8 @@ class DataPlane:
         return self.repository.get(name)
 
     def plan(self, model: ServedModel, request: ScoringRequest, options: RequestOptions, rows: int) -> Plan:
-        """The server's limits (rows, samples, tolerance), then the backend's plan for the request's options;
-        RequestRejected naming the field otherwise."""
+        """The server's limits (rows, samples, tolerance), the backend's plan for the request's options, then
+        the compute budget (``budget``); RequestRejected naming the field otherwise."""
         settings, prefix = self.settings, request.option_field
         if rows < 1:
             raise RequestRejected(request.rows_field, "at least one row is required")
@@ -147,9 +150,34 @@ class DataPlane:
         backend = model.backend
         assert backend is not None  # a ready model has its backend
         try:
-            return backend.plan(options.sampler or settings.sampler, rows, samples, options.seed, tolerance)
+            plan = backend.plan(options.sampler or settings.sampler, rows, samples, options.seed, tolerance)
         except PlanRefused as refusal:
             raise RequestRejected(f"{prefix}{refusal.option}", refusal.reason) from None
+        self.budget(model, plan, rows, f"{prefix}samples")
+        return plan
+
+    def budget(self, model: ServedModel, plan: Plan, rows: int, field: str) -> None:
+        """Refuse, before it runs, a request estimated (``Backend.cost``, worst case: an adaptive plan's cap)
+        to need more compute or memory than the server allows one request, naming the limit and what fits."""
+        assert model.backend is not None  # a ready model has its backend
+        cost, settings = model.backend.cost(plan, rows), self.settings
+        megabytes = cost.bytes / 2**20
+        limits = [  # (how far over, the estimate, the limit and its setting)
+            (cost.seconds / settings.max_request_compute_s, f"{cost.seconds:.3g} s of compute",
+             f"{settings.max_request_compute_s:g} s (SBNN_MAX_REQUEST_COMPUTE_S)"),
+            (megabytes / settings.max_request_memory_mb, f"{megabytes:.0f} MB of memory",
+             f"{settings.max_request_memory_mb:g} MB (SBNN_MAX_REQUEST_MEMORY_MB)"),
+        ]  # fmt: skip
+        ratio, estimate, limit = max(limits)
+        if ratio <= 1.0:
+            return
+        samples, fewer_rows = max(1, int(plan.samples / ratio)), max(1, int(rows / ratio))
+        raise RequestRejected(
+            field,
+            f"{rows} rows × {plan.samples} samples ({plan.sampler.value}) is estimated at {estimate}, over this "
+            f"server's {limit} per request; about {samples} samples for these rows, or {fewer_rows} rows at "
+            f"{plan.samples} samples, would fit",
+        )
 
     async def infer(self, request: ScoringRequest) -> InferenceResult:
         """The corridor: gate and score the request's rows as planned (the seed, when absent, is chosen and
@@ -173,7 +201,9 @@ class DataPlane:
         x = manifest.preprocessing.encode(
             {k: v[scored] for k, v in numeric.items()}, {k: v[scored] for k, v in codes.items()}
         )
-        scores = await self.engine.submit(model, x, plan) if scored.any() else None
+        deadlines = [t for t in (options.timeout_s, request.timeout_s) if t is not None]
+        timeout_s = min(deadlines) if deadlines else None
+        scores = await self.engine.submit(model, x, plan, timeout_s) if scored.any() else None
         density = np.full(scored.size, np.nan)
         epistemic = np.full(scored.size, np.nan)
         if scores is not None:

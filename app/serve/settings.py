@@ -40,6 +40,18 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         30.0, gt=0.0, le=3600.0, description="A request not answered within this is a 504; its queued work is dropped."
     )
+    max_request_compute_s: float = Field(
+        30.0, gt=0.0, le=3600.0, description="A request whose estimated compute exceeds this is refused (4xx)."
+    )
+    max_request_memory_mb: float = Field(
+        1024.0, gt=0.0, description="A request whose estimated peak memory exceeds this is refused (4xx)."
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0.0, le=600.0, description="A request's headers not received within this: the connection is closed."
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0.0, le=3600.0, description="A request's body not received within this: 408, connection closed."
+    )
     backend: BackendKind = Field(
         BackendKind.AUTO, description="torch (every sampler), onnx (the exported bank, no torch) or auto."
     )

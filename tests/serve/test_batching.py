@@ -1,4 +1,5 @@
-"""The batching engine on its own: coalescing, a failing pass, a client gone, closing.
+"""The batching engine on its own: coalescing, a failing pass, a client gone, closing, large requests piece by
+piece between the others, deadlines.
 
 Batches are made deterministic without timing: requests are submitted as tasks before the event loop runs any
 of them (so all are queued when the batching task first looks), and the wait for more is 0 ms. A minimal
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +21,9 @@ from prometheus_client import CollectorRegistry
 
 from app.bnn.plan import Plan
 from app.bnn.spec import MonteCarloError, Sampler
-from app.serve.backend import BackendKind, Scores
+from app.serve.backend import BackendKind, Cost, Scores
 from app.serve.batching import BatchingEngine
+from app.serve.errors import DeadlineExceeded
 from app.serve.metrics import ServiceMetrics
 from app.serve.repository import ModelState, ServedModel
 from app.serve.settings import Settings
@@ -30,16 +34,33 @@ POISON = -1.0  # a request whose first value is this fails its whole pass
 
 
 class RecordingBackend:
-    """Answers each row with its first value; records the rows of every request of every pass."""
+    """Answers each row with its first value; records the rows of every request of every pass, and each piece of
+    a large request (``large_rows`` rows or more: estimated over the stepping threshold)."""
 
     kind = BackendKind.TORCH
     default_bank = None
 
-    def __init__(self) -> None:
+    def __init__(self, large_rows: int = 10**9, pieces: int = 3, piece_s: float = 0.0) -> None:
         self.passes: list[list[int]] = []
-        self.entered = threading.Event()  # a pass has started
-        self.release = threading.Event()  # a pass may finish
+        self.log: list[tuple[str, int]] = []  # ("pass", rows) or ("piece", index), in the order they ran
+        self.entered = threading.Event()  # a pass or piece has started
+        self.release = threading.Event()  # a pass or piece may finish
         self.release.set()
+        self.large_rows, self.pieces, self.piece_s = large_rows, pieces, piece_s
+
+    def cost(self, plan: Plan, rows: int) -> Cost:
+        return Cost(1.0 if rows >= self.large_rows else 0.0, 0)
+
+    def steps(self, x: np.ndarray, plan: Plan) -> Generator[None, None, Scores]:
+        for piece in range(self.pieces):
+            if piece:
+                yield
+            self.entered.set()
+            if not self.release.wait(timeout=30):
+                raise TimeoutError("the test never released the piece")
+            time.sleep(self.piece_s)
+            self.log.append(("piece", piece))
+        return _scores(x, plan)
 
     def plan(self, sampler: Sampler, rows: int, samples: int, seed: int | None, tolerance: float | None) -> Plan:
         return Plan(Sampler.FRESH, samples, seed, tolerance)
@@ -49,6 +70,7 @@ class RecordingBackend:
         if not self.release.wait(timeout=30):
             raise TimeoutError("the test never released the pass")
         self.passes.append([x.shape[0] for x, _ in jobs])
+        self.log.append(("pass", sum(x.shape[0] for x, _ in jobs)))
         if any(x[0, 0] == POISON for x, _ in jobs):
             raise ValueError("a poisoned pass")
         return [_scores(x, plan.seeded(batch_seed)) for x, plan in jobs]
@@ -59,8 +81,10 @@ def _scores(x: np.ndarray, plan: Plan) -> Scores:
     return Scores(plan, np.stack([1 - value, value], 1), value, value, value * 0, value, MonteCarloError(0.0, 0.0))
 
 
-def _engine(tmp_path: Path, batch_max_rows: int = 2048) -> BatchingEngine:
-    settings = Settings(models=tmp_path, batch_max_rows=batch_max_rows, batch_max_wait_ms=0.0)
+def _engine(tmp_path: Path, batch_max_rows: int = 2048, request_timeout_s: float = 30.0) -> BatchingEngine:
+    settings = Settings(
+        models=tmp_path, batch_max_rows=batch_max_rows, batch_max_wait_ms=0.0, request_timeout_s=request_timeout_s
+    )
     return BatchingEngine(settings, ServiceMetrics(CollectorRegistry()))
 
 
@@ -158,13 +182,18 @@ async def test_close_cancels_the_loops_and_what_they_hold_and_shuts_the_executor
         engine.executor.submit(int)
 
 
+@pytest.mark.parametrize("stepped", [False, True], ids=["batched", "piece-by-piece"])
 async def test_the_real_backend_answers_a_coalesced_request_as_it_answers_it_alone(
-    tmp_path: Path, tiny_checkpoint: Path
+    tmp_path: Path, tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, stepped: bool
 ) -> None:
     """The tiny checkpoint's torch backend: fresh requests of one pass with the same (samples, seed) share a
-    weight draw, the bank is shared, an unseeded fresh request takes the pass's seed; replayed alone with the
-    reported plan, every request gets bitwise the same answer."""
+    weight draw (of several draw units), the bank is shared, an unseeded fresh request takes the pass's seed;
+    replayed alone with the reported plan, every request gets bitwise the same answer, whether it ran in a
+    batch or piece by piece between the others."""
     import torch
+
+    if stepped:
+        monkeypatch.setattr("app.serve.batching.STEPPED_OVER_S", -1.0)
 
     from app.serve.backend_torch import TorchBackend
 
@@ -174,8 +203,8 @@ async def test_the_real_backend_answers_a_coalesced_request_as_it_answers_it_alo
     rng = np.random.default_rng(0)
     xs = [base + rng.normal(0, 0.5, (n, base.shape[1])).astype(np.float32) for n in (1, 4, 2, 3)]
     plans = [
-        backend.plan(Sampler.FRESH, 1, 32, 7, None),
-        backend.plan(Sampler.FRESH, 4, 32, 7, None),  # shares the first one's draw
+        backend.plan(Sampler.FRESH, 1, 160, 7, None),
+        backend.plan(Sampler.FRESH, 4, 160, 7, None),  # shares the first one's draw
         backend.plan(Sampler.AUTO, 2, 64, None, None),  # the bank
         backend.plan(Sampler.FRESH, 3, 16, None, None),  # the pass's seed
     ]
@@ -187,4 +216,36 @@ async def test_the_real_backend_answers_a_coalesced_request_as_it_answers_it_alo
         assert alone.plan == answer.plan
         np.testing.assert_array_equal(alone.probs, answer.probs)
         np.testing.assert_array_equal(alone.epistemic, answer.epistemic)
+    await engine.close()
+
+
+async def test_a_large_request_runs_piece_by_piece_with_small_ones_between(tmp_path: Path) -> None:
+    backend = RecordingBackend(large_rows=100)
+    backend.release.clear()
+    engine, model = _engine(tmp_path), _model(backend)
+    large = _submit(engine, model, _rows(0.9, n=100))
+    await asyncio.to_thread(backend.entered.wait, 30)  # its first piece is on the compute thread
+    small = [_submit(engine, model, _rows(v, n=1)) for v in (0.1, 0.2)]
+    while engine._queues["m"].qsize() < 2:  # noqa: SLF001 - both queued behind the piece
+        await asyncio.sleep(0)
+    backend.release.set()
+    answers = await asyncio.gather(large, *small)
+    assert backend.log == [("piece", 0), ("pass", 2), ("piece", 1), ("piece", 2)]  # not behind the whole request
+    for answer, value in zip(answers, (0.9, 0.1, 0.2), strict=True):
+        np.testing.assert_allclose(answer.total, value, rtol=1e-6)
+    assert answers[0].plan.seed is not None  # a large request without a seed gets its own, reported
+    await engine.close()
+
+
+async def test_a_large_request_past_its_deadline_stops_at_its_next_piece(tmp_path: Path) -> None:
+    backend = RecordingBackend(large_rows=100, pieces=50, piece_s=0.02)
+    engine, model = _engine(tmp_path, request_timeout_s=0.2), _model(backend)
+    with pytest.raises(DeadlineExceeded, match="the request's 0.1 s deadline"):
+        await engine.submit(model, _rows(0.9, n=100), Plan(Sampler.FRESH, 8, 1), timeout_s=0.1)
+    ran = len(backend.log)
+    answer = await engine.submit(model, _rows(0.3, n=1), Plan(Sampler.FRESH, 8, 1))  # the loop still serves
+    np.testing.assert_allclose(answer.total, 0.3, rtol=1e-6)
+    assert ran < 50 and len(backend.log) <= ran + 2  # at most the piece in flight after the deadline, then the pass
+    with pytest.raises(DeadlineExceeded, match="the server's 0.2 s deadline"):  # a longer ask gets the server's
+        await engine.submit(model, _rows(0.9, n=100), Plan(Sampler.FRESH, 8, 1), timeout_s=3600)
     await engine.close()

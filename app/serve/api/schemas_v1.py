@@ -46,6 +46,13 @@ class PredictRequest(_Wire):
         description="Adaptive: draw 64 samples at a time until the Monte Carlo standard "
         "errors of the probability and of the mutual information are at most this (or `samples` are used).",
     )
+    timeout_s: float | None = Field(
+        None,
+        strict=True,
+        gt=0.0,
+        description="This request's deadline in seconds (a 504 past it); the server's (SBNN_REQUEST_TIMEOUT_S) "
+        "applies when it is shorter.",
+    )
 
 
 class UncertaintyOut(_Wire):

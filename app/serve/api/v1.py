@@ -152,7 +152,11 @@ def _component(gate: GateResult, component: Component, threshold: float | None, 
 def decode(name: str, request: PredictRequest) -> ScoringRequest:
     """The body -> the data plane's request (shared with the KServe V1 alias, app.serve.api.kserve_v1)."""
     options = RequestOptions(
-        samples=request.samples, seed=request.seed, sampler=request.sampler, tolerance=request.tolerance
+        samples=request.samples,
+        seed=request.seed,
+        sampler=request.sampler,
+        tolerance=request.tolerance,
+        timeout_s=request.timeout_s,
     )
     return ScoringRequest(
         model=name,

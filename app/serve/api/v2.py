@@ -57,7 +57,7 @@ INTEGER_RANGES = {
 
 
 PLATFORMS = {BackendKind.TORCH: "sbnn_pytorch", BackendKind.ONNX: "sbnn_onnxruntime"}
-PARAMETER_NAMES = ("samples", "seed", "sampler", "tolerance", "binary_data_output")
+PARAMETER_NAMES = ("samples", "seed", "sampler", "tolerance", "timeout", "binary_data_output")
 
 
 @router.get("", response_model=ServerMetadataResponse, summary="Server metadata")
@@ -176,7 +176,15 @@ def _parameter(request: InferenceRequest, key: str) -> int | None:
         raise RequestRejected(f"parameters.{key}", f"must be an integer, got {value!r}")
     if key == "seed" and not 0 <= value < 2**63:
         raise RequestRejected("parameters.seed", f"must be in [0, 2^63), got {value}")
+    if key == "timeout" and value < 1:
+        raise RequestRejected("parameters.timeout", f"must be a positive number of microseconds, got {value}")
     return value
+
+
+def _timeout_s(request: InferenceRequest) -> float | None:
+    """Triton's ``timeout`` parameter: the request's deadline in microseconds."""
+    microseconds = _parameter(request, "timeout")
+    return None if microseconds is None else microseconds / 1e6
 
 
 def _sampler(request: InferenceRequest) -> Sampler | None:
@@ -242,17 +250,20 @@ def _decoded(request: InferenceRequest, features: Sequence[FeatureSpec]) -> tupl
         seed=_parameter(request, "seed"),
         sampler=_sampler(request),
         tolerance=_tolerance(request),
+        timeout_s=_timeout_s(request),
     )
     return columns, options
 
 
-def decode(name: str, request: InferenceRequest) -> ScoringRequest:
+def decode(name: str, request: InferenceRequest, timeout_s: float | None = None) -> ScoringRequest:
+    """The scoring request of a /v2 body (``timeout_s``: the transport's deadline, gRPC's)."""
     return ScoringRequest(
         model=name,
         decode=lambda features: _decoded(request, features),
         locate=lambda feature, row: f"inputs.{feature}[{row}]",
         option_field="parameters.",
         rows_field="inputs",
+        timeout_s=timeout_s,
     )
 
 

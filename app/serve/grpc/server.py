@@ -255,7 +255,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if request.model_version:
                 v2.check_version(request.model_version, request.model_name, self.dataplane)
             body = _request(request)
-            result = await self.dataplane.infer(v2.decode(request.model_name, body))
+            # The client's gRPC deadline is the request's too: work past it is not worth doing.
+            result = await self.dataplane.infer(v2.decode(request.model_name, body, context.time_remaining()))
             return _response(result, body, raw=bool(request.raw_input_contents))
 
         return await self._call("ModelInfer", context, request.model_name, work)
