@@ -165,3 +165,48 @@ def test_monte_carlo_error_of_known_spread() -> None:
     assert error.probability == pytest.approx(0.2 / math.sqrt(12) / 40, rel=0.1)
     assert math.isnan(monte_carlo_error(Predictive(probs[:8])).mutual_information)
     assert monte_carlo_error(Predictive(probs[:1])).probability == 0.0
+
+
+def _count_steps(engine: MonteCarloEngine, x: torch.Tensor, plan: Plan) -> tuple[int, torch.Tensor]:
+    steps, pieces = engine.steps(x, plan), 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return pieces, stop.value.predictive.probs
+        pieces += 1
+
+
+@pytest.mark.parametrize(
+    ("sampler", "n", "samples", "yields"),
+    [
+        (Sampler.BANK, 1, 256, 0),  # one piece: nothing to interleave
+        (Sampler.BANK, 1024, 256, 3),  # 64 bank samples per piece through 1,024 rows
+        (Sampler.FRESH, 1024, 200, 3),  # 64, 64, 64, 8
+        (Sampler.LOCAL, 1024, 40, 4),  # 8 samples per piece
+        (Sampler.LOCAL, 3, 40, 0),
+    ],
+)
+def test_a_call_runs_piece_by_piece_with_the_same_answer(sampler: Sampler, n: int, samples: int, yields: int) -> None:
+    """``steps`` yields between pieces of about PIECE_ROW_SAMPLES rows × samples and ends with ``execute``'s answer."""
+    engine = MonteCarloEngine(lowrank(), bank_size=256, cost=COST)
+    x = rows(n)
+    plan = engine.plan(sampler, n, samples, None if sampler is Sampler.BANK else 4)
+    pieces, probs = _count_steps(engine, x, plan)
+    assert pieces == yields
+    assert torch.equal(probs, engine.execute(x, plan).predictive.probs)
+
+
+def test_fresh_draws_come_in_units_so_a_seed_gives_the_same_first_samples_whatever_s() -> None:
+    """Weights are drawn 64 samples at a time: the first k samples of a seed do not depend on S or N, and a draw
+    shared by a batch (``shared_fresh``) is each call's own."""
+    engine = MonteCarloEngine(lowrank(), bank_size=0, cost=COST)
+    few, many = rows(3), rows(600, seed=2)
+    short = engine.run(few, 64, 11, Sampler.FRESH).predictive.probs
+    long = engine.run(few, 200, 11, Sampler.FRESH).predictive.probs
+    assert torch.equal(long[:64], short)
+    shared = engine.shared_fresh([few, many], 200, 11)
+    assert torch.equal(shared[0].probs, long)
+    assert torch.equal(shared[1].probs, engine.run(many, 200, 11, Sampler.FRESH).predictive.probs)
+    adaptive = engine.run_adaptive(few, 11, 1e-9, 128, sampler=Sampler.FRESH)  # never converges: the cap
+    assert torch.equal(adaptive.predictive.probs, long[:128])

@@ -249,3 +249,24 @@ async def test_a_large_request_past_its_deadline_stops_at_its_next_piece(tmp_pat
     with pytest.raises(DeadlineExceeded, match="the server's 0.2 s deadline"):  # a longer ask gets the server's
         await engine.submit(model, _rows(0.9, n=100), Plan(Sampler.FRESH, 8, 1), timeout_s=3600)
     await engine.close()
+
+
+def test_scores_summarised_a_block_of_rows_at_a_time_equal_the_whole() -> None:
+    import torch
+
+    from app.bnn.engine import monte_carlo_error
+    from app.bnn.plan import run_to_end, summary_rows
+    from app.bnn.predictive import Predictive, decompose
+    from app.serve.backend_torch import summarise
+
+    probs = torch.rand(2048, 100, 3, generator=torch.Generator().manual_seed(0))
+    predictive = Predictive(probs / probs.sum(-1, keepdim=True))
+    assert summary_rows(2048) < 100  # several blocks
+    scores = run_to_end(summarise(predictive, Plan(Sampler.FRESH, 2048, 1)))
+    whole = decompose(predictive)
+    np.testing.assert_allclose(scores.probs, predictive.mean.double().numpy(), rtol=1e-6)
+    for mine, theirs in ((scores.total, whole.total), (scores.epistemic, whole.epistemic), (scores.std, whole.std)):
+        np.testing.assert_allclose(mine, theirs.numpy(), rtol=1e-5, atol=1e-7)
+    error = monte_carlo_error(predictive)
+    assert scores.mc_error.probability == pytest.approx(error.probability, rel=1e-5)
+    assert scores.mc_error.mutual_information == pytest.approx(error.mutual_information, rel=1e-5)
