@@ -57,7 +57,8 @@ def _error(request: Request, status: int, field: str | None, message: str) -> JS
     if field is None:
         return JSONResponse({"detail": message}, status_code=status)
     loc = ["body", *field.replace("]", "").replace("[", ".").split(".")]
-    loc = [int(part) if part.isdigit() else part for part in loc]
+    # A row index is a short ASCII number; a client's key made of digits (or "²") stays a string.
+    loc = [int(part) if part.isascii() and part.isdigit() and len(part) < 19 else part for part in loc]
     return JSONResponse({"detail": [{"loc": loc, "msg": message, "type": "value_error"}]}, status_code=status)
 
 
@@ -118,7 +119,7 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
+        if length is not None and length.isdigit() and (len(length) > 18 or int(length) > self.limit):
             await self._reject(scope, send)
             return
         seen = 0

@@ -192,6 +192,36 @@ async def test_a_body_nested_too_deeply_is_a_client_error(asgi_client: httpx.Asy
     assert v2.status_code == 400 and "JSON" in v2.json()["error"]
 
 
+@pytest.mark.parametrize("path", [PREDICT, INFER, "/v1/models/flchain-mortality:predict", "/v1/models/nope/predict"])
+async def test_an_integer_of_too_many_digits_is_a_client_error(asgi_client: httpx.AsyncClient, path: str) -> None:
+    """Found by bench/fuzz.py: Python refuses int() of over 4,300 digits, and json.loads with it (was a 500)."""
+    digits = "9" * 4301
+    response = await asgi_client.post(path, content=f'{{"instances": [], "inputs": [], "id": {digits}}}', headers=JSON)
+    assert response.status_code in (400, 422), response.text
+    assert "too many digits" in response.text
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32", "utf-8-sig"])
+@pytest.mark.parametrize(("path", "status"), [(PREDICT, 422), (INFER, 400)])
+async def test_json_in_another_encoding_than_utf8_is_refused(
+    asgi_client: httpx.AsyncClient, path: str, status: int, encoding: str
+) -> None:
+    body = json.dumps({"instances": [ROW]} if path == PREDICT else _v2([ROW])).encode(encoding)
+    response = await asgi_client.post(path, content=body, headers=JSON)
+    assert response.status_code == status, response.text
+
+
+@pytest.mark.parametrize("length", ["9" * 5000, "²", "12a"])
+async def test_a_binary_header_length_that_is_no_small_integer_is_refused_without_echoing_it(
+    asgi_client: httpx.AsyncClient, length: str
+) -> None:
+    headers = {**JSON, "Inference-Header-Content-Length": length.encode("latin-1")}  # "²" is b"\xb2"
+    response = await asgi_client.post(INFER, content=b'{"inputs": []}', headers=headers)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith("Inference-Header-Content-Length: must be an integer")
+    assert len(response.text) < 300
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [

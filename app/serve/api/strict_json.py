@@ -83,12 +83,15 @@ def loads(text: bytes | str) -> Any:
     """The JSON document of ``text`` with plain dicts, after :func:`check`; ``JsonRefused`` otherwise (JSON or
     UTF-8 invalid: ``loc`` is the character or byte offset)."""
     try:
-        document = json.loads(text, object_pairs_hook=_object)
+        # Decoded here: json.loads would take bytes in UTF-16 or UTF-32 too, and a UTF-8 BOM.
+        document = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text, object_pairs_hook=_object)
     except json.JSONDecodeError as exc:
         raise JsonRefused((exc.pos,), "JSON decode error", "json_invalid") from None
     except UnicodeDecodeError as exc:
         raise JsonRefused((exc.start,), "JSON decode error: not valid UTF-8", "json_invalid") from None
     except RecursionError:
         raise JsonRefused((), "JSON decode error: nested too deeply", "json_invalid") from None
+    except ValueError:  # Python refuses integers of over 4,300 digits (sys.get_int_max_str_digits)
+        raise JsonRefused((), "JSON decode error: a number with too many digits", "json_invalid") from None
     check(document)
     return document
