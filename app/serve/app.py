@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import SchemaError
 from app.serve.api import kserve_v1, ops, v1, v2
 from app.serve.api.v2_binary import HEADER
-from app.serve.audit import AuditMiddleware, AuditTrail
+from app.serve.audit import AuditCollector, AuditMiddleware, AuditTrail
 from app.serve.auth import AuthMiddleware, DocsAccess, KeyRing
 from app.serve.backend import BackendKind
 from app.serve.batching import BatchingEngine
@@ -261,6 +261,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = BatchingEngine(settings, metrics)
     dataplane = DataPlane(settings, repository, engine, metrics)
     trail = AuditTrail(known=lambda name: name in repository.names())
+    metrics.registry.register(AuditCollector(trail))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

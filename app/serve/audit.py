@@ -14,12 +14,13 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.serve.middleware import error_response
@@ -71,6 +72,30 @@ def note(result: InferenceResult) -> None:
     current.reasons = Counter(c for reasons in result.gate.reasons for c in {r.split(":", 1)[0] for r in reasons})
 
 
+class AuditCollector:
+    """The audit writer's counters at scrape time (nothing while no trail is open): records written, dropped
+    (``drop``, or after close), refused (``fail_closed``: the queue filled while the request ran), failed (a
+    database error), the queue's length, and the requests turned away before running."""
+
+    def __init__(self, trail: AuditTrail) -> None:
+        self.trail = trail
+
+    def collect(self) -> Iterator[Metric]:
+        writer = self.trail.writer
+        if writer is None:
+            return
+        for name, value, what in (
+            ("written", writer.written, "written to the database"),
+            ("dropped", writer.dropped, "lost to a full queue under the drop policy, or submitted after close"),
+            ("refused", writer.refused, "refused by a queue that filled while their request ran (fail_closed)"),
+            ("failed", writer.failed, "not written because the database failed"),
+        ):
+            yield CounterMetricFamily(f"sbnn_audit_records_{name}", f"Audit records {what}.", value=value)
+        yield GaugeMetricFamily("sbnn_audit_queue_records", "Audit records waiting to be written.", writer.pending)
+        what = "Prediction requests answered 503 (gRPC UNAVAILABLE) before running: the audit queue was full."
+        yield CounterMetricFamily("sbnn_audit_requests_turned_away", what, value=self.trail.turned_away)
+
+
 class AuditTrail:
     """The writer (set in the lifespan; None: no trail) and the record building both surfaces share.
     ``known(name)`` says whether a name is a served model's: only then is a path's name recorded."""
@@ -78,6 +103,18 @@ class AuditTrail:
     def __init__(self, known: Callable[[str], bool]) -> None:
         self.writer: AuditWriter | None = None
         self.known = known
+        self.turned_away = 0  # requests answered 503 / UNAVAILABLE before running: the queue was full
+
+    def behind(self) -> bool:
+        """Whether a prediction request must be turned away before it runs (``fail_closed`` and a full queue);
+        each one is counted."""
+        from app.audit.writer import Overflow
+
+        writer = self.writer
+        if writer is None or writer.overflow is not Overflow.FAIL_CLOSED or not writer.full:
+            return False
+        self.turned_away += 1  # on the event loop only: no lock needed
+        return True
 
     def open(self) -> tuple[AuditNote, object]:
         current = AuditNote()
@@ -142,9 +179,7 @@ class AuditMiddleware:
         if writer is None or not prediction:
             await self.app(scope, receive, send)
             return
-        from app.audit.writer import Overflow
-
-        if writer.overflow is Overflow.FAIL_CLOSED and writer.full:
+        if self.trail.behind():
             retry = [(b"retry-after", str(RETRY_AFTER_S).encode())]
             await error_response(scope, send, 503, "the audit trail is behind: retry shortly", retry)
             return

@@ -144,8 +144,11 @@ async def test_a_full_queue_under_fail_closed_is_503_before_running(
             refused = await client.post(path, json={"instances": ROWS[:1]})
             assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
             assert refused.json() == {"detail": "the audit trail is behind: retry shortly"}
-            after = parse_metrics((await client.get("/metrics")).text).count("sbnn_predictions_total", model=MODEL)
-            assert after == before  # refused before it ran
+            metrics = parse_metrics((await client.get("/metrics")).text)
+            assert metrics.count("sbnn_predictions_total", model=MODEL) == before  # refused before it ran
+            assert metrics.count("sbnn_audit_requests_turned_away_total") == 1  # what /metrics tells the operator
+            assert metrics.count("sbnn_audit_records_dropped_total") == 0
+            assert metrics.count("sbnn_audit_queue_records") == 1
         held.release.set()
         trail.writer = own
     assert writer.close(10) and writer.written == 2

@@ -24,7 +24,6 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
-from app.audit.writer import Overflow
 from app.errors import SchemaError
 from app.serve.api import v2, v2_outputs
 from app.serve.api.schemas_v2 import InferenceRequest
@@ -159,7 +158,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         writer = self.trail.writer
         if method != "ModelInfer" or writer is None:
             return None
-        if writer.overflow is Overflow.FAIL_CLOSED and writer.full:
+        if self.trail.behind():
             raise Overloaded("the audit trail is behind: retry shortly")
         return self.trail.open()
 
