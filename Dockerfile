@@ -21,7 +21,7 @@ RUN python3 -m venv /opt/sbnn \
     else source="--extra-index-url $TORCH_INDEX_URL"; fi \
  && /opt/sbnn/bin/pip install $source -c deploy/constraints.txt \
       torch numpy pydantic pydantic-settings safetensors typer rich fastapi uvicorn prometheus-client setuptools \
-      grpcio grpcio-health-checking protobuf
+      grpcio grpcio-health-checking protobuf sqlalchemy "psycopg[binary]"
 COPY pyproject.toml README.md ./
 COPY app/ app/
 RUN /opt/sbnn/bin/pip install --no-deps --no-index --no-build-isolation . \
@@ -47,7 +47,7 @@ RUN python3 -m venv /opt/sbnn \
  && if [ "$WHEELHOUSE" = "1" ]; then source="--no-index --find-links /wheelhouse"; else source=""; fi \
  && /opt/sbnn/bin/pip install $source -c deploy/constraints.txt \
       onnxruntime numpy safetensors pydantic pydantic-settings typer rich fastapi uvicorn prometheus-client setuptools \
-      grpcio grpcio-health-checking protobuf
+      grpcio grpcio-health-checking protobuf sqlalchemy "psycopg[binary]"
 COPY pyproject.toml README.md ./
 COPY app/ app/
 # --no-deps: the package's torch requirement is for the torch backend, which this image does not run.
@@ -57,14 +57,18 @@ RUN /opt/sbnn/bin/pip install --no-deps --no-index --no-build-isolation . \
 # What both serving images share: the user, the settings, the health check, the command.
 FROM ${BASE_IMAGE} AS serving-base
 RUN groupadd --system --gid 10001 sbnn \
- && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin sbnn
-# REST on SBNN_PORT, gRPC (Open Inference Protocol, grpc.health.v1) on SBNN_GRPC_PORT.
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin sbnn \
+ && mkdir -p /var/lib/sbnn/audit && chown 10001:10001 /var/lib/sbnn/audit
+# REST on SBNN_PORT, gRPC (Open Inference Protocol, grpc.health.v1) on SBNN_GRPC_PORT. The audit trail is on:
+# SQLite under SBNN_AUDIT_DIR, a volume (mount one that outlives the container; SBNN_AUDIT_URL for PostgreSQL).
 ENV PATH=/opt/sbnn/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     SBNN_MODELS=/models \
     SBNN_HOST=0.0.0.0 \
     SBNN_PORT=8000 \
-    SBNN_GRPC_PORT=8081
+    SBNN_GRPC_PORT=8081 \
+    SBNN_AUDIT_DIR=/var/lib/sbnn/audit
+VOLUME ["/var/lib/sbnn/audit"]
 USER 10001:10001
 EXPOSE 8000 8081
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \

@@ -250,13 +250,14 @@ def verdicts(s: dict[str, Any], o: dict[str, Any], flat: float) -> dict[str, dic
     slope = s["rss"]["second_half_slope_mb_per_min"]
     audit = s["audit"]["soak_rows_after_stop"]
     per_key_ok = all(s["audit"]["per_key_after_stop"][k] == h["answered"] for k, h in s["hey"].items())
-    soak_met = errors == 0 and abs(slope) <= flat and audit == answered and per_key_ok
+    # Flat means not growing (a leak): RSS falling back after a burst is no failure.
+    soak_met = errors == 0 and slope <= flat and audit == answered and per_key_ok
     p50 = o["diff_ms"]["p50"]
     return {
         "soak": {
             "met": soak_met,
             "text": f"{errors} errors in {answered} answered requests; RSS second-half slope {slope:+.2f} MB/min "
-            f"(flat: |slope| <= {flat:g}); audit rows {audit} vs requests {answered}"
+            f"(flat: no growth, slope <= +{flat:g}); audit rows {audit} vs requests {answered}"
             + ("" if per_key_ok else " (per-key counts differ)"),
         },
         "overhead": {
@@ -319,7 +320,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"Server RSS ({rss['samples']} samples, every {s['settings']['rss_interval_s']:g} s, after a warm-up): "
         f"start {rss['start_mb']:.1f} MB, max {rss['max_mb']:.1f} MB, end {rss['end_mb']:.1f} MB; least-squares "
         f"slope over the second half {rss['second_half_slope_mb_per_min']:+.2f} MB/min. Criterion for flat: "
-        f"|second-half slope| <= {result['flat_mb_per_min']:g} MB/min.",
+        f"no growth, second-half slope <= +{result['flat_mb_per_min']:g} MB/min (a falling RSS is no leak).",
         "",
         f"Audit rows written during the soak: {a['soak_rows_while_live']} once the count stopped changing "
         f"(waited {a['settle_wait_s']:.1f} s), {a['soak_rows_after_stop']} after the server stopped "
@@ -370,7 +371,7 @@ def main() -> None:
     parser.add_argument("--clients-1row", type=int, default=56)
     parser.add_argument("--clients-256row", type=int, default=8)
     parser.add_argument("--rss-interval", type=float, default=5.0)
-    parser.add_argument("--flat-mb-per-min", type=float, default=1.0, help="RSS is flat when |slope| <= this.")
+    parser.add_argument("--flat-mb-per-min", type=float, default=1.0, help="Flat: RSS slope at most +this.")
     parser.add_argument("--overhead-requests", type=int, default=2000)
     parser.add_argument("--overhead-warmup", type=int, default=200)
     parser.add_argument("--trial", action="store_true", help="Mark the results as a short trial run.")

@@ -118,7 +118,7 @@ tar -C "$work/rootfs" -c . | docker import - "$base" >/dev/null
 step "wheelhouse on the host (the air-gapped build path)"
 python -m pip download --quiet --only-binary=:all: -d deploy/wheelhouse -c deploy/constraints.txt \
   torch numpy pydantic pydantic-settings safetensors typer rich fastapi uvicorn prometheus-client setuptools \
-  grpcio grpcio-health-checking protobuf \
+  grpcio grpcio-health-checking protobuf sqlalchemy "psycopg[binary]" \
   onnx onnxruntime onnxscript
 
 megabytes() { docker image inspect -f '{{.Size}}' "$1" | awk '{printf "%.0f MB", $1/1e6}'; }
@@ -196,6 +196,18 @@ grep -q 'route="/inference.GRPCInferenceService/ModelInfer"' <<<"$metrics" \
   || { echo "metrics do not show the gRPC ModelInfer"; exit 1; }
 grep -q 'sbnn_decisions_total{decision="refer",model="flchain-mortality"} 2.0' <<<"$metrics" \
   || { echo "metrics do not count the gRPC referral"; exit 1; }
+
+step "the audit trail, on in the image: both predictions recorded, read with sbnn audit inside the container"
+for _ in $(seq 1 20); do  # the writer is a background thread: give it a moment
+  grep -q '^sbnn_audit_records_written_total 2.0' <<<"$(curl -sf "http://127.0.0.1:$port/metrics")" && break
+  sleep 0.5
+done
+grep -q '^sbnn_audit_records_written_total 2.0' <<<"$(curl -sf "http://127.0.0.1:$port/metrics")" \
+  || { echo "the audit trail did not write the two predictions"; docker logs sbnn-ci | tail -20; exit 1; }
+trail=$(docker exec -e COLUMNS=200 sbnn-ci sbnn audit query --since 2000-01-01)
+grep -q "2 audit records" <<<"$trail" || { echo "unexpected audit query: $trail"; exit 1; }
+grep -q "v1" <<<"$trail" && grep -q "grpc" <<<"$trail" || { echo "audit records lack a surface: $trail"; exit 1; }
+echo "audit trail: 2 records (v1, grpc) in $(docker exec sbnn-ci sh -c 'ls /var/lib/sbnn/audit')"
 
 step "Prometheus scrapes the container and loads the rules"
 cat > "$work/prometheus.yml" <<YAML

@@ -2,7 +2,8 @@
 
 ``audit_app`` is a typer sub-app that :mod:`app.cli` mounts as ``sbnn audit``. The store is imported inside
 each command: the audit extra (SQLAlchemy, psycopg) is optional, and ``sbnn --help`` stays instant. The URL
-comes from ``--url`` or ``SBNN_AUDIT_URL``; its password never appears in output.
+comes from ``--url``, else as the server finds it (``SBNN_AUDIT_URL``, else ``SBNN_AUDIT_DIR``); its password never
+appears in output.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ class DecisionOption(str, Enum):
 
 
 Url = Annotated[
-    str,
+    str | None,
     typer.Option(
-        envvar="SBNN_AUDIT_URL", help="Audit database: sqlite:///path/audit.db or postgresql+psycopg://user@host/db."
+        help="Audit database: sqlite:///path/audit.db or postgresql+psycopg://user@host/db [default: the "
+        "server's, from SBNN_AUDIT_URL or SBNN_AUDIT_DIR]."
     ),
 ]
 Since = Annotated[str, typer.Option(help="Start of the window, ISO 8601 (UTC when no offset), included.")]
@@ -89,11 +91,25 @@ def _window(since: str, until: str | None) -> tuple[datetime, datetime]:
     return start, end
 
 
+def _database(url: str | None) -> str:
+    """``--url``, else the server's own rule (``Settings.audit_database``: SBNN_AUDIT_URL, else SQLite under
+    SBNN_AUDIT_DIR), so that inside a container `sbnn audit query` reads the trail its server writes."""
+    if url:
+        return url
+    from app.serve.settings import Settings
+
+    database = Settings().audit_database
+    if database is None:
+        fail(ValueError("no audit database: pass --url, or set SBNN_AUDIT_URL or SBNN_AUDIT_DIR as the server has"))
+    return database  # type: ignore[return-value]
+
+
 @contextmanager
-def _store(url: str) -> Iterator[AuditStore]:
+def _store(given: str | None) -> Iterator[AuditStore]:
     """The opened store; a database error becomes ``error: …`` (exit 2) naming the URL without its password."""
     from app.audit.store import AuditStore, DatabaseError, safe_url
 
+    url = _database(given)
     try:
         with AuditStore.open(url) as store:
             yield store
@@ -103,7 +119,12 @@ def _store(url: str) -> Iterator[AuditStore]:
 
 
 def _query(
-    url: str, since: str, until: str | None, model: str | None, decision: DecisionOption | None, limit: int | None
+    url: str | None,
+    since: str,
+    until: str | None,
+    model: str | None,
+    decision: DecisionOption | None,
+    limit: int | None,
 ) -> list[AuditRecord]:
     start, end = _window(since, until)
     with _store(url) as store:
@@ -112,12 +133,12 @@ def _query(
 
 @audit_app.command()
 def query(
-    url: Url,
     since: Since,
     until: Until = None,
     model: Model = None,
     decision: DecisionFilter = None,
     limit: Limit = None,
+    url: Url = None,
 ) -> None:
     """Print the audit records of a time window as a table."""
     with guard("audit", "audit"):
@@ -134,13 +155,13 @@ def query(
 
 @audit_app.command()
 def export(
-    url: Url,
     since: Since,
     out: Annotated[Path, typer.Option(help="CSV file to write (header row, every field).")],
     until: Until = None,
     model: Model = None,
     decision: DecisionFilter = None,
     limit: Limit = None,
+    url: Url = None,
 ) -> None:
     """Write the audit records of a time window to a CSV file."""
     with guard("audit", "audit"):
@@ -152,8 +173,8 @@ def export(
 
 @audit_app.command()
 def prune(
-    url: Url,
     older_than_days: Annotated[int, typer.Option(min=1, help="Delete records older than this many days.")],
+    url: Url = None,
 ) -> None:
     """Retention: delete the audit records older than N days."""
     with guard("audit", "audit"):

@@ -49,6 +49,20 @@ def test_query_reads_the_url_from_the_environment(filled: str) -> None:
     assert "6 audit records" in result.output
 
 
+def test_query_finds_the_servers_sqlite_trail_from_sbnn_audit_dir(
+    tmp_path: Path, record: Callable[..., AuditRecord]
+) -> None:
+    """As inside the Docker image: SBNN_AUDIT_DIR set for the server, `sbnn audit query` without --url."""
+    with AuditStore.open(f"sqlite:///{tmp_path / 'audit.db'}") as store:
+        store.insert_many([record(i) for i in range(2)])
+    env = {**WIDE, "SBNN_AUDIT_DIR": str(tmp_path), "SBNN_AUDIT_URL": ""}
+    result = CliRunner().invoke(audit_app, ["query", "--since", "2026-01-01"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "2 audit records" in result.output
+    none = CliRunner().invoke(audit_app, ["query", "--since", "2026-01-01"], env={**WIDE, "SBNN_AUDIT_URL": ""})
+    assert none.exit_code == 2 and "no audit database" in none.output
+
+
 def test_export_writes_csv(filled: str, tmp_path: Path) -> None:
     out = tmp_path / "audit.csv"
     result = invoke("export", "--url", filled, "--since", "2026-01-01", "--decision", "refer", "--out", str(out))

@@ -61,6 +61,18 @@ def _wait(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.005)
 
 
+def test_records_arriving_within_the_linger_share_one_transaction(
+    gated: Gated, record: Callable[..., AuditRecord]
+) -> None:
+    """One request at a time still makes few transactions: the thread waits ``linger_s`` for more."""
+    writer = AuditWriter(gated, queue_size=100, linger_s=0.5)
+    for i in range(5):
+        assert writer.submit(record(i))
+        time.sleep(0.02)  # requests 20 ms apart, well within the linger
+    assert writer.close(timeout=10)
+    assert gated.batches == [5] and writer.written == 5
+
+
 def test_records_are_written_in_batches_and_flushed_on_close(
     gated: Gated, store: AuditStore, record: Callable[..., AuditRecord]
 ) -> None:

@@ -125,7 +125,7 @@ async def test_a_full_queue_under_fail_closed_is_503_before_running(
 ) -> None:
     app = create_app(serve_settings.model_copy(update={"audit_dir": tmp_path / "audit"}))
     held = _Held(AuditStore.open(f"sqlite:///{tmp_path / 'held.db'}"))
-    writer = AuditWriter(held, queue_size=1, overflow=Overflow.FAIL_CLOSED)
+    writer = AuditWriter(held, queue_size=1, overflow=Overflow.FAIL_CLOSED, linger_s=0.0)  # one record a batch
     async with app.router.lifespan_context(app):
         # The app's own writer is swapped for one whose store holds every write.
         trail = next(m.kwargs["trail"] for m in app.user_middleware if "trail" in m.kwargs)
