@@ -21,7 +21,7 @@ RUN python3 -m venv /opt/sbnn \
     else source="--extra-index-url $TORCH_INDEX_URL"; fi \
  && /opt/sbnn/bin/pip install $source -c deploy/constraints.txt \
       torch numpy pydantic pydantic-settings safetensors typer rich fastapi uvicorn prometheus-client setuptools \
-      grpcio grpcio-health-checking protobuf sqlalchemy "psycopg[binary]"
+      grpcio grpcio-health-checking protobuf sqlalchemy psycopg psycopg-binary
 COPY pyproject.toml README.md ./
 COPY app/ app/
 RUN /opt/sbnn/bin/pip install --no-deps --no-index --no-build-isolation . \
@@ -47,7 +47,7 @@ RUN python3 -m venv /opt/sbnn \
  && if [ "$WHEELHOUSE" = "1" ]; then source="--no-index --find-links /wheelhouse"; else source=""; fi \
  && /opt/sbnn/bin/pip install $source -c deploy/constraints.txt \
       onnxruntime numpy safetensors pydantic pydantic-settings typer rich fastapi uvicorn prometheus-client setuptools \
-      grpcio grpcio-health-checking protobuf sqlalchemy "psycopg[binary]"
+      grpcio grpcio-health-checking protobuf sqlalchemy psycopg psycopg-binary
 COPY pyproject.toml README.md ./
 COPY app/ app/
 # --no-deps: the package's torch requirement is for the torch backend, which this image does not run.

@@ -372,3 +372,14 @@ def test_every_exported_metric_is_on_a_panel_or_in_an_alert(
     unwatched = {"sbnn_model_info", "sbnn_predictions_total", "sbnn_batch_rows", "sbnn_batch_requests"}
     assert unwatched <= families, sorted(unwatched - families)
     assert families - unwatched <= used, f"exported, on no panel and in no alert: {sorted(families - unwatched - used)}"
+
+
+def test_the_images_keep_the_audit_trail_on_a_volume() -> None:
+    """The trail is on in the images: the audit extra installed in both, SQLite under a volume the user owns."""
+    stages = dockerfile_stages()
+    audit = {"sqlalchemy", "psycopg", "psycopg-binary"}
+    assert audit <= pip_installs(stages["build"]) and audit <= pip_installs(stages["build-slim"])
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "SBNN_AUDIT_DIR=/var/lib/sbnn/audit" in dockerfile
+    assert 'VOLUME ["/var/lib/sbnn/audit"]' in dockerfile
+    assert "chown 10001:10001 /var/lib/sbnn/audit" in dockerfile
