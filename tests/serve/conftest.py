@@ -129,11 +129,16 @@ def _free_loopback_port() -> int:
 
 @contextmanager
 def running_uvicorn(
-    model_repository: Path, log_dir: Path, ready: Callable[[], bool] = lambda: True, **settings: str
+    model_repository: Path,
+    log_dir: Path,
+    ready: Callable[[], bool] = lambda: True,
+    cli: bool = False,
+    **settings: str,
 ) -> Iterator[str]:
     """A real uvicorn process serving ``model_repository`` on a free loopback port with LIMITS and SBNN_<KEY>
     ``settings`` (gRPC off unless one turns it on); yields its base URL once /v2/health/ready is 200 and
-    ``ready()`` holds; stopped by SIGTERM."""
+    ``ready()`` holds; stopped by SIGTERM. Started by the uvicorn command line, or with ``cli`` by `sbnn serve`
+    (whose h11 protocol has the header and body read deadlines); its log is ``log_dir / "stderr.log"``."""
     port = _free_loopback_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("SBNN_")}
     env.update(
@@ -147,8 +152,12 @@ def running_uvicorn(
         }
     )
     log_path = log_dir / "stderr.log"
-    command = [sys.executable, "-m", "uvicorn", "--factory", "app.serve.app:app_from_env"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-server-header"]
+    if cli:
+        env["SBNN_LOG_LEVEL"] = "warning"
+        command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    else:
+        command = [sys.executable, "-m", "uvicorn", "--factory", "app.serve.app:app_from_env"]
+        command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-server-header"]
     base_url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)

@@ -1,26 +1,20 @@
 """Slow clients (slowloris) against a real ``sbnn serve``: the header and body read deadlines of
 app/serve/http_protocol.py, over raw loopback sockets.
 
-The server is started through the CLI (not conftest's ``running_uvicorn``, which runs the uvicorn command line
-and so not the protocol ``sbnn serve`` installs), with 1 s deadlines. Timing asserts are generous: a 2-core CI
+The server is started through the CLI (conftest's ``running_uvicorn`` with ``cli``: the uvicorn command line
+would not install the protocol ``sbnn serve`` does), with 1 s deadlines. Timing asserts are generous: a 2-core CI
 machine can be slow, and what matters is that a stalled client is cut off, not to the millisecond.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,52 +25,15 @@ SLACK_S = 4.0  # on top of a deadline, before a test calls the server stuck
 READY_TIMEOUT_S = 60.0
 
 
-def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+def server(
+    tmp_path_factory: pytest.TempPathFactory, model_repository: Path, start_uvicorn: Callable[..., Any]
+) -> Iterator[tuple[int, Path]]:
     """``sbnn serve`` on a free loopback port with 1 s header and body deadlines; yields (port, its log)."""
-    root = tmp_path_factory.mktemp("slow-clients")
-    shutil.copytree(REPO / "models" / MODEL, root / "models" / MODEL)
-    port = _free_loopback_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("SBNN_")}
-    env |= {
-        "SBNN_MODELS": str(root / "models"),
-        "SBNN_DEVICE": "cpu",
-        "SBNN_GRPC_PORT": "0",
-        "SBNN_LOG_LEVEL": "warning",
-        "SBNN_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
-        "SBNN_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
-    }
-    log_path = root / "serve.log"
-    command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"sbnn serve exited with {process.returncode}:\n{log_path.read_text()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass  # not listening yet
-            if time.monotonic() > deadline:
-                pytest.fail(f"sbnn serve not ready within {READY_TIMEOUT_S} s:\n{log_path.read_text()}")
-            time.sleep(0.1)
-        yield port, log_path
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    logs = tmp_path_factory.mktemp("slow-clients")
+    timeouts = {"header_timeout_s": str(HEADER_TIMEOUT_S), "body_timeout_s": str(BODY_TIMEOUT_S)}
+    with start_uvicorn(model_repository, logs, cli=True, **timeouts) as base:
+        yield int(base.rsplit(":", 1)[1]), logs / "stderr.log"
 
 
 def _connect(port: int) -> socket.socket:
