@@ -80,6 +80,12 @@ class CostModel:
         return cls(noise_seconds / (1 << 20), _timed(lambda: a @ a) / 256**3)
 
 
+# The auto sampler chooses with these fixed costs, never with this start's timings, so that a replay with the
+# reported seed picks the same sampler on every restart and every machine. They are the medians of 7
+# ``CostModel.measure`` runs on the 2-core CPU machine of bench/results/engine.md (2026-12-02).
+REFERENCE_COST = CostModel(seconds_per_normal=2.36e-9, seconds_per_mac=1.02e-11)
+
+
 def _timed(fn: Callable[[], object], repeats: int = 5) -> float:
     fn()
     _sync()
@@ -102,7 +108,7 @@ class MonteCarloEngine:
         model: the network (eval mode, on its device).
         bank_size: weight samples kept in the frozen bank (0: no bank).
         bank_seed: seed of the bank's draw.
-        cost: device costs; measured when None.
+        cost: the costs the auto sampler chooses with; REFERENCE_COST (fixed: replays are stable) when None.
     """
 
     def __init__(self, model: BayesianMLP, bank_size: int, bank_seed: int = 0, cost: CostModel | None = None) -> None:
@@ -111,7 +117,7 @@ class MonteCarloEngine:
         self.lowrank = model.spec.kind is LayerKind.LOWRANK
         self.widest = max(m for _, m in model.spec.layer_shapes())
         self.classes = 2 if model.spec.likelihood is Likelihood.BERNOULLI else model.spec.out_features
-        self.cost = cost or CostModel.measure(self.device)
+        self.cost = cost or REFERENCE_COST
         self.bank_seed = bank_seed
         self.bank_size = model.num_samples(bank_size) if bank_size > 0 else 0
         # Per low-rank layer, the moments local reparameterisation needs (the model is frozen once served):
