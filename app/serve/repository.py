@@ -9,6 +9,7 @@ import importlib.util
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -102,12 +103,19 @@ class ModelRepository:
     def load_all(self) -> None:
         """Verify, load and warm every discovered folder (blocking; run it off the event loop)."""
         try:
-            for entry in self.discover():
+            entries = self.discover()
+            for entry in entries:
                 self._load(entry)
+            failed = [e.name for e in entries if e.state is ModelState.FAILED]
+            log.info(
+                "%d models ready, %d failed%s", len(entries) - len(failed), len(failed),
+                f" ({', '.join(failed)})" if failed else "",
+            )  # fmt: skip
         finally:
             self.loaded.set()
 
     def _load(self, entry: ServedModel) -> None:
+        started = time.perf_counter()
         try:
             backend = self._open(entry.path)
             if backend.manifest.name != entry.name:
@@ -117,8 +125,10 @@ class ModelRepository:
                     f"manifest name '{backend.manifest.name}' differs from its folder name",
                 )
             gate = read_gate(entry.path, backend.manifest)
-        except (CheckpointError, ValueError, RuntimeError) as exc:
+        except Exception as exc:  # any loader failure fails this model only: the others keep loading
             entry.state, entry.reason = ModelState.FAILED, client_reason(entry.path, exc)
+            if not isinstance(exc, CheckpointError | ValueError | RuntimeError):
+                entry.reason = f"{type(exc).__name__}: {entry.reason}"  # an unexpected kind: say which
             log.error("model %s not ready: %s", entry.name, exc)  # the server's log keeps the full path
             return
         calibration = gate.spec.calibration
@@ -134,8 +144,13 @@ class ModelRepository:
                 served,
             )
         entry.backend, entry.gate, entry.state, entry.reason = backend, gate, ModelState.READY, ""
-        sha = backend.manifest.weights.sha256[:12]
-        log.info("model %s ready (%s backend, weights %s)", entry.name, backend.kind.value, sha)
+        m, bank = backend.manifest, backend.default_bank
+        log.info(
+            "model %s ready: version %s, %s, %s backend, bank %s, weights %s, loaded in %.1f s",
+            entry.name, m.version, m.kind.value, backend.kind.value,
+            "none" if bank is None else f"{bank[0]} samples from seed {bank[1]}",
+            m.weights.sha256[:12], time.perf_counter() - started,
+        )  # fmt: skip
 
     def _open(self, folder: Path) -> Backend:
         # Imported on use: a torch-free install never imports the torch backend.

@@ -53,3 +53,32 @@ def test_a_model_whose_gate_tensors_were_modified_is_not_ready(tiny_checkpoint: 
     repository.load_all()
     entry = repository.lookup("tiny")
     assert entry.state is ModelState.FAILED and "gate.safetensors" in entry.reason and "sha256" in entry.reason
+
+
+def test_a_loader_failure_of_any_kind_fails_that_model_only_and_is_logged(
+    tiny_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FileNotFoundError from deep inside a load (a read-only root filesystem's tempdir, say) used to escape
+    the loader and leave every model "loading" for ever."""
+    shutil.copytree(tiny_checkpoint, tmp_path / "tiny")
+    shutil.copytree(tiny_checkpoint, tmp_path / "unlucky")
+    manifest = tmp_path / "unlucky" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"name": "tiny"', '"name": "unlucky"', 1))
+    repository = ModelRepository(tmp_path, "cpu")
+    real_open = repository._open  # noqa: SLF001
+
+    def opening(folder: Path) -> object:
+        if folder.name == "unlucky":
+            raise FileNotFoundError("No usable temporary directory found")
+        return real_open(folder)
+
+    monkeypatch.setattr(repository, "_open", opening)
+    with caplog.at_level(logging.INFO, logger="sbnn.serve"):
+        repository.load_all()
+    unlucky = repository.lookup("unlucky")
+    assert unlucky.state is ModelState.FAILED
+    assert unlucky.reason == "FileNotFoundError: No usable temporary directory found"
+    assert repository.lookup("tiny").state is ModelState.READY and repository.ready
+    assert "model unlucky not ready: No usable temporary directory found" in caplog.text
+    assert "model tiny ready: version" in caplog.text and "loaded in" in caplog.text
+    assert "1 models ready, 1 failed (unlucky)" in caplog.text
