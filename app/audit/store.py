@@ -6,6 +6,8 @@ The store is thread-safe in the way SQLAlchemy engines are: each call checks a c
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -51,6 +53,22 @@ def _parse_url(url: str) -> URL:
     raise ValueError(f"audit URL must start with one of {', '.join(BACKENDS)}, got {safe_url(url)}")
 
 
+def _wal(cursor: Any, timeout_s: float = 10.0) -> None:
+    """WAL mode (kept in the file once set). Switching needs a lock that another process's first open may hold,
+    and SQLite answers "database is locked" at once there, without its busy handler (CI saw it with four opens
+    at once): so only when the file is not WAL yet, retried until ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _sqlite_hooks(engine: sa.Engine) -> None:
     """WAL (readers do not block the writer) and real transactions: pysqlite's own transaction handling
     skips BEGIN before DDL, so SQLAlchemy's documented recipe takes it over."""
@@ -59,8 +77,8 @@ def _sqlite_hooks(engine: sa.Engine) -> None:
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # the driver emits no BEGIN of its own
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=10000")
+        _wal(cursor)
         cursor.close()
 
     @event.listens_for(engine, "begin")
