@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -125,6 +126,30 @@ def _free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """``free_port()``: a free loopback TCP port."""
+    return _free_loopback_port
+
+
+@contextmanager
+def _compute_held(engine: Any) -> Iterator[threading.Event]:
+    """The batching engine's single compute thread held by a task until the event is set (or the block ends):
+    every pass waits behind it."""
+    release = threading.Event()
+    engine.executor.submit(release.wait, 30)
+    try:
+        yield release
+    finally:
+        release.set()
+
+
+@pytest.fixture(scope="session")
+def hold_compute() -> Callable[[Any], Any]:
+    """``with hold_compute(engine) as release:``: the compute thread held until ``release.set()`` or the end."""
+    return _compute_held
 
 
 @contextmanager

@@ -4,7 +4,6 @@ fail_closed turns requests away with 503 before they run."""
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -32,12 +31,6 @@ ROW = {"age": 62, "sex": "F", "kappa": 1.2345678, "lambda": 1.5, "flc_grp": 5, "
 ROWS = [ROW, {**ROW, "age": 95}, {**ROW, "age": 10000}]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _v2(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "inputs": [
@@ -53,12 +46,16 @@ def _v2(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def test_every_prediction_request_is_recorded_without_patient_data(
-    serve_settings: Settings, app_client: Callable[[Settings], Any], tmp_path: Path, one_row_grpc: Callable[..., Any]
+    serve_settings: Settings,
+    app_client: Callable[[Settings], Any],
+    tmp_path: Path,
+    one_row_grpc: Callable[..., Any],
+    free_port: Callable[[], int],
 ) -> None:
     token, entry = new_key("ward-7", [KeyScope.INFER])
     keys = tmp_path / "keys.json"
     keys.write_text(keys_json([entry]))
-    port = _free_port()
+    port = free_port()
     settings = serve_settings.model_copy(
         update={"audit_dir": tmp_path / "audit", "api_keys_file": keys, "grpc_port": port}
     )

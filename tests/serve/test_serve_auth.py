@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import stat
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -40,12 +39,6 @@ V2_BODY = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Three keys (infer, metrics, admin) in a keys file; their tokens by scope, and the file."""
@@ -58,10 +51,13 @@ def tokens(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 async def served(
-    serve_settings: Settings, app_client: Callable[[Settings], Any], tokens: dict[str, Any]
+    serve_settings: Settings,
+    app_client: Callable[[Settings], Any],
+    tokens: dict[str, Any],
+    free_port: Callable[[], int],
 ) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
     """An app with API keys and gRPC on: its client and the gRPC address."""
-    port = _free_port()
+    port = free_port()
     settings = serve_settings.model_copy(update={"api_keys_file": tokens["file"], "grpc_port": port})
     async with app_client(settings) as client:
         yield client, f"127.0.0.1:{port}"

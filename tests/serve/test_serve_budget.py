@@ -5,10 +5,7 @@ would fit; a request may ask for a shorter deadline than the server's (/v1 ``tim
 
 from __future__ import annotations
 
-import socket
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -25,29 +22,12 @@ PREDICT = f"/v1/models/{MODEL}/predict"
 INFER = f"/v2/models/{MODEL}/infer"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def busy(engine: Any) -> Iterator[None]:
-    """The single compute thread held until the block ends: every pass waits behind it."""
-    release = threading.Event()
-    engine.executor.submit(release.wait, 30)
-    try:
-        yield
-    finally:
-        release.set()
-
-
 @pytest.fixture(scope="module")
 async def budgeted(
-    serve_settings: Settings, app_client: Callable[[Settings], Any]
+    serve_settings: Settings, app_client: Callable[[Settings], Any], free_port: Callable[[], int]
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Any, str]]:
     """An app allowing 0.05 s of estimated compute and 64 MB of estimated memory per request, gRPC on."""
-    port = _free_port()
+    port = free_port()
     update = {"max_request_compute_s": 0.05, "max_request_memory_mb": 64.0, "grpc_port": port}
     async with app_client(serve_settings.model_copy(update=update)) as client:
         app = client._transport.app  # type: ignore[attr-defined]
@@ -94,9 +74,10 @@ async def test_a_request_may_ask_a_shorter_deadline(
     budgeted: tuple[httpx.AsyncClient, Any, str],
     flchain_row: dict[str, Any],
     to_v2: Callable[..., list[dict[str, Any]]],
+    hold_compute: Callable[[Any], Any],
 ) -> None:
     client, engine, _ = budgeted
-    with busy(engine):
+    with hold_compute(engine):
         late = await client.post(PREDICT, json={"instances": [flchain_row], "timeout_s": 0.2})
         assert late.status_code == 504, late.text
         assert late.json() == {"detail": "not answered within the request's 0.2 s deadline"}
@@ -141,6 +122,7 @@ async def test_grpc_refuses_over_budget_and_keeps_the_clients_deadline(
     budgeted: tuple[httpx.AsyncClient, Any, str],
     flchain_row: dict[str, Any],
     one_row_grpc: Callable[..., Any],
+    hold_compute: Callable[[Any], Any],
 ) -> None:
     _, engine, address = budgeted
     async with grpc.aio.insecure_channel(address) as channel:
@@ -157,7 +139,7 @@ async def test_grpc_refuses_over_budget_and_keeps_the_clients_deadline(
             await stub.ModelInfer(request)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert info.value.details().startswith("parameters.samples: 64 rows × 2048 samples (local)")
-        with busy(engine):
+        with hold_compute(engine):
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.ModelInfer(one_row_grpc(MODEL, flchain_row), timeout=0.3)
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

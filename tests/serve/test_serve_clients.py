@@ -62,12 +62,6 @@ MODES = [
 ]
 
 
-def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _listening(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(1.0)
@@ -87,10 +81,13 @@ def client_venvs() -> Path:
 
 @pytest.fixture(scope="module")
 def oip_server(
-    model_repository: Path, start_uvicorn: Callable[..., Any], tmp_path_factory: pytest.TempPathFactory
+    model_repository: Path,
+    start_uvicorn: Callable[..., Any],
+    tmp_path_factory: pytest.TempPathFactory,
+    free_port: Callable[[], int],
 ) -> Iterator[tuple[str, str]]:
     """A real uvicorn (REST) with gRPC on, both on free loopback ports; yields (base URL, gRPC address)."""
-    grpc_port = _free_loopback_port()
+    grpc_port = free_port()
     log_dir = tmp_path_factory.mktemp("uvicorn-clients")
     with start_uvicorn(
         model_repository, log_dir, ready=lambda: _listening(grpc_port), host="127.0.0.1", grpc_port=str(grpc_port)

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -66,18 +65,12 @@ def v2_inputs(rows: list[dict[str, Any]], datatypes: dict[str, str] | None = Non
     ]
 
 
-def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 async def served(
-    serve_settings: Settings, app_client: Callable[[Settings], Any]
+    serve_settings: Settings, app_client: Callable[[Settings], Any], free_port: Callable[[], int]
 ) -> AsyncIterator[tuple[httpx.AsyncClient, grpc.aio.Channel]]:
     """An app with gRPC on: its ASGI client and a channel to its gRPC port (both once ready)."""
-    port = _free_loopback_port()
+    port = free_port()
     async with app_client(serve_settings.model_copy(update={"grpc_port": port})) as client:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             yield client, channel
@@ -330,9 +323,11 @@ async def test_grpc_calls_are_in_the_metrics(
     assert found and found[0][1] >= 1
 
 
-async def test_sbnn_serve_grpc_port_and_graceful_shutdown(model_repository: Path, tmp_path: Path) -> None:
+async def test_sbnn_serve_grpc_port_and_graceful_shutdown(
+    model_repository: Path, tmp_path: Path, free_port: Callable[[], int]
+) -> None:
     """``sbnn serve --grpc-port``: gRPC answers; on SIGTERM a call in flight still completes, then both stop."""
-    http_port, grpc_port = _free_loopback_port(), _free_loopback_port()
+    http_port, grpc_port = free_port(), free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("SBNN_")}
     env["SBNN_MAX_ROWS"] = "64"
     command = [sys.executable, "-m", "app.cli", "serve", "--models", str(model_repository), "--device", "cpu"]

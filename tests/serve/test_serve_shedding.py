@@ -5,10 +5,7 @@ are never computed."""
 
 from __future__ import annotations
 
-import socket
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -26,29 +23,12 @@ PREDICT = f"/v1/models/{MODEL}/predict"
 ROW = {"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 1.0, "mgus": 0}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def busy(engine: Any) -> Iterator[threading.Event]:
-    """The single compute thread held by a task until the event is set: every pass waits behind it."""
-    release = threading.Event()
-    engine.executor.submit(release.wait, 30)
-    try:
-        yield release
-    finally:
-        release.set()
-
-
 @pytest.fixture(scope="module")
 async def shedding(
-    serve_settings: Settings, app_client: Callable[[Settings], Any]
+    serve_settings: Settings, app_client: Callable[[Settings], Any], free_port: Callable[[], int]
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Any, str]]:
     """An app taking at most 2 queued rows per model, with a 1 s deadline and gRPC on."""
-    port = _free_port()
+    port = free_port()
     settings = serve_settings.model_copy(update={"max_queued_rows": 2, "request_timeout_s": 1.0, "grpc_port": port})
     async with app_client(settings) as client:
         app = client._transport.app  # type: ignore[attr-defined]
@@ -56,7 +36,9 @@ async def shedding(
 
 
 async def test_rows_beyond_the_queue_are_503_with_retry_after_and_do_not_run(
-    shedding: tuple[httpx.AsyncClient, Any, str], parse_metrics: Callable[[str], Any]
+    shedding: tuple[httpx.AsyncClient, Any, str],
+    parse_metrics: Callable[[str], Any],
+    hold_compute: Callable[[Any], Any],
 ) -> None:
     client, engine, _ = shedding
     answers: list[httpx.Response] = []
@@ -65,7 +47,7 @@ async def test_rows_beyond_the_queue_are_503_with_retry_after_and_do_not_run(
         answers.append(await client.post(PREDICT, json={"instances": [ROW]}))
 
     before = parse_metrics((await client.get("/metrics")).text).count("sbnn_predictions_total", model=MODEL)
-    with busy(engine) as release:
+    with hold_compute(engine) as release:
         async with anyio.create_task_group() as group:
             group.start_soon(predict)
             group.start_soon(predict)
@@ -82,13 +64,15 @@ async def test_rows_beyond_the_queue_are_503_with_retry_after_and_do_not_run(
 
 
 async def test_past_the_deadline_is_504_and_the_queued_work_is_dropped(
-    shedding: tuple[httpx.AsyncClient, Any, str], parse_metrics: Callable[[str], Any]
+    shedding: tuple[httpx.AsyncClient, Any, str],
+    parse_metrics: Callable[[str], Any],
+    hold_compute: Callable[[Any], Any],
 ) -> None:
     client, engine, _ = shedding
     metrics = parse_metrics((await client.get("/metrics")).text)
     before = metrics.count("sbnn_predictions_total", model=MODEL)
     rows = metrics.count("sbnn_batch_rows_sum", model=MODEL)
-    with busy(engine):
+    with hold_compute(engine):
         late = await client.post(f"/v2/models/{MODEL}/infer", json=_v2())
         assert late.status_code == 504, late.text
         assert late.json() == {"error": "not answered within the server's 1 s deadline"}
@@ -100,17 +84,17 @@ async def test_past_the_deadline_is_504_and_the_queued_work_is_dropped(
 
 
 async def test_grpc_maps_shedding_and_deadlines(
-    shedding: tuple[httpx.AsyncClient, Any, str], one_row_grpc: Callable[..., Any]
+    shedding: tuple[httpx.AsyncClient, Any, str], one_row_grpc: Callable[..., Any], hold_compute: Callable[[Any], Any]
 ) -> None:
     _, engine, address = shedding
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        with busy(engine):
+        with hold_compute(engine):
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.ModelInfer(one_row_grpc(MODEL, ROW))
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert info.value.details() == "not answered within the server's 1 s deadline"
-        with busy(engine) as release:
+        with hold_compute(engine) as release:
             queued = [stub.ModelInfer(one_row_grpc(MODEL, ROW)) for _ in range(2)]
             await anyio.sleep(0.3)
             with pytest.raises(grpc.aio.AioRpcError) as info:
