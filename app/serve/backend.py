@@ -7,6 +7,7 @@ Both decide a request's sampler, sample count and seed in one place, ``plan``, a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from enum import Enum
@@ -14,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from app.bnn.plan import Plan
+from app.bnn.plan import Plan, peak_bytes
 from app.bnn.spec import MonteCarloError, Sampler
 from app.checkpoint.manifest import Manifest
 
@@ -70,3 +71,25 @@ class Backend(Protocol):
     def steps(self, x: np.ndarray, plan: Plan) -> Generator[None, None, Scores]:
         """Score one request with a seeded plan piece by piece (``app.bnn.plan``): yields between pieces, so the
         caller may run other requests or stop, and returns its scores."""
+
+
+RATE_ROWS = 256  # the rows of the pass each sampler's rate is measured on, when a model loads
+
+
+def seconds_per_row_sample(backend: Backend, x: np.ndarray, plan: Plan, repeats: int = 2) -> float:
+    """The rate of ``plan``'s sampler: the fastest of ``repeats`` runs of ``plan`` on the row ``x`` (1, d) repeated
+    to RATE_ROWS rows, per row and sample (``compute`` answers host arrays, so the device's work is in it)."""
+    rows = np.repeat(x, RATE_ROWS, axis=0)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        backend.compute([(rows, plan)], batch_seed=0)
+        best = min(best, time.perf_counter() - start)
+    return best / (RATE_ROWS * plan.samples)
+
+
+def estimated_cost(manifest: Manifest, rates: dict[Sampler, float], plan: Plan, rows: int) -> Cost:
+    """``Backend.cost`` from the measured ``rates`` (seconds per row and sample, by sampler) and the manifest."""
+    widest = max(m for _, m in manifest.network.layer_shapes())
+    seconds = rows * plan.samples * rates.get(plan.sampler, 0.0)
+    return Cost(seconds, peak_bytes(plan, rows, len(manifest.task.labels), widest))

@@ -16,22 +16,19 @@ members from the bank graph, as the torch backend gives them.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
 
-from app.bnn.plan import Plan, PlanRefused, largest_error, peak_bytes, piece_samples, run_to_end, summary_rows
+from app.bnn.plan import Plan, PlanRefused, largest_error, piece_samples, run_to_end, summary_rows
 from app.bnn.spec import MonteCarloError, Sampler
 from app.checkpoint.files import read_manifest, read_onnx, verified_weights_bytes
 from app.checkpoint.manifest import Manifest, NoiseInput
 from app.checkpoint.noise import NOISE_CHUNK, OUTPUTS, SAMPLING_OUTPUT, NoiseStream
 from app.errors import CheckpointError
-from app.serve.backend import BackendKind, Cost, Scores
+from app.serve.backend import RATE_ROWS, BackendKind, Cost, Scores, estimated_cost, seconds_per_row_sample
 from app.serve.predictive_numpy import decompose_numpy, monte_carlo_error_numpy
-
-RATE_ROWS = 256  # the rows of the pass each sampler's rate is measured on, when the model loads
 
 
 class OnnxBackend:
@@ -71,20 +68,10 @@ class OnnxBackend:
             (scores,) = backend.compute([(x, plan)], batch_seed=0)
             if not np.isfinite(scores.probs).all():
                 raise CheckpointError(str(folder), f"warm-up prediction ({plan.sampler.value}) is not finite")
-            backend.measure_rate(x, plan)
+            if plan.sampler is Sampler.FRESH:  # one piece's samples, for the cost estimates
+                plan = Plan(Sampler.FRESH, min(plan.samples, piece_samples(Sampler.FRESH, RATE_ROWS)), 0)
+            backend.seconds_per_row_sample[plan.sampler] = seconds_per_row_sample(backend, x, plan)
         return backend
-
-    def measure_rate(self, x: np.ndarray, plan: Plan, rows: int = RATE_ROWS, repeats: int = 2) -> None:
-        """Seconds per row and sample of ``plan``'s sampler: the fastest of ``repeats`` runs of one piece."""
-        if plan.sampler is Sampler.FRESH:
-            plan = Plan(Sampler.FRESH, min(plan.samples, piece_samples(Sampler.FRESH, rows)), 0)
-        x = np.repeat(x, rows, axis=0)
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            self.compute([(x, plan)], batch_seed=0)
-            best = min(best, time.perf_counter() - start)
-        self.seconds_per_row_sample[plan.sampler] = best / (rows * plan.samples)
 
     @property
     def default_bank(self) -> tuple[int, int] | None:
@@ -123,9 +110,7 @@ class OnnxBackend:
         return Plan(Sampler.FRESH, samples, seed, tolerance)
 
     def cost(self, plan: Plan, rows: int) -> Cost:
-        seconds = rows * plan.samples * self.seconds_per_row_sample.get(plan.sampler, 0.0)
-        classes = len(self.manifest.task.labels)
-        return Cost(seconds, peak_bytes(plan, rows, classes, max(m for _, m in self.manifest.network.layer_shapes())))
+        return estimated_cost(self.manifest, self.seconds_per_row_sample, plan, rows)
 
     def compute(self, jobs: list[tuple[np.ndarray, Plan]], batch_seed: int) -> list[Scores]:
         return [run_to_end(self.steps(x, plan.seeded(batch_seed))) for x, plan in jobs]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Generator
 from pathlib import Path
@@ -11,15 +10,13 @@ import numpy as np
 import torch
 
 from app.bnn.engine import MonteCarloEngine, monte_carlo_error
-from app.bnn.plan import Plan, largest_error, peak_bytes, piece_samples, run_to_end, summary_rows
+from app.bnn.plan import Plan, largest_error, piece_samples, run_to_end, summary_rows
 from app.bnn.predictive import Predictive, decompose
 from app.bnn.spec import Sampler
 from app.checkpoint.io import load_checkpoint
 from app.checkpoint.manifest import Manifest
 from app.errors import CheckpointError
-from app.serve.backend import BackendKind, Cost, Scores
-
-RATE_ROWS = 256  # the rows of the pass each sampler's rate is measured on, when the model loads
+from app.serve.backend import RATE_ROWS, BackendKind, Cost, Scores, estimated_cost, seconds_per_row_sample
 
 
 def summarise(predictive: Predictive, plan: Plan) -> Generator[None, None, Scores]:
@@ -71,21 +68,9 @@ class TorchBackend:
             (scores,) = self.compute([(x, plan)], batch_seed=0)
             if not np.isfinite(scores.probs).all():
                 raise CheckpointError(str(folder), f"warm-up prediction ({sampler.value}) is not finite")
-            rows = np.repeat(x, RATE_ROWS, axis=0)
             samples = min(samples, piece_samples(sampler, RATE_ROWS))
             plan = self.plan(sampler, RATE_ROWS, samples, None if bank else 0, None)
-            self.seconds_per_row_sample[sampler] = self._timed(rows, plan) / (RATE_ROWS * plan.samples)
-
-    def _timed(self, x: np.ndarray, plan: Plan, repeats: int = 2) -> float:
-        """The fastest of ``repeats`` runs of one request, in seconds."""
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            self.compute([(x, plan)], batch_seed=0)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            best = min(best, time.perf_counter() - start)
-        return best
+            self.seconds_per_row_sample[sampler] = seconds_per_row_sample(self, x, plan)
 
     @property
     def default_bank(self) -> tuple[int, int] | None:
@@ -95,9 +80,7 @@ class TorchBackend:
         return self.engine.plan(sampler, rows, samples, seed, tolerance)
 
     def cost(self, plan: Plan, rows: int) -> Cost:
-        seconds = rows * plan.samples * self.seconds_per_row_sample.get(plan.sampler, 0.0)
-        classes = len(self.manifest.task.labels)
-        return Cost(seconds, peak_bytes(plan, rows, classes, self.engine.widest))
+        return estimated_cost(self.manifest, self.seconds_per_row_sample, plan, rows)
 
     @torch.no_grad()
     def compute(self, jobs: list[tuple[np.ndarray, Plan]], batch_seed: int) -> list[Scores]:
