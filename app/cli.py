@@ -19,8 +19,6 @@ from app.cli_options import (
     CommandGroup,
     console,
     errors,
-    exit_missing_extra,
-    fail,
     guard,
     parse_bounds,
     parse_ints,
@@ -32,6 +30,8 @@ from app.cli_options import (
     warn,
 )
 from app.serve.keys_command import keys_app
+from app.serve.models_command import models_app
+from app.serve.serve_command import serve
 from app.study.command import compare
 from app.train.config import ClassWeight
 
@@ -47,6 +47,8 @@ app = typer.Typer(
 )
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+app.add_typer(models_app, name="models")
+app.command()(serve)
 # TrainConfig fields whose option has another name.
 OPTION_OF_FIELD = {"kl_warmup_epochs": "--kl-warmup", "default_samples": "--samples"}
 
@@ -346,60 +348,6 @@ def export_onnx_command(
             f"no sampling graph: a '{checkpoint.manifest.kind.value}' model has no weight noise (the "
             "bank graph serves it whole)"
         )
-
-
-@app.command()
-def serve(
-    models: Annotated[
-        Path | None, typer.Option(help="Model repository folder (env SBNN_MODELS, default models).")
-    ] = None,
-    host: Annotated[str | None, typer.Option(help="Bind address (env SBNN_HOST, default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (env SBNN_PORT, default 8000).")] = None,
-    grpc_port: Annotated[
-        int | None, typer.Option(help="gRPC port (env SBNN_GRPC_PORT, default 8081; 0 turns gRPC off).")
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda (env SBNN_DEVICE, default auto).")] = None,
-    backend: Annotated[
-        str | None, typer.Option(help="torch, onnx (exported bank, no torch) or auto (env SBNN_BACKEND).")
-    ] = None,
-    api_keys_file: Annotated[
-        Path | None, typer.Option(help="API keys file (env SBNN_API_KEYS_FILE; `sbnn keys new` writes one).")
-    ] = None,
-    allow_unauthenticated: Annotated[
-        bool, typer.Option(help="Serve a non-loopback --host with no API key: anyone who can reach it may call.")
-    ] = False,
-) -> None:
-    """Serve every checkpoint under the model folder: REST /v1, Open Inference Protocol /v2 and gRPC, /metrics."""
-    import uvicorn
-    from pydantic import ValidationError
-
-    from app.serve.app import create_app
-    from app.serve.http_protocol import protocol_with_timeouts
-    from app.serve.settings import Settings
-
-    given = {"models": models, "host": host, "port": port, "device": device, "backend": backend}
-    given |= {"api_keys_file": api_keys_file, "allow_unauthenticated": allow_unauthenticated}
-    overrides: dict[str, object] = {k: v for k, v in given.items() if v}
-    if grpc_port is not None:  # 0 is a value here: gRPC off
-        overrides["grpc_port"] = grpc_port
-    try:
-        settings = Settings(**overrides)
-        application = create_app(settings)
-    except (ValidationError, ValueError) as exc:
-        fail(exc)
-    except ImportError as exc:  # --backend onnx without the onnx extra
-        exit_missing_extra("serve", exc, [])
-    # One worker process: metrics and drift windows live in this process (see docs/serving.md).
-    uvicorn.run(
-        application,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        workers=1,
-        server_header=False,  # no "server: uvicorn": what runs here is nobody else's business
-        # h11 with header and body read deadlines: a slow client cannot hold a connection open forever.
-        http=protocol_with_timeouts(settings.header_timeout_s, settings.body_timeout_s),
-    )
 
 
 def main() -> None:

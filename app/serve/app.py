@@ -1,19 +1,23 @@
 """The FastAPI application: ``create_app(settings)``; no work at import time.
 
-Checkpoints load in the lifespan on a worker thread, so /v2/health/live answers at once and
-/v2/health/ready turns 200 when every model folder has been tried. Errors are mapped to HTTP here, once.
+Checkpoints load in the lifespan on the repository's loader thread, so /v2/health/live answers at once and
+/v2/health/ready turns 200 once the models asked for are ready (all of them, or any with ``ready_when``).
+Errors are mapped to HTTP here, once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import ipaddress
 import logging
-import time
-from collections.abc import AsyncIterator
+import os
+import tempfile
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -22,10 +26,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import SchemaError
 from app.serve.api import kserve_v1, ops, v1, v2
+from app.serve.api import repository as repository_api
 from app.serve.api.v2_binary import HEADER
 from app.serve.audit import AuditCollector, AuditMiddleware, AuditTrail
 from app.serve.auth import AuthMiddleware, DocsAccess, KeyRing
@@ -34,9 +38,16 @@ from app.serve.batching import BatchingEngine
 from app.serve.dataplane import DataPlane
 from app.serve.errors import DeadlineExceeded, ModelNotFound, ModelNotReady, Overloaded, RequestRejected
 from app.serve.metrics import ServiceMetrics
-from app.serve.middleware import HeadMiddleware, RequestBodyMiddleware, RequestIdMiddleware, error_response
+from app.serve.middleware import (
+    BodyLimitMiddleware,
+    HeadMiddleware,
+    LatencyMiddleware,
+    RequestBodyMiddleware,
+    RequestIdMiddleware,
+)
 from app.serve.repository import ModelRepository
 from app.serve.settings import Settings
+from app.serve.watch import ModelWatcher
 
 if TYPE_CHECKING:
     from app.audit.writer import AuditWriter
@@ -107,87 +118,6 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": detail}, status_code=422)
 
 
-class BodyLimitMiddleware:
-    """Refuse bodies over ``limit`` bytes with 413, by Content-Length or while streaming."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and (len(length) > 18 or int(length) > self.limit):
-            await self._reject(scope, send)
-            return
-        seen = 0
-        started = False
-        too_large = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen, too_large
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    too_large = True
-                    raise _BodyTooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if too_large and not started:
-                return  # the app's answer to a body it could not read (FastAPI turns the error into a 400)
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            pass
-        if too_large and not started:
-            await self._reject(scope, send)
-
-    async def _reject(self, scope: Scope, send: Send) -> None:
-        await error_response(scope, send, 413, f"request body over the {self.limit}-byte limit", [])
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class LatencyMiddleware:
-    """Observe every request's duration by model, route template and status."""
-
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, repository: ModelRepository) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.repository = repository
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def capture(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            name = scope.get("path_params", {}).get("name", "")
-            model = name if name in self.repository.names() else ("unknown" if name else "")
-            self.metrics.request_duration.labels(model, route, str(status)).observe(time.perf_counter() - started)
-
-
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -244,9 +174,33 @@ async def _prune_daily(writer: AuditWriter, days: int | None) -> None:
         await asyncio.sleep(24 * 3600)
 
 
+_pending: set[asyncio.Task[None]] = set()  # tasks started by callbacks, kept referenced until they finish
+
+
+def _soon(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run ``coroutine`` on the running loop from a synchronous callback."""
+    task = asyncio.ensure_future(coroutine)
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+
+
+def use_tmp_dir(folder: Path | None) -> None:
+    """Point temporary files and the caches torch and matplotlib may write at ``folder`` (a writable volume on
+    a read-only root filesystem); None leaves TMPDIR as the environment set it."""
+    if folder is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TMPDIR"] = str(folder)
+    tempfile.tempdir = None  # tempfile reads TMPDIR again on next use
+    for variable, sub in [("XDG_CACHE_HOME", "cache"), ("MPLCONFIGDIR", "matplotlib"), ("TRITON_CACHE_DIR", "triton")]:
+        os.environ.setdefault(variable, str(folder / sub))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder / "torchinductor"))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service for ``settings`` (default: from the environment)."""
     settings = settings or Settings()
+    use_tmp_dir(settings.tmp_dir)  # before torch is imported: its compiler asks for a temporary folder
     keys = _keys(settings)
     if settings.audit_database:
         _audit_writer_importable()
@@ -255,8 +209,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from app.device import resolve_device
 
         resolve_device(settings.device)  # refuse an unusable device at start, not per model
+    if not settings.models.is_dir():
+        raise ValueError(
+            f"the model repository {settings.models} does not exist (SBNN_MODELS / --models): nothing to serve"
+        )
     repository = ModelRepository(
-        settings.models, settings.device, settings.bank_samples, settings.bank_seed, settings.backend
+        settings.models,
+        settings.device,
+        settings.bank_samples,
+        settings.bank_seed,
+        settings.backend,
+        settings.version_policy,
+        settings.pinned_versions,
+        settings.ready_when,
     )
     engine = BatchingEngine(settings, metrics)
     dataplane = DataPlane(settings, repository, engine, metrics)
@@ -267,24 +232,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         writer = await asyncio.to_thread(_audit_writer, settings) if settings.audit_database else None
         trail.writer = writer
-        loader = asyncio.get_running_loop().run_in_executor(engine.executor, repository.load_all)
-        loader.add_done_callback(lambda _: dataplane.publish_model_metrics())
         grpc_server = None
-        pruning = asyncio.create_task(_prune_daily(writer, settings.audit_retention_days)) if writer else None
-        try:
-            if settings.grpc_port:
-                from app.serve.grpc.server import GrpcServer  # grpc is imported only when it serves
+        if settings.grpc_port:
+            from app.serve.grpc.server import GrpcServer  # grpc is imported only when it serves
 
-                grpc_server = GrpcServer(
-                    dataplane, settings.host, settings.grpc_port, settings.max_body_bytes, keys, trail
-                )
+            grpc_server = GrpcServer(dataplane, settings.host, settings.grpc_port, settings.max_body_bytes, keys, trail)
+            dataplane.readiness_listeners.append(lambda ready: _soon(grpc_server.set_ready(ready)))
+        loader = asyncio.get_running_loop().run_in_executor(repository.loader, repository.load_all)
+        loader.add_done_callback(lambda _: dataplane.publish_state())
+        pruning = asyncio.create_task(_prune_daily(writer, settings.audit_retention_days)) if writer else None
+        watching = (
+            asyncio.create_task(ModelWatcher(dataplane, settings.watch_debounce_s).run()) if settings.watch else None
+        )
+        try:
+            if grpc_server is not None:
                 await grpc_server.start()
-                loader.add_done_callback(lambda _: asyncio.ensure_future(grpc_server.mark_ready()))
             yield
         finally:
+            if watching is not None:
+                watching.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watching
             if grpc_server is not None:  # uvicorn has drained HTTP before the lifespan ends; now gRPC drains
                 await grpc_server.stop(GRPC_GRACE_S)
-            await loader  # never close the compute thread under a load in progress
+            await asyncio.to_thread(repository.close)  # a load in progress finishes first
             await engine.close()
             if pruning is not None:
                 pruning.cancel()
@@ -317,6 +288,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1.router)
     app.include_router(kserve_v1.router)
     app.include_router(v2.router)
+    app.include_router(repository_api.router)
     app.include_router(ops.router)
     # The last added runs first: CORS, HEAD as GET, latency, request id, the API key (before any body is read),
     # the audit trail, the body limit, then the body decoded.

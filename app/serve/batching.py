@@ -44,6 +44,7 @@ STEPPED_OVER_S = 0.02  # a request estimated to take longer runs piece by piece,
 
 @dataclass
 class _Job:
+    model: ServedModel  # the version it was submitted to: a reload swaps new requests only
     x: np.ndarray  # (N, d) float32
     plan: Plan
     future: asyncio.Future[Scores]
@@ -79,8 +80,9 @@ def new_seed() -> int:
 
 
 def _compute(model: ServedModel, jobs: list[_Job], batch_seed: int) -> list[Scores | None]:
-    """The batch's scores, None for a job whose request ended (deadline, client gone) while it waited for this
-    thread: it is not computed. (``done()`` reads one attribute: safe off the loop, at worst one pass late.)"""
+    """The batch's scores (every job of one model version), None for a job whose request ended (deadline,
+    client gone) while it waited for this thread: it is not computed. (``done()`` reads one attribute: safe off
+    the loop, at worst one pass late.)"""
     assert model.backend is not None  # only ready models are queued
     live = [job for job in jobs if not job.future.done()]
     results = model.backend.compute([(job.x, job.plan) for job in live], batch_seed) if live else []
@@ -109,7 +111,9 @@ class BatchingEngine:
         queue = self._queues.get(model.name)
         if queue is None:
             queue = self._queues[model.name] = asyncio.Queue()
-            self._tasks[model.name] = asyncio.create_task(self._batch_loop(model, queue), name=f"batch-{model.name}")
+            self._tasks[model.name] = asyncio.create_task(
+                self._batch_loop(model.name, queue), name=f"batch-{model.name}"
+            )
         name, rows, waiting = model.name, x.shape[0], self._rows.get(model.name, 0)
         if waiting + rows > self.settings.max_queued_rows:
             raise Overloaded(
@@ -117,7 +121,9 @@ class BatchingEngine:
                 f"{self.settings.max_queued_rows} per model: retry shortly"
             )
         stepped = model.backend.cost(plan, rows).seconds > STEPPED_OVER_S
-        job = _Job(x=x, plan=plan, future=loop.create_future(), enqueued=time.perf_counter(), stepped=stepped)
+        job = _Job(
+            model=model, x=x, plan=plan, future=loop.create_future(), enqueued=time.perf_counter(), stepped=stepped
+        )
         self._rows[name] = waiting + rows
         job.future.add_done_callback(lambda _: self._rows.__setitem__(name, self._rows[name] - rows))
         await queue.put(job)
@@ -160,9 +166,9 @@ class BatchingEngine:
             rows += job.rows
         return jobs
 
-    async def _batch_loop(self, model: ServedModel, queue: asyncio.Queue[_Job]) -> None:
-        """Batches as they come; while large requests are in progress, what is queued, then one of their pieces."""
-        assert model.backend is not None  # only ready models are queued
+    async def _batch_loop(self, name: str, queue: asyncio.Queue[_Job]) -> None:
+        """Batches as they come; while large requests are in progress, what is queued, then one of their pieces.
+        Each job runs on the version it was submitted to (a batch that spans a reload runs a pass per version)."""
         running: deque[_Running] = deque()
         try:
             while True:
@@ -170,14 +176,19 @@ class BatchingEngine:
                 jobs = [job for job in jobs if not job.future.done()]  # drop requests whose client went away
                 now = time.perf_counter()
                 for job in jobs:
-                    self.metrics.stage_duration.labels(model.name, "queue").observe(now - job.enqueued)
+                    self.metrics.stage_duration.labels(name, "queue").observe(now - job.enqueued)
                     if job.stepped:
-                        running.append(_Running(job, model.backend.steps(job.x, job.plan.seeded(new_seed()))))
-                batch = [job for job in jobs if not job.stepped]
-                if batch:
-                    await self._pass(model, batch)
+                        backend = job.model.backend
+                        assert backend is not None  # only ready models are queued
+                        running.append(_Running(job, backend.steps(job.x, job.plan.seeded(new_seed()))))
+                versions: dict[int, list[_Job]] = {}
+                for job in jobs:
+                    if not job.stepped:
+                        versions.setdefault(id(job.model), []).append(job)
+                for batch in versions.values():
+                    await self._pass(batch[0].model, batch)
                 if running:
-                    await self._piece(model, running)
+                    await self._piece(running)
         except asyncio.CancelledError:  # closing: nobody will answer these requests
             for run in running:
                 run.job.future.cancel()
@@ -205,7 +216,7 @@ class BatchingEngine:
             if not job.future.done():
                 job.future.set_result(result)
 
-    async def _piece(self, model: ServedModel, running: deque[_Running]) -> None:
+    async def _piece(self, running: deque[_Running]) -> None:
         """The next piece of the first large request in line, which then goes to the back of the line; one
         whose request ended (deadline, client gone) stops here."""
         run = running.popleft()
@@ -226,7 +237,7 @@ class BatchingEngine:
         if scores is None:
             running.append(run)
         elif not run.job.future.done():
-            self._observe(model, run.seconds, [run.job])
+            self._observe(run.job.model, run.seconds, [run.job])
             run.job.future.set_result(scores)
 
     def _observe(self, model: ServedModel, seconds: float, jobs: list[_Job]) -> None:

@@ -9,6 +9,7 @@ drift, once.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from app.serve.backend import Scores
 from app.serve.batching import BatchingEngine
 from app.serve.errors import RequestRejected
 from app.serve.metrics import ServiceMetrics
-from app.serve.repository import ModelRepository, ModelState, ServedModel
+from app.serve.repository import LoadOutcome, ModelRepository, ModelState, ServedModel
 from app.serve.settings import RejectMode, Settings
 
 Locate = Callable[[str, int], str]  # (feature, row) -> the field as the client named it
@@ -67,6 +68,7 @@ class ScoringRequest:
     option_field: str = ""
     rows_field: str = "instances"
     timeout_s: float | None = None  # a deadline the transport carries (gRPC's), besides the body's
+    version: str | None = None  # the model version the path named (None: the highest ready one)
 
 
 @dataclass(frozen=True)
@@ -127,10 +129,11 @@ class DataPlane:
         self.repository = repository
         self.engine = engine
         self.metrics = metrics
+        self.readiness_listeners: list[Callable[[bool], None]] = []  # told the server's readiness on each change
 
-    def model(self, name: str) -> ServedModel:
-        """The ready model ``name`` (404 unknown, 503 not ready)."""
-        return self.repository.get(name)
+    def model(self, name: str, version: str | None = None) -> ServedModel:
+        """The ready model ``name``, its ``version`` or else the highest ready one (404 unknown, 503 not ready)."""
+        return self.repository.get(name, version)
 
     def plan(self, model: ServedModel, request: ScoringRequest, options: RequestOptions, rows: int) -> Plan:
         """The server's limits (rows, samples, tolerance), the backend's plan for the request's options, then
@@ -182,7 +185,7 @@ class DataPlane:
     async def infer(self, request: ScoringRequest) -> InferenceResult:
         """The corridor: gate and score the request's rows as planned (the seed, when absent, is chosen and
         returned): rows the bounds reject are not scored, the others are, and every row is explained."""
-        model = self.model(request.model)
+        model = self.model(request.model, request.version)
         manifest, gate = model.manifest, model.gate
         assert gate is not None  # a ready model has its gate
         columns, options = request.decode(manifest.features)
@@ -236,12 +239,36 @@ class DataPlane:
         # Only the scored rows' finite scores enter the windows; every row's decision enters the rate.
         monitor.record({k: v[np.isfinite(v)] for k, v in windows.items()}, ~gate.accepted)
 
-    def publish_model_metrics(self) -> None:
-        """Model info and readiness gauges, after loading."""
+    async def load(self, name: str) -> LoadOutcome:
+        """(Re)load ``name`` on the repository's loader thread (one load at a time, serving goes on), then count
+        and publish it; ModelNotFound when no folder holds it."""
+        repository = self.repository
+        outcome = await asyncio.get_running_loop().run_in_executor(repository.loader, repository.load, name)
+        result = "kept" if outcome.kept else ("failed" if outcome.failed else "loaded")
+        self.metrics.model_loads.labels(name, result).inc()
+        self.publish_state()
+        return outcome
+
+    async def unload(self, name: str) -> None:
+        """Take ``name`` out of service (requests in flight finish on it)."""
+        repository = self.repository
+        await asyncio.get_running_loop().run_in_executor(repository.loader, repository.unload, name)
+        self.metrics.model_loads.labels(name, "unloaded").inc()
+        self.publish_state()
+
+    def publish_state(self) -> None:
+        """After every load and unload: the model info and readiness gauges (a swapped-out version's info goes),
+        then whoever listens for the server's readiness (gRPC's health service)."""
+        self.metrics.model_info.clear()
+        ready: set[str] = set()
         for entry in self.repository.entries():
-            ready = entry.state is ModelState.READY
-            self.metrics.model_ready.labels(entry.name).set(1.0 if ready else 0.0)
-            if ready:
-                m = entry.manifest
-                ranks = "/".join("-" if r is None else str(r) for r in m.ranks)
-                self.metrics.model_info.labels(entry.name, m.version, m.weights.sha256, m.kind.value, ranks).set(1.0)
+            if entry.state is not ModelState.READY:
+                continue
+            ready.add(entry.name)
+            m = entry.manifest
+            ranks = "/".join("-" if r is None else str(r) for r in m.ranks)
+            self.metrics.model_info.labels(entry.name, m.version, m.weights.sha256, m.kind.value, ranks).set(1.0)
+        for name in self.repository.names():
+            self.metrics.model_ready.labels(name).set(1.0 if name in ready else 0.0)
+        for listener in self.readiness_listeners:
+            listener(self.repository.ready)

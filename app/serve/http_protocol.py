@@ -8,21 +8,37 @@ Two deadlines bound that, per request:
   keep-alive connection is uvicorn's own ``timeout_keep_alive``, untouched: this timer is not running then.
 - body: the whole body within ``body_timeout_s`` of the headers, else a 408 in the surface's error shape when no
   response was started (the app then sees ``http.disconnect``), and the connection is closed either way.
+
+``GracefulServer`` is uvicorn's server whose handled SIGTERM/SIGINT ends the process with status 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import h11
+import uvicorn
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 logger = logging.getLogger("sbnn.serve.http")
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server, except that a stop signal it has handled (drained, then shut down) exits with status 0:
+    stock uvicorn re-raises the signal afterwards, so the process dies of it (143) and looks like a crash."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()  # handled: nothing left to re-raise
 
 
 class DeadlineH11Protocol(H11Protocol):

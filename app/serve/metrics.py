@@ -84,3 +84,10 @@ class ServiceMetrics:
             ["model"],
             registry=registry,
         )
+        self.model_loads = Counter(
+            "sbnn_model_loads_total",
+            "Model (re)loads by result: loaded (swapped in), kept (a version failed; the old ones serve on), "
+            "failed (nothing serving), unloaded.",
+            ["model", "result"],
+            registry=registry,
+        )

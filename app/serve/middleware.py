@@ -5,6 +5,8 @@
 - ``RequestIdMiddleware``: ``X-Request-Id`` echoed (one generated when absent or unusable); one log line per
   request with the id, the API key's id and the W3C ``traceparent``, never a request value.
 - ``HeadMiddleware``: HEAD answered as GET is, with the same status and headers and no body.
+- ``BodyLimitMiddleware``: bodies over the limit refused with 413, by Content-Length or while streaming.
+- ``LatencyMiddleware``: every request's duration observed by model, route template and status.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import uuid
 import zlib
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.serve.metrics import ServiceMetrics
+from app.serve.repository import ModelRepository
 
 access_log = logging.getLogger("sbnn.serve.access")
 
@@ -199,3 +204,84 @@ class HeadMiddleware:
             await send(message)
 
         await self.app({**scope, "method": "GET"}, receive, bodiless)
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over ``limit`` bytes with 413, by Content-Length or while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and (len(length) > 18 or int(length) > self.limit):
+            await self._reject(scope, send)
+            return
+        seen = 0
+        started = False
+        too_large = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    too_large = True
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if too_large and not started:
+                return  # the app's answer to a body it could not read (FastAPI turns the error into a 400)
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            pass
+        if too_large and not started:
+            await self._reject(scope, send)
+
+    async def _reject(self, scope: Scope, send: Send) -> None:
+        await error_response(scope, send, 413, f"request body over the {self.limit}-byte limit", [])
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class LatencyMiddleware:
+    """Observe every request's duration by model, route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, repository: ModelRepository) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.repository = repository
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            name = scope.get("path_params", {}).get("name", "")
+            model = name if name in self.repository.names() else ("unknown" if name else "")
+            self.metrics.request_duration.labels(model, route, str(status)).observe(time.perf_counter() - started)

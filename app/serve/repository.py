@@ -1,6 +1,10 @@
-"""The model repository: every checkpoint folder under the models directory, loaded, verified and warmed.
+"""The model repository: every model folder under the root, its versions loaded, verified and warmed.
 
-A folder that fails verification stays listed as not ready with the reason; the others keep serving.
+A (re)load reads the model's versions from disk (``app.serve.versions``), verifies and warms each beside what
+is serving, then swaps the whole set in at once: a request holds the ``ServedModel`` it started with, so
+in-flight and queued requests finish on the old version and new ones see the new. A reload is all or nothing:
+when a version fails, the old set keeps serving and the failure is reported (a model with nothing serving shows
+the failed version with its reason). Loads and unloads run one at a time, on the repository's own thread.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
@@ -20,6 +25,7 @@ from app.errors import CheckpointError
 from app.gate.gate import Gate
 from app.serve.backend import Backend, BackendKind
 from app.serve.errors import ModelNotFound, ModelNotReady
+from app.serve.versions import VersionPolicy, select, version_folders, version_order
 
 log = logging.getLogger("sbnn.serve")
 
@@ -28,14 +34,22 @@ class ModelState(str, Enum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
+    UNLOADED = "unloaded"  # taken out of service by a repository request; not part of readiness
+
+
+class ReadyWhen(str, Enum):
+    ALL = "all"  # the server is ready when every model it was asked to serve is ready
+    ANY = "any"  # ... when at least one is
 
 
 @dataclass
 class ServedModel:
-    """One entry of the repository; ``backend`` and ``gate`` are set once the folder verified and warmed up."""
+    """One version of one model; ``backend`` and ``gate`` are set once it verified and warmed up, and a ready
+    entry never changes again (a reload makes a new one). ``version`` is "" while unknown (its manifest unread)."""
 
     name: str
     path: Path
+    version: str = ""
     state: ModelState = ModelState.LOADING
     reason: str = ""
     backend: Backend | None = None
@@ -46,6 +60,23 @@ class ServedModel:
         if self.backend is None:
             raise ModelNotReady(self.name, self.reason or self.state.value)
         return self.backend.manifest
+
+
+@dataclass(frozen=True)
+class LoadOutcome:
+    """What a (re)load of one model did: ``serving``, the versions now served (the old ones when ``kept``),
+    and ``failed``, the versions that did not load, with their reasons."""
+
+    name: str
+    serving: list[str]
+    failed: list[ServedModel] = field(default_factory=list)
+    kept: bool = False  # a version failed and the versions served before keep serving
+
+    @property
+    def error(self) -> str:
+        reasons = "; ".join(f"version {m.version or '?'}: {m.reason}" if m.version else m.reason for m in self.failed)
+        kept = f" (version {', '.join(self.serving)} keeps serving)" if self.kept else ""
+        return f"model '{self.name}' failed to load: {reasons}{kept}"
 
 
 def client_reason(folder: Path, exc: Exception) -> str:
@@ -66,7 +97,7 @@ def client_reason(folder: Path, exc: Exception) -> str:
 
 
 class ModelRepository:
-    """Maps model names to loaded models; ``ready`` once every folder has been tried."""
+    """Maps model names to their served versions; ``loaded`` once the start-up pass has tried every folder."""
 
     def __init__(
         self,
@@ -75,6 +106,9 @@ class ModelRepository:
         bank_samples: int | None = None,
         bank_seed: int = 0,
         backend: BackendKind = BackendKind.AUTO,
+        policy: VersionPolicy = VersionPolicy.LATEST,
+        pinned: dict[str, list[str]] | None = None,
+        ready_when: ReadyWhen = ReadyWhen.ALL,
     ) -> None:
         self.root = root
         self.device = device  # resolved by the torch backend (the onnx backend runs on the CPU)
@@ -83,54 +117,115 @@ class ModelRepository:
         self.backend_kind = backend
         self.bank_samples = bank_samples  # None: each model's default_samples
         self.bank_seed = bank_seed
-        self._models: dict[str, ServedModel] = {}
+        self.policy, self.pinned, self.ready_when = policy, pinned or {}, ready_when
+        self._models: dict[str, dict[str, ServedModel]] = {}  # name -> version -> entry; replaced, never edited
+        self._last_error: dict[str, str] = {}  # name -> why its last reload failed while the old set serves
         self._lock = threading.Lock()
         self.loaded = threading.Event()
+        # Loads and unloads, one at a time, off the event loop and off the compute thread (serving goes on).
+        self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sbnn-load")
 
-    def discover(self) -> list[ServedModel]:
-        """List checkpoint folders (sub-folders of the root, hidden ones skipped) as LOADING entries."""
+    def folders(self) -> list[Path]:
+        """The model folders on disk: sub-folders of the root, hidden ones skipped."""
         if not self.root.is_dir():
-            log.warning("model directory %s does not exist; serving no models", self.root)
             return []
-        entries = []
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            entry = ServedModel(name=folder.name, path=folder)
-            entries.append(entry)
-            with self._lock:
-                self._models[entry.name] = entry
-        return entries
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def load_all(self) -> None:
-        """Verify, load and warm every discovered folder (blocking; run it off the event loop)."""
+        """Load every model folder (blocking; run it on ``loader``), then log the summary."""
         try:
-            entries = self.discover()
-            for entry in entries:
-                self._load(entry)
-            failed = [e.name for e in entries if e.state is ModelState.FAILED]
+            folders = self.folders()
+            with self._lock:
+                for folder in folders:
+                    self._models.setdefault(folder.name, {"": ServedModel(folder.name, folder)})
+            outcomes = [self.load(folder.name) for folder in folders]
+            failed = [o.name for o in outcomes if o.failed]
             log.info(
-                "%d models ready, %d failed%s", len(entries) - len(failed), len(failed),
+                "%d models ready, %d failed%s", len(outcomes) - len(failed), len(failed),
                 f" ({', '.join(failed)})" if failed else "",
             )  # fmt: skip
         finally:
             self.loaded.set()
 
-    def _load(self, entry: ServedModel) -> None:
+    def load(self, name: str) -> LoadOutcome:
+        """(Re)load the model ``name`` from disk and swap it in atomically (blocking; run it on ``loader``);
+        ModelNotFound when the root holds no such folder."""
+        folder = self.root / name
+        if name.startswith(".") or os.sep in name or not folder.is_dir():
+            raise ModelNotFound(name)
+        chosen, missing = select(version_folders(folder), self.policy, self.pinned.get(name))
+        with self._lock:
+            old = self._models.get(name, {})
+            if not any(m.state is ModelState.READY for m in old.values()):
+                self._models[name] = {"": ServedModel(name, folder)}  # nothing serving: show it loading
+        fresh = [self._load(name, version, path) for version, path in chosen]
+        fresh += [ServedModel(name, folder / v, v, ModelState.FAILED, "pinned version not found") for v in missing]
+        if not fresh:
+            fresh = [ServedModel(name, folder, "", ModelState.FAILED, "no version folder to serve")]
+        failed = [m for m in fresh if m.state is not ModelState.READY]
+        with self._lock:
+            kept = bool(failed) and any(m.state is ModelState.READY for m in old.values())
+            if kept:
+                outcome = LoadOutcome(name, sorted(old, key=version_order), failed, kept=True)
+                self._last_error[name] = outcome.error
+            else:
+                self._models[name] = {m.version: m for m in fresh}
+                self._last_error.pop(name, None)
+                outcome = LoadOutcome(name, [m.version for m in fresh if m not in failed], failed)
+        if kept:
+            log.error("%s", outcome.error)
+        return outcome
+
+    def unload(self, name: str) -> None:
+        """Take every version of ``name`` out of service (requests in flight finish on it)."""
+        with self._lock:
+            if name not in self._models:
+                raise ModelNotFound(name)
+            reason = f"unloaded: POST /v2/repository/models/{name}/load serves it again"
+            self._models[name] = {"": ServedModel(name, self.root / name, "", ModelState.UNLOADED, reason)}
+            self._last_error.pop(name, None)
+        log.info("model %s unloaded", name)
+
+    def _load(self, name: str, version: str | None, path: Path) -> ServedModel:
+        """One checkpoint folder, verified and warmed, as a new entry (FAILED with its reason on any error)."""
         started = time.perf_counter()
+        entry = ServedModel(name, path, version or "")
         try:
-            backend = self._open(entry.path)
-            if backend.manifest.name != entry.name:
+            backend = self._open(path)
+            manifest = backend.manifest
+            if manifest.name != name:
                 # The folder name is the URL name; a manifest that disagrees would make replay ambiguous.
                 raise CheckpointError(
-                    str(entry.path / "manifest.json"),
-                    f"manifest name '{backend.manifest.name}' differs from its folder name",
+                    str(path / "manifest.json"), f"manifest name '{manifest.name}' differs from its folder name"
                 )
-            gate = read_gate(entry.path, backend.manifest)
-        except Exception as exc:  # any loader failure fails this model only: the others keep loading
-            entry.state, entry.reason = ModelState.FAILED, client_reason(entry.path, exc)
+            if version is not None and manifest.version != version:
+                raise CheckpointError(
+                    str(path / "manifest.json"), f"manifest version '{manifest.version}' differs from its folder name"
+                )
+            pins = self.pinned.get(name)
+            if version is None and pins is not None and manifest.version not in pins:
+                raise CheckpointError(str(path / "manifest.json"), f"version {manifest.version} is not pinned")
+            entry.version = manifest.version
+            gate = read_gate(path, manifest)
+        except Exception as exc:  # any loader failure fails this version only: the others keep loading
+            entry.state, entry.reason = ModelState.FAILED, client_reason(path, exc)
             if not isinstance(exc, CheckpointError | ValueError | RuntimeError):
                 entry.reason = f"{type(exc).__name__}: {entry.reason}"  # an unexpected kind: say which
-            log.error("model %s not ready: %s", entry.name, exc)  # the server's log keeps the full path
-            return
+            log.error("model %s not ready: %s", name, exc)  # the server's log keeps the full path
+            return entry
+        self._check_calibration(name, backend, gate)
+        entry.backend, entry.gate, entry.state = backend, gate, ModelState.READY
+        bank = backend.default_bank
+        log.info(
+            "model %s ready: version %s, %s, %s backend, bank %s, weights %s, loaded in %.1f s",
+            name, manifest.version, manifest.kind.value, backend.kind.value,
+            "none" if bank is None else f"{bank[0]} samples from seed {bank[1]}",
+            manifest.weights.sha256[:12], time.perf_counter() - started,
+        )  # fmt: skip
+        return entry
+
+    @staticmethod
+    def _check_calibration(name: str, backend: Backend, gate: Gate) -> None:
         calibration = gate.spec.calibration
         if backend.default_bank != (calibration.samples, calibration.bank_seed):
             bank = backend.default_bank
@@ -138,19 +233,11 @@ class ModelRepository:
             log.warning(
                 "model %s: its gate was calibrated on a bank of %d samples from seed %d, this server's default "
                 "draws are %s; the gate's false-positive rate then holds only approximately",
-                entry.name,
+                name,
                 calibration.samples,
                 calibration.bank_seed,
                 served,
             )
-        entry.backend, entry.gate, entry.state, entry.reason = backend, gate, ModelState.READY, ""
-        m, bank = backend.manifest, backend.default_bank
-        log.info(
-            "model %s ready: version %s, %s, %s backend, bank %s, weights %s, loaded in %.1f s",
-            entry.name, m.version, m.kind.value, backend.kind.value,
-            "none" if bank is None else f"{bank[0]} samples from seed {bank[1]}",
-            m.weights.sha256[:12], time.perf_counter() - started,
-        )  # fmt: skip
 
     def _open(self, folder: Path) -> Backend:
         # Imported on use: a torch-free install never imports the torch backend.
@@ -163,30 +250,68 @@ class ModelRepository:
 
         return TorchBackend.load(folder, resolve_device(self.device), self.bank_samples, self.bank_seed)
 
-    def get(self, name: str) -> ServedModel:
-        """The ready model called ``name``: ModelNotFound (404) or ModelNotReady (503) otherwise."""
-        entry = self.lookup(name)
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        """The ready model ``name`` (its highest ready version unless ``version`` names one): ModelNotFound
+        (404) or ModelNotReady (503) otherwise."""
+        entry = self.lookup(name, version)
         if entry.state is not ModelState.READY:
             raise ModelNotReady(name, entry.reason or entry.state.value)
         return entry
 
-    def lookup(self, name: str) -> ServedModel:
-        """The entry called ``name`` in whatever state."""
+    def lookup(self, name: str, version: str | None = None) -> ServedModel:
+        """The entry called ``name`` in whatever state: the named version, else the highest ready one (else the
+        model's only entry, loading, failed or unloaded)."""
         with self._lock:
-            entry = self._models.get(name)
-        if entry is None:
+            versions = self._models.get(name)
+        if versions is None:
             raise ModelNotFound(name)
-        return entry
+        if version is not None:
+            entry = versions.get(version)
+            if entry is None or not entry.version:
+                raise ModelNotFound(f"{name}/versions/{version}")
+            return entry
+        ready = [v for v, m in versions.items() if m.state is ModelState.READY]
+        return versions[max(ready, key=version_order)] if ready else next(iter(versions.values()))
+
+    def versions(self, name: str) -> list[ServedModel]:
+        """Every entry of ``name``, lowest version first."""
+        with self._lock:
+            versions = self._models.get(name)
+        if versions is None:
+            raise ModelNotFound(name)
+        return [versions[v] for v in sorted(versions, key=version_order)]
 
     def entries(self) -> list[ServedModel]:
+        """Every entry of every model, by name and then version."""
         with self._lock:
-            return list(self._models.values())
+            models = dict(self._models)
+        return [models[name][v] for name in sorted(models) for v in sorted(models[name], key=version_order)]
 
     def names(self) -> set[str]:
         with self._lock:
             return set(self._models)
 
+    def last_error(self, name: str) -> str:
+        """Why the last reload of ``name`` failed while its previous versions kept serving ("" when it did not)."""
+        with self._lock:
+            return self._last_error.get(name, "")
+
+    def not_ready(self) -> list[ServedModel]:
+        """The entries that keep the server from being ready: loading or failed ones (unloaded ones were not
+        asked for)."""
+        return [m for m in self.entries() if m.state in (ModelState.LOADING, ModelState.FAILED)]
+
     @property
     def ready(self) -> bool:
-        """True once every folder was tried and every loadable model is ready (failed ones are excluded)."""
-        return self.loaded.is_set() and all(e.state is not ModelState.LOADING for e in self.entries())
+        """Once the start-up pass is done: every model asked for is ready (``ReadyWhen.ALL``), or at least one
+        is (``ANY``); never with no model at all."""
+        if not self.loaded.is_set():
+            return False
+        served = [m for m in self.entries() if m.state is not ModelState.UNLOADED]
+        if self.ready_when is ReadyWhen.ANY:
+            return any(m.state is ModelState.READY for m in served)
+        return bool(served) and all(m.state is ModelState.READY for m in served)
+
+    def close(self) -> None:
+        """Stop the loader thread (a load in progress finishes; queued ones are dropped)."""
+        self.loader.shutdown(wait=True, cancel_futures=True)

@@ -12,6 +12,8 @@ from app.audit.writer import Overflow
 from app.bnn.spec import Sampler
 from app.serve.auth import DocsAccess
 from app.serve.backend import BackendKind
+from app.serve.repository import ReadyWhen
+from app.serve.versions import VersionPolicy
 
 
 class RejectMode(str, Enum):
@@ -24,7 +26,28 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SBNN_", extra="forbid")
 
-    models: Path = Field(Path("models"), description="Model repository: one checkpoint folder per model.")
+    models: Path = Field(
+        Path("models"), description="Model repository: a folder per model (a checkpoint, or one per version)."
+    )
+    version_policy: VersionPolicy = Field(
+        VersionPolicy.LATEST, description="Versions served of a model with version folders: latest or all."
+    )
+    pinned_versions: dict[str, list[str]] = Field(
+        default_factory=dict, description='Versions served per model, over the policy: {"name": ["1", "3"]}.'
+    )
+    ready_when: ReadyWhen = Field(
+        ReadyWhen.ALL, description="Readiness: all (every model asked for is ready) or any (at least one is)."
+    )
+    watch: bool = Field(False, description="Reload a model when files under its folder change (debounced).")
+    watch_debounce_s: float = Field(
+        2.0, gt=0.0, le=600.0, description="--watch: quiet time after a model's last file change before it reloads."
+    )
+    shutdown_timeout_s: float = Field(
+        30.0, ge=0.0, le=3600.0, description="SIGTERM/SIGINT: how long requests in flight may finish, then cancelled."
+    )
+    tmp_dir: Path | None = Field(
+        None, description="Writable folder for temporary files and caches (TMPDIR; read-only root filesystems)."
+    )
     host: str = Field("127.0.0.1", description="Address to bind (0.0.0.0 inside containers).")
     port: int = Field(8000, ge=1, le=65535)
     grpc_port: int = Field(8081, ge=0, le=65535, description="gRPC port (Open Inference Protocol); 0 turns it off.")

@@ -111,8 +111,10 @@ async def test_scopes_grant_their_routes_only(served: tuple[httpx.AsyncClient, s
     denied = await client.post(INFER, json=V2_BODY, headers=metrics)
     assert denied.status_code == 403 and denied.json() == {"error": "key 'metrics-key' lacks the 'infer' scope"}
     admin = await client.post("/v2/repository/index", headers=_bearer(tokens["admin"]))
-    assert admin.status_code == 404  # admin passes; the repository API is not there yet
+    assert admin.status_code == 200 and isinstance(admin.json(), list)
     assert (await client.post("/v2/repository/index", headers=infer)).status_code == 403
+    unload = f"/v2/repository/models/{MODEL}/unload"
+    assert (await client.post(unload, headers=infer)).status_code == 403  # an infer key cannot unload
 
 
 async def test_the_access_log_names_the_key_never_the_token(
@@ -233,10 +235,15 @@ def test_keys_new_writes_the_hash_and_prints_the_token_once(tmp_path: Path) -> N
 def test_sbnn_serve_sends_no_server_header_and_passes_the_key_options(
     monkeypatch: pytest.MonkeyPatch, tokens: dict[str, Any], model_repository: Path
 ) -> None:
-    import uvicorn
+    from app.serve.http_protocol import GracefulServer
 
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(uvicorn, "run", lambda application, **options: seen.update(app=application, **options))
+
+    def record(server: GracefulServer) -> None:  # nothing binds: the options are what this test reads
+        seen.update(host=server.config.host, server_header=server.config.server_header)
+        server.started = True
+
+    monkeypatch.setattr(GracefulServer, "run", record)
     args = ["serve", "--models", str(model_repository), "--host", "0.0.0.0", "--api-keys-file", str(tokens["file"])]
     done = CliRunner().invoke(cli, args)
     assert done.exit_code == 0, done.output

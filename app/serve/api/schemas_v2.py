@@ -31,8 +31,17 @@ class LiveResponse(_Wire):
     live: bool
 
 
+class NotReadyModel(_Wire):
+    name: str
+    version: str
+    state: str  # loading or failed
+    reason: str
+
+
 class ReadyResponse(_Wire):
     ready: bool
+    reason: str | None = None  # why not (a 503 only)
+    models: list[NotReadyModel] | None = None  # the models keeping the server from being ready (a 503 only)
 
 
 class ModelReadyResponse(_Wire):

@@ -86,7 +86,7 @@ def _summary(entry: ServedModel) -> dict:
         "state": entry.state.value,
         "ready": ready,
         "reason": entry.reason or None,
-        "version": entry.manifest.version if ready else None,
+        "version": entry.version or None,
         "kind": entry.manifest.kind.value if ready else None,
     }
 

@@ -32,6 +32,7 @@ from app.serve.api.schemas_v2 import (
     LiveResponse,
     ModelMetadataResponse,
     ModelReadyResponse,
+    NotReadyModel,
     ReadyResponse,
     RequestInput,
     ServerMetadataResponse,
@@ -40,8 +41,8 @@ from app.serve.api.schemas_v2 import (
 from app.serve.api.tensors import NUMERIC_DATATYPES, check_datatype
 from app.serve.api.v2_outputs import OUTPUT_NAMES
 from app.serve.backend import BackendKind
-from app.serve.dataplane import Columns, RequestOptions, ScoringRequest
-from app.serve.errors import ModelNotFound, RequestRejected
+from app.serve.dataplane import Columns, DataPlane, RequestOptions, ScoringRequest
+from app.serve.errors import RequestRejected
 from app.serve.repository import ModelState
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
@@ -77,22 +78,46 @@ def live() -> LiveResponse:
 @router.get(
     "/health/ready",
     response_model=ReadyResponse,
-    responses={503: {"model": ReadyResponse, "description": "Models are still loading."}},
-    summary="Readiness: 200 once every loadable model is loaded and warm",
+    response_model_exclude_none=True,
+    responses={503: {"model": ReadyResponse, "description": "Not ready: loading, no model, or models failed."}},
+    summary="Readiness: 200 once every model asked for is loaded and warm (SBNN_READY_WHEN=any: one of them)",
 )
 def ready(dataplane: DataPlaneDep) -> Any:
-    is_ready = dataplane.repository.ready
-    return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+    repository = dataplane.repository
+    if repository.ready:
+        return ReadyResponse(ready=True)
+    waiting = repository.not_ready()
+    models = [NotReadyModel(name=m.name, version=m.version, state=m.state.value, reason=m.reason) for m in waiting]
+    if not repository.loaded.is_set():
+        reason = "loading models"
+    elif not repository.names():
+        reason = f"the model repository '{repository.root.name}' holds no model folder"
+    else:
+        failed = sum(m.state is ModelState.FAILED for m in waiting)
+        reason = f"{len(waiting)} model versions not ready ({failed} failed)" if waiting else "no model is ready"
+    body = ReadyResponse(ready=False, reason=reason, models=models)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=503)
 
 
 def _model_ready(name: str, dataplane: DataPlaneDep) -> Any:
-    entry = dataplane.repository.lookup(name)
+    return model_ready(name, None, dataplane)
+
+
+def model_ready(name: str, version: str | None, dataplane: DataPlane) -> Any:
+    """A model's readiness, of one version or of the version a request without one gets."""
+    entry = dataplane.repository.lookup(name, version)
     is_ready = entry.state is ModelState.READY
     return JSONResponse({"name": name, "ready": is_ready}, status_code=200 if is_ready else 503)
 
 
-def model_metadata(name: str, dataplane: DataPlaneDep) -> ModelMetadataResponse:
-    model = dataplane.model(name)
+def _model_metadata(name: str, dataplane: DataPlaneDep) -> ModelMetadataResponse:
+    return model_metadata(name, None, dataplane)
+
+
+def model_metadata(name: str, version: str | None, dataplane: DataPlane) -> ModelMetadataResponse:
+    """A model's metadata: of one version, or of the version a request without one gets (every ready version
+    listed)."""
+    model = dataplane.model(name, version)
     manifest = model.manifest
     assert model.backend is not None  # a ready model has its backend
     inputs = [
@@ -101,7 +126,7 @@ def model_metadata(name: str, dataplane: DataPlaneDep) -> ModelMetadataResponse:
     ]
     return ModelMetadataResponse(
         name=name,
-        versions=[manifest.version],
+        versions=[m.version for m in dataplane.repository.versions(name) if m.state is ModelState.READY],
         platform=PLATFORMS[model.backend.kind],
         inputs=inputs,
         outputs=v2_outputs.outputs_metadata(manifest),
@@ -255,8 +280,11 @@ def _decoded(request: InferenceRequest, features: Sequence[FeatureSpec]) -> tupl
     return columns, options
 
 
-def decode(name: str, request: InferenceRequest, timeout_s: float | None = None) -> ScoringRequest:
-    """The scoring request of a /v2 body (``timeout_s``: the transport's deadline, gRPC's)."""
+def decode(
+    name: str, request: InferenceRequest, timeout_s: float | None = None, version: str | None = None
+) -> ScoringRequest:
+    """The scoring request of a /v2 body (``timeout_s``: the transport's deadline, gRPC's; ``version``: the
+    model version the path named)."""
     return ScoringRequest(
         model=name,
         decode=lambda features: _decoded(request, features),
@@ -264,34 +292,29 @@ def decode(name: str, request: InferenceRequest, timeout_s: float | None = None)
         option_field="parameters.",
         rows_field="inputs",
         timeout_s=timeout_s,
+        version=version,
     )
 
 
-async def _infer(name: str, http: Request, dataplane: DataPlaneDep) -> Response:
+async def _infer_at(name: str, version: str | None, http: Request, dataplane: DataPlane) -> Response:
     request = v2_binary.read_request(await http.body(), http.headers.get(v2_binary.HEADER))
-    return v2_outputs.encode(await dataplane.infer(decode(name, request)), request)
+    return v2_outputs.encode(await dataplane.infer(decode(name, request, version=version)), request)
 
 
-def check_version(version: str, name: str, dataplane: DataPlaneDep) -> None:
-    """A versioned path names the one version each model folder holds; another version is unknown (404)."""
-    entry = dataplane.repository.lookup(name)
-    if entry.state is ModelState.READY and entry.manifest.version != version:
-        raise ModelNotFound(f"{name}/versions/{version}")
+async def _infer(name: str, http: Request, dataplane: DataPlaneDep) -> Response:
+    return await _infer_at(name, None, http, dataplane)
 
 
 def _model_ready_versioned(name: str, version: str, dataplane: DataPlaneDep) -> Any:
-    check_version(version, name, dataplane)
-    return _model_ready(name, dataplane)
+    return model_ready(name, version, dataplane)
 
 
 def _model_metadata_versioned(name: str, version: str, dataplane: DataPlaneDep) -> ModelMetadataResponse:
-    check_version(version, name, dataplane)
-    return model_metadata(name, dataplane)
+    return model_metadata(name, version, dataplane)
 
 
 async def _infer_versioned(name: str, version: str, http: Request, dataplane: DataPlaneDep) -> Response:
-    check_version(version, name, dataplane)
-    return await _infer(name, http, dataplane)
+    return await _infer_at(name, version, http, dataplane)
 
 
 # The inference body is read by v2_binary (JSON, or JSON and binary data), so its schema is declared here.
@@ -318,7 +341,7 @@ def openapi_schemas() -> dict[str, Any]:
 for path, endpoint, method, model, summary in [
     ("/models/{name}/ready", _model_ready, "GET", ModelReadyResponse, "Model readiness"),
     ("/models/{name}/versions/{version}/ready", _model_ready_versioned, "GET", ModelReadyResponse, "Model readiness"),
-    ("/models/{name}", model_metadata, "GET", ModelMetadataResponse, "Model metadata"),
+    ("/models/{name}", _model_metadata, "GET", ModelMetadataResponse, "Model metadata"),
     ("/models/{name}/versions/{version}", _model_metadata_versioned, "GET", ModelMetadataResponse, "Model metadata"),
     ("/models/{name}/infer", _infer, "POST", InferenceResponse, "Inference"),
     ("/models/{name}/versions/{version}/infer", _infer_versioned, "POST", InferenceResponse, "Inference"),

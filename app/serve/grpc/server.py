@@ -227,9 +227,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:  # noqa: N802
         async def work() -> pb.ModelReadyResponse:
-            if request.version:
-                v2.check_version(request.version, request.name, self.dataplane)
-            entry = self.dataplane.repository.lookup(request.name)
+            entry = self.dataplane.repository.lookup(request.name, request.version or None)
             return pb.ModelReadyResponse(ready=entry.state is ModelState.READY)
 
         return await self._call("ModelReady", context, request.name, work)
@@ -238,9 +236,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelMetadataRequest, context: Any
     ) -> pb.ModelMetadataResponse:
         async def work() -> pb.ModelMetadataResponse:
-            if request.version:
-                v2.check_version(request.version, request.name, self.dataplane)
-            meta = v2.model_metadata(request.name, self.dataplane)
+            meta = v2.model_metadata(request.name, request.version or None, self.dataplane)
             tensors = [pb.ModelMetadataResponse.TensorMetadata(**t.model_dump()) for t in meta.inputs]
             outputs = [pb.ModelMetadataResponse.TensorMetadata(**t.model_dump()) for t in meta.outputs]
             return pb.ModelMetadataResponse(
@@ -251,11 +247,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:  # noqa: N802
         async def work() -> pb.ModelInferResponse:
-            if request.model_version:
-                v2.check_version(request.model_version, request.model_name, self.dataplane)
             body = _request(request)
             # The client's gRPC deadline is the request's too: work past it is not worth doing.
-            result = await self.dataplane.infer(v2.decode(request.model_name, body, context.time_remaining()))
+            scoring = v2.decode(request.model_name, body, context.time_remaining(), request.model_version or None)
+            result = await self.dataplane.infer(scoring)
             return _response(result, body, raw=bool(request.raw_input_contents))
 
         return await self._call("ModelInfer", context, request.model_name, work)
@@ -263,7 +258,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 class GrpcServer:
     """A ``grpc.aio`` server on the app's event loop: the inference service and the health service ("" is
-    SERVING while the process runs; ``inference.GRPCInferenceService`` once every model folder was tried)."""
+    SERVING while the process runs; ``inference.GRPCInferenceService`` while the server is ready)."""
 
     def __init__(
         self, dataplane: DataPlane, host: str, port: int, max_message_bytes: int, keys: KeyRing, trail: AuditTrail
@@ -285,8 +280,10 @@ class GrpcServer:
         await self.server.start()
         log.info("gRPC listening on %s", self.address)
 
-    async def mark_ready(self) -> None:
-        await self.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    async def set_ready(self, ready: bool) -> None:
+        """The inference service's health: SERVING while the server is ready (``ModelRepository.ready``)."""
+        status = health_pb2.HealthCheckResponse
+        await self.health.set(SERVICE, status.SERVING if ready else status.NOT_SERVING)
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new calls, let calls in flight finish within ``grace_s``."""
