@@ -20,7 +20,7 @@ RUN python3 -m venv /opt/sbnn \
  && if [ "$WHEELHOUSE" = "1" ]; then source="--no-index --find-links /wheelhouse"; \
     else source="--extra-index-url $TORCH_INDEX_URL"; fi \
  && /opt/sbnn/bin/pip install $source -c deploy/constraints.txt \
-      torch numpy pydantic pydantic-settings safetensors typer rich fastapi uvicorn prometheus-client setuptools \
+      torch numpy pydantic pydantic-settings safetensors typer rich fastapi uvicorn prometheus-client watchfiles setuptools \
       grpcio grpcio-health-checking protobuf sqlalchemy psycopg psycopg-binary
 COPY pyproject.toml README.md ./
 COPY app/ app/
@@ -46,7 +46,7 @@ COPY deploy/wheelhouse/ /wheelhouse/
 RUN python3 -m venv /opt/sbnn \
  && if [ "$WHEELHOUSE" = "1" ]; then source="--no-index --find-links /wheelhouse"; else source=""; fi \
  && /opt/sbnn/bin/pip install $source -c deploy/constraints.txt \
-      onnxruntime numpy safetensors pydantic pydantic-settings typer rich fastapi uvicorn prometheus-client setuptools \
+      onnxruntime numpy safetensors pydantic pydantic-settings typer rich fastapi uvicorn prometheus-client watchfiles setuptools \
       grpcio grpcio-health-checking protobuf sqlalchemy psycopg psycopg-binary
 COPY pyproject.toml README.md ./
 COPY app/ app/
@@ -73,7 +73,9 @@ USER 10001:10001
 EXPOSE 8000 8081
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
   CMD ["python3", "-c", "import os, sys, urllib.request as u; u.urlopen('http://127.0.0.1:%s/v2/health/ready' % os.environ['SBNN_PORT'], timeout=2); sys.exit(0)"]
-# uvicorn drains in-flight requests on SIGTERM before it exits (docker stop waits 10 s, compose 30 s).
+# On SIGTERM requests in flight drain for SBNN_SHUTDOWN_TIMEOUT_S (30 s), the rest are cancelled, and the exit
+# status is 0: give the stop more than that (docker stop -t 35; compose stop_grace_period; Kubernetes'
+# terminationGracePeriodSeconds). The root filesystem may be read-only: only /tmp (or SBNN_TMP_DIR) is written.
 STOPSIGNAL SIGTERM
 CMD ["sbnn", "serve"]
 

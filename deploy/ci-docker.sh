@@ -117,7 +117,7 @@ tar -C "$work/rootfs" -c . | docker import - "$base" >/dev/null
 
 step "wheelhouse on the host (the air-gapped build path)"
 python -m pip download --quiet --only-binary=:all: -d deploy/wheelhouse -c deploy/constraints.txt \
-  torch numpy pydantic pydantic-settings safetensors typer rich fastapi uvicorn prometheus-client setuptools \
+  torch numpy pydantic pydantic-settings safetensors typer rich fastapi uvicorn prometheus-client watchfiles setuptools \
   grpcio grpcio-health-checking protobuf sqlalchemy psycopg psycopg-binary \
   onnx onnxruntime onnxscript
 
@@ -166,9 +166,11 @@ echo -n "slim image (no torch), "
 grpc_check sbnn-ci-slim "$slim_grpc_port"
 docker rm -f sbnn-ci-slim >/dev/null
 
-step "run and wait for health"
-docker run -d --name sbnn-ci --network host -e SBNN_PORT="$port" -e SBNN_GRPC_PORT="$grpc_port" \
-  -e SBNN_HOST=127.0.0.1 "$image" >/dev/null
+step "run on a read-only root filesystem and wait for health"
+# A read-only root filesystem, as Kubernetes' readOnlyRootFilesystem makes it: only /tmp (a tmpfs) and the audit
+# volume are writable.
+docker run -d --name sbnn-ci --network host --read-only --tmpfs /tmp -e SBNN_PORT="$port" \
+  -e SBNN_GRPC_PORT="$grpc_port" -e SBNN_HOST=127.0.0.1 "$image" >/dev/null
 for _ in $(seq 1 90); do
   health=$(docker inspect -f '{{.State.Health.Status}}' sbnn-ci)
   [ "$health" = healthy ] && break
@@ -235,8 +237,10 @@ echo "Prometheus: target up; alert rules loaded: $rules"
 
 step "graceful stop"
 stop_started=$(date +%s)
-docker stop -t 30 sbnn-ci >/dev/null
-echo "stopped in $(( $(date +%s) - stop_started )) s, exit code $(docker inspect -f '{{.State.ExitCode}}' sbnn-ci)"
+docker stop -t 35 sbnn-ci >/dev/null  # SBNN_SHUTDOWN_TIMEOUT_S (30 s) to drain, then the shutdown itself
+exit_code=$(docker inspect -f '{{.State.ExitCode}}' sbnn-ci)
+echo "stopped in $(( $(date +%s) - stop_started )) s, exit code $exit_code"
+[ "$exit_code" = 0 ] || { docker logs sbnn-ci 2>&1 | tail -20; echo "SIGTERM should exit 0"; exit 1; }
 logs=$(docker logs sbnn-ci 2>&1)  # captured first: `grep -q` in a pipe would SIGPIPE docker under pipefail
 grep -q "Application shutdown complete" <<<"$logs" || { echo "$logs" | tail -5; echo "no clean shutdown"; exit 1; }
 step "done"

@@ -214,7 +214,11 @@ def test_compose_wires_the_three_services(services: dict[str, dict[str, Any]]) -
     assert "healthcheck" not in sbnn or not sbnn["healthcheck"].get("disable", False)
     for service in services.values():
         assert service["restart"] == "unless-stopped"
-    assert int(sbnn["stop_grace_period"].rstrip("s")) >= 10  # uvicorn drains in-flight requests first
+    # The grace period outlasts the drain (SBNN_SHUTDOWN_TIMEOUT_S, 30 s by default): a stop is never a kill.
+    drain = float(sbnn["environment"].get("SBNN_SHUTDOWN_TIMEOUT_S", 30))
+    assert int(sbnn["stop_grace_period"].rstrip("s")) > drain
+    # A read-only root filesystem with a tmpfs for temporary files (the server writes nowhere else but the trail).
+    assert sbnn["read_only"] is True and "/tmp" in sbnn["tmpfs"]
 
 
 def test_the_image_runs_unprivileged_with_a_readiness_healthcheck() -> None:

@@ -8,12 +8,23 @@ it (status 143 for SIGTERM) and orchestrators log a crash.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from app.cli_options import exit_missing_extra, fail
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging, with the service's own loggers (``sbnn.*``: a line per model loaded and the summary,
+    reloads, the access log) on the same handler and at the same level."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["sbnn"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
 
 
 def serve(
@@ -74,6 +85,8 @@ def serve(
         # h11 with header and body read deadlines: a slow client cannot hold a connection open forever.
         http=protocol_with_timeouts(settings.header_timeout_s, settings.body_timeout_s),
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        log_config=log_config(settings.log_level),
+        access_log=False,  # sbnn.serve.access has a line per request: the route, status, key id and request id
     )
     server = GracefulServer(config)
     server.run()

@@ -93,13 +93,14 @@ async def test_all_serves_every_version_at_its_own_path(versioned: Path, app_cli
 
 @asynccontextmanager
 async def after_loading(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """A client on a new in-process app once its start-up load is done, ready or not."""
+    """A client on a new in-process app once its start-up load is done, ready or not (``client.app``: the app)."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         loaded = app.state.dataplane.repository.loaded
         await anyio.to_thread.run_sync(loaded.wait, 60.0)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://sbnn.test", timeout=30.0) as client:
+            client.app = app  # type: ignore[attr-defined]
             yield client
 
 
@@ -172,6 +173,33 @@ async def test_load_swaps_in_new_weights_and_a_failed_reload_keeps_the_old(
         metrics = (await client.get("/metrics")).text
         assert 'sbnn_model_loads_total{model="tiny",result="kept"} 1.0' in metrics
         assert 'sbnn_model_loads_total{model="tiny",result="loaded"} 1.0' in metrics
+
+
+async def test_requests_queued_before_a_swap_finish_on_the_version_they_started_with(
+    tiny_checkpoint: Path, tmp_path: Path, hold_compute: Callable[[Any], Any]
+) -> None:
+    root = tmp_path / "models"
+    old_sha = write_version(tiny_checkpoint, root / "tiny", "1")
+    async with after_loading(_settings(root)) as client:
+        with hold_compute(client.app.state.dataplane.engine) as release:  # type: ignore[attr-defined]
+            async with anyio.create_task_group() as group:
+                answers: list[httpx.Response] = []
+
+                async def send() -> None:
+                    answers.append(await _infer(client, "/v2/models/tiny/infer"))
+
+                for _ in range(3):
+                    group.start_soon(send)
+                await anyio.sleep(0.3)  # queued behind the held compute thread
+                shutil.rmtree(root / "tiny")
+                new_sha = write_version(tiny_checkpoint, root / "tiny", "2", shift=0.01)
+                assert (await client.post("/v2/repository/models/tiny/load")).status_code == 200  # while they wait
+                group.start_soon(send)
+                await anyio.sleep(0.3)
+                release.set()
+        shas = [a.json()["parameters"]["model_sha256"] for a in answers]
+        assert sorted(shas) == sorted([old_sha] * 3 + [new_sha]), shas
+        assert shas[-1] == new_sha  # the request sent after the swap ran on the new weights
 
 
 async def test_unload_takes_a_model_out_and_load_brings_it_back(versioned: Path) -> None:

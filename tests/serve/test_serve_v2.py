@@ -52,7 +52,7 @@ async def test_server_metadata(asgi_client: httpx.AsyncClient) -> None:
     body = response.json()
     assert body["name"] == "sbnn"
     assert isinstance(body["version"], str) and body["version"]
-    assert body["extensions"] == ["binary_tensor_data"]
+    assert body["extensions"] == ["binary_tensor_data", "model_repository"]
 
 
 async def test_health(asgi_client: httpx.AsyncClient) -> None:

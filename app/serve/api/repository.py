@@ -19,6 +19,7 @@ from app.serve.errors import RequestRejected
 from app.serve.repository import ModelState
 from app.serve.versions import version_folders
 
+EXTENSION = "model_repository"  # its name in GET /v2 (Triton's)
 router = APIRouter(prefix="/v2/repository", tags=["v2 model repository (admin)"])
 STATES = {  # this server's states in the protocol's words
     ModelState.READY: "READY",

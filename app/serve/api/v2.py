@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 
 from app.bnn.spec import Sampler
 from app.data.schema import FeatureKind, FeatureSpec
+from app.serve.api import repository as repository_api
 from app.serve.api import v2_binary, v2_outputs
 from app.serve.api.deps import DataPlaneDep
 from app.serve.api.schemas_v2 import (
@@ -67,7 +68,9 @@ def server_metadata() -> ServerMetadataResponse:
         version = metadata.version("sbnn")
     except metadata.PackageNotFoundError:
         version = "0+unknown"
-    return ServerMetadataResponse(name="sbnn", version=version, extensions=[v2_binary.EXTENSION])
+    return ServerMetadataResponse(
+        name="sbnn", version=version, extensions=[v2_binary.EXTENSION, repository_api.EXTENSION]
+    )
 
 
 @router.get("/health/live", response_model=LiveResponse, summary="Liveness")
