@@ -232,9 +232,12 @@ class DataPlane:
         components = Counter(c for reasons in gate.reasons for c in {r.split(":", 1)[0] for r in reasons})
         for component, count in components.items():
             metrics.gate_reasons.labels(name, component).inc(count)
-        spec = model.manifest.gate
+        if self.repository.lookup(name) is not model:
+            return  # the drift window follows the version served by default: another would reset it each time
+        spec, sha256 = model.manifest.gate, model.manifest.weights.sha256
         references = {"epistemic": spec.epistemic.reference_quantiles, "density": spec.density.reference_quantiles}
-        monitor = metrics.drift.monitor(name, references, self.settings.drift_window, self.settings.drift_min_rows)
+        settings = self.settings
+        monitor = metrics.drift.monitor(name, sha256, references, settings.drift_window, settings.drift_min_rows)
         windows = {"epistemic": gate.scores[Component.EPISTEMIC], "density": gate.scores[Component.DENSITY]}
         # Only the scored rows' finite scores enter the windows; every row's decision enters the rate.
         monitor.record({k: v[np.isfinite(v)] for k, v in windows.items()}, ~gate.accepted)

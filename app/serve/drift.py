@@ -107,13 +107,18 @@ class DriftCollector(Collector):
 
     def __init__(self) -> None:
         self.monitors: dict[str, DriftMonitor] = {}
+        self._weights: dict[str, str] = {}  # model -> the weights' sha256 its monitor's references belong to
         self._lock = threading.Lock()
 
-    def monitor(self, model: str, references: dict[str, list[float]], window: int, min_rows: int) -> DriftMonitor:
-        """The model's monitor, made on first use."""
+    def monitor(
+        self, model: str, weights: str, references: dict[str, list[float]], window: int, min_rows: int
+    ) -> DriftMonitor:
+        """The model's monitor, made on first use and made anew when the model's weights change (a reload
+        brings its own reference distributions: the old window would be compared with the wrong ones)."""
         with self._lock:
-            if model not in self.monitors:
+            if self._weights.get(model) != weights:
                 self.monitors[model] = DriftMonitor(references, window, min_rows)
+                self._weights[model] = weights
             return self.monitors[model]
 
     def _families(self) -> tuple[GaugeMetricFamily, ...]:

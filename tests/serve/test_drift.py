@@ -77,10 +77,20 @@ def test_the_collector_exports_each_models_gauges_when_scraped() -> None:
     collector = DriftCollector()
     registry.register(collector)
     assert registry.get_sample_value("sbnn_drift_ood_rate", {"model": "m"}) is None  # nothing recorded yet
-    monitor = collector.monitor("m", {"epistemic": REFERENCE, "density": REFERENCE}, window=50, min_rows=10)
-    assert collector.monitor("m", {}, window=1, min_rows=1) is monitor  # one monitor per model
+    monitor = collector.monitor("m", "sha-1", {"epistemic": REFERENCE, "density": REFERENCE}, window=50, min_rows=10)
+    assert collector.monitor("m", "sha-1", {}, window=1, min_rows=1) is monitor  # one monitor per model
     draws = np.random.default_rng(5).lognormal(-5.6, 0.4, 30)
     monitor.record({"epistemic": draws, "density": draws * 100}, np.zeros(30, dtype=bool))
     assert registry.get_sample_value("sbnn_drift_window_rows", {"model": "m"}) == 30
     assert registry.get_sample_value("sbnn_drift_psi", {"model": "m", "score": "epistemic"}) < 0.5
     assert registry.get_sample_value("sbnn_drift_ks", {"model": "m", "score": "density"}) == pytest.approx(1.0)
+
+
+def test_new_weights_start_a_new_window_against_their_own_references() -> None:
+    """A reload brings the new checkpoint's reference distributions: the old window is not compared with them."""
+    collector = DriftCollector()
+    old = collector.monitor("m", "sha-1", {"epistemic": REFERENCE}, window=50, min_rows=10)
+    old.record({"epistemic": np.full(20, 0.01)}, np.zeros(20, dtype=bool))
+    new = collector.monitor("m", "sha-2", {"epistemic": REFERENCE}, window=50, min_rows=10)
+    assert new is not old and new.snapshot() is None  # empty: below min_rows
+    assert collector.monitor("m", "sha-2", {}, window=1, min_rows=1) is new
