@@ -175,9 +175,9 @@ def _post_in_thread(url: str, body: dict[str, Any]) -> tuple[threading.Thread, d
     return thread, outcome
 
 
-@pytest.mark.parametrize("deadline_s", [30.0, 0.5])
-def test_sigterm_drains_requests_in_flight_until_the_deadline_and_exits_0(
-    tmp_path: Path, free_port: Callable[[], int], deadline_s: float
+@pytest.mark.parametrize(("stop", "deadline_s"), [(signal.SIGTERM, 30.0), (signal.SIGTERM, 0.5), (signal.SIGINT, 30.0)])
+def test_a_stop_signal_drains_requests_in_flight_until_the_deadline_and_exits_0(
+    tmp_path: Path, free_port: Callable[[], int], stop: signal.Signals, deadline_s: float
 ) -> None:
     """A request of about three seconds' compute: with 30 s it finishes, with 0.5 s it is cancelled at the
     deadline; either way the process exits 0 (a stop asked for), not 143."""
@@ -195,7 +195,7 @@ def test_sigterm_drains_requests_in_flight_until_the_deadline_and_exits_0(
         started = 'sbnn_inference_stage_duration_seconds_count{model="flchain-mortality",stage="queue"} 1.0'
         _until(lambda: started in httpx.get(f"{base}/metrics").text, log, 20.0)  # out of the queue: computing
         signalled = time.monotonic()
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop)
         code = process.wait(timeout=deadline_s + 30)
         stopped = time.monotonic() - signalled
         sender.join(timeout=30)
