@@ -1,7 +1,10 @@
 """Dynamic batching over each model's backend, off the event loop, with large requests run piece by piece.
 
-Requests for one model queue up; a per-model task takes what is queued (up to ``batch_max_rows`` rows,
-waiting at most ``batch_max_wait_ms`` for more) and runs it on the single compute thread. A request whose
+Requests for one model queue up; a per-model task takes what is queued (up to ``batch_max_rows`` rows) and
+runs it on the single compute thread. Batching is continuous: a request that finds the compute thread free runs
+at once, alone; batches form from what queued while the thread was busy (the model's previous pass, or another
+model's), and only then may the task wait, at most ``batch_max_wait_ms``, for more to arrive before the thread
+frees. A request whose
 estimated compute exceeds ``STEPPED_OVER_S`` is not part of a batch: it runs one piece at a time
 (``Backend.steps``, about 10 ms each), and what arrives meanwhile runs between its pieces, so a one-row request
 waits for one piece, not for the whole large request; several large requests take turns. Each request comes
@@ -26,9 +29,10 @@ import functools
 import secrets
 import time
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -39,6 +43,7 @@ from app.serve.metrics import ServiceMetrics
 from app.serve.repository import ServedModel
 from app.serve.settings import Settings
 
+T = TypeVar("T")
 STEPPED_OVER_S = 0.02  # a request estimated to take longer runs piece by piece, between the other requests
 
 
@@ -102,6 +107,9 @@ class BatchingEngine:
         self._queues: dict[str, asyncio.Queue[_Job]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._rows: dict[str, int] = {}  # rows waiting or running, per model
+        self._passes = 0  # passes and pieces handed to the compute thread and not finished, every model's
+        self._idle = asyncio.Event()  # set while no pass is on the compute thread
+        self._idle.set()
 
     async def submit(self, model: ServedModel, x: np.ndarray, plan: Plan, timeout_s: float | None = None) -> Scores:
         """Queue ``x`` (N, d) for ``model`` to run as ``plan`` and wait for its scores, at most ``timeout_s``
@@ -147,7 +155,9 @@ class BatchingEngine:
         return jobs
 
     async def _collect(self, queue: asyncio.Queue[_Job]) -> list[_Job]:
-        """The next batch: the first job, then what arrives within the wait, up to the row limit."""
+        """The next batch: the first job and what is queued behind it, up to the row limit. Only while the
+        compute thread is busy does it wait for more (until the thread frees, at most ``batch_max_wait_ms``):
+        an idle server runs a request at once."""
         jobs = [await queue.get()]
         rows = jobs[0].rows
         deadline = time.perf_counter() + self.settings.batch_max_wait_ms / 1000.0
@@ -156,15 +166,37 @@ class BatchingEngine:
                 job = queue.get_nowait()
             except asyncio.QueueEmpty:
                 remaining = deadline - time.perf_counter()
-                if remaining <= 0:
+                if self._idle.is_set() or remaining <= 0:
                     break
-                try:
-                    job = await asyncio.wait_for(queue.get(), remaining)
-                except TimeoutError:
+                next_job = await self._next_while_busy(queue, remaining)
+                if next_job is None:
                     break
+                job = next_job
             jobs.append(job)
             rows += job.rows
         return jobs
+
+    async def _next_while_busy(self, queue: asyncio.Queue[_Job], timeout: float) -> _Job | None:
+        """The next job to arrive while the compute thread is busy; None once it frees or ``timeout`` passes."""
+        getter = asyncio.ensure_future(queue.get())
+        idle = asyncio.ensure_future(self._idle.wait())
+        done, _ = await asyncio.wait((getter, idle), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        idle.cancel()
+        if getter in done:
+            return getter.result()
+        getter.cancel()  # a cancelled Queue.get takes nothing off the queue
+        return None
+
+    async def _on_compute_thread(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)`` on the compute thread, counted as busy while it is there."""
+        self._passes += 1
+        self._idle.clear()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, work, *args)
+        finally:
+            self._passes -= 1
+            if not self._passes:
+                self._idle.set()
 
     async def _batch_loop(self, name: str, queue: asyncio.Queue[_Job]) -> None:
         """Batches as they come; while large requests are in progress, what is queued, then one of their pieces.
@@ -196,10 +228,9 @@ class BatchingEngine:
 
     async def _pass(self, model: ServedModel, jobs: list[_Job]) -> None:
         """One batched pass on the compute thread; its requests answered."""
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            results = await loop.run_in_executor(self.executor, _compute, model, jobs, new_seed())
+            results = await self._on_compute_thread(_compute, model, jobs, new_seed())
         except asyncio.CancelledError:
             for job in jobs:
                 job.future.cancel()
@@ -225,7 +256,7 @@ class BatchingEngine:
             return
         started = time.perf_counter()
         try:
-            scores = await asyncio.get_running_loop().run_in_executor(self.executor, _advance, run.steps)
+            scores = await self._on_compute_thread(_advance, run.steps)
         except asyncio.CancelledError:
             run.job.future.cancel()
             raise

@@ -1,4 +1,4 @@
-"""uvicorn's h11 protocol with read deadlines, so a slow client (slowloris) cannot hold a connection forever.
+"""uvicorn's httptools protocol with read deadlines, so a slow client (slowloris) cannot hold a connection forever.
 
 uvicorn waits without limit for a request's headers and body; each stalled connection costs a socket and memory.
 Two deadlines bound that, per request:
@@ -9,7 +9,8 @@ Two deadlines bound that, per request:
 - body: the whole body within ``body_timeout_s`` of the headers, else a 408 in the surface's error shape when no
   response was started (the app then sees ``http.disconnect``), and the connection is closed either way.
 
-``GracefulServer`` is uvicorn's server whose handled SIGTERM/SIGINT ends the process with status 0.
+httptools (llhttp, in C) parses where uvicorn's pure-Python h11 would cost a large share of a one-row
+request. ``GracefulServer`` is uvicorn's server whose handled SIGTERM/SIGINT ends the process with status 0.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-import h11
 import uvicorn
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 logger = logging.getLogger("sbnn.serve.http")
 
@@ -41,8 +41,8 @@ class GracefulServer(uvicorn.Server):
             self._captured_signals.clear()  # handled: nothing left to re-raise
 
 
-class DeadlineH11Protocol(H11Protocol):
-    """``H11Protocol`` with a header and a body deadline; ``protocol_with_timeouts`` sets the two limits."""
+class DeadlineHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a header and a body deadline; ``protocol_with_timeouts`` sets them."""
 
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
@@ -64,37 +64,36 @@ class DeadlineH11Protocol(H11Protocol):
             if scope is not self._expired:
                 raise
 
+    # The parser's callbacks say where the client is: a fresh connection owes its first request's headers; the
+    # first byte of a later request (httptools calls on_message_begin) owes the rest of its headers; once they
+    # are in, the body is owed. Between requests an idle keep-alive connection is uvicorn's own
+    # ``timeout_keep_alive``, untouched: no timer of these runs then.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._sync_timers()  # a fresh connection owes its first request's headers
+        self._arm_header()
 
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)  # cancels uvicorn's keep-alive timer, parses what it can
-        self._sync_timers()
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_header()
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()  # arms keep-alive; may parse a pipelined request
-        self._sync_timers()
+    def on_headers_complete(self) -> None:
+        self._cancel_header()
+        super().on_headers_complete()
+        if self._body_timer is None:
+            self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_expired)
+
+    def on_message_complete(self) -> None:
+        self._cancel_body()
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header()
         self._cancel_body()
         super().connection_lost(exc)
 
-    def _sync_timers(self) -> None:
-        """Arm or cancel each timer from h11's view of the client: IDLE is awaiting headers, SEND_BODY a body."""
-        state = self.conn.their_state
-        if state is h11.IDLE and (self.conn.trailing_data[0] or self.timeout_keep_alive_task is None):
-            # Part of a request has arrived, or none was ever answered here: the headers are owed.
-            if self._header_timer is None:
-                self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_expired)
-        else:
-            self._cancel_header()  # parsed, or an idle keep-alive connection (uvicorn's timer governs it)
-        if state is h11.SEND_BODY:
-            if self._body_timer is None:
-                self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_expired)
-        else:
-            self._cancel_body()
+    def _arm_header(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_expired)
 
     def _cancel_header(self) -> None:
         if self._header_timer is not None:
@@ -118,7 +117,7 @@ class DeadlineH11Protocol(H11Protocol):
             return
         logger.info("request body not received within %s s: 408, connection closed", self.body_timeout_s)
         cycle = self.cycle
-        if cycle is not None and not cycle.response_started and self.conn.our_state is h11.SEND_RESPONSE:
+        if cycle is not None and not cycle.response_started:
             # The app, still waiting for the body, gets http.disconnect and its own answer is dropped.
             cycle.response_started = cycle.disconnected = True
             self._expired = self.scope
@@ -136,11 +135,11 @@ class DeadlineH11Protocol(H11Protocol):
             (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"),
         ]
-        response = h11.Response(status_code=408, headers=headers, reason=b"Request Timeout")
-        return b"".join(self.conn.send(event) or b"" for event in (response, h11.Data(data=body), h11.EndOfMessage()))
+        head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+        return b"HTTP/1.1 408 Request Timeout\r\n" + head + b"\r\n" + body
 
 
-def protocol_with_timeouts(header_timeout_s: float, body_timeout_s: float) -> type[H11Protocol]:
-    """A ``DeadlineH11Protocol`` subclass with these limits, for ``uvicorn.run(..., http=...)``."""
+def protocol_with_timeouts(header_timeout_s: float, body_timeout_s: float) -> type[HttpToolsProtocol]:
+    """A ``DeadlineHttpToolsProtocol`` subclass with these limits, for ``uvicorn.Config(..., http=...)``."""
     attributes = {"header_timeout_s": header_timeout_s, "body_timeout_s": body_timeout_s}
-    return type("DeadlineH11Protocol", (DeadlineH11Protocol,), attributes)
+    return type("DeadlineHttpToolsProtocol", (DeadlineHttpToolsProtocol,), attributes)

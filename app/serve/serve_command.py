@@ -82,7 +82,8 @@ def serve(
         log_level=settings.log_level,
         workers=1,  # one process: metrics and drift windows live in it (see docs/serving.md)
         server_header=False,  # no "server: uvicorn": what runs here is nobody else's business
-        # h11 with header and body read deadlines: a slow client cannot hold a connection open forever.
+        # httptools with header and body read deadlines: a slow client cannot hold a connection open forever;
+        # the event loop is uvloop (uvicorn's "auto" picks it when installed, as it is with sbnn).
         http=protocol_with_timeouts(settings.header_timeout_s, settings.body_timeout_s),
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
         log_config=log_config(settings.log_level),

@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     max_rows: int = Field(1024, ge=1, le=100_000, description="Largest number of rows (instances) per request.")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
     batch_max_rows: int = Field(2048, ge=1, description="Dynamic batching: most rows coalesced into one pass.")
-    batch_max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, description="Dynamic batching: longest wait to fill.")
+    batch_max_wait_ms: float = Field(
+        2.0, ge=0.0, le=1000.0, description="Batching: longest wait for company, only while busy."
+    )
     max_queued_rows: int = Field(
         8192, ge=1, description="Rows waiting or running per model; a request beyond them is a 503 (load shedding)."
     )

@@ -165,7 +165,7 @@ def running_uvicorn(
     """A real uvicorn process serving ``model_repository`` on a free loopback port with LIMITS and SBNN_<KEY>
     ``settings`` (gRPC off unless one turns it on); yields its base URL once /v2/health/ready is 200 and
     ``ready()`` holds; stopped by SIGTERM. Started by the uvicorn command line, or with ``cli`` by `sbnn serve`
-    (whose h11 protocol has the header and body read deadlines); its log is ``log_dir / "stderr.log"``."""
+    (whose httptools protocol has the header and body read deadlines); its log is ``log_dir / "stderr.log"``."""
     port = _free_loopback_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("SBNN_")}
     env.update(

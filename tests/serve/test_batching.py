@@ -270,3 +270,31 @@ def test_scores_summarised_a_block_of_rows_at_a_time_equal_the_whole() -> None:
     error = monte_carlo_error(predictive)
     assert scores.mc_error.probability == pytest.approx(error.probability, rel=1e-5)
     assert scores.mc_error.mutual_information == pytest.approx(error.mutual_information, rel=1e-5)
+
+
+def _engine_waiting(tmp_path: Path, wait_ms: float) -> BatchingEngine:
+    settings = Settings(models=tmp_path, batch_max_wait_ms=wait_ms)
+    return BatchingEngine(settings, ServiceMetrics(CollectorRegistry()))
+
+
+async def test_an_idle_server_runs_a_request_at_once_without_waiting_for_company(tmp_path: Path) -> None:
+    """Continuous batching: the wait bound applies only while the compute thread is busy."""
+    engine, model = _engine_waiting(tmp_path, wait_ms=1000.0), _model(RecordingBackend())
+    started = time.perf_counter()
+    await engine.submit(model, _rows(0.1), Plan(Sampler.FRESH, 8, 1))
+    assert time.perf_counter() - started < 0.5  # not the 1 s a wait for company would take
+    await engine.close()
+
+
+async def test_requests_arriving_while_the_thread_is_busy_share_the_next_pass(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    engine, model = _engine_waiting(tmp_path, wait_ms=1000.0), _model(backend)
+    backend.release.clear()
+    first = _submit(engine, model, _rows(0.1))
+    await asyncio.to_thread(backend.entered.wait, 10)  # the first pass holds the compute thread
+    later = [_submit(engine, model, _rows(v)) for v in (0.2, 0.3, 0.4)]
+    await asyncio.sleep(0.05)
+    backend.release.set()
+    await asyncio.gather(first, *later)
+    assert backend.passes == [[3], [3, 3, 3]]  # the three queued while it ran went together, at once
+    await engine.close()

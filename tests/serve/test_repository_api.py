@@ -207,6 +207,9 @@ async def test_unload_takes_a_model_out_and_load_brings_it_back(versioned: Path)
         assert (await client.post("/v2/repository/models/tiny/unload", json={"parameters": {}})).json() == {}
         gone = await _infer(client, "/v2/models/tiny/infer")
         assert gone.status_code == 503 and "unloaded" in gone.json()["error"]
+        listed = {m["name"]: m for m in (await client.get("/v1/models")).json()["models"]}
+        assert listed["tiny"]["state"] == "unloaded" and listed["tiny"]["ready"] is False
+        assert (await client.get("/v1/models/tiny")).json()["state"] == "unloaded"
         assert (await client.get("/v2/health/ready")).status_code == 200  # an unloaded model was not asked for
         assert (await client.post("/v2/repository/models/tiny/load")).json()["versions"] == ["2"]
         assert (await _infer(client, "/v2/models/tiny/infer")).status_code == 200

@@ -9,7 +9,8 @@ from fastapi import Depends, Request
 from app.serve.dataplane import DataPlane
 
 
-def get_dataplane(request: Request) -> DataPlane:
+async def get_dataplane(request: Request) -> DataPlane:
+    """Async on purpose: FastAPI runs a plain function dependency on its thread pool, a hop per request."""
     return request.app.state.dataplane
 
 

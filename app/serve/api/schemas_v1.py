@@ -152,7 +152,7 @@ class GateSummaryOut(_Wire):
 
 class ModelSummaryOut(_Wire):
     name: str
-    state: Literal["loading", "ready", "failed"]
+    state: Literal["loading", "ready", "failed", "unloaded"]
     ready: bool = Field(description="True when the model serves (state ready): KServe V1's model readiness.")
     reason: str | None = None
     version: str | None = None
