@@ -20,7 +20,7 @@ RUN python3 -m venv /opt/sbnn \
  && if [ "$WHEELHOUSE" = "1" ]; then source="--no-index --find-links /wheelhouse"; \
     else source="--extra-index-url $TORCH_INDEX_URL"; fi \
  && /opt/sbnn/bin/pip install $source -c deploy/constraints.txt \
-      torch numpy pydantic pydantic-settings safetensors typer rich fastapi uvicorn httptools uvloop prometheus-client watchfiles setuptools \
+      torch numpy pydantic pydantic-settings safetensors typer rich fastapi uvicorn httptools uvloop orjson prometheus-client watchfiles setuptools \
       grpcio grpcio-health-checking protobuf sqlalchemy psycopg psycopg-binary
 COPY pyproject.toml README.md ./
 COPY app/ app/
@@ -46,7 +46,7 @@ COPY deploy/wheelhouse/ /wheelhouse/
 RUN python3 -m venv /opt/sbnn \
  && if [ "$WHEELHOUSE" = "1" ]; then source="--no-index --find-links /wheelhouse"; else source=""; fi \
  && /opt/sbnn/bin/pip install $source -c deploy/constraints.txt \
-      onnxruntime numpy safetensors pydantic pydantic-settings typer rich fastapi uvicorn httptools uvloop prometheus-client watchfiles setuptools \
+      onnxruntime numpy safetensors pydantic pydantic-settings typer rich fastapi uvicorn httptools uvloop orjson prometheus-client watchfiles setuptools \
       grpcio grpcio-health-checking protobuf sqlalchemy psycopg psycopg-binary
 COPY pyproject.toml README.md ./
 COPY app/ app/

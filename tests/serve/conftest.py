@@ -284,7 +284,11 @@ def to_v2() -> Callable[..., list[dict[str, Any]]]:
 
 
 def assert_valid_prediction_response(body: dict[str, Any], rows: int, manifest: dict[str, Any], weights: Path) -> None:
-    """Every invariant of a /v1 answer for ``rows`` rows of the model described by ``manifest``."""
+    """Every invariant of a /v1 answer for ``rows`` rows of the model described by ``manifest``, its shape the
+    documented one (``PredictResponse``, strict: no field missing, none extra)."""
+    from app.serve.api.schemas_v1 import PredictResponse
+
+    PredictResponse.model_validate(body)
     labels = manifest["task"]["labels"]
     gate = manifest["gate"]
     assert body["model"]["name"] == manifest["name"]

@@ -8,7 +8,7 @@ same answer as on ``/v1/models/{name}/predict`` for the same samples and seed (d
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from app.serve.api import v1
 from app.serve.api.deps import DataPlaneDep
@@ -29,5 +29,6 @@ def live() -> LiveResponse:
     summary="KServe V1 predict: {instances} -> {predictions}, one sbnn prediction object per instance "
     "(alias of POST /v1/models/{name}/predict)",
 )
-async def kserve_predict(name: str, request: PredictRequest, dataplane: DataPlaneDep) -> KServePredictResponse:
-    return KServePredictResponse(predictions=v1.encode(await dataplane.infer(v1.decode(name, request))).predictions)
+async def kserve_predict(name: str, request: PredictRequest, dataplane: DataPlaneDep) -> Response:
+    body = v1.encode(await dataplane.infer(v1.decode(name, request)))
+    return v1.json_response({"predictions": body["predictions"]})

@@ -8,6 +8,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -19,21 +20,14 @@ from app.gate.spec import Component
 from app.serve.api import strict_json
 from app.serve.api.deps import DataPlaneDep
 from app.serve.api.schemas_v1 import (
-    ComponentOut,
     ErrorResponse,
-    GateOut,
     GateSummaryOut,
     GateThresholdsOut,
     ModelListResponse,
     ModelMetadataResponse,
-    ModelRef,
     ModelSummaryOut,
-    MonteCarloErrorOut,
-    PredictionOut,
     PredictRequest,
     PredictResponse,
-    SupportOut,
-    UncertaintyOut,
 )
 from app.serve.dataplane import Columns, InferenceResult, RequestOptions, ScoringRequest
 from app.serve.repository import ModelState, ServedModel
@@ -136,17 +130,22 @@ def _columns(request: PredictRequest, features: Sequence[FeatureSpec]) -> Column
     return {name: [instance[name] for instance in request.instances] for name in names}
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+def _nullable(values: np.ndarray) -> list[float | None]:
+    """(N,) numbers -> Python floats, None where not finite (a rejected row's score)."""
+    out: list[float | None] = values.tolist()
+    for row in np.flatnonzero(~np.isfinite(values)).tolist():
+        out[row] = None
+    return out
 
 
-def _component(gate: GateResult, component: Component, threshold: float | None, row: int) -> ComponentOut:
-    return ComponentOut(
-        score=_finite_or_none(float(gate.scores[component][row])),
-        threshold=threshold,
-        percentile=_finite_or_none(float(gate.percentiles[component][row])),
-        flag=bool(gate.flags[component][row]),
-    )
+def _component(gate: GateResult, component: Component, threshold: float | None) -> list[dict[str, Any]]:
+    """One component's answer for every row (``ComponentOut``), from its arrays in one pass each."""
+    scores, percentiles = _nullable(gate.scores[component]), _nullable(gate.percentiles[component])
+    flags = gate.flags[component].tolist()
+    return [
+        {"score": score, "threshold": threshold, "percentile": percentile, "flag": flag}
+        for score, percentile, flag in zip(scores, percentiles, flags, strict=True)
+    ]
 
 
 def decode(name: str, request: PredictRequest) -> ScoringRequest:
@@ -165,49 +164,73 @@ def decode(name: str, request: PredictRequest) -> ScoringRequest:
     )
 
 
-def encode(result: InferenceResult) -> PredictResponse:
-    """The data plane's answer -> the /v1 body (its ``predictions`` are also the KServe V1 answer)."""
+def encode(result: InferenceResult) -> dict[str, Any]:
+    """The data plane's answer -> the /v1 body as plain data, ``PredictResponse``'s shape (its ``predictions``
+    are also the KServe V1 answer). Built from the arrays column by column, not an object per row: the
+    response model documents the shape, and the tests check the answers against it."""
     m, s, gate = result.manifest, result.scores, result.gate
     labels = m.task.labels
     thresholds = m.gate.thresholds()
-    empty = [None] * result.rows
-    probabilities = result.per_row(s.probs) if s is not None else empty
-    uncertainties = (
-        result.per_row(np.stack([s.total, s.aleatoric, s.epistemic, s.std], axis=1)) if s is not None else empty
-    )
-    predictions = []
-    for row, (label, probs, u) in enumerate(zip(result.labels, probabilities, uncertainties, strict=True)):
-        predictions.append(
-            PredictionOut(
-                label=label,
-                probabilities=None if probs is None else dict(zip(labels, probs, strict=True)),
-                uncertainty=None if u is None else UncertaintyOut(total=u[0], aleatoric=u[1], epistemic=u[2], std=u[3]),
-                gate=GateOut(
-                    support=SupportOut(
-                        score=_finite_or_none(float(gate.scores[Component.SUPPORT][row])),
-                        percentile=_finite_or_none(float(gate.percentiles[Component.SUPPORT][row])),
-                        flag=bool(gate.flags[Component.SUPPORT][row]),
-                    ),
-                    density=_component(gate, Component.DENSITY, thresholds[Component.DENSITY], row),
-                    epistemic=_component(gate, Component.EPISTEMIC, thresholds[Component.EPISTEMIC], row),
-                ),
-                decision=gate.decisions[row].value,
-                reasons=gate.reasons[row],
-                details=gate.details[row],
-            )
+    empty: list[Any] = [None] * result.rows
+    probabilities = empty
+    uncertainties = empty
+    if s is not None:
+        probabilities = [None if p is None else dict(zip(labels, p, strict=True)) for p in result.per_row(s.probs)]
+        columns = np.stack([s.total, s.aleatoric, s.epistemic, s.std], axis=1)
+        names = ("total", "aleatoric", "epistemic", "std")
+        uncertainties = [None if u is None else dict(zip(names, u, strict=True)) for u in result.per_row(columns)]
+    support = [
+        {"score": score, "percentile": percentile, "flag": flag}
+        for score, percentile, flag in zip(
+            _nullable(gate.scores[Component.SUPPORT]),
+            _nullable(gate.percentiles[Component.SUPPORT]),
+            gate.flags[Component.SUPPORT].tolist(),
+            strict=True,
         )
-    return PredictResponse(
-        model=ModelRef(name=m.name, version=m.version, sha256=m.weights.sha256, kind=m.kind.value),
-        samples=result.samples,
-        seed=None if s is None else s.plan.seed,
-        sampler=None if s is None else s.plan.sampler,
-        mc_error=None
-        if s is None
-        else MonteCarloErrorOut(
-            probability=s.mc_error.probability, mutual_information=_finite_or_none(s.mc_error.mutual_information)
-        ),
-        predictions=predictions,
-    )
+    ]
+    density = _component(gate, Component.DENSITY, thresholds[Component.DENSITY])
+    epistemic = _component(gate, Component.EPISTEMIC, thresholds[Component.EPISTEMIC])
+    predictions = [
+        {
+            "label": label,
+            "probabilities": probs,
+            "uncertainty": u,
+            "gate": {"support": sup, "density": den, "epistemic": epi},
+            "decision": decision.value,
+            "reasons": reasons,
+            "details": details,
+        }
+        for label, probs, u, sup, den, epi, decision, reasons, details in zip(
+            result.labels,
+            probabilities,
+            uncertainties,
+            support,
+            density,
+            epistemic,
+            gate.decisions,
+            gate.reasons,
+            gate.details,
+            strict=True,
+        )
+    ]
+    mc_error = None
+    if s is not None:
+        mi = s.mc_error.mutual_information
+        mc_error = {"probability": s.mc_error.probability, "mutual_information": mi if math.isfinite(mi) else None}
+    return {
+        "model": {"name": m.name, "version": m.version, "sha256": m.weights.sha256, "kind": m.kind.value},
+        "samples": result.samples,
+        "seed": None if s is None else s.plan.seed,
+        "sampler": None if s is None else s.plan.sampler.value,
+        "mc_error": mc_error,
+        "predictions": predictions,
+    }
+
+
+def json_response(body: dict[str, Any]) -> Response:
+    """``body`` as JSON, written by orjson (numbers as they are; NaN and infinities as null): the response
+    model is the route's documentation, not a second validation of what ``encode`` built."""
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 @router.post(
@@ -216,5 +239,5 @@ def encode(result: InferenceResult) -> PredictResponse:
     responses=ERRORS,
     summary="Predict with uncertainty and the gate's accept/refer/reject decision with reasons",
 )
-async def predict(name: str, request: PredictRequest, dataplane: DataPlaneDep) -> PredictResponse:
-    return encode(await dataplane.infer(decode(name, request)))
+async def predict(name: str, request: PredictRequest, dataplane: DataPlaneDep) -> Response:
+    return json_response(encode(await dataplane.infer(decode(name, request))))
