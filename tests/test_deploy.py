@@ -63,7 +63,7 @@ def exported() -> dict[str, set[str]]:
     for wrapper in vars(metrics).values():
         if isinstance(wrapper, MetricWrapperBase):
             labels[wrapper._name] = set(wrapper._labelnames)  # type: ignore[attr-defined]
-    for family in metrics.drift.describe():
+    for family in [*metrics.drift.describe(), *metrics.epistemic.describe()]:  # the custom collectors
         labels[family.name] = set(family._labelnames)  # type: ignore[attr-defined]
     series: dict[str, set[str]] = {}
     for family in registry.collect():

@@ -259,6 +259,26 @@ def _number(name: str, row: int, value: object, nan_is_missing: bool) -> float:
     return number
 
 
+_PLAIN = {int, float, type(None)}
+
+
+def _plain_numbers(column: Sequence[object]) -> np.ndarray | None:
+    """The fast path of a plain sequence (as JSON decodes): only ints, floats and None, every number finite ->
+    (N,) float64 with NaN where None; None when anything else is there (the checked path then says what)."""
+    kinds = set(map(type, column))  # exact types: a bool (an int subclass) takes the checked path
+    if not kinds <= _PLAIN:
+        return None
+    gaps = type(None) in kinds
+    try:
+        x = np.array([math.nan if v is None else v for v in column] if gaps else column, dtype=np.float64)
+    except OverflowError:  # an int beyond the float64 range
+        return None
+    finite = np.isfinite(x)
+    if gaps:
+        finite |= np.fromiter((v is None for v in column), dtype=bool, count=len(column))
+    return x if finite.all() else None
+
+
 def _numeric_values(name: str, column: Any) -> np.ndarray:
     """A column -> (N,) float64 values with NaN where missing.
 
@@ -272,6 +292,9 @@ def _numeric_values(name: str, column: Any) -> np.ndarray:
         except (TypeError, ValueError):
             column = column.to_numpy()
     if not isinstance(column, np.ndarray):
+        plain = _plain_numbers(column)
+        if plain is not None:
+            return plain
         return np.array([_number(name, row, v, nan_is_missing=False) for row, v in enumerate(column)], dtype=np.float64)
     if column.ndim != 1:
         raise SchemaError(name, f"expected a 1-D column, got shape {column.shape}")

@@ -220,9 +220,7 @@ class DataPlane:
         audit.note(result)  # the request's audit record, when its surface opened one (app.serve.audit)
         name, metrics, gate = model.name, self.metrics, result.gate
         if result.scores is not None:
-            histogram = metrics.epistemic.labels(name)
-            for value in result.scores.epistemic[np.isfinite(result.scores.epistemic)].tolist():
-                histogram.observe(value)
+            metrics.epistemic.observe(name, result.scores.epistemic)
         metrics.predictions.labels(name).inc(result.rows)
         counts = Counter(gate.decisions)
         for decision in Decision:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.serve.drift import DriftCollector
+from app.serve.histograms import ArrayHistogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -47,13 +48,13 @@ class ServiceMetrics:
             buckets=ROWS_BUCKETS,
             registry=registry,
         )
-        self.epistemic = Histogram(
+        self.epistemic = ArrayHistogram(  # a request's rows observed in one call
             "sbnn_epistemic_uncertainty_nats",
             "Epistemic uncertainty (mutual information, nats) of each predicted row.",
-            ["model"],
-            buckets=NATS_BUCKETS,
-            registry=registry,
+            "model",
+            NATS_BUCKETS,
         )
+        registry.register(self.epistemic)
         self.predictions = Counter(
             "sbnn_predictions_total", "Rows answered, whatever the gate decided.", ["model"], registry=registry
         )

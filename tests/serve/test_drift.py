@@ -94,3 +94,22 @@ def test_new_weights_start_a_new_window_against_their_own_references() -> None:
     new = collector.monitor("m", "sha-2", {"epistemic": REFERENCE}, window=50, min_rows=10)
     assert new is not old and new.snapshot() is None  # empty: below min_rows
     assert collector.monitor("m", "sha-2", {}, window=1, min_rows=1) is new
+
+
+def test_an_array_histogram_exposes_what_prometheus_clients_histogram_would() -> None:
+    from prometheus_client import Histogram, generate_latest
+
+    from app.serve.histograms import ArrayHistogram
+
+    values = np.array([0.0, 1e-5, 3e-4, 0.5, 0.7, 2.0, np.nan])
+    registry, reference = CollectorRegistry(), CollectorRegistry()
+    bulk = ArrayHistogram("h", "doc", "model", (1e-5, 1e-4, 5e-4, 0.5, 0.7))
+    registry.register(bulk)
+    bulk.observe("m", values[:3])
+    bulk.observe("m", values[3:])
+    one = Histogram("h", "doc", ["model"], buckets=(1e-5, 1e-4, 5e-4, 0.5, 0.7), registry=reference)
+    for value in values[np.isfinite(values)]:
+        one.labels("m").observe(float(value))
+    ours = [line for line in generate_latest(registry).decode().splitlines() if "_created" not in line]
+    theirs = [line for line in generate_latest(reference).decode().splitlines() if "_created" not in line]
+    assert ours == theirs

@@ -9,6 +9,7 @@ them with the location of the offending key or value (never the value itself) as
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 
@@ -79,12 +80,27 @@ def check(document: Any) -> None:
             stack.extend(((*loc, index), value) for index, value in reversed(list(enumerate(node))))
 
 
+# The only way to a lone surrogate in a document parsed from valid UTF-8: a \uD800-\uDFFF escape. Text without
+# one (and without a duplicated key) needs no walk; with one (or a literal backslash before "ud8"), the walk
+# decides and says where.
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def loads(text: bytes | str) -> Any:
     """The JSON document of ``text`` with plain dicts, after :func:`check`; ``JsonRefused`` otherwise (JSON or
     UTF-8 invalid: ``loc`` is the character or byte offset)."""
+    duplicated = False
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal duplicated
+        document = _object(items)
+        duplicated = duplicated or document.duplicate is not None  # type: ignore[attr-defined]
+        return document
+
     try:
         # Decoded here: json.loads would take bytes in UTF-16 or UTF-32 too, and a UTF-8 BOM.
-        document = json.loads(text.decode("utf-8") if isinstance(text, bytes) else text, object_pairs_hook=_object)
+        text = text.decode("utf-8") if isinstance(text, bytes) else text
+        document = json.loads(text, object_pairs_hook=pairs)
     except json.JSONDecodeError as exc:
         raise JsonRefused((exc.pos,), "JSON decode error", "json_invalid") from None
     except UnicodeDecodeError as exc:
@@ -93,5 +109,6 @@ def loads(text: bytes | str) -> Any:
         raise JsonRefused((), "JSON decode error: nested too deeply", "json_invalid") from None
     except ValueError:  # Python refuses integers of over 4,300 digits (sys.get_int_max_str_digits)
         raise JsonRefused((), "JSON decode error: a number with too many digits", "json_invalid") from None
-    check(document)
+    if duplicated or SURROGATE_ESCAPE.search(text):
+        check(document)
     return document
