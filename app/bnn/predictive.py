@@ -6,6 +6,7 @@ returns a :class:`Predictive`; :func:`decompose` splits its entropy into aleator
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,7 @@ from torch import Tensor
 
 from app.bnn._base import LayerSample
 from app.bnn.network import BayesianMLP, Likelihood
+from app.bnn.spec import MonteCarloError
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,33 @@ def decompose(predictive: Predictive) -> Uncertainty:
     chosen = probs.gather(-1, predicted.expand(probs.shape[0], -1).unsqueeze(-1)).squeeze(-1)  # (S, N)
     std = chosen.std(0, correction=0)
     return Uncertainty(total=total, aleatoric=aleatoric, epistemic=epistemic, std=std)
+
+
+def decompose_with_error(predictive: Predictive, groups: int = 8) -> tuple[Uncertainty, MonteCarloError]:
+    """``decompose`` and ``engine.monte_carlo_error`` in one pass over the samples: each sample's entropy is
+    computed once and serves the aleatoric term and the batch-means error of the mutual information alike,
+    and the predicted class's probabilities once for its std and its standard error. (S, N, C) -> (N,) each,
+    and the largest-over-rows errors (NaN for the MI's when a group would hold fewer than 2 samples)."""
+    probs = predictive.probs
+    samples, rows, classes = probs.shape
+    mean = probs.mean(0)
+    per_sample = entropy(probs)  # (S, N)
+    total = entropy(mean)
+    aleatoric = per_sample.mean(0)
+    epistemic = (total - aleatoric).clamp_min(0.0)
+    chosen = probs.gather(-1, mean.argmax(-1).expand(samples, -1).unsqueeze(-1)).squeeze(-1)  # (S, N)
+    std = chosen.std(0, correction=0)
+    uncertainty = Uncertainty(total=total, aleatoric=aleatoric, epistemic=epistemic, std=std)
+    if samples < 2:
+        return uncertainty, MonteCarloError(0.0, 0.0)
+    se_p = float((chosen.std(0) / math.sqrt(samples)).max())
+    size = samples // groups
+    if size < 2:
+        return uncertainty, MonteCarloError(se_p, float("nan"))
+    used = groups * size
+    group_means = probs[:used].reshape(groups, size, rows, classes).mean(1)
+    mi = (entropy(group_means) - per_sample[:used].reshape(groups, size, rows).mean(1)).clamp_min(0.0)
+    return uncertainty, MonteCarloError(se_p, float((mi.std(0) / math.sqrt(groups)).max()))
 
 
 # Rows per chunk are chosen so one chunk's widest activation (S, rows, width) stays near this many floats.

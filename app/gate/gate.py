@@ -287,18 +287,16 @@ class PercentBelow:
 
     def __init__(self, quantiles: list[float] | np.ndarray) -> None:
         self.quantiles = np.asarray(quantiles, dtype=np.float64)
-        self.last = self.quantiles.size - 1
-        self.step = 100.0 / self.last
+        step = 100.0 / (self.quantiles.size - 1)
+        # np.interp (one C call, where the gate spends most of a one-row request otherwise) is right-continuous
+        # at a repeated abscissa, this percentile left-continuous (a plateau's lower end): so interpolate the
+        # mirror image, -score against the negated quantiles reversed. Below the first and above the last
+        # quantile it clamps to 0 and 100; NaN stays NaN.
+        self._x = -self.quantiles[::-1]
+        self._y = -(step * np.arange(self.quantiles.size))[::-1]
 
     def __call__(self, scores: np.ndarray) -> np.ndarray:
-        q = self.quantiles
-        i = np.searchsorted(q, scores, side="left")  # q[i - 1] < score <= q[i]; NaN sorts last
-        lower, upper = np.maximum(i - 1, 0), np.minimum(i, self.last)
-        width = q[upper] - q[lower]
-        fraction = (scores - q[lower]) / np.where(width > 0, width, 1.0)
-        percent = self.step * (lower + np.where(width > 0, fraction, 1.0) * (upper - lower))
-        percent = np.where(i == 0, 0.0, np.where(i > self.last, 100.0, percent))
-        return np.where(np.isnan(scores), np.nan, percent)
+        return -np.interp(-np.asarray(scores, dtype=np.float64), self._x, self._y)
 
 
 def support_ranking(screen: Screen) -> np.ndarray:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.bnn.engine import MonteCarloEngine, monte_carlo_error
+from app.bnn.engine import MonteCarloEngine
 from app.bnn.plan import Plan, largest_error, piece_samples, run_to_end, summary_rows
-from app.bnn.predictive import Predictive, decompose
+from app.bnn.predictive import Predictive, decompose_with_error
 from app.bnn.spec import Sampler
 from app.checkpoint.io import load_checkpoint
 from app.checkpoint.manifest import Manifest
@@ -31,11 +31,11 @@ def summarise(predictive: Predictive, plan: Plan) -> Generator[None, None, Score
         if start:
             yield
         part, where = Predictive(probs[:, start : start + block]), slice(start, start + block)
-        u = decompose(part)
+        u, error = decompose_with_error(part)  # one pass over the samples for both
         mean[where] = part.mean.double().cpu().numpy()
         for out, values in ((total, u.total), (aleatoric, u.aleatoric), (epistemic, u.epistemic), (std, u.std)):
             out[where] = values.cpu().numpy()
-        errors.append(monte_carlo_error(part))
+        errors.append(error)
     return Scores(plan, mean, total, aleatoric, epistemic, std, largest_error(errors))
 
 

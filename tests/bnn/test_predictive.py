@@ -74,3 +74,19 @@ def test_predict_rejects_bad_shapes() -> None:
     model = BayesianMLP(NetworkSpec(in_features=5, hidden=[4]), generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match=r"\(N, d\)"):
         predict(model, torch.zeros(5), 4)
+
+
+@pytest.mark.parametrize(("samples", "rows", "classes"), [(512, 4, 2), (2048, 30, 3), (7, 5, 2), (1, 3, 2)])
+def test_decompose_with_error_is_decompose_and_monte_carlo_error_bitwise(samples: int, rows: int, classes: int) -> None:
+    from app.bnn.engine import monte_carlo_error
+    from app.bnn.predictive import decompose_with_error
+
+    probs = torch.rand(samples, rows, classes, generator=torch.Generator().manual_seed(samples))
+    predictive = Predictive(probs / probs.sum(-1, keepdim=True))
+    fused, error = decompose_with_error(predictive)
+    apart = decompose(predictive)
+    for name in ("total", "aleatoric", "epistemic", "std"):
+        assert torch.equal(getattr(fused, name), getattr(apart, name)), name
+    expected = monte_carlo_error(predictive)
+    assert error.probability == expected.probability
+    assert error.mutual_information == expected.mutual_information or math.isnan(expected.mutual_information)

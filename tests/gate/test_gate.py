@@ -245,3 +245,24 @@ def test_plausible_ranges_are_checked() -> None:
     with pytest.raises(ValueError, match="plausible range"):
         FeatureSpec(name="sex", kind=FeatureKind.CATEGORICAL, categories=["F"], plausible=PlausibleRange(low=0))
     assert str(PlausibleRange(low=0)) == "[0, inf]" and str(PlausibleRange(high=3)) == "[-inf, 3]"
+
+
+def _percent_below_reference(q: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """The definition, step by step: q[i - 1] < score <= q[i], linear within; 0 at or below q[0], 100 above."""
+    last, step = q.size - 1, 100.0 / (q.size - 1)
+    i = np.searchsorted(q, scores, side="left")
+    lower, upper = np.maximum(i - 1, 0), np.minimum(i, last)
+    width = q[upper] - q[lower]
+    fraction = np.where(width > 0, (scores - q[lower]) / np.where(width > 0, width, 1.0), 1.0)
+    percent = np.where(i == 0, 0.0, np.where(i > last, 100.0, step * (lower + fraction * (upper - lower))))
+    return np.where(np.isnan(scores), np.nan, percent)
+
+
+def test_percent_below_matches_its_definition_on_plateaus_edges_and_nan() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        q = np.sort(np.round(rng.exponential(1.0, 101), int(rng.integers(0, 3))))  # rounding makes plateaus
+        if trial % 3 == 0:
+            q[:30] = 0.0  # a support-like plateau of zeros
+        scores = np.concatenate([rng.choice(q, 20), rng.uniform(q[0] - 1, q[-1] + 1, 50), [np.nan, np.inf, -np.inf]])
+        np.testing.assert_allclose(PercentBelow(q)(scores), _percent_below_reference(q, scores), atol=1e-9)

@@ -18,7 +18,7 @@ router = APIRouter(tags=["kserve-v1"], route_class=v1.StrictJsonRoute)
 
 
 @router.get("/", response_model=LiveResponse, summary="KServe V1 server liveness (alias of /v2/health/live)")
-def live() -> LiveResponse:
+async def live() -> LiveResponse:  # async: a probe needs no thread-pool hop
     return LiveResponse(status="alive")
 
 

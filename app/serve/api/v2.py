@@ -74,7 +74,7 @@ def server_metadata() -> ServerMetadataResponse:
 
 
 @router.get("/health/live", response_model=LiveResponse, summary="Liveness")
-def live() -> LiveResponse:
+async def live() -> LiveResponse:  # async: a probe needs no thread-pool hop
     return LiveResponse(live=True)
 
 
@@ -85,7 +85,7 @@ def live() -> LiveResponse:
     responses={503: {"model": ReadyResponse, "description": "Not ready: loading, no model, or models failed."}},
     summary="Readiness: 200 once every model asked for is loaded and warm (SBNN_READY_WHEN=any: one of them)",
 )
-def ready(dataplane: DataPlaneDep) -> Any:
+async def ready(dataplane: DataPlaneDep) -> Any:
     repository = dataplane.repository
     if repository.ready:
         return ReadyResponse(ready=True)
@@ -102,7 +102,7 @@ def ready(dataplane: DataPlaneDep) -> Any:
     return JSONResponse(body.model_dump(exclude_none=True), status_code=503)
 
 
-def _model_ready(name: str, dataplane: DataPlaneDep) -> Any:
+async def _model_ready(name: str, dataplane: DataPlaneDep) -> Any:
     return model_ready(name, None, dataplane)
 
 
@@ -308,7 +308,7 @@ async def _infer(name: str, http: Request, dataplane: DataPlaneDep) -> Response:
     return await _infer_at(name, None, http, dataplane)
 
 
-def _model_ready_versioned(name: str, version: str, dataplane: DataPlaneDep) -> Any:
+async def _model_ready_versioned(name: str, version: str, dataplane: DataPlaneDep) -> Any:
     return model_ready(name, version, dataplane)
 
 
