@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -23,6 +24,37 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_ready(server: subprocess.Popen, base: str, deadline: float, log: IO[str]) -> None:
+    """Until ``base``'s /v2/health/ready is 200; RuntimeError with the log's tail if the server exits first or
+    ``deadline`` (time.monotonic) passes."""
+    while True:
+        try:
+            if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            log.seek(0)
+            raise RuntimeError(f"server not ready (exit {server.poll()}): {log.read()[-3000:]}")
+        time.sleep(0.2)
+
+
+def machine_facts(load_average: tuple[float, float, float]) -> dict[str, object]:
+    """What a result records of the machine: platform, cores, Python and torch, the load before and now."""
+    import platform
+
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "load_average_at_start": [round(x, 2) for x in load_average],
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 @dataclass(frozen=True)
@@ -50,17 +82,7 @@ def running_server(timeout: float = 60.0, **settings: str) -> Iterator[Server]:
     server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=env, cwd=ROOT, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + timeout
-        while True:
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                log.seek(0)
-                raise RuntimeError(f"server not ready (exit {server.poll()}): {log.read()[-3000:]}")
-            time.sleep(0.2)
+        wait_ready(server, base, time.monotonic() + timeout, log)
         grpc_port = int(env["SBNN_GRPC_PORT"])
         yield Server(base=base, pid=server.pid, grpc=f"127.0.0.1:{grpc_port}" if grpc_port else None)
     finally:

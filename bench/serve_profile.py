@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._profile_child import GAPS, HANDOFF, MODEL, PREDICT, QUEUE, ROWS, SAMPLES, TARGETS, child, wrap  # noqa: E402
-from bench._server import ROW, free_port  # noqa: E402
+from bench._server import ROW, free_port, wait_ready  # noqa: E402
 
 
 # -- the parent ------------------------------------------------------------------------------------------
@@ -241,7 +241,6 @@ def profile(args: argparse.Namespace, pid: int, base: str, stats: Path, deadline
 
 
 def serve_and_profile(args: argparse.Namespace, deadline: float) -> dict[str, Any]:
-    import httpx
 
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "child.log", "w+") as log:
@@ -249,16 +248,7 @@ def serve_and_profile(args: argparse.Namespace, deadline: float) -> dict[str, An
         command = [sys.executable, __file__, "--child", "--port", str(port), "--stats", str(stats)]
         server = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log)
         try:
-            while True:
-                try:
-                    if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise RuntimeError(f"server not ready (exit {server.poll()}): {log.read()[-3000:]}")
-                time.sleep(0.2)
+            wait_ready(server, base, deadline, log)
             return profile(args, server.pid, base, stats, deadline)
         finally:
             server.terminate()

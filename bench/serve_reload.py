@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -32,14 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.checkpoint.files import sha256_bytes  # noqa: E402
 from app.checkpoint.io import load_checkpoint, weights_bytes  # noqa: E402
-from bench._server import ROW, running_server  # noqa: E402
+from bench._server import ROW, machine_facts, running_server  # noqa: E402
 
 MODEL = "flchain-mortality"
 PREDICT = f"/v1/models/{MODEL}/predict"
@@ -311,14 +309,7 @@ def write(
         "server_log_lines": len(log),
         "server_log_warnings": [line for line in log if not line.startswith("INFO")][-40:],
         "server_log_loads": [line for line in log if f"model {MODEL} " in line][-60:],  # at --log-level info
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "load_average_at_start": [round(x, 2) for x in load_average],
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine_facts(load_average),
         "commit": commit.stdout.strip() + (" (app/ modified)" if dirty.stdout.strip() else ""),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }

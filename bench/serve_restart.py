@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -26,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._server import ROW, free_port  # noqa: E402
+from bench._server import ROW, free_port, machine_facts  # noqa: E402
 
 MODEL = "flchain-mortality"
 POLL_S = 0.02
@@ -133,14 +131,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "app"], cwd=ROOT, capture_output=True, text=True)
-    results["machine"] = {
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "load_average_at_start": [round(x, 2) for x in load_average],
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-    }
+    results["machine"] = machine_facts(load_average)
     results["commit"] = commit.stdout.strip() + (" (app/ modified)" if dirty.stdout.strip() else "")
     results["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     args.out.mkdir(parents=True, exist_ok=True)
