@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import os
 import tempfile
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -174,16 +174,6 @@ async def _prune_daily(writer: AuditWriter, days: int | None) -> None:
         await asyncio.sleep(24 * 3600)
 
 
-_pending: set[asyncio.Task[None]] = set()  # tasks started by callbacks, kept referenced until they finish
-
-
-def _soon(coroutine: Coroutine[Any, Any, None]) -> None:
-    """Run ``coroutine`` on the running loop from a synchronous callback."""
-    task = asyncio.ensure_future(coroutine)
-    _pending.add(task)
-    task.add_done_callback(_pending.discard)
-
-
 def use_tmp_dir(folder: Path | None) -> None:
     """Point temporary files and the caches torch and matplotlib may write at ``folder`` (a writable volume on
     a read-only root filesystem); None leaves TMPDIR as the environment set it."""
@@ -237,7 +227,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from app.serve.grpc.server import GrpcServer  # grpc is imported only when it serves
 
             grpc_server = GrpcServer(dataplane, settings.host, settings.grpc_port, settings.max_body_bytes, keys, trail)
-            dataplane.readiness_listeners.append(lambda ready: _soon(grpc_server.set_ready(ready)))
+            dataplane.readiness_listeners.append(grpc_server.set_ready)
         loader = asyncio.get_running_loop().run_in_executor(repository.loader, repository.load_all)
         loader.add_done_callback(lambda _: dataplane.publish_state())
         pruning = asyncio.create_task(_prune_daily(writer, settings.audit_retention_days)) if writer else None

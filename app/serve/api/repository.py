@@ -65,9 +65,10 @@ def index_entries(dataplane: DataPlane, ready_only: bool) -> list[IndexEntry]:
         reason = m.reason or (repository.last_error(m.name) if m.state is ModelState.READY else "")
         out.append(IndexEntry(name=m.name, version=m.version, state=STATES[m.state], reason=reason))
     listed = {(e.name, e.version) for e in out}
+    known = repository.names()
     for folder in repository.folders():
         for version, _ in version_folders(folder):
-            if folder.name not in repository.names():
+            if folder.name not in known:
                 out.append(
                     IndexEntry(name=folder.name, version=version or "", state="UNAVAILABLE", reason="not loaded")
                 )

@@ -138,13 +138,20 @@ def _nullable(values: np.ndarray) -> list[float | None]:
     return out
 
 
-def _component(gate: GateResult, component: Component, threshold: float | None) -> list[dict[str, Any]]:
-    """One component's answer for every row (``ComponentOut``), from its arrays in one pass each."""
-    scores, percentiles = _nullable(gate.scores[component]), _nullable(gate.percentiles[component])
-    flags = gate.flags[component].tolist()
+def _component(gate: GateResult, component: Component, threshold: float | None = None) -> list[dict[str, Any]]:
+    """One component's answer for every row, from its arrays in one pass each: ``ComponentOut``, or
+    ``SupportOut`` for the support (which has no threshold)."""
+    columns = zip(
+        _nullable(gate.scores[component]),
+        _nullable(gate.percentiles[component]),
+        gate.flags[component].tolist(),
+        strict=True,
+    )
+    if component is Component.SUPPORT:
+        return [{"score": score, "percentile": percentile, "flag": flag} for score, percentile, flag in columns]
     return [
         {"score": score, "threshold": threshold, "percentile": percentile, "flag": flag}
-        for score, percentile, flag in zip(scores, percentiles, flags, strict=True)
+        for score, percentile, flag in columns
     ]
 
 
@@ -179,15 +186,7 @@ def encode(result: InferenceResult) -> dict[str, Any]:
         columns = np.stack([s.total, s.aleatoric, s.epistemic, s.std], axis=1)
         names = ("total", "aleatoric", "epistemic", "std")
         uncertainties = [None if u is None else dict(zip(names, u, strict=True)) for u in result.per_row(columns)]
-    support = [
-        {"score": score, "percentile": percentile, "flag": flag}
-        for score, percentile, flag in zip(
-            _nullable(gate.scores[Component.SUPPORT]),
-            _nullable(gate.percentiles[Component.SUPPORT]),
-            gate.flags[Component.SUPPORT].tolist(),
-            strict=True,
-        )
-    ]
+    support = _component(gate, Component.SUPPORT)
     density = _component(gate, Component.DENSITY, thresholds[Component.DENSITY])
     epistemic = _component(gate, Component.EPISTEMIC, thresholds[Component.EPISTEMIC])
     predictions = [

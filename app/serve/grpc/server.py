@@ -269,6 +269,7 @@ class GrpcServer:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane, keys, trail), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.address = f"{host}:{port}"
+        self._updates: set[asyncio.Task[None]] = set()  # health updates scheduled, held until they finish
 
     async def start(self) -> None:
         try:
@@ -280,10 +281,13 @@ class GrpcServer:
         await self.server.start()
         log.info("gRPC listening on %s", self.address)
 
-    async def set_ready(self, ready: bool) -> None:
-        """The inference service's health: SERVING while the server is ready (``ModelRepository.ready``)."""
+    def set_ready(self, ready: bool) -> None:
+        """The inference service's health: SERVING while the server is ready (``ModelRepository.ready``). A
+        readiness listener (synchronous, on the loop): the update is scheduled, and held until it is done."""
         status = health_pb2.HealthCheckResponse
-        await self.health.set(SERVICE, status.SERVING if ready else status.NOT_SERVING)
+        task = asyncio.ensure_future(self.health.set(SERVICE, status.SERVING if ready else status.NOT_SERVING))
+        self._updates.add(task)
+        task.add_done_callback(self._updates.discard)
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new calls, let calls in flight finish within ``grace_s``."""
