@@ -101,13 +101,18 @@ async def _wait_ready(client: httpx.AsyncClient, timeout_s: float = READY_TIMEOU
 
 
 @asynccontextmanager
-async def in_process(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client on a new in-process app for ``settings``, inside its lifespan, once it is ready."""
+async def in_process(settings: Settings, ready: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client on a new in-process app for ``settings``, inside its lifespan, once it is ready (with
+    ``ready=False``: once its start-up load is done, ready or not); ``client.app`` is the app."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://sbnn.test", timeout=30.0) as client:
-            await _wait_ready(client)
+            client.app = app  # type: ignore[attr-defined]
+            if ready:
+                await _wait_ready(client)
+            else:
+                await anyio.to_thread.run_sync(app.state.dataplane.repository.loaded.wait, READY_TIMEOUT_S)
             yield client
 
 

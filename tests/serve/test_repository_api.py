@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
-from conftest import LIMITS, v2_inputs
+from conftest import LIMITS, in_process, v2_inputs
 
 from app.checkpoint.files import sha256_bytes
 from app.checkpoint.io import load_checkpoint, weights_bytes
@@ -91,17 +91,9 @@ async def test_all_serves_every_version_at_its_own_path(versioned: Path, app_cli
         assert (await client.get("/v2/models/tiny/versions/1/ready")).status_code == 200
 
 
-@asynccontextmanager
-async def after_loading(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+def after_loading(settings: Settings) -> AbstractAsyncContextManager[httpx.AsyncClient]:
     """A client on a new in-process app once its start-up load is done, ready or not (``client.app``: the app)."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        loaded = app.state.dataplane.repository.loaded
-        await anyio.to_thread.run_sync(loaded.wait, 60.0)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://sbnn.test", timeout=30.0) as client:
-            client.app = app  # type: ignore[attr-defined]
-            yield client
+    return in_process(settings, ready=False)
 
 
 async def test_a_pin_serves_that_version_and_a_missing_pin_is_not_ready(
