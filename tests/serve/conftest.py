@@ -159,6 +159,26 @@ def hold_compute() -> Callable[[Any], Any]:
     return _compute_held
 
 
+def wait_until_ready(
+    process: subprocess.Popen[bytes], base_url: str, log_path: Path, ready: Callable[[], bool] = lambda: True
+) -> None:
+    """Until the server at ``base_url`` answers /v2/health/ready 200 and ``ready()`` holds; the test fails with
+    its log if the process exits first or READY_TIMEOUT_S passes."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited with {process.returncode} during startup:\n{log_path.read_text()}")
+        try:
+            up = httpx.get(f"{base_url}/v2/health/ready", timeout=2.0).status_code == 200
+        except httpx.TransportError:
+            up = False
+        if up and ready():
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"the server was not ready within {READY_TIMEOUT_S} s:\n{log_path.read_text()}")
+        time.sleep(0.1)
+
+
 @contextmanager
 def running_uvicorn(
     model_repository: Path,
@@ -194,19 +214,7 @@ def running_uvicorn(
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"uvicorn exited with {process.returncode} during startup:\n{log_path.read_text()}")
-            try:
-                up = httpx.get(f"{base_url}/v2/health/ready", timeout=2.0).status_code == 200
-            except httpx.TransportError:
-                up = False
-            if up and ready():
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"uvicorn not ready within {READY_TIMEOUT_S} s:\n{log_path.read_text()}")
-            time.sleep(0.1)
+        wait_until_ready(process, base_url, log_path, ready)
         yield base_url
     finally:
         if process.poll() is None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import BUNDLED, FLCHAIN_ROW, REPO
+from conftest import BUNDLED, FLCHAIN_ROW, REPO, wait_until_ready
 from test_repository_api import TINY_ROW, write_version
 from typer.testing import CliRunner
 
@@ -35,19 +35,6 @@ def _env(**settings: str) -> dict[str, str]:
 def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(command, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-
-
-def _wait_ready(base: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{base}/v2/health/ready", timeout=2.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -95,7 +82,7 @@ def test_watch_reloads_a_changed_model_loads_a_new_one_and_unloads_a_removed_one
     base = f"http://127.0.0.1:{port}"
     process = _start(_serve(port, "--models", str(root), "--watch"), _env(watch_debounce_s="0.5"), log)
     try:
-        _wait_ready(base, process, log)
+        wait_until_ready(process, base, log)
         assert _sha(base, "tiny", TINY_ROW) == old
         os.rename(root / "tiny", root / ".tiny-old")  # hidden: ignored by the watcher
         os.rename(spare / "tiny", root / "tiny")
@@ -122,7 +109,7 @@ def keyed_server(
     command = _serve(port, "--models", str(model_repository), "--api-keys-file", str(keys))
     process = _start(command, _env(ready_when="any"), log)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}", process, log)
+        wait_until_ready(process, f"http://127.0.0.1:{port}", log)
         yield f"http://127.0.0.1:{port}", {scope.value: token for scope, (token, _) in made.items()}, log
     finally:
         _stop(process)
@@ -189,7 +176,7 @@ def test_a_stop_signal_drains_requests_in_flight_until_the_deadline_and_exits_0(
     )
     process = _start(_serve(port, "--models", str(_flchain_only(tmp_path))), env, log)
     try:
-        _wait_ready(base, process, log)
+        wait_until_ready(process, base, log)
         body = {"instances": [FLCHAIN_ROW] * 1024, "samples": 4096, "seed": 1, "sampler": "fresh"}
         sender, outcome = _post_in_thread(base + PREDICT.format("flchain-mortality"), body)
         started = 'sbnn_inference_stage_duration_seconds_count{model="flchain-mortality",stage="queue"} 1.0'
@@ -229,7 +216,7 @@ def test_serves_on_a_read_only_root_with_only_the_tmp_dir_writable(
     )
     process = _start(["unshare", "-rm", "sh", "-c", script], _env(ready_when="any", tmp_dir=""), log)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}", process, log)
+        wait_until_ready(process, f"http://127.0.0.1:{port}", log)
         assert _sha(f"http://127.0.0.1:{port}", "tiny", TINY_ROW) is not None
         assert "not ready" not in log.read_text().replace("model broken not ready", "")
     finally:
