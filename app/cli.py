@@ -323,8 +323,9 @@ def export_onnx_command(
     opset: Annotated[int, typer.Option(help="ONNX opset (18 or higher: the lowest the dynamo exporter writes).")] = 18,
     tolerance: Annotated[float, typer.Option(help="Largest |onnxruntime − torch| accepted.")] = 1e-4,
 ) -> None:
-    """Export the Monte Carlo predictive to ONNX, validated against torch: model.onnx (the frozen bank) and,
-    for kinds with weight noise, model-sampling.onnx (noise in, per-sample probabilities out)."""
+    """Export the Monte Carlo predictive to ONNX, validated against torch: model.onnx (the frozen bank), for
+    kinds with weight noise model-sampling.onnx (noise in, per-sample probabilities out), and for low-rank
+    kinds model-local.onnx (local reparameterisation: per-row noise in, for seeded requests on a few rows)."""
     with guard("export-onnx", "onnx"):
         from app.checkpoint.io import load_checkpoint
         from app.checkpoint.onnx_export import export_onnx
@@ -347,6 +348,12 @@ def export_onnx_command(
         console.print(
             f"no sampling graph: a '{checkpoint.manifest.kind.value}' model has no weight noise (the "
             "bank graph serves it whole)"
+        )
+    if info.local is not None:
+        console.print(
+            f"wrote [bold]{escape(str(report.path.parent / info.local.file))}[/] "
+            f"({info.local.bytes / 1e3:.0f} KB, local reparameterisation, sampler 'auto' on up to "
+            f"{info.local.max_rows} rows); matches torch on shared noise within {info.local.max_abs_diff:.2g}"
         )
 
 

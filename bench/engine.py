@@ -67,15 +67,17 @@ def onnx_fresh(model: BayesianMLP) -> Callable[[np.ndarray, int], object] | None
     try:
         import onnxruntime as ort
 
+        from app.bnn.spec import Sampler
         from app.checkpoint.onnx_export import noise_inputs, sampling_graph
-        from app.serve.backend_onnx import run_fresh
+        from app.serve.backend_onnx import SampledGraph, run_sampled
     except ImportError:
         return None
     cpu_model = BayesianMLP(model.spec, device="cpu")
     cpu_model.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
     inputs = noise_inputs(cpu_model)
     session = ort.InferenceSession(sampling_graph(cpu_model), providers=["CPUExecutionProvider"])
-    return lambda x, samples: run_fresh(session, inputs, x, samples, seed=5)
+    graph = SampledGraph(session, inputs, Sampler.FRESH)
+    return lambda x, samples: run_sampled(graph, x, samples, seed=5)
 
 
 def onnx_sessions(model: BayesianMLP, samples_list: list[int]) -> dict[int, object] | None:

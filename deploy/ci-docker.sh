@@ -160,8 +160,10 @@ slim_expect() {
 row='"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "mgus": 0'
 slim_expect "frozen bank, gate" "{\"instances\": [{$row, \"creatinine\": 1.0}, {$row, \"creatinine\": 88.4}]}" \
   '"sampler":"bank"' '"decision":"accept"' '"decision":"reject","reasons":\["bounds:creatinine"\]'
-slim_expect "fresh samples (sampling graph)" "{\"instances\": [{$row, \"creatinine\": 1.0}], \"seed\": 7}" \
-  '"sampler":"fresh"' '"seed":7'
+slim_expect "seeded, local reparameterisation (local graph)" \
+  "{\"instances\": [{$row, \"creatinine\": 1.0}], \"seed\": 7}" '"sampler":"local"' '"seed":7'
+slim_expect "fresh samples (sampling graph)" \
+  "{\"instances\": [{$row, \"creatinine\": 1.0}], \"seed\": 7, \"sampler\": \"fresh\"}" '"sampler":"fresh"' '"seed":7'
 echo -n "slim image (no torch), "
 grpc_check sbnn-ci-slim "$slim_grpc_port"
 docker rm -f sbnn-ci-slim >/dev/null

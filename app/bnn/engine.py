@@ -29,12 +29,12 @@ from app.bnn._base import LayerSample
 from app.bnn.fused import (
     FEATURE_MAJOR_CHUNK_FLOATS,
     ROW_MAJOR_MAX_ROWS,
-    activate,
     feature_major,
     lowrank_feature_major,
     lowrank_row_major,
     slice_samples,
 )
+from app.bnn.local import layer_moments, local_logits
 from app.bnn.lowrank import LowRankBayesLinear
 from app.bnn.network import BayesianMLP, LayerKind, Likelihood
 from app.bnn.plan import DRAW_UNIT, Plan, PlanRefused, largest_error, piece_samples, run_to_end, summary_rows
@@ -120,20 +120,7 @@ class MonteCarloEngine:
         self.cost = cost or REFERENCE_COST
         self.bank_seed = bank_seed
         self.bank_size = model.num_samples(bank_size) if bank_size > 0 else 0
-        # Per low-rank layer, the moments local reparameterisation needs (the model is frozen once served):
-        # μ_B, σ_B², μ_Aᵀ, σ_Aᵀ², μ_c, σ_c².
-        self._moments = [
-            (
-                layer.factor_b.mu.detach(),
-                layer.factor_b.sigma.detach().square(),
-                layer.factor_a.mu.detach().T.contiguous(),
-                layer.factor_a.sigma.detach().square().T.contiguous(),
-                layer.bias.mu.detach(),
-                layer.bias.sigma.detach().square(),
-            )
-            for layer in model.layers
-            if isinstance(layer, LowRankBayesLinear)
-        ]
+        self._moments = layer_moments(model) if self.lowrank else []  # for the local sampler
         self._bank: list[LayerSample] | None = None
         self._bank_layout: list | None = None
         if self.bank_size:
@@ -171,6 +158,26 @@ class MonteCarloEngine:
             return Sampler.FRESH
         fresh = self.estimate(Sampler.FRESH, rows, samples)
         return Sampler.LOCAL if self.estimate(Sampler.LOCAL, rows, samples) < fresh else Sampler.FRESH
+
+    def local_max_rows(self) -> int:
+        """The most rows N for which ``_choose`` prefers ``local`` to ``fresh`` (the same at every S: both costs
+        are linear in S), 0 when it never does or the network cannot run ``local``. The ONNX export records it,
+        so that the torch-free backend chooses as this engine does."""
+        if not self.lowrank or self.model.fixed_samples is not None:
+            return 0
+
+        def pays(rows: int) -> bool:
+            return self.estimate(Sampler.LOCAL, rows, 1) < self.estimate(Sampler.FRESH, rows, 1)
+
+        if not pays(1):
+            return 0
+        low, high = 1, 2
+        while pays(high):  # local's extra cost grows with N, fresh's weight draw does not: this ends
+            low, high = high, 2 * high
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if pays(middle) else (low, middle)
+        return low
 
     def plan(
         self, sampler: Sampler, rows: int, samples: int, seed: int | None = None, tolerance: float | None = None
@@ -333,24 +340,13 @@ class MonteCarloEngine:
         return class_probabilities(logits, self.model.spec.likelihood)
 
     def _local(self, x: Tensor, samples: int, generator: torch.Generator) -> Tensor:
-        """Local reparameterisation through every low-rank layer: x: (N, d) -> probs (S, N, C)."""
-        last = len(self._moments) - 1
-        rows = x.shape[0]
-        h = x  # (N, n): the first layer's input is shared by every sample
-        for i, (mu_b, var_b, mu_at, var_at, mu_c, var_c) in enumerate(self._moments):
-            rank = mu_b.shape[1]
-            flat = h.reshape(-1, h.shape[-1])  # (N or S·N, n)
-            mean, std = flat @ mu_b, torch.mm(flat.square(), var_b).sqrt_()  # (·, r)
-            shape = (samples, rows, rank) if i == 0 else tuple(mean.shape)
-            eps = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
-            z = torch.addcmul(mean, std, eps).reshape(-1, rank)  # (S·N, r)
-            mean = torch.addmm(mu_c, z, mu_at)
-            std = torch.addmm(var_c, z.square(), var_at).sqrt_()
-            eps = torch.randn(mean.shape, generator=generator, device=x.device, dtype=x.dtype)
-            h = torch.addcmul(mean, std, eps).reshape(samples, rows, -1)
-            if i < last:
-                h = activate(h, self.model)
-        return class_probabilities(h, self.model.spec.likelihood)
+        """Local reparameterisation through every low-rank layer (``app.bnn.local``): x: (N, d) -> probs (S, N, C)."""
+
+        def noise(shape: tuple[int, ...]) -> Tensor:
+            return torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+
+        logits = local_logits(x, self._moments, samples, noise, self.model)
+        return class_probabilities(logits, self.model.spec.likelihood)
 
 
 def _layer_macs(layer: torch.nn.Module) -> int:

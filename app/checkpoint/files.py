@@ -16,7 +16,15 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from app.checkpoint.manifest import FORMAT_NAME, FORMAT_VERSION, MANIFEST_FILE, Manifest, OnnxInfo, OnnxSampling
+from app.checkpoint.manifest import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    Manifest,
+    OnnxInfo,
+    OnnxLocal,
+    OnnxSampling,
+)
 from app.errors import CheckpointError
 from app.gate.gate import Gate, GateTensorError, GateTensors, Screening, thresholds_for
 
@@ -218,15 +226,20 @@ def verified_weights_bytes(folder: Path, manifest: Manifest) -> bytes:
     return _verified_bytes(path, manifest.weights.bytes, manifest.weights.sha256, "weights")
 
 
-def read_onnx(folder: str | Path, manifest: Manifest, graph: Literal["bank", "sampling"] = "bank") -> bytes:
+def read_onnx(folder: str | Path, manifest: Manifest, graph: Literal["bank", "sampling", "local"] = "bank") -> bytes:
     """The verified bytes of one of the checkpoint's exported ONNX graphs (size and sha256 against the
-    manifest): the frozen bank's, or the sampling graph's."""
+    manifest): the frozen bank's, the sampling graph's or the local-reparameterisation graph's."""
     folder = Path(folder)
     if manifest.onnx is None:
         raise CheckpointError(str(folder / MANIFEST_FILE), "no ONNX export recorded (run `sbnn export-onnx`)")
-    record: OnnxInfo | OnnxSampling | None = manifest.onnx if graph == "bank" else manifest.onnx.sampling
+    records: dict[str, OnnxInfo | OnnxSampling | OnnxLocal | None] = {
+        "bank": manifest.onnx,
+        "sampling": manifest.onnx.sampling,
+        "local": manifest.onnx.local,
+    }
+    record = records[graph]
     if record is None:
         raise CheckpointError(str(folder / MANIFEST_FILE), f"no ONNX {graph} graph recorded for this model")
-    where = "onnx.file" if graph == "bank" else "onnx.sampling.file"
+    where = "onnx.file" if graph == "bank" else f"onnx.{graph}.file"
     path = _plain_name(folder, record.file, ".onnx", where)
     return _verified_bytes(path, record.bytes, record.sha256, where.rsplit(".", 1)[0])

@@ -72,11 +72,27 @@ class OnnxSampling(StrictModel):
     max_abs_diff: float = Field(ge=0.0, description="Largest |onnxruntime − torch| on shared reference noise.")
 
 
+class OnnxLocal(StrictModel):
+    """The local-reparameterisation graph (low-rank kinds): x (N, d) and per-row noise inputs, each
+    (S, N, *shape) standard normal, -> per-sample probabilities (S, N, C)."""
+
+    file: str = "model-local.onnx"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=1)
+    inputs: list[NoiseInput] = Field(min_length=1, description="In draw order; shapes per row and sample.")
+    max_rows: int = Field(
+        ge=0, description="The most rows for which sampler 'auto' runs this graph (the torch engine's cost model)."
+    )
+    max_abs_diff: float = Field(ge=0.0, description="Largest |onnxruntime − torch| on shared reference noise.")
+
+
 class OnnxInfo(StrictModel):
     """The exported ONNX predictive (``sbnn export-onnx``), validated against torch when it was written.
 
     ``file`` holds the frozen bank (form a); ``sampling``, when present, the graph that takes noise as input
-    (form b) for fresh samples per request. Point-estimate kinds (deterministic, ensemble) have none.
+    (form b) for fresh samples per request, and ``local``, for low-rank kinds, the local-reparameterisation
+    graph (form c) that seeded requests on few rows run. Point-estimate kinds (deterministic, ensemble) have
+    neither.
     """
 
     file: str = "model.onnx"
@@ -90,6 +106,7 @@ class OnnxInfo(StrictModel):
     max_abs_diff: float = Field(ge=0.0, description="Largest |onnxruntime − torch| over the reference inputs.")
     onnxruntime_version: str
     sampling: OnnxSampling | None = None
+    local: OnnxLocal | None = None
 
 
 class Manifest(StrictModel):

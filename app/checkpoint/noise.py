@@ -13,24 +13,26 @@ import numpy as np
 from app.checkpoint.manifest import NoiseInput
 
 OUTPUTS = ["probabilities", "total_entropy", "aleatoric", "mutual_information", "predictive_std"]  # bank graph
-SAMPLING_OUTPUT = "sample_probabilities"  # sampling graph: per-sample probabilities (S, N, C)
+SAMPLING_OUTPUT = "sample_probabilities"  # sampling and local graphs: per-sample probabilities (S, N, C)
 NOISE_CHUNK = 64  # samples drawn per step
 
 
 class NoiseStream:
-    """Noise for the inputs of a sampling graph from ``numpy.random.default_rng(seed)``."""
+    """Noise for the inputs of a sampling graph from ``numpy.random.default_rng(seed)``; with ``rows``, for the
+    local graph, whose noise is per row: each input (samples, rows, *shape)."""
 
-    def __init__(self, inputs: list[NoiseInput], seed: int) -> None:
+    def __init__(self, inputs: list[NoiseInput], seed: int, rows: int | None = None) -> None:
         self.inputs = inputs
         self.rng = np.random.default_rng(seed)
+        self.rows = () if rows is None else (rows,)
 
     def next(self, samples: int) -> dict[str, np.ndarray]:
-        """Noise for the next ``samples`` samples (one chunk): name -> (samples, *shape) float32."""
+        """Noise for the next ``samples`` samples (one chunk): name -> (samples, [rows,] *shape) float32."""
         return {
             i.name: (
-                self.rng.standard_normal((samples, *i.shape), dtype=np.float32)
+                self.rng.standard_normal((samples, *self.rows, *i.shape), dtype=np.float32)
                 if i.distribution == "normal"
-                else self.rng.random((samples, *i.shape), dtype=np.float32)
+                else self.rng.random((samples, *self.rows, *i.shape), dtype=np.float32)
             )
             for i in self.inputs
         }

@@ -10,6 +10,10 @@
     function the torch layers apply to their own draws, so fresh samples per request need only a random
     number generator beside the graph. Deterministic networks and ensembles have nothing to sample: form (a)
     only.
+(c) ``model-local.onnx``, low-rank kinds only: local reparameterisation (``app.bnn.local``), x (N, d) and per
+    row noise ``noise_<layer>_0`` (S, N, r) and ``noise_<layer>_1`` (S, N, m) -> ``sample_probabilities``
+    (S, N, C). Per row it needs r + m normals a layer instead of a whole weight draw: what a seeded request
+    on a few rows runs (``max_rows``, from the torch engine's cost model, as its ``auto`` sampler chooses).
 
 Both go through ``torch.onnx.export(..., dynamo=True)`` (torch.export, then onnxscript), on a CPU copy of the
 checkpoint's network: the caller's model keeps its device, mode and parameters.
@@ -30,15 +34,18 @@ import torch
 from torch import Tensor, nn
 
 from app.bnn._base import LayerSample
-from app.bnn.network import BayesianMLP
+from app.bnn.engine import MonteCarloEngine
+from app.bnn.local import layer_moments, local_logits, noise_widths
+from app.bnn.network import BayesianMLP, LayerKind
 from app.bnn.predictive import Predictive, class_probabilities, decompose
 from app.checkpoint.io import Checkpoint, sha256_bytes, write_manifest
-from app.checkpoint.manifest import NoiseInput, OnnxInfo, OnnxSampling
+from app.checkpoint.manifest import NoiseInput, OnnxInfo, OnnxLocal, OnnxSampling
 from app.checkpoint.noise import OUTPUTS, SAMPLING_OUTPUT, NoiseStream
 from app.errors import CheckpointError, MissingExtra
 
 ONNX_FILE = "model.onnx"
 SAMPLING_FILE = "model-sampling.onnx"
+LOCAL_FILE = "model-local.onnx"
 DEFAULT_OPSET = 18  # the lowest opset the dynamo exporter implements (it converts down to older ones, lossy)
 VALIDATION_SAMPLES = 32  # noise draws the sampling graph is validated on (S is a free axis of the graph)
 TINY = 1e-30  # log(0) guard: p·log(max(p, TINY)) is 0 at p = 0, as xlogy is
@@ -100,6 +107,35 @@ class SamplingPredictive(nn.Module):
             k += count
         weights = self.model.sample_from_noise(per_layer)
         return class_probabilities(self.model.propagate(x, weights), self.model.spec.likelihood)
+
+
+class LocalPredictive(nn.Module):
+    """(x: (N, d), *noise: (S, N, r) then (S, N, m) per layer) -> per-sample probabilities (S, N, C), by local
+    reparameterisation through the factors' moments (``app.bnn.local``), as the torch engine's ``local``."""
+
+    def __init__(self, model: BayesianMLP) -> None:
+        super().__init__()
+        self.model = model
+        self.moments = nn.ParameterList(
+            nn.Parameter(t.clone(), requires_grad=False) for layer in layer_moments(model) for t in layer
+        )
+
+    def forward(self, x: Tensor, *noise: Tensor) -> Tensor:
+        moments = [tuple(self.moments[k : k + 6]) for k in range(0, len(self.moments), 6)]
+        given = iter(noise)
+        logits = local_logits(x, moments, noise[0].shape[0], lambda _: next(given), self.model)  # type: ignore[arg-type]
+        return class_probabilities(logits, self.model.spec.likelihood)
+
+
+def local_inputs(model: BayesianMLP) -> list[NoiseInput]:
+    """The local graph's noise inputs in draw order, shapes per row and sample; empty unless low-rank."""
+    if model.spec.kind is not LayerKind.LOWRANK or model.fixed_samples is not None:
+        return []  # the engine refuses ``local`` for these too
+    return [
+        NoiseInput(name=f"noise_{layer}_{block}", shape=[width], distribution="normal")
+        for layer, widths in enumerate(noise_widths(model))
+        for block, width in enumerate(widths)
+    ]
 
 
 def noise_inputs(model: BayesianMLP) -> list[NoiseInput]:
@@ -168,10 +204,12 @@ def export_onnx(
             f"onnxruntime and torch differ by {worst:.3g} > tolerance {tolerance:g}; not written",
         )
     sampling = _export_sampling(model, x, opset, tolerance, checkpoint.path / SAMPLING_FILE, ort)
+    local = _export_local(model, x, opset, tolerance, checkpoint.path / LOCAL_FILE, ort)
     path = checkpoint.path / ONNX_FILE
     path.write_bytes(data)
-    if sampling is None:
-        (checkpoint.path / SAMPLING_FILE).unlink(missing_ok=True)  # a stale graph of earlier weights
+    for graph, name in ((sampling, SAMPLING_FILE), (local, LOCAL_FILE)):
+        if graph is None:
+            (checkpoint.path / name).unlink(missing_ok=True)  # a stale graph of earlier weights
     info = OnnxInfo(
         file=ONNX_FILE,
         sha256=sha256_bytes(data),
@@ -184,6 +222,7 @@ def export_onnx(
         max_abs_diff=worst,
         onnxruntime_version=ort.__version__,
         sampling=sampling,
+        local=local,
     )
     write_manifest(checkpoint.path, checkpoint.manifest.model_copy(update={"onnx": info}))
     return ExportReport(path=path, info=info)
@@ -215,6 +254,23 @@ def sampling_graph(model: BayesianMLP, opset: int = DEFAULT_OPSET) -> bytes:
         ["x", *(i.name for i in inputs)],
         [SAMPLING_OUTPUT],
         {"x": {0: rows}, "noise": tuple({0: samples} for _ in inputs)},
+        opset,
+    )
+
+
+def local_graph(model: BayesianMLP, opset: int = DEFAULT_OPSET) -> bytes:
+    """The local-reparameterisation graph of a low-rank ``model`` (on the CPU) as ONNX bytes (not validated):
+    inputs ``x`` (N, d) and the :func:`local_inputs` (S, N, *shape), output ``sample_probabilities``
+    (S, N, C), N and S free."""
+    inputs = local_inputs(model)
+    rows, samples = torch.export.Dim("rows"), torch.export.Dim("samples")
+    example = (torch.zeros(2, model.spec.in_features), *(torch.zeros(3, 2, *i.shape) for i in inputs))
+    return _to_onnx(
+        LocalPredictive(model).eval(),
+        example,
+        ["x", *(i.name for i in inputs)],
+        [SAMPLING_OUTPUT],
+        {"x": {0: rows}, "noise": tuple({0: samples, 1: rows} for _ in inputs)},
         opset,
     )
 
@@ -295,3 +351,30 @@ def _export_sampling(
         )
     path.write_bytes(data)
     return OnnxSampling(file=path.name, sha256=sha256_bytes(data), bytes=len(data), inputs=inputs, max_abs_diff=worst)
+
+
+def _export_local(
+    model: BayesianMLP, x: np.ndarray, opset: int, tolerance: float, path: Path, ort: object
+) -> OnnxLocal | None:
+    """Export, validate on the serving backend's noise (seed 0) and write the local graph; None unless the
+    network runs ``local``. Raises CheckpointError (and writes nothing) when onnxruntime and torch differ by
+    more than ``tolerance``."""
+    inputs = local_inputs(model)
+    if not inputs:
+        return None
+    data = local_graph(model, opset)
+    noise = NoiseStream(inputs, seed=0, rows=x.shape[0]).draw(VALIDATION_SAMPLES)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+    (onnx_probs,) = session.run([SAMPLING_OUTPUT], {"x": x, **noise})
+    torch_probs = LocalPredictive(model)(torch.from_numpy(x), *(torch.from_numpy(noise[i.name]) for i in inputs))
+    worst = float(np.abs(onnx_probs - torch_probs.numpy()).max())
+    if not worst <= tolerance:
+        raise CheckpointError(
+            str(path),
+            f"local graph: onnxruntime and torch differ by {worst:.3g} > tolerance {tolerance:g}; not written",
+        )
+    path.write_bytes(data)
+    max_rows = MonteCarloEngine(model, 0).local_max_rows()
+    return OnnxLocal(
+        file=path.name, sha256=sha256_bytes(data), bytes=len(data), inputs=inputs, max_rows=max_rows, max_abs_diff=worst
+    )

@@ -8,7 +8,13 @@
   not torch, so a seeded fresh answer differs from the torch backend's for the same seed: both are exact
   Monte Carlo estimates of the same predictive.
 
-Refused here: the ``local`` sampler, and a bank request the bank cannot serve (other S or seed, or adaptive).
+- ``local``: low-rank kinds, the local-reparameterisation graph (``model-local.onnx``) fed with per-row noise
+  (S, N, r) and (S, N, m) a layer from numpy's generator, as ``fresh`` is: r + m normals per row and sample and
+  layer instead of a whole weight draw. ``auto`` runs it for a seeded (or otherwise non-bank) request on at most
+  the manifest's ``local.max_rows`` rows, the torch engine's own choice, and ``fresh`` above.
+
+Refused here: ``local`` for a model exported without that graph, and a bank request the bank cannot serve
+(other S or seed, or adaptive).
 Deterministic networks and ensembles have no sampling graph and need none: every request gets their fixed
 members from the bank graph, as the torch backend gives them.
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +41,11 @@ from app.serve.predictive_numpy import decompose_numpy, monte_carlo_error_numpy
 class OnnxBackend:
     kind = BackendKind.ONNX
 
-    def __init__(self, manifest: Manifest, bank: object, sampling: object | None) -> None:
+    def __init__(self, manifest: Manifest, bank: object, sampling: object | None, local: object | None) -> None:
         self.manifest = manifest
         self.bank = bank
         self.sampling = sampling
+        self.local = local
         assert manifest.onnx is not None  # checked by load
         self.onnx = manifest.onnx
         self.seconds_per_row_sample: dict[Sampler, float] = {}  # measured when loading
@@ -59,17 +67,22 @@ class OnnxBackend:
         if manifest.onnx.sampling is not None:
             graph = read_onnx(folder, manifest, "sampling")
             sampling = ort.InferenceSession(graph, ort.SessionOptions(), providers=providers)
-        backend = cls(manifest, bank, sampling)
+        local = None
+        if manifest.onnx.local is not None:
+            graph = read_onnx(folder, manifest, "local")
+            local = ort.InferenceSession(graph, ort.SessionOptions(), providers=providers)
+        backend = cls(manifest, bank, sampling, local)
         x = manifest.preprocessing.typical_input()
         warm_up = [backend.plan(Sampler.BANK, 1, backend.onnx.samples, None, None)]
-        if sampling is not None:
-            warm_up.append(backend.plan(Sampler.FRESH, 1, manifest.default_samples, 0, None))
+        for sampler, present in ((Sampler.FRESH, sampling), (Sampler.LOCAL, local)):
+            if present is not None:
+                warm_up.append(backend.plan(sampler, 1, manifest.default_samples, 0, None))
         for plan in warm_up:
             (scores,) = backend.compute([(x, plan)], batch_seed=0)
             if not np.isfinite(scores.probs).all():
                 raise CheckpointError(str(folder), f"warm-up prediction ({plan.sampler.value}) is not finite")
-            if plan.sampler is Sampler.FRESH:  # one piece's samples, for the cost estimates
-                plan = Plan(Sampler.FRESH, min(plan.samples, piece_samples(Sampler.FRESH, RATE_ROWS)), 0)
+            if plan.sampler is not Sampler.BANK:  # one piece's samples, for the cost estimates
+                plan = Plan(plan.sampler, min(plan.samples, piece_samples(plan.sampler, RATE_ROWS)), 0)
             backend.seconds_per_row_sample[plan.sampler] = seconds_per_row_sample(backend, x, plan)
         return backend
 
@@ -92,12 +105,15 @@ class OnnxBackend:
     def plan(self, sampler: Sampler, rows: int, samples: int, seed: int | None, tolerance: float | None) -> Plan:
         """The bank graph when the model has nothing to sample (deterministic networks and ensembles: their fixed
         members whatever the options, as with torch), when the bank is asked for, or when the sampler is
-        ``auto`` and the bank can serve the request as asked; the sampling graph otherwise. ``local`` is refused."""
-        if sampler is Sampler.LOCAL:
-            raise PlanRefused(
-                "sampler", "local reparameterisation needs the torch backend (onnx runs 'bank' or 'fresh')"
-            )
+        ``auto`` and the bank can serve the request as asked. Otherwise ``auto`` runs the local graph on at
+        most ``local.max_rows`` rows and the sampling graph above; ``local`` and ``fresh`` run their graph."""
         bank = Plan(Sampler.BANK, self.onnx.samples, self.onnx.bank_seed)
+        if sampler is Sampler.LOCAL and self.local is None:
+            reason = (
+                "this model's ONNX export has no local-reparameterisation graph (a low-rank model's export "
+                "from this version of `sbnn export-onnx` has one)"
+            )
+            raise PlanRefused("sampler", reason)
         if self.sampling is None:
             return bank
         refusal = self._bank_refusal(samples, seed, tolerance)
@@ -105,9 +121,12 @@ class OnnxBackend:
             if refusal is not None:
                 raise refusal
             return bank
-        if sampler is Sampler.AUTO and refusal is None:
-            return bank
-        return Plan(Sampler.FRESH, samples, seed, tolerance)
+        if sampler is Sampler.AUTO:
+            if refusal is None:
+                return bank
+            local = self.onnx.local
+            sampler = Sampler.LOCAL if local is not None and rows <= local.max_rows else Sampler.FRESH
+        return Plan(sampler, samples, seed, tolerance)
 
     def cost(self, plan: Plan, rows: int) -> Cost:
         return estimated_cost(self.manifest, self.seconds_per_row_sample, plan, rows)
@@ -118,10 +137,14 @@ class OnnxBackend:
     def steps(self, x: np.ndarray, plan: Plan) -> Generator[None, None, Scores]:
         if plan.sampler is Sampler.BANK:
             return (yield from self._bank_steps(x))
-        assert self.onnx.sampling is not None and self.sampling is not None  # plan() sent the others to the bank
         assert plan.seed is not None  # the caller seeded it
-        inputs = self.onnx.sampling.inputs
-        return (yield from fresh_steps(self.sampling, inputs, x, plan.samples, plan.seed, plan.tolerance))
+        if plan.sampler is Sampler.LOCAL:
+            assert self.onnx.local is not None and self.local is not None  # plan() refused it otherwise
+            graph = SampledGraph(self.local, self.onnx.local.inputs, Sampler.LOCAL)
+        else:
+            assert self.onnx.sampling is not None and self.sampling is not None  # plan() sent the others to the bank
+            graph = SampledGraph(self.sampling, self.onnx.sampling.inputs, Sampler.FRESH)
+        return (yield from sampled_steps(graph, x, plan.samples, plan.seed, plan.tolerance))
 
     def _bank_steps(self, x: np.ndarray) -> Generator[None, None, Scores]:
         """The bank graph a block of rows at a time (its outputs are per row)."""
@@ -145,30 +168,39 @@ class OnnxBackend:
         )
 
 
-def run_fresh(
-    session: object, inputs: list[NoiseInput], x: np.ndarray, samples: int, seed: int, tolerance: float | None = None
-) -> Scores:
-    """``samples`` fresh samples from ``seed`` through a sampling graph's onnxruntime ``session``; with a
-    tolerance, chunk by chunk until both Monte Carlo errors are within it (``samples`` is then the cap)."""
-    return run_to_end(fresh_steps(session, inputs, x, samples, seed, tolerance))
+@dataclass(frozen=True)
+class SampledGraph:
+    """A graph that takes noise: its onnxruntime session, its noise inputs, and the sampler it implements
+    (``fresh``: noise per sample; ``local``: per row and sample)."""
+
+    session: object
+    inputs: list[NoiseInput]
+    sampler: Sampler
 
 
-def fresh_steps(
-    session: object, inputs: list[NoiseInput], x: np.ndarray, samples: int, seed: int, tolerance: float | None
+def run_sampled(graph: SampledGraph, x: np.ndarray, samples: int, seed: int, tolerance: float | None = None) -> Scores:
+    """``samples`` samples from ``seed`` through a graph that takes noise; with a tolerance, chunk by chunk until
+    both Monte Carlo errors are within it (``samples`` is then the cap)."""
+    return run_to_end(sampled_steps(graph, x, samples, seed, tolerance))
+
+
+def sampled_steps(
+    graph: SampledGraph, x: np.ndarray, samples: int, seed: int, tolerance: float | None
 ) -> Generator[None, None, Scores]:
-    """``run_fresh`` one piece at a time (``app.bnn.plan``), yielding between pieces."""
+    """``run_sampled`` one piece at a time (``app.bnn.plan``), yielding between pieces."""
 
     def sample_probabilities(noise: dict[str, np.ndarray]) -> np.ndarray:
-        (probs,) = session.run([SAMPLING_OUTPUT], {"x": x, **noise})  # type: ignore[attr-defined]
+        (probs,) = graph.session.run([SAMPLING_OUTPUT], {"x": x, **noise})  # type: ignore[attr-defined]
         return probs  # (S, N, C)
 
-    stream = NoiseStream(inputs, seed)
-    step = NOISE_CHUNK if tolerance is not None else piece_samples(Sampler.FRESH, x.shape[0])
+    stream = NoiseStream(graph.inputs, seed, rows=x.shape[0] if graph.sampler is Sampler.LOCAL else None)
+    step = NOISE_CHUNK if tolerance is not None else piece_samples(graph.sampler, x.shape[0])
     parts: list[np.ndarray] = []
     for start in range(0, samples, step):
         if parts:
             yield
-        # stream.draw gives the same noise as NOISE_CHUNK samples at a time: a piece is whole chunks.
+        # stream.draw gives the same noise as NOISE_CHUNK samples at a time. Fresh pieces are whole chunks; a
+        # local piece on many rows may end inside one, which a replay on the same rows repeats.
         parts.append(sample_probabilities(stream.draw(min(step, samples - start))))
         if tolerance is not None:
             yield
@@ -186,7 +218,7 @@ def fresh_steps(
         errors.append(monte_carlo_error_numpy(probs[:, start : start + block]))
     mean, total, aleatoric, mi, std = (np.concatenate(column) for column in zip(*blocks, strict=True))
     return Scores(
-        plan=Plan(Sampler.FRESH, probs.shape[0], seed, tolerance),
+        plan=Plan(graph.sampler, probs.shape[0], seed, tolerance),
         probs=mean,
         total=total,
         aleatoric=aleatoric,

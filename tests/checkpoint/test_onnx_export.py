@@ -14,15 +14,18 @@ import torch
 
 from app.bnn import LayerKind, NetworkSpec
 from app.bnn.engine import MonteCarloEngine, Sampler, monte_carlo_error
+from app.bnn.local import noise_widths
 from app.bnn.predictive import Predictive, class_probabilities, decompose
 from app.checkpoint.io import load_checkpoint, read_onnx, save_checkpoint
 from app.checkpoint.noise import NoiseStream
 from app.checkpoint.onnx_export import (
     DEFAULT_OPSET,
+    LOCAL_FILE,
     OUTPUTS,
     SAMPLING_FILE,
     SAMPLING_OUTPUT,
     ExportReport,
+    LocalPredictive,
     export_onnx,
     noise_inputs,
 )
@@ -188,6 +191,47 @@ def test_sampling_graph_matches_torch_on_shared_noise(exported_kind: tuple[Layer
     assert ours_error.mutual_information == pytest.approx(theirs_error.mutual_information, rel=1e-3, abs=1e-9)
 
 
+def test_local_graph_is_the_engines_local_sampler(exported_kind: tuple[LayerKind, Path, ExportReport]) -> None:
+    """Form (c), low-rank only: the torch module fed the noise the engine's generator would draw gives the
+    engine's ``local`` answer bitwise; onnxruntime gives the same on the backend's numpy noise; ``max_rows`` is
+    where the engine's auto sampler stops choosing local."""
+    kind, folder, report = exported_kind
+    local = report.info.local
+    if kind is not LayerKind.LOWRANK:
+        assert local is None and not (folder / LOCAL_FILE).exists()
+        return
+    model = load_checkpoint(folder).model
+    assert local is not None and local.max_abs_diff <= 1e-4
+    assert [(i.name, i.shape) for i in local.inputs] == [
+        (f"noise_{layer}_{block}", [width])
+        for layer, widths in enumerate(noise_widths(model))
+        for block, width in enumerate(widths)
+    ]
+    engine = MonteCarloEngine(model, 0)
+    assert local.max_rows == engine.local_max_rows() >= 1
+    assert engine.plan(Sampler.AUTO, local.max_rows, 64, 3).sampler is Sampler.LOCAL
+    assert engine.plan(Sampler.AUTO, local.max_rows + 1, 64, 3).sampler is Sampler.FRESH
+
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((5, model.spec.in_features)).astype(np.float32))
+    samples, generator = 40, torch.Generator().manual_seed(8)
+    noise = [torch.randn((samples, 5, i.shape[0]), generator=generator) for i in local.inputs]
+    with torch.no_grad():
+        ours = LocalPredictive(model)(x, *noise)
+    assert torch.equal(ours, engine.execute(x, engine.plan(Sampler.LOCAL, 5, samples, 8)).predictive.probs)
+
+    session = ort.InferenceSession(
+        read_onnx(folder, load_checkpoint(folder).manifest, "local"), providers=["CPUExecutionProvider"]
+    )
+    for rows, samples in ((1, 1), (7, 100)):  # N and S are free axes of the graph
+        stream = NoiseStream(local.inputs, seed=4, rows=rows).next(samples)
+        assert all(stream[i.name].shape == (samples, rows, *i.shape) for i in local.inputs)
+        (onnx_probs,) = session.run([SAMPLING_OUTPUT], {"x": x[:1].repeat(rows, 1).numpy(), **stream})
+        with torch.no_grad():
+            torch_probs = LocalPredictive(model)(x[:1].repeat(rows, 1), *map(torch.from_numpy, stream.values()))
+        assert onnx_probs.shape == (samples, rows, 2)
+        np.testing.assert_allclose(onnx_probs, torch_probs.numpy(), atol=1e-5)
+
+
 def test_noise_stream_is_a_prefix_whatever_the_total(tiny_checkpoint: Path) -> None:
     """The k-th chunk of a seed's noise does not depend on how many samples were asked: an adaptive run that
     stops early saw the first samples of the full run."""
@@ -199,14 +243,15 @@ def test_noise_stream_is_a_prefix_whatever_the_total(tiny_checkpoint: Path) -> N
     assert not np.array_equal(full.next(64)[inputs[0].name], first[inputs[0].name])
 
 
-def test_tampered_sampling_graph_is_refused(exported_tiny: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("graph", "name"), [("sampling", SAMPLING_FILE), ("local", LOCAL_FILE)])
+def test_tampered_noise_graph_is_refused(exported_tiny: Path, tmp_path: Path, graph: str, name: str) -> None:
     folder = tmp_path / "copy"
     shutil.copytree(exported_tiny, folder)
-    path = folder / SAMPLING_FILE
+    path = folder / name
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     manifest = load_checkpoint(folder).manifest
     read_onnx(folder, manifest)  # the bank graph is untouched
     with pytest.raises(CheckpointError, match="sha256"):
-        read_onnx(folder, manifest, "sampling")
+        read_onnx(folder, manifest, graph)  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
 """The onnxruntime backend: a server that cannot import torch answers /v1 and /v2 as the torch backend does:
-the bank with the same numbers, fresh samples (seeded, replayable, adaptive) from the sampling graph."""
+the bank with the same numbers, fresh samples (seeded, replayable, adaptive) from the sampling graph, and
+local reparameterisation (what a seeded request on a few rows runs) from the local graph."""
 
 from __future__ import annotations
 
@@ -57,10 +58,16 @@ async def main():
                 "many": await v1({"samples": 4096, "seed": 3}),
                 "adaptive": await v1({"tolerance": 0.01, "seed": 5}),
                 "local": await v1({"sampler": "local", "seed": 1}),
+                "local_again": await v1({"sampler": "local", "seed": 1}),
+                "local_many": await v1({"sampler": "local", "samples": 4096, "seed": 3}),
+                "fresh_adaptive": await v1({"sampler": "fresh", "tolerance": 0.01, "seed": 5}),
                 "bank_seed": await v1({"sampler": "bank", "seed": 3}),
                 "unseeded_fresh": await v1({"sampler": "fresh"}),
                 "v2_fresh": [v2_fresh.status_code, v2_fresh.json()],
             }
+            older = await client.post("/v1/models/older-export/predict",
+                                      json={"instances": rows, "sampler": "local", "seed": 1})
+            answers["older_local"] = [older.status_code, older.json()]
             models = await client.get("/v1/models")
             print(json.dumps({"v1": [first.status_code, first.json()], "v2": [v2.status_code, v2.json()], **answers,
                               "models": models.json(), "torch_imported": sys.modules.get("torch") is not None}))
@@ -83,6 +90,13 @@ def onnx_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = bytearray((broken / "model.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (broken / "model.onnx").write_bytes(bytes(data))
+    older = repository / "older-export"  # as exported before the local graph existed
+    shutil.copytree(folder, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    manifest["name"] = "older-export"
+    manifest["onnx"]["local"] = None
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    (older / "model-local.onnx").unlink()
     return repository
 
 
@@ -132,7 +146,8 @@ def test_torch_free_server_matches_the_torch_backend(onnx_repository: Path) -> N
     assert fresh["sampler"] == "fresh" and fresh["seed"] == 1 and fresh["samples"] == 512
     assert fresh["predictions"] == again["predictions"]
     assert fresh["predictions"] != onnx_v1["predictions"]
-    assert out["seeded_auto"][0] == 200 and out["seeded_auto"][1]["sampler"] == "fresh"
+    # A seeded request on a few rows runs the local graph, as the torch engine's auto sampler chooses.
+    assert out["seeded_auto"][0] == 200 and out["seeded_auto"][1]["sampler"] == "local"
     status, unseeded = out["unseeded_fresh"]
     assert status == 200 and unseeded["sampler"] == "fresh" and isinstance(unseeded["seed"], int)
     status, v2_fresh = out["v2_fresh"]
@@ -150,15 +165,33 @@ def test_torch_free_server_matches_the_torch_backend(onnx_repository: Path) -> N
             assert abs(onnx_row["probabilities"][label] - p) <= 5 * both_errors
         assert onnx_row["uncertainty"]["epistemic"] == pytest.approx(torch_row["uncertainty"]["epistemic"], rel=0.2)
 
-    # Adaptive: chunks of 64 until both errors are within the tolerance (or the cap).
-    status, adaptive = out["adaptive"]
-    assert status == 200 and adaptive["sampler"] == "fresh" and adaptive["samples"] % 64 == 0
-    errors = adaptive["mc_error"]
-    assert max(errors["probability"], errors["mutual_information"]) <= 0.01
+    # Adaptive: chunks of 64 until both errors are within the tolerance (or the cap), on either graph.
+    for name, sampler in (("adaptive", "local"), ("fresh_adaptive", "fresh")):
+        status, adaptive = out[name]
+        assert status == 200 and adaptive["sampler"] == sampler and adaptive["samples"] % 64 == 0
+        errors = adaptive["mc_error"]
+        assert max(errors["probability"], errors["mutual_information"]) <= 0.01
 
-    # What only the torch engine does is refused by name.
-    assert out["local"][0] == 422 and out["local"][1]["detail"][0]["loc"] == ["body", "sampler"]
+    # Local reparameterisation: replayable by seed, and 4096 samples estimate torch's predictive.
+    (status, local), (_, local_again) = out["local"], out["local_again"]
+    assert status == 200 and local["sampler"] == "local" and local["seed"] == 1 and local["samples"] == 512
+    assert local["predictions"] == local_again["predictions"] and local["predictions"] != fresh["predictions"]
+    status, local_many = out["local_many"]
+    assert status == 200 and local_many["sampler"] == "local"
+    both_errors = local_many["mc_error"]["probability"] + torch_many["mc_error"]["probability"]
+    for onnx_row, torch_row in zip(local_many["predictions"], torch_many["predictions"], strict=True):
+        if torch_row["probabilities"] is None:
+            continue
+        for label, p in torch_row["probabilities"].items():
+            assert abs(onnx_row["probabilities"][label] - p) <= 5 * both_errors
+        assert onnx_row["uncertainty"]["epistemic"] == pytest.approx(torch_row["uncertainty"]["epistemic"], rel=0.2)
+
+    # What this export cannot do is refused by name: the bank with another seed, local without its graph.
     assert out["bank_seed"][0] == 422 and out["bank_seed"][1]["detail"][0]["loc"] == ["body", "seed"]
+    status, older = out["older_local"]
+    assert status == 422 and older["detail"][0]["loc"] == ["body", "sampler"]
+    assert "local-reparameterisation graph" in older["detail"][0]["msg"]
+    assert states["older-export"]["state"] == "ready"
 
 
 def _torch_answer(repository: Path, options: dict) -> dict:
