@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,32 @@ from app.checkpoint.io import load_checkpoint
 from app.checkpoint.manifest import Manifest
 from app.errors import CheckpointError
 from app.serve.backend import RATE_ROWS, BackendKind, Cost, Scores, estimated_cost, seconds_per_row_sample
+
+# A pass of at most this many rows × samples runs on the compute thread alone. From any thread but the process's
+# first, each torch op that goes parallel pays tens of µs to start libgomp's team (a 64K-float add: 27 µs against
+# 5 µs on the first thread), which a small pass pays at every op. On 2 cores, 1 row at S = 512 ran 1.1-1.7x faster
+# on one thread (bank) and 2.2x (local), 16 rows faster on two; 4 and 8 rows went either way between runs
+# (bench/results/compute-threads.md).
+SINGLE_THREAD_ROW_SAMPLES = 1 << 12
+
+
+def pass_threads(rows: int, samples: int, configured: int) -> int:
+    """Intra-op threads for one engine call of ``rows`` rows × ``samples`` samples on the CPU."""
+    return 1 if rows * samples <= SINGLE_THREAD_ROW_SAMPLES else configured
+
+
+@contextmanager
+def intra_op_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` for the calling thread while inside, then restored."""
+    before = torch.get_num_threads()
+    if count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def summarise(predictive: Predictive, plan: Plan) -> Generator[None, None, Scores]:
@@ -46,6 +73,7 @@ class TorchBackend:
         self.manifest = manifest
         self.engine = engine
         self.device = device
+        self.threads = torch.get_num_threads()  # what larger passes use (the process's setting when loaded)
         self.seconds_per_row_sample: dict[Sampler, float] = {}  # measured by warm_up
 
     @classmethod
@@ -82,9 +110,17 @@ class TorchBackend:
     def cost(self, plan: Plan, rows: int) -> Cost:
         return estimated_cost(self.manifest, self.seconds_per_row_sample, plan, rows)
 
+    def _threads(self, rows: int, samples: int) -> AbstractContextManager[None]:
+        """The intra-op threads for one engine call (``pass_threads``; the device's own on CUDA)."""
+        if self.device.type != "cpu":
+            return intra_op_threads(torch.get_num_threads())
+        return intra_op_threads(pass_threads(rows, samples, self.threads))
+
     @torch.no_grad()
     def compute(self, jobs: list[tuple[np.ndarray, Plan]], batch_seed: int) -> list[Scores]:
-        """One shared weight draw per (samples, seed) among ``fresh`` plans; the others run on their own."""
+        """One shared weight draw per (samples, seed) among ``fresh`` plans; the others run on their own. Each
+        engine call runs on one thread or all by its size (``pass_threads``; the answers are the same either
+        way, tested)."""
         engine, device = self.engine, self.device
         results: list[Scores | None] = [None] * len(jobs)
         shared: dict[tuple[int, int], list[int]] = defaultdict(list)
@@ -93,11 +129,13 @@ class TorchBackend:
             if plan.sampler is Sampler.FRESH and plan.tolerance is None:
                 shared[(plan.samples, plan.seed)].append(index)  # type: ignore[index]
                 continue
-            results[index] = run_to_end(self.steps(x_np, plan))
+            with self._threads(x_np.shape[0], plan.samples):
+                results[index] = run_to_end(self.steps(x_np, plan))
         for (samples, seed), members in shared.items():
             xs = [torch.from_numpy(jobs[index][0]).to(device) for index in members]
-            for index, predictive in zip(members, engine.shared_fresh(xs, samples, seed), strict=True):
-                results[index] = run_to_end(summarise(predictive, jobs[index][1].seeded(batch_seed)))
+            with self._threads(sum(x.shape[0] for x in xs), samples):
+                for index, predictive in zip(members, engine.shared_fresh(xs, samples, seed), strict=True):
+                    results[index] = run_to_end(summarise(predictive, jobs[index][1].seeded(batch_seed)))
         return [r for r in results if r is not None]
 
     @torch.no_grad()
