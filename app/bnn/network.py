@@ -16,6 +16,7 @@ from app.bnn.spec import (  # noqa: F401 - re-exported: the specs' historical ho
     LayerKind,
     Likelihood,
     NetworkSpec,
+    SequenceNetworkSpec,
     default_ranks,
 )
 
@@ -27,7 +28,7 @@ _ACTIVATIONS: dict[Activation, type[nn.Module]] = {
 
 
 def _build_layer(
-    spec: NetworkSpec, index: int, n: int, m: int, rank: int | None, factory: dict[str, object]
+    spec: NetworkSpec | SequenceNetworkSpec, index: int, n: int, m: int, rank: int | None, factory: dict[str, object]
 ) -> _StochasticLinear:
     kind = spec.kind
     common = {"init": spec.init, **factory}

@@ -62,6 +62,7 @@ class Activation(str, Enum):
 class Likelihood(str, Enum):
     BERNOULLI = "bernoulli"  # one logit, two classes
     CATEGORICAL = "categorical"  # one logit per class
+    GAUSSIAN = "gaussian"  # heteroscedastic regression: a mean and a raw scale per target (sequence networks)
 
 
 BAYESIAN_KINDS = frozenset({LayerKind.LOWRANK, LayerKind.FULLRANK, LayerKind.RANK1})
@@ -96,6 +97,8 @@ class NetworkSpec(BaseModel):
             raise ValueError("a bernoulli likelihood needs out_features = 1")
         if self.likelihood is Likelihood.CATEGORICAL and self.out_features < 2:
             raise ValueError("a categorical likelihood needs out_features ≥ 2")
+        if self.likelihood is Likelihood.GAUSSIAN:
+            raise ValueError("the MLP is a classifier: a gaussian likelihood is for sequence networks so far")
         if self.ranks is not None:
             if self.kind is not LayerKind.LOWRANK:
                 raise ValueError(f"ranks apply to kind 'lowrank' only, not '{self.kind.value}'")
@@ -119,6 +122,70 @@ class NetworkSpec(BaseModel):
         if self.ranks is not None:
             return list(self.ranks)
         return default_ranks(self.layer_shapes())
+
+
+class SequenceNetworkSpec(BaseModel):
+    """A recurrent network: ``layers`` LSTM layers of width ``hidden`` over sequences of ``in_features`` per
+    step, then a head on the last valid step's state. Each LSTM layer has two maps (input n → 4H and recurrent
+    H → 4H, the four gates packed i, f, g, o) and the head one (H → k), all of ``kind``.
+
+    ``ranks`` (lowrank only): one per map in order [layer 0 input, layer 0 recurrent, layer 1 input, …, head];
+    None: 16 for the gate maps and the head's full rank, each capped at min(m, n). For a gaussian likelihood
+    the head gives a mean and a raw scale per target (k = 2·``out_features``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    in_features: int = Field(ge=1, description="Features per time step.")
+    hidden: int = Field(64, ge=1)
+    layers: int = Field(2, ge=1, le=8)
+    out_features: int = Field(1, ge=1, description="Targets (gaussian) or classes (categorical; 1 for bernoulli).")
+    kind: LayerKind = LayerKind.LOWRANK
+    ranks: list[int] | None = None
+    likelihood: Likelihood = Likelihood.GAUSSIAN
+    prior: PriorSpec = Field(default_factory=PriorSpec)
+    init: InitSpec = Field(default_factory=InitSpec)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="MC dropout rate on the hidden state's inputs.")
+    members: int = Field(5, ge=2, le=64, description="Ensemble members.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SequenceNetworkSpec:
+        if self.likelihood is Likelihood.BERNOULLI and self.out_features != 1:
+            raise ValueError("a bernoulli likelihood needs out_features = 1")
+        if self.likelihood is Likelihood.CATEGORICAL and self.out_features < 2:
+            raise ValueError("a categorical likelihood needs out_features ≥ 2")
+        if self.ranks is not None:
+            if self.kind is not LayerKind.LOWRANK:
+                raise ValueError(f"ranks apply to kind 'lowrank' only, not '{self.kind.value}'")
+            shapes = self.map_shapes()
+            if len(self.ranks) != len(shapes):
+                raise ValueError(f"ranks needs one entry per map ({len(shapes)}), got {len(self.ranks)}")
+            for i, (rank, (n, m)) in enumerate(zip(self.ranks, shapes, strict=True)):
+                if not 1 <= rank <= min(n, m):
+                    raise ValueError(f"ranks[{i}] must be in [1, {min(n, m)}] for a {n}→{m} map, got {rank}")
+        return self
+
+    @property
+    def head_features(self) -> int:
+        """The head's outputs: a mean and a raw scale per target (gaussian), else one logit per class."""
+        return 2 * self.out_features if self.likelihood is Likelihood.GAUSSIAN else self.out_features
+
+    def map_shapes(self) -> list[tuple[int, int]]:
+        """(in, out) of every map: per layer the input and the recurrent map, then the head."""
+        gates = 4 * self.hidden
+        shapes = []
+        for layer in range(self.layers):
+            shapes += [(self.in_features if layer == 0 else self.hidden, gates), (self.hidden, gates)]
+        return [*shapes, (self.hidden, self.head_features)]
+
+    def map_ranks(self) -> list[int | None]:
+        """The rank of every map (None for kinds without one)."""
+        shapes = self.map_shapes()
+        if self.kind is not LayerKind.LOWRANK:
+            return [None] * len(shapes)
+        if self.ranks is not None:
+            return list(self.ranks)
+        return [min(16, n, m) for n, m in shapes[:-1]] + [min(shapes[-1])]
 
 
 def default_ranks(shapes: list[tuple[int, int]], hidden_rank: int = 15, output_rank: int = 1) -> list[int]:

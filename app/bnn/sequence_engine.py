@@ -1,0 +1,100 @@
+"""The Monte Carlo engine for sequence networks: all S samples of a batch of sequences in batched passes.
+
+Two exact samplers: ``bank`` (S weight samples drawn once from a seed when the engine is built, reused by every
+call: bitwise reproducible) and ``fresh`` (S samples drawn per call from the call's seed, shared by its rows).
+Rows go in blocks so that one block's gate activations (S, rows, T, 4H) stay near ``BLOCK_FLOATS``; a row's
+answer does not depend on the block it lands in beyond float rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from app.bnn.plan import Plan, PlanRefused
+from app.bnn.recurrent import BayesianLSTM, SequenceSample
+from app.bnn.spec import Sampler
+
+BLOCK_FLOATS = 1 << 22  # 16 MiB of float32 gate activations per block of rows
+
+
+def slice_sequence_sample(weights: SequenceSample, start: int, stop: int) -> SequenceSample:
+    """Samples [start, stop) of every tensor of a draw."""
+
+    def part(layer_sample: tuple) -> tuple:
+        return type(layer_sample)._make(None if t is None else t[start:stop] for t in layer_sample)
+
+    layers = [type(layer)(part(layer.input), part(layer.recurrent)) for layer in weights.layers]
+    return SequenceSample(layers, part(weights.head))
+
+
+class SequenceMonteCarloEngine:
+    """Evaluate a sequence network's posterior predictive: x (N, T, n), lengths (N,) -> head outputs (S, N, k).
+
+    Args:
+        model: the network (eval mode, on its device).
+        bank_size: weight samples kept in the frozen bank (0: no bank).
+        bank_seed: seed of the bank's draw.
+    """
+
+    def __init__(self, model: BayesianLSTM, bank_size: int, bank_seed: int = 0) -> None:
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.bank_seed = bank_seed
+        self.bank_size = model.num_samples(bank_size) if bank_size > 0 else 0
+        self._bank: SequenceSample | None = None
+        if self.bank_size:
+            with torch.no_grad():
+                generator = torch.Generator(device=self.device).manual_seed(bank_seed)
+                self._bank = model.sample(self.bank_size, generator)
+
+    def plan(self, sampler: Sampler, samples: int, seed: int | None = None) -> Plan:
+        """``auto``: the bank when it can serve (no seed or the bank's, S within it), else fresh; the plan's seed
+        replays the call. PlanRefused(option, reason) when the asked sampler cannot serve it."""
+        samples = self.model.num_samples(samples)
+        if sampler is Sampler.AUTO:
+            fits = self._bank is not None and samples <= self.bank_size and seed in (None, self.bank_seed)
+            sampler = Sampler.BANK if fits else Sampler.FRESH
+        if sampler is Sampler.BANK:
+            if self._bank is None:
+                raise PlanRefused("sampler", "this model has no frozen bank")
+            if samples > self.bank_size:
+                raise PlanRefused("samples", f"the bank holds {self.bank_size} samples; {samples} asked")
+            if seed not in (None, self.bank_seed):
+                raise PlanRefused("seed", f"the bank was drawn with seed {self.bank_seed}; omit it or send that one")
+            return Plan(Sampler.BANK, samples, self.bank_seed)
+        if sampler is not Sampler.FRESH:
+            raise PlanRefused("sampler", f"sequence networks run 'bank' or 'fresh', not '{sampler.value}'")
+        return Plan(Sampler.FRESH, samples, seed)
+
+    def block_rows(self, samples: int, steps: int) -> int:
+        """Rows per block for S = ``samples`` and T = ``steps``."""
+        gates = 4 * self.model.spec.hidden
+        return max(1, BLOCK_FLOATS // (samples * steps * gates))
+
+    @torch.no_grad()
+    def execute(self, x: Tensor, lengths: Tensor | None, plan: Plan) -> Tensor:
+        """x: (N, T, n), lengths (N,) or None through a seeded plan -> head outputs (S, N, k)."""
+        if plan.seed is None:
+            raise ValueError(f"sampler '{plan.sampler.value}' needs a seed")
+        if plan.sampler is Sampler.BANK:
+            assert self._bank is not None  # plan() checked
+            weights = slice_sequence_sample(self._bank, 0, plan.samples)
+        else:
+            generator = torch.Generator(device=self.device).manual_seed(plan.seed)
+            weights = self.model.sample(plan.samples, generator)
+        block = self.block_rows(plan.samples, x.shape[1])
+        parts = []
+        for start in range(0, x.shape[0], block):
+            part_lengths = None if lengths is None else lengths[start : start + block]
+            parts.append(self.model.propagate(x[start : start + block], weights, part_lengths))
+        return torch.cat(parts, dim=1)
+
+    @torch.no_grad()
+    def run(
+        self, x: Tensor, lengths: Tensor | None, samples: int, seed: int | None = None, sampler: Sampler = Sampler.AUTO
+    ) -> tuple[Tensor, Plan]:
+        """``plan`` then ``execute``: (head outputs (S, N, k), the plan that replays them). ``fresh`` needs a
+        seed (the caller draws one for a request without)."""
+        plan = self.plan(sampler, samples, seed)
+        return self.execute(x, lengths, plan), plan
