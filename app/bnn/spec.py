@@ -68,6 +68,31 @@ class Likelihood(str, Enum):
 BAYESIAN_KINDS = frozenset({LayerKind.LOWRANK, LayerKind.FULLRANK, LayerKind.RANK1})
 
 
+def _check_outputs_and_ranks(
+    likelihood: Likelihood,
+    out_features: int,
+    kind: LayerKind,
+    ranks: list[int] | None,
+    shapes: list[tuple[int, int]],
+    unit: str,
+) -> None:
+    """ValueError unless the outputs suit the likelihood and ``ranks`` (lowrank only) has one valid rank per
+    ``unit`` (a layer of an MLP, a map of a sequence network) of ``shapes``."""
+    if likelihood is Likelihood.BERNOULLI and out_features != 1:
+        raise ValueError("a bernoulli likelihood needs out_features = 1")
+    if likelihood is Likelihood.CATEGORICAL and out_features < 2:
+        raise ValueError("a categorical likelihood needs out_features ≥ 2")
+    if ranks is None:
+        return
+    if kind is not LayerKind.LOWRANK:
+        raise ValueError(f"ranks apply to kind 'lowrank' only, not '{kind.value}'")
+    if len(ranks) != len(shapes):
+        raise ValueError(f"ranks needs one entry per {unit} ({len(shapes)}), got {len(ranks)}")
+    for i, (rank, (n, m)) in enumerate(zip(ranks, shapes, strict=True)):
+        if not 1 <= rank <= min(n, m):
+            raise ValueError(f"ranks[{i}] must be in [1, {min(n, m)}] for a {n}→{m} {unit}, got {rank}")
+
+
 class NetworkSpec(BaseModel):
     """Everything needed to rebuild a network; saved whole in the checkpoint manifest.
 
@@ -93,21 +118,11 @@ class NetworkSpec(BaseModel):
     def _check(self) -> NetworkSpec:
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden sizes must be ≥ 1, got {self.hidden}")
-        if self.likelihood is Likelihood.BERNOULLI and self.out_features != 1:
-            raise ValueError("a bernoulli likelihood needs out_features = 1")
-        if self.likelihood is Likelihood.CATEGORICAL and self.out_features < 2:
-            raise ValueError("a categorical likelihood needs out_features ≥ 2")
         if self.likelihood is Likelihood.GAUSSIAN:
             raise ValueError("the MLP is a classifier: a gaussian likelihood is for sequence networks so far")
-        if self.ranks is not None:
-            if self.kind is not LayerKind.LOWRANK:
-                raise ValueError(f"ranks apply to kind 'lowrank' only, not '{self.kind.value}'")
-            shapes = self.layer_shapes()
-            if len(self.ranks) != len(shapes):
-                raise ValueError(f"ranks needs one entry per layer ({len(shapes)}), got {len(self.ranks)}")
-            for i, (rank, (n, m)) in enumerate(zip(self.ranks, shapes, strict=True)):
-                if not 1 <= rank <= min(n, m):
-                    raise ValueError(f"ranks[{i}] must be in [1, {min(n, m)}] for a {n}→{m} layer, got {rank}")
+        _check_outputs_and_ranks(
+            self.likelihood, self.out_features, self.kind, self.ranks, self.layer_shapes(), "layer"
+        )
         return self
 
     def layer_shapes(self) -> list[tuple[int, int]]:
@@ -150,19 +165,7 @@ class SequenceNetworkSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> SequenceNetworkSpec:
-        if self.likelihood is Likelihood.BERNOULLI and self.out_features != 1:
-            raise ValueError("a bernoulli likelihood needs out_features = 1")
-        if self.likelihood is Likelihood.CATEGORICAL and self.out_features < 2:
-            raise ValueError("a categorical likelihood needs out_features ≥ 2")
-        if self.ranks is not None:
-            if self.kind is not LayerKind.LOWRANK:
-                raise ValueError(f"ranks apply to kind 'lowrank' only, not '{self.kind.value}'")
-            shapes = self.map_shapes()
-            if len(self.ranks) != len(shapes):
-                raise ValueError(f"ranks needs one entry per map ({len(shapes)}), got {len(self.ranks)}")
-            for i, (rank, (n, m)) in enumerate(zip(self.ranks, shapes, strict=True)):
-                if not 1 <= rank <= min(n, m):
-                    raise ValueError(f"ranks[{i}] must be in [1, {min(n, m)}] for a {n}→{m} map, got {rank}")
+        _check_outputs_and_ranks(self.likelihood, self.out_features, self.kind, self.ranks, self.map_shapes(), "map")
         return self
 
     @property

@@ -340,16 +340,7 @@ def _export_sampling(
         return None
     data = sampling_graph(model, opset)
     noise = NoiseStream(inputs, seed=0).draw(VALIDATION_SAMPLES)
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
-    (onnx_probs,) = session.run([SAMPLING_OUTPUT], {"x": x, **noise})
-    torch_probs = SamplingPredictive(model)(torch.from_numpy(x), *(torch.from_numpy(noise[i.name]) for i in inputs))
-    worst = float(np.abs(onnx_probs - torch_probs.numpy()).max())
-    if not worst <= tolerance:
-        raise CheckpointError(
-            str(path),
-            f"sampling graph: onnxruntime and torch differ by {worst:.3g} > tolerance {tolerance:g}; not written",
-        )
-    path.write_bytes(data)
+    worst = _validate_and_write(SamplingPredictive(model), data, x, noise, tolerance, path, "sampling graph", ort)
     return OnnxSampling(file=path.name, sha256=sha256_bytes(data), bytes=len(data), inputs=inputs, max_abs_diff=worst)
 
 
@@ -364,17 +355,32 @@ def _export_local(
         return None
     data = local_graph(model, opset)
     noise = NoiseStream(inputs, seed=0, rows=x.shape[0]).draw(VALIDATION_SAMPLES)
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
-    (onnx_probs,) = session.run([SAMPLING_OUTPUT], {"x": x, **noise})
-    torch_probs = LocalPredictive(model)(torch.from_numpy(x), *(torch.from_numpy(noise[i.name]) for i in inputs))
-    worst = float(np.abs(onnx_probs - torch_probs.numpy()).max())
-    if not worst <= tolerance:
-        raise CheckpointError(
-            str(path),
-            f"local graph: onnxruntime and torch differ by {worst:.3g} > tolerance {tolerance:g}; not written",
-        )
-    path.write_bytes(data)
+    worst = _validate_and_write(LocalPredictive(model), data, x, noise, tolerance, path, "local graph", ort)
     max_rows = MonteCarloEngine(model, 0).local_max_rows()
     return OnnxLocal(
         file=path.name, sha256=sha256_bytes(data), bytes=len(data), inputs=inputs, max_rows=max_rows, max_abs_diff=worst
     )
+
+
+def _validate_and_write(
+    module: nn.Module,
+    data: bytes,
+    x: np.ndarray,
+    noise: dict[str, np.ndarray],
+    tolerance: float,
+    path: Path,
+    what: str,
+    ort: object,
+) -> float:
+    """Run a graph that takes noise (``data``) and its torch ``module`` on the same rows and noise; write it to
+    ``path`` and return the largest |difference| when within ``tolerance``, else raise CheckpointError."""
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+    (onnx_probs,) = session.run([SAMPLING_OUTPUT], {"x": x, **noise})
+    torch_probs = module(torch.from_numpy(x), *(torch.from_numpy(v) for v in noise.values()))
+    worst = float(np.abs(onnx_probs - torch_probs.numpy()).max())
+    if not worst <= tolerance:
+        raise CheckpointError(
+            str(path), f"{what}: onnxruntime and torch differ by {worst:.3g} > tolerance {tolerance:g}; not written"
+        )
+    path.write_bytes(data)
+    return worst

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Generator, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +113,7 @@ class TorchBackend:
     def _threads(self, rows: int, samples: int) -> AbstractContextManager[None]:
         """The intra-op threads for one engine call (``pass_threads``; the device's own on CUDA)."""
         if self.device.type != "cpu":
-            return intra_op_threads(torch.get_num_threads())
+            return nullcontext()
         return intra_op_threads(pass_threads(rows, samples, self.threads))
 
     @torch.no_grad()
