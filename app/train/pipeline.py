@@ -22,7 +22,7 @@ from app.checkpoint.manifest import (
 from app.data.dataset import TabularDataset
 from app.data.preprocess import Preprocessing
 from app.data.schema import FeatureSpec
-from app.errors import WarmStartError
+from app.errors import DataError, WarmStartError
 from app.train.calibrate import build_gate
 from app.train.config import TrainConfig
 from app.train.loop import EpochLog, TrainResult, train
@@ -75,6 +75,11 @@ def train_checkpoint(
     """Train ``config.kind`` on ``dataset`` and write a checkpoint folder ``out``; ``on_epoch`` hears of every
     epoch and ``on_step`` of each long step after them (a description), for progress shown by the caller."""
     out = Path(out)
+    if dataset.labels is None:
+        raise DataError(
+            f"{dataset.target}: a continuous target (a regression): training a regression MLP is not available "
+            "yet (issue 17 builds it); bin the target into classes to train a classifier meanwhile"
+        )
     preprocessing = Preprocessing.fit(dataset.train.frame, dataset.features)
     x_train = preprocessing.transform(dataset.train.frame)
     x_val = preprocessing.transform(dataset.val.frame)

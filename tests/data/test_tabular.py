@@ -10,7 +10,15 @@ pd = pytest.importorskip("pandas")
 from app.data.dataset import DataProvenance, load_dataset, stratified_split  # noqa: E402
 from app.data.preprocess import Preprocessing  # noqa: E402
 from app.data.schema import FeatureKind  # noqa: E402
-from app.data.tabular import MAX_CLASSES, MAX_LEVELS, check_columns, check_target, listed, load_table  # noqa: E402
+from app.data.tabular import (  # noqa: E402
+    MAX_CLASSES,
+    MAX_LEVELS,
+    check_columns,
+    check_target,
+    infer_task,
+    listed,
+    load_table,
+)
 from app.errors import DataError  # noqa: E402
 
 
@@ -195,17 +203,92 @@ def test_column_checks_spare_measurements_and_missing_categories() -> None:
         check_columns(frame.assign(weight=frame["weight"].round(3).astype(str)), ["weight"])  # as text: an id
 
 
-def test_a_continuous_target_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="y: the target looks continuous .*some not whole numbers"):
-        check_target(pd.Series([0.5, 1.0, 2.0]), "y")
+def test_the_task_is_inferred_from_the_target_and_can_be_forced() -> None:
+    assert infer_task(pd.Series([0.5, 1.0, 2.0])) == "regression"  # a non-whole value
+    assert infer_task(pd.Series(np.arange(MAX_CLASSES + 1))) == "regression"  # too many distinct numbers
+    assert infer_task(pd.Series(np.arange(MAX_CLASSES) % 3)) == "classification"
+    assert infer_task(pd.Series([0, 1, 1, 0])) == "classification"
+    assert infer_task(pd.Series([f"c{i}" for i in range(100)])) == "classification"  # text classes: the user's choice
+    assert check_target(pd.Series([0.0, 1.0, 0.0]), "y", "regression") == "regression"  # 0/1 forced to regression
+    assert check_target(pd.Series([0, 1, 1]), "y") == "classification"
+    with pytest.raises(DataError, match="y: the target looks continuous .*some not whole numbers.*too many classes"):
+        check_target(pd.Series([0.5, 1.0, 2.0]), "y", "classification")
     with pytest.raises(DataError, match=f"{MAX_CLASSES + 1} distinct numeric values, more than {MAX_CLASSES}"):
-        check_target(pd.Series(np.arange(MAX_CLASSES + 1)), "y")
-    check_target(pd.Series(np.arange(MAX_CLASSES) % 3), "y")
-    check_target(pd.Series([f"c{i}" for i in range(100)]), "y")  # text classes are the user's choice
+        check_target(pd.Series(np.arange(MAX_CLASSES + 1)), "y", "classification")
+    with pytest.raises(DataError, match="y: task 'regression' needs a numeric target.*text \\(e.g. 'a'\\)"):
+        check_target(pd.Series(["a", "b"]), "y", "regression")
+    with pytest.raises(DataError, match="y: 1 infinite target value"):
+        check_target(pd.Series([0.5, np.inf, 2.0]), "y")
+    with pytest.raises(DataError, match="task must be one of"):
+        check_target(pd.Series([0, 1]), "y", "ranking")
+    with pytest.raises(DataError, match="at least 2 distinct target values"):
+        check_target(pd.Series([1.5, 1.5]), "y")
+
+
+@pytest.fixture
+def risk_csv(tmp_path: Path) -> Path:
     frame = _table(300).assign(outcome=np.linspace(0.0, 1.0, 300))
-    frame.to_csv(tmp_path / "risk.csv", index=False)
-    with pytest.raises(DataError, match="classifiers only"):
-        load_table(tmp_path / "risk.csv", target="outcome")
+    frame.loc[[5, 6, 7], "outcome"] = None  # dropped as for classes
+    path = tmp_path / "risk.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_a_continuous_target_trains_a_regression(risk_csv: Path, tmp_path: Path) -> None:
+    ds = load_table(risk_csv, target="outcome", seed=4)
+    assert ds.labels is None and ds.is_regression
+    rows = ds.provenance.rows
+    assert (rows["train"], rows["val"], rows["test"]) == (178, 59, 60)  # 297 rows cut 0.6/0.2/0.2 at random
+    assert ds.provenance.options["task"] == "regression" and ds.provenance.options["dropped_missing_target"] == 3
+    assert "at random" in ds.provenance.population
+    for split in (ds.train, ds.val, ds.test):
+        assert split.y.dtype == np.float64 and np.isfinite(split.y).all()
+    everything = np.sort(np.concatenate([ds.train.y, ds.val.y, ds.test.y]))
+    expected = np.delete(np.linspace(0.0, 1.0, 300), [5, 6, 7])
+    np.testing.assert_allclose(everything, expected)
+    again = load_table(risk_csv, target="outcome", seed=4)
+    assert np.array_equal(again.val.y, ds.val.y)
+    assert not np.array_equal(load_table(risk_csv, target="outcome", seed=5).val.y, ds.val.y)
+
+    # An OOD file without the target: NaN targets; with it: its values.
+    ood = _table(40, seed=3).drop(columns="outcome")
+    ood.to_csv(tmp_path / "ood.csv", index=False)
+    with_ood = load_table(risk_csv, target="outcome", ood_path=tmp_path / "ood.csv", seed=4)
+    assert with_ood.ood["ood-file"].y.dtype == np.float64 and np.isnan(with_ood.ood["ood-file"].y).all()
+
+    rebuilt = load_dataset(DataProvenance.model_validate_json(with_ood.provenance.model_dump_json()))
+    assert rebuilt.is_regression and rebuilt.train.frame.equals(ds.train.frame)
+    assert np.array_equal(rebuilt.test.y, ds.test.y)
+
+
+def test_the_task_can_be_forced_on_a_table(risk_csv: Path, csv: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="outcome: the target looks continuous .*too many classes"):
+        load_table(risk_csv, target="outcome", task="classification")
+    with pytest.raises(DataError, match="outcome: task 'regression' needs a numeric target.*text"):
+        load_table(csv, target="outcome", task="regression")
+    frame = _table(200).assign(outcome=lambda f: (f["outcome"] == "yes").astype(int))
+    frame.to_csv(tmp_path / "binary.csv", index=False)
+    assert load_table(tmp_path / "binary.csv", target="outcome").labels == ["0", "1"]
+    forced = load_table(tmp_path / "binary.csv", target="outcome", task="regression")
+    assert forced.is_regression and set(np.unique(forced.train.y)) <= {0.0, 1.0}
+    assert load_dataset(forced.provenance).is_regression
+    classes = load_table(csv, target="outcome")
+    assert classes.provenance.options["task"] == "classification" and not classes.is_regression
+
+
+def test_an_infinite_target_is_refused(tmp_path: Path) -> None:
+    frame = _table(100).assign(outcome=np.linspace(0.0, 1.0, 100))
+    frame.loc[9, "outcome"] = np.inf
+    frame.to_csv(tmp_path / "inf.csv", index=False)
+    with pytest.raises(DataError, match="outcome: 1 infinite target value"):
+        load_table(tmp_path / "inf.csv", target="outcome")
+
+
+def test_provenance_from_before_regression_rebuilds_a_classification(csv: Path) -> None:
+    ds = load_table(csv, target="outcome")
+    options = {k: v for k, v in ds.provenance.options.items() if k != "task"}
+    old = ds.provenance.model_copy(update={"options": options})
+    assert load_dataset(old).labels == ["no", "yes"]
 
 
 def test_a_category_seen_only_outside_training_is_refused(tmp_path: Path) -> None:
