@@ -20,10 +20,7 @@ from app.cli_options import (
     console,
     errors,
     guard,
-    parse_bounds,
     parse_ints,
-    parse_names,
-    parse_units,
     run,
     source_extras,
     steps,
@@ -59,8 +56,13 @@ def train(
     kind: Annotated[LayerKind, typer.Option(help="Layer kind.")] = LayerKind.LOWRANK,
     rank: Annotated[int, typer.Option(help="Rank of the hidden layers (capped at min(m, n)); output rank 1.")] = 15,
     ranks: Annotated[str | None, typer.Option(help="Explicit rank per layer, e.g. '9,15,1' (lowrank).")] = None,
-    hidden: Annotated[str, typer.Option(help="Hidden layer widths.")] = "128,128",
-    dataset: Annotated[str | None, typer.Option(help="Bundled data set: 'flchain' (needs sbnn[data]).")] = None,
+    hidden: Annotated[
+        str | None, typer.Option(help="Hidden widths: MLP layers (default 128,128), or LSTM layers (default 64,64).")
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Bundled data set: flchain or pbcseq (needs sbnn[data]), or pm25 (Beijing PM2.5)."),
+    ] = None,
     csv: Annotated[Path | None, typer.Option(help="Your own table (CSV or Parquet) instead of --dataset.")] = None,
     target: Annotated[str | None, typer.Option(help="Target column of --csv.")] = None,
     task: Annotated[
@@ -72,6 +74,15 @@ def train(
     ] = None,
     features: Annotated[str | None, typer.Option(help="Feature columns of --csv (default: all but target).")] = None,
     categorical: Annotated[str | None, typer.Option(help="Numeric-looking columns to treat as categories.")] = None,
+    sequence_id: Annotated[
+        str | None, typer.Option(help="Long --csv table: the column grouping rows into sequences (with --time).")
+    ] = None,
+    time: Annotated[
+        str | None, typer.Option(help="Long --csv table: the column ordering each sequence's steps.")
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Steps an LSTM sees (default: the longest training sequence, at most 64).")
+    ] = None,
     drop: Annotated[
         str | None, typer.Option(help="Columns of --csv to leave out of the features, e.g. 'name,patient_id'.")
     ] = None,
@@ -101,7 +112,9 @@ def train(
     prior: Annotated[PriorKind, typer.Option(help="Prior on factor entries.")] = PriorKind.MIXTURE,
     members: Annotated[int, typer.Option(help="Ensemble members (kind ensemble).")] = 5,
     dropout: Annotated[float, typer.Option(help="Dropout rate (kind mcdropout).")] = 0.1,
-    samples: Annotated[int, typer.Option(help="Default Monte Carlo samples at test time.")] = 512,
+    samples: Annotated[
+        int | None, typer.Option(help="Default Monte Carlo samples at test time (MLP 512, LSTM 150: the paper's).")
+    ] = None,
     target_fpr: Annotated[
         float, typer.Option(help="OOD gate: false-positive budget of the union of its components.")
     ] = 0.02,
@@ -117,8 +130,14 @@ def train(
     from pydantic import ValidationError
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from app.cli_data import is_sequence_data, load_training_data
     from app.train.config import TrainConfig
 
+    sequences = is_sequence_data(dataset, sequence_id)
+    if hidden is None:
+        hidden = "64,64" if sequences else "128,128"
+    if samples is None:
+        samples = 150 if sequences else 512
     try:
         config = TrainConfig(
             kind=kind,
@@ -148,10 +167,14 @@ def train(
         option = OPTION_OF_FIELD.get(field, "--" + field.replace("_", "-"))
         raise typer.BadParameter(message, param_hint=option) from None
     with guard("train", "train", *(["data"] if dataset is not None else [])):
-        data = _load_training_data(
-            dataset, csv, target, features, categorical, drop, ood_csv, seed, bounds, units, task
-        )
-        from app.train.pipeline import train_checkpoint
+        data = load_training_data(
+            dataset, csv, target, features, categorical, drop, ood_csv, seed, bounds, units, task,
+            sequence_id, time, max_length,
+        )  # fmt: skip
+        if sequences:
+            from app.train.sequence_pipeline import train_sequence_checkpoint as train_checkpoint
+        else:
+            from app.train.pipeline import train_checkpoint
 
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=False) as progress:
@@ -182,52 +205,10 @@ def train(
     )
     for warning in gate.warnings:
         warn(warning)
-    if evaluate:
+    if evaluate and sequences:
+        warn("`sbnn evaluate` does not evaluate sequence models yet: the checkpoint is saved, not evaluated")
+    elif evaluate:
         _evaluate(out, samples=None, seed=0, data_path=None, figures=True, command="train")
-
-
-def _load_training_data(
-    dataset: str | None,
-    csv: Path | None,
-    target: str | None,
-    features: str | None,
-    categorical: str | None,
-    drop: str | None,
-    ood_csv: Path | None,
-    seed: int,
-    bounds: str | None = None,
-    units: str | None = None,
-    task: str | None = None,
-):  # noqa: ANN202 - returns TabularDataset, imported lazily
-    if (dataset is None) == (csv is None):
-        raise typer.BadParameter("give exactly one of --dataset flchain or --csv PATH", param_hint="--dataset")
-    if dataset is not None:
-        if bounds is not None or units is not None or drop is not None or task is not None:
-            raise typer.BadParameter(
-                "--bounds, --units, --drop and --task are for --csv tables (flchain has its own)",
-                param_hint="--bounds",
-            )
-        if dataset != "flchain":
-            raise typer.BadParameter(f"unknown data set {dataset!r}; available: flchain", param_hint="--dataset")
-        from app.data.flchain import load_flchain
-
-        return load_flchain(seed)
-    if target is None:
-        raise typer.BadParameter("--csv needs --target", param_hint="--target")
-    from app.data.tabular import load_table
-
-    return load_table(
-        csv,
-        target,
-        parse_names(features),
-        parse_names(categorical),
-        ood_csv,
-        seed=seed,
-        plausible=parse_bounds(bounds),
-        units=parse_units(units),
-        drop=parse_names(drop),
-        task=task,
-    )
 
 
 def _evaluate(

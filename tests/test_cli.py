@@ -248,3 +248,30 @@ def test_a_continuous_target_is_a_regression_refused_until_it_trains(
     forced = _train_quick(tmp_path / "continuous.csv", tmp_path / "m", "--task", "classification")
     assert forced.returncode == 2 and "outcome: the target looks continuous" in forced.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_a_long_table_trains_an_lstm_checkpoint(tmp_path: Path) -> None:
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = [
+        {"patient": f"p{p}", "day": int(day), "lab": float(rng.normal(5, 1)), "outcome": round(float(rng.normal()), 3)}
+        for p in range(60)
+        for day in np.sort(rng.choice(400, size=int(rng.integers(1, 5)), replace=False))
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "visits.csv", index=False)
+    half = _train_quick(tmp_path / "visits.csv", tmp_path / "m", "--sequence-id", "patient")
+    assert half.returncode == 2 and "--sequence-id and --time go together" in half.stderr
+    trained = sbnn(
+        "train", "--csv", str(tmp_path / "visits.csv"), "--target", "outcome", "--sequence-id", "patient",
+        "--time", "day", "--max-length", "3", "--out", str(tmp_path / "m"), "--hidden", "4", "--epochs", "1",
+        "--kl-warmup", "0", "--samples", "8",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert "does not evaluate sequence models yet" in trained.stderr
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["network"]["architecture"] == "lstm" and manifest["network"]["hidden"] == 4
+    assert manifest["sequence"]["max_length"] == 3 and manifest["task"]["type"] == "regression"
+    bundled = sbnn("train", "--dataset", "pm25", "--task", "regression", "--out", str(tmp_path / "p"))
+    assert bundled.returncode == 2 and "--task: for --csv tables" in bundled.stderr

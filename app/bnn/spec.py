@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -151,6 +151,7 @@ class SequenceNetworkSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    architecture: Literal["lstm"] = Field("lstm", description="Tells a manifest's network apart from an MLP's.")
     in_features: int = Field(ge=1, description="Features per time step.")
     hidden: int = Field(64, ge=1)
     layers: int = Field(2, ge=1, le=8)

@@ -14,6 +14,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from app.bnn.network import BayesianMLP
+from app.bnn.recurrent import BayesianLSTM
+from app.bnn.spec import SequenceNetworkSpec
 from app.checkpoint.files import (  # noqa: F401 - re-exported for callers of the torch side
     atomic_write,
     read_gate,
@@ -34,17 +36,26 @@ class Checkpoint:
 
     path: Path
     manifest: Manifest
-    model: BayesianMLP
+    model: BayesianMLP | BayesianLSTM  # an LSTM exactly when the manifest has a sequence section
     gate: Gate
 
 
-def weights_bytes(model: BayesianMLP) -> bytes:
+def build_network(manifest: Manifest, device: str | torch.device) -> BayesianMLP | BayesianLSTM:
+    """The manifest's network, uninitialised on ``device`` ("meta": shapes only)."""
+    if isinstance(manifest.network, SequenceNetworkSpec):
+        return BayesianLSTM(manifest.network, device=device)
+    return BayesianMLP(manifest.network, device=device)
+
+
+def weights_bytes(model: BayesianMLP | BayesianLSTM) -> bytes:
     """The network's state as safetensors bytes (CPU, contiguous)."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     return save_safetensors(state, metadata={"format": FORMAT_NAME})
 
 
-def save_checkpoint(folder: str | Path, model: BayesianMLP, manifest: Manifest, gate: GateTensors) -> Manifest:
+def save_checkpoint(
+    folder: str | Path, model: BayesianMLP | BayesianLSTM, manifest: Manifest, gate: GateTensors
+) -> Manifest:
     """Write ``weights.safetensors``, ``gate.safetensors`` and ``manifest.json`` into ``folder``; returns the
     manifest with both files' sha256 and size filled in."""
     folder = Path(folder)
@@ -85,7 +96,7 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> C
     manifest = read_manifest(folder)
     tensors = _read_weights(folder, manifest)
     path = folder / manifest.weights.file
-    model = BayesianMLP(manifest.network, device="meta")
+    model = build_network(manifest, device="meta")
     expected = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
     found = {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()}
     if missing := sorted(expected.keys() - found.keys()):

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
-from app.bnn.spec import LayerKind, NetworkSpec
+from app.bnn.spec import LayerKind, Likelihood, NetworkSpec, SequenceNetworkSpec
 from app.data.dataset import DataProvenance
 from app.data.preprocess import Preprocessing
 from app.data.schema import FeatureSpec
@@ -28,12 +28,53 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 class TaskType(str, Enum):
     BINARY = "binary"
     MULTICLASS = "multiclass"
+    REGRESSION = "regression"  # a continuous target, a heteroscedastic Gaussian head
+
+
+class TargetScale(StrictModel):
+    """The network predicts (y − mean) / std; every answer is mapped back to the target's own unit."""
+
+    mean: float
+    std: float = Field(gt=0.0)
 
 
 class TaskInfo(StrictModel):
     type: TaskType
     target: str
-    labels: list[str] = Field(min_length=2, description="Class labels; index = class id.")
+    labels: list[str] | None = Field(None, min_length=2, description="Class ids index them; null: regression.")
+    unit: str | None = Field(None, description="Regression: the unit the target is predicted in.")
+    scale: TargetScale | None = Field(None, description="Regression: the standardisation the network was trained on.")
+
+    @model_validator(mode="after")
+    def _labels_or_scale(self) -> TaskInfo:
+        if self.type is TaskType.REGRESSION and (self.labels is not None or self.scale is None):
+            raise ValueError("a regression task has a scale and no labels")
+        if self.type is not TaskType.REGRESSION and (self.labels is None or self.scale is not None):
+            raise ValueError(f"a {self.type.value} task has labels and no scale")
+        return self
+
+
+class SequenceSchema(StrictModel):
+    """How a request's time steps become the network's input: each step is a row of ``features``, checked and
+    preprocessed as a flat row is; the steps of one sequence are sent oldest first."""
+
+    max_length: int = Field(ge=1, description="Steps the network sees; a longer sequence keeps its last ones.")
+    padding: Literal["right"] = Field("right", description="Shorter sequences are zero-padded after their end.")
+    masking: Literal["lengths"] = Field("lengths", description="The state past a sequence's length is held.")
+    truncation: Literal["keep_last"] = "keep_last"
+    resampling: Literal["none"] = Field("none", description="Steps are used as sent: no resampling in time.")
+    time: str | None = Field(None, description="The column the training steps were ordered by, if any.")
+
+
+def _architecture(value: Any) -> str:
+    """The network's architecture tag: manifests from before sequence networks name none (an MLP)."""
+    found = value.get("architecture") if isinstance(value, dict) else getattr(value, "architecture", None)
+    return "lstm" if found == "lstm" else "mlp"
+
+
+AnyNetworkSpec = Annotated[
+    Annotated[NetworkSpec, Tag("mlp")] | Annotated[SequenceNetworkSpec, Tag("lstm")], Discriminator(_architecture)
+]
 
 
 class WeightsInfo(StrictModel):
@@ -116,7 +157,8 @@ class Manifest(StrictModel):
     version: str = Field(min_length=1, max_length=64)
     created: datetime
     kind: LayerKind
-    network: NetworkSpec
+    network: AnyNetworkSpec
+    sequence: SequenceSchema | None = Field(None, description="Sequence networks: how steps become the input.")
     ranks: list[int | None]
     parameter_count: int = Field(ge=1)
     task: TaskInfo
@@ -141,10 +183,27 @@ class Manifest(StrictModel):
         transformed = {t.name for t in self.preprocessing.numeric} | {t.name for t in self.preprocessing.categorical}
         if names != transformed:
             raise ValueError(f"features {sorted(names)} differ from preprocessed columns {sorted(transformed)}")
-        if self.gate.density.dimension != self.network.in_features:
-            dimension, expected = self.gate.density.dimension, self.network.in_features
-            raise ValueError(f"the gate's density has dimension {dimension}, the network expects {expected}")
+        recurrent = isinstance(self.network, SequenceNetworkSpec)
+        if recurrent != (self.sequence is not None):
+            raise ValueError("a sequence network needs the sequence section, and only a sequence network has one")
+        density = self.gate.density
+        expected = 2 * self.network.in_features if recurrent else self.network.in_features
+        if density.dimension != expected or (density.input == "row") == recurrent:
+            raise ValueError(
+                f"the gate's density measures {density.input} of dimension {density.dimension}; the network "
+                f"needs {'sequence_mean_and_last_step' if recurrent else 'row'} of dimension {expected}"
+            )
+        regression = self.task.type is TaskType.REGRESSION
+        if regression != (self.network.likelihood is Likelihood.GAUSSIAN):
+            raise ValueError(f"a {self.task.type.value} task with a {self.network.likelihood.value} likelihood")
+        score = "epistemic_variance" if regression else "mutual_information"
+        if self.gate.epistemic.score != score:
+            raise ValueError(f"the gate's epistemic score is {self.gate.epistemic.score}, the task needs {score}")
+        if regression:
+            if self.network.out_features != 1:
+                raise ValueError("a regression predicts one target")
+            return self
         classes = 2 if self.network.out_features == 1 else self.network.out_features
-        if len(self.task.labels) != classes:
-            raise ValueError(f"{len(self.task.labels)} labels for a network with {classes} classes")
+        if len(self.task.labels or []) != classes:
+            raise ValueError(f"{len(self.task.labels or [])} labels for a network with {classes} classes")
         return self

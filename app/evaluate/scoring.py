@@ -69,7 +69,7 @@ class ScoredSet:
     evaluation can rank them by every score; a row whose input is not finite gets NaN), its input density,
     and the screen (bounds and support)."""
 
-    predictions: Predictions
+    predictions: Predictions  # or, for a sequence regression, app.evaluate.sequence_scoring.RegressionPredictions
     density: np.ndarray
     screen: Screen
 

@@ -241,9 +241,10 @@ class Gate:
         percentiles = {c: self._percent_below[c](s) for c, s in scores.items()}
         reasons = [list(r) for r in screen.reasons]
         details = [list(d) for d in screen.details]
+        regression = self.spec.epistemic.score == "epistemic_variance"
         for component, name, unit in (
             (Component.DENSITY, "Mahalanobis distance", ""),
-            (Component.EPISTEMIC, "mutual information", " nats"),
+            (Component.EPISTEMIC, *(("epistemic variance", "") if regression else ("mutual information", " nats"))),
         ):
             for row in np.flatnonzero(flags[component]):
                 reasons[row].append(component.value)

@@ -81,11 +81,20 @@ class DensityComponent(ScoredComponent):
     score: Literal["mahalanobis"] = "mahalanobis"
     covariance: Literal["ledoit-wolf"] = "ledoit-wolf"
     shrinkage: float = Field(ge=0.0, le=1.0, description="Ledoit–Wolf shrinkage towards a scaled identity.")
-    dimension: int = Field(ge=1, description="d, the preprocessed input's width.")
+    dimension: int = Field(ge=1, description="The density's input width: d, or 2d for a sequence's summary.")
+    input: Literal["row", "sequence_mean_and_last_step"] = Field(
+        "row",
+        description="What the distance is measured on: the preprocessed row (d), or for a sequence the mean of "
+        "its preprocessed steps and its last step side by side (2d).",
+    )
 
 
 class EpistemicComponent(ScoredComponent):
-    score: Literal["mutual_information"] = "mutual_information"
+    score: Literal["mutual_information", "epistemic_variance"] = Field(
+        "mutual_information",
+        description="Classification: the mutual information (nats); regression: the variance of the samples' "
+        "means, in the target's unit squared.",
+    )
 
 
 class GateCalibration(StrictModel):

@@ -18,12 +18,20 @@ import numpy as np
 from app.bnn.plan import Plan, peak_bytes
 from app.bnn.spec import MonteCarloError, Sampler
 from app.checkpoint.manifest import Manifest
+from app.errors import CheckpointError
 
 
 class BackendKind(str, Enum):
     AUTO = "auto"  # torch when it is installed, else onnx
     TORCH = "torch"
     ONNX = "onnx"
+
+
+def check_servable(folder: object, manifest: Manifest) -> None:
+    """CheckpointError for a checkpoint this server cannot answer yet: a sequence network's /v1 and /v2 inputs
+    (steps per row, [N, T, F] with lengths) are not served yet (issue 17), so it fails to load, with why."""
+    if manifest.sequence is not None:
+        raise CheckpointError(f"{folder}/manifest.json", "a sequence (LSTM) model: not servable yet")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,15 @@ from app.checkpoint.files import read_manifest, read_onnx, verified_weights_byte
 from app.checkpoint.manifest import Manifest, NoiseInput
 from app.checkpoint.noise import NOISE_CHUNK, OUTPUTS, SAMPLING_OUTPUT, NoiseStream
 from app.errors import CheckpointError
-from app.serve.backend import RATE_ROWS, BackendKind, Cost, Scores, estimated_cost, seconds_per_row_sample
+from app.serve.backend import (
+    RATE_ROWS,
+    BackendKind,
+    Cost,
+    Scores,
+    check_servable,
+    estimated_cost,
+    seconds_per_row_sample,
+)
 from app.serve.predictive_numpy import decompose_numpy, monte_carlo_error_numpy
 
 
@@ -58,6 +66,7 @@ class OnnxBackend:
         except ImportError as exc:
             raise CheckpointError(str(folder), "the onnx backend needs onnxruntime: pip install 'sbnn[onnx]'") from exc
         manifest = read_manifest(folder)
+        check_servable(folder, manifest)
         verified_weights_bytes(Path(folder), manifest)  # the export belongs to these very weights
         if manifest.onnx is None:
             raise CheckpointError(str(folder / "manifest.json"), "no ONNX export (run `sbnn export-onnx` first)")

@@ -17,7 +17,15 @@ from app.bnn.spec import Sampler
 from app.checkpoint.io import load_checkpoint
 from app.checkpoint.manifest import Manifest
 from app.errors import CheckpointError
-from app.serve.backend import RATE_ROWS, BackendKind, Cost, Scores, estimated_cost, seconds_per_row_sample
+from app.serve.backend import (
+    RATE_ROWS,
+    BackendKind,
+    Cost,
+    Scores,
+    check_servable,
+    estimated_cost,
+    seconds_per_row_sample,
+)
 
 # A pass of at most this many rows × samples runs on the compute thread alone. From any thread but the process's
 # first, each torch op that goes parallel pays tens of µs to start libgomp's team (a 64K-float add: 27 µs against
@@ -81,6 +89,7 @@ class TorchBackend:
         """Verify and load the checkpoint, build its engine (and bank), run every sampler once."""
         checkpoint = load_checkpoint(folder, device=device)
         manifest = checkpoint.manifest
+        check_servable(folder, manifest)
         bank = manifest.default_samples if bank_samples is None else bank_samples
         backend = cls(manifest, MonteCarloEngine(checkpoint.model, bank_size=bank, bank_seed=bank_seed), device)
         backend.warm_up(folder)

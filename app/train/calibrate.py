@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
@@ -26,8 +28,8 @@ from app.data.dataset import TabularDataset
 from app.data.preprocess import Preprocessing
 from app.errors import DataError
 from app.evaluate.gate import gate_warnings, in_distribution_rates, set_report
-from app.evaluate.scoring import BankScorer, gate_set, gated, score_set
-from app.gate.gate import Density, Gate, GateTensors, Screening, reference_ranks, thresholds_for
+from app.evaluate.scoring import BankScorer, GatedSet, ScoredSet, gated, score_set
+from app.gate.gate import Density, Gate, GateTensors, Screen, Screening, reference_ranks, thresholds_for
 from app.gate.spec import (
     REFERENCE_LEVELS,
     Component,
@@ -69,9 +71,8 @@ def _quantiles(values: np.ndarray) -> list[float]:
     return [float(q) for q in np.quantile(values, np.linspace(0.0, 1.0, REFERENCE_LEVELS))]
 
 
-def _check_bounds(screening: Screening, preprocessing: Preprocessing, dataset: TabularDataset) -> None:
+def check_training_bounds(screen: Screen) -> None:
     """Training rows are real: one outside a plausible range means the data or the bounds are wrong."""
-    screen = screening.screen(*preprocessing.raw_values(dataset.train.frame))
     if screen.rejected.any():
         row = int(np.flatnonzero(screen.rejected)[0])
         raise DataError(
@@ -89,29 +90,65 @@ def build_gate(
     bank_seed: int = SERVER_BANK_SEED,
     on_step: Callable[[str], None] | None = None,
 ) -> tuple[GateSpec, GateTensors]:
-    """Fit and calibrate the gate of a trained ``model`` on ``dataset`` (see the module's docstring);
+    """Fit and calibrate the gate of a trained MLP ``model`` on ``dataset`` (see the module's docstring);
     ``on_step`` hears a description of each scoring step as it starts (progress only)."""
+    screening = Screening(dataset.features, preprocessing)
+    check_training_bounds(screening.screen(*preprocessing.raw_values(dataset.train.frame)))
+    scorer = BankScorer(model, samples, bank_seed)
+    x_train = preprocessing.transform(dataset.train.frame)
+    calibration = Calibration(
+        screening=screening,
+        density_input=x_train,
+        train_epistemic=lambda: scorer(x_train).epistemic,
+        score=lambda density, split: score_set(scorer, screening, density, preprocessing, split.frame),
+        samples=scorer.samples,
+        bank_seed=bank_seed,
+    )
+    return calibrate_gate(calibration, dataset, target_fpr, on_step)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What calibrating a gate needs of a trained model, whatever its architecture: the screening of its
+    schema, the density's training inputs (N, d') (rows, or sequence summaries), the training split's
+    epistemic scores (computed on call, after the progress line), how to score a split given the fitted
+    density, and the bank the scores come from."""
+
+    screening: Screening
+    density_input: np.ndarray
+    train_epistemic: Callable[[], np.ndarray]
+    score: Callable[[Density, Any], ScoredSet]
+    samples: int
+    bank_seed: int
+    density_kind: Literal["row", "sequence_mean_and_last_step"] = "row"
+    epistemic_score: Literal["mutual_information", "epistemic_variance"] = "mutual_information"
+
+
+def calibrate_gate(
+    calibration: Calibration,
+    dataset: Any,
+    target_fpr: float,
+    on_step: Callable[[str], None] | None = None,
+) -> tuple[GateSpec, GateTensors]:
+    """Fit the density on the training inputs, take the reference scores, calibrate the level on
+    ``dataset.val`` and record the rates on ``dataset.test`` and each of ``dataset.ood`` (splits with ``y``)."""
 
     def step(text: str) -> None:
         if on_step is not None:
             on_step(f"calibrating the gate: {text}")
 
-    screening = Screening(dataset.features, preprocessing)
-    _check_bounds(screening, preprocessing, dataset)
-    scorer = BankScorer(model, samples, bank_seed)
-
-    x_train = preprocessing.transform(dataset.train.frame)
-    step(f"scoring the training split ({x_train.shape[0]:,} rows, {scorer.samples} samples)")
+    x_train = calibration.density_input
+    step(f"scoring the training split ({x_train.shape[0]:,} rows, {calibration.samples} samples)")
     density, shrinkage = fit_density(x_train)
     reference = {
         Component.DENSITY: np.sort(density(x_train)),
-        Component.EPISTEMIC: np.sort(scorer(x_train).epistemic),
+        Component.EPISTEMIC: np.sort(calibration.train_epistemic()),
     }
     tensors = GateTensors(density, reference)
     n_reference = x_train.shape[0]
 
     step(f"scoring the validation split ({len(dataset.val.y):,} rows)")
-    scored_val = score_set(scorer, screening, density, preprocessing, dataset.val.frame)
+    scored_val = calibration.score(density, dataset.val)
     screen, val_density, val_epistemic = scored_val.screen, scored_val.density, scored_val.predictions.epistemic
     scored = ~screen.rejected  # the percentiles describe the rows the gate scores
     ranks = reference_ranks(reference, val_density, val_epistemic)
@@ -128,24 +165,35 @@ def build_gate(
             reference_quantiles=_quantiles(val_density[scored]),
             shrinkage=shrinkage,
             dimension=x_train.shape[1],
+            input=calibration.density_kind,
         ),
         epistemic=EpistemicComponent(
-            threshold=thresholds[Component.EPISTEMIC], reference_quantiles=_quantiles(val_epistemic[scored])
+            threshold=thresholds[Component.EPISTEMIC],
+            reference_quantiles=_quantiles(val_epistemic[scored]),
+            score=calibration.epistemic_score,
         ),
         calibration=GateCalibration(
-            rows=levels.size, reference_rows=n_reference, level=level, samples=scorer.samples, bank_seed=bank_seed
+            rows=levels.size,
+            reference_rows=n_reference,
+            level=level,
+            samples=calibration.samples,
+            bank_seed=calibration.bank_seed,
         ),
         achieved=placeholder,
         tensors=GateFile(sha256="0" * 64, bytes=1),  # filled in by save_checkpoint
     )
-    gate = Gate(spec, screening, tensors)
+    gate = Gate(spec, calibration.screening, tensors)
+
+    def answered(split: Any) -> GatedSet:
+        return gated(gate, calibration.score(gate.density, split))
+
     step(f"scoring the test split ({len(dataset.test.y):,} rows)")
-    val, test = gated(gate, scored_val), gate_set(scorer, gate, preprocessing, dataset.test.frame)
+    val, test = gated(gate, scored_val), answered(dataset.test)
     achieved = {"val": in_distribution_rates(val), "test": in_distribution_rates(test)}
     reports = {}
     for name, split in dataset.ood.items():
         step(f"scoring the OOD set {name} ({len(split.y):,} rows)")
-        reports[name] = set_report(gate, test, gate_set(scorer, gate, preprocessing, split.frame))
+        reports[name] = set_report(gate, test, answered(split))
     warnings = gate_warnings(reports)
     if level is None:
         warnings.insert(

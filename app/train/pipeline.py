@@ -35,6 +35,21 @@ def sbnn_version() -> str:
         return "0+unknown"
 
 
+def training_info(config: TrainConfig, result: TrainResult) -> TrainingInfo:
+    """The manifest's record of how the network was trained."""
+    return TrainingInfo(
+        config=config.model_dump(mode="json"),
+        seed=config.seed,
+        epochs_run=result.epochs_run,
+        best_epoch=result.best_epoch,
+        best_val_nll=result.best_val_nll,
+        duration_seconds=round(result.duration_seconds, 3),
+        device=result.device,
+        torch_version=torch.__version__,
+        sbnn_version=sbnn_version(),
+    )
+
+
 def load_twin(
     folder: str | Path,
     preprocessing: Preprocessing,
@@ -111,17 +126,7 @@ def train_checkpoint(
         preprocessing=preprocessing,
         gate=gate,
         default_samples=result.model.num_samples(config.default_samples),
-        training=TrainingInfo(
-            config=config.model_dump(mode="json"),
-            seed=config.seed,
-            epochs_run=result.epochs_run,
-            best_epoch=result.best_epoch,
-            best_val_nll=result.best_val_nll,
-            duration_seconds=round(result.duration_seconds, 3),
-            device=result.device,
-            torch_version=torch.__version__,
-            sbnn_version=sbnn_version(),
-        ),
+        training=training_info(config, result),
         data=dataset.provenance,
         weights=WeightsInfo(sha256="0" * 64, bytes=1),  # filled in by save_checkpoint
     )

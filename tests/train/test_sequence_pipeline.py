@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pd = pytest.importorskip("pandas")
+pytest.importorskip("sklearn")
+
+from app.bnn.recurrent import BayesianLSTM  # noqa: E402
+from app.checkpoint.io import load_checkpoint  # noqa: E402
+from app.checkpoint.manifest import Manifest, TaskType  # noqa: E402
+from app.data.sequence_table import load_sequence_table  # noqa: E402
+from app.errors import CheckpointError  # noqa: E402
+from app.evaluate.sequence_scoring import SequenceBankScorer, score_sequences  # noqa: E402
+from app.serve.backend import check_servable  # noqa: E402
+from app.train.config import TrainConfig  # noqa: E402
+from app.train.sequence_pipeline import train_sequence_checkpoint  # noqa: E402
+
+
+def _visits(path: Path, continuous: bool, patients: int = 90, seed: int = 0) -> Path:
+    """Patients with 1..6 visits of a lab and a ward; the outcome at each visit follows the lab's history."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(patients):
+        days = np.sort(rng.choice(np.arange(400), size=int(rng.integers(1, 7)), replace=False))
+        labs = rng.normal(5.0, 1.0, size=days.size).cumsum() / np.arange(1, days.size + 1)
+        for day, lab in zip(days, labs, strict=True):
+            outcome = round(float(lab) * 2.0 + rng.normal(0, 0.3), 4) if continuous else int(lab > 5.0)
+            rows.append({"patient": f"p{p:03d}", "day": int(day), "lab": float(lab), "ward": f"w{p % 3}", "y": outcome})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _config(**extra: object) -> TrainConfig:
+    options = {"hidden": [8], "rank": 3, "epochs": 3, "kl_warmup_epochs": 1, "default_samples": 16}
+    return TrainConfig(**{**options, "val_samples": 4, "batch_size": 32, "device": "cpu", **extra})
+
+
+@pytest.fixture(scope="module")
+def regression(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Path, object]:
+    folder = tmp_path_factory.mktemp("seq")
+    dataset = load_sequence_table(_visits(folder / "visits.csv", continuous=True), "y", "patient", "day")
+    manifest, _ = train_sequence_checkpoint(dataset, _config(), folder / "m")
+    return manifest, folder / "m", dataset
+
+
+def test_a_regression_checkpoint_carries_its_sequence_schema_scale_and_gate(regression) -> None:
+    manifest, folder, dataset = regression
+    assert manifest.task.type is TaskType.REGRESSION and manifest.task.labels is None
+    y = np.asarray(dataset.train.y)
+    assert manifest.task.scale.mean == pytest.approx(y.mean()) and manifest.task.scale.std == pytest.approx(y.std())
+    assert manifest.sequence.max_length == dataset.max_length and manifest.sequence.time == "day"
+    assert manifest.network.architecture == "lstm" and manifest.ranks == manifest.network.map_ranks()
+    d = manifest.network.in_features
+    assert (manifest.gate.density.input, manifest.gate.density.dimension) == ("sequence_mean_and_last_step", 2 * d)
+    assert manifest.gate.epistemic.score == "epistemic_variance"
+    assert manifest.gate.calibration.samples == manifest.default_samples == 16
+    assert set(manifest.gate.achieved) == {"val", "test"}
+
+    checkpoint = load_checkpoint(folder)
+    assert isinstance(checkpoint.model, BayesianLSTM) and checkpoint.manifest == manifest
+    # The reloaded network answers as the trained one did: the gate's reference came from the same bank.
+    scorer = SequenceBankScorer(
+        checkpoint.model, 16, 0, max_length=manifest.sequence.max_length,
+        target_mean=manifest.task.scale.mean, target_std=manifest.task.scale.std,
+    )  # fmt: skip
+    scored = score_sequences(
+        scorer, checkpoint.gate.screening, checkpoint.gate.density, manifest.preprocessing, dataset.val
+    )
+    result = checkpoint.gate.decide(scored.screen, scored.density, scored.predictions.epistemic)
+    assert np.mean(~result.accepted) == pytest.approx(manifest.gate.achieved["val"].not_accepted)
+    assert np.nanmean(np.abs(scored.predictions.mean - dataset.val.y)) < 2 * float(np.std(dataset.val.y))
+
+
+def test_a_classifier_checkpoint_scores_mutual_information(tmp_path: Path) -> None:
+    dataset = load_sequence_table(_visits(tmp_path / "v.csv", continuous=False), "y", "patient", "day")
+    manifest, _ = train_sequence_checkpoint(dataset, _config(kind="fullrank"), tmp_path / "m")
+    assert manifest.task.type is TaskType.BINARY and manifest.task.labels == ["0", "1"]
+    assert manifest.gate.epistemic.score == "mutual_information" and manifest.ranks == [None] * 3
+    assert isinstance(load_checkpoint(tmp_path / "m").model, BayesianLSTM)
+
+
+def test_the_manifest_refuses_a_sequence_network_without_its_schema_or_with_a_row_density(regression) -> None:
+    manifest, _, _ = regression
+    raw = json.loads(manifest.model_dump_json())
+    without = {**raw, "sequence": None}
+    with pytest.raises(ValueError, match="needs the sequence section"):
+        Manifest.model_validate(without)
+    row_density = json.loads(json.dumps(raw))
+    row_density["gate"]["density"]["input"] = "row"
+    with pytest.raises(ValueError, match="the gate's density measures row"):
+        Manifest.model_validate(row_density)
+    labelled = json.loads(json.dumps(raw))
+    labelled["task"]["labels"] = ["a", "b"]
+    with pytest.raises(ValueError, match="a regression task has a scale and no labels"):
+        Manifest.model_validate(labelled)
+    wrong_score = json.loads(json.dumps(raw))
+    wrong_score["gate"]["epistemic"]["score"] = "mutual_information"
+    with pytest.raises(ValueError, match="the task needs epistemic_variance"):
+        Manifest.model_validate(wrong_score)
+
+
+def test_the_server_refuses_a_sequence_model_with_a_reason(regression) -> None:
+    manifest, folder, _ = regression
+    with pytest.raises(CheckpointError, match="a sequence \\(LSTM\\) model: not servable yet"):
+        check_servable(folder, manifest)
+    from app.serve.backend_torch import TorchBackend
+
+    with pytest.raises(CheckpointError, match="not servable yet"):
+        TorchBackend.load(folder, torch.device("cpu"), None, 0)
