@@ -233,7 +233,7 @@ def test_an_id_column_is_refused_before_training_and_dropped_on_request(
     assert names == ["x1", "x2", "site"]
 
 
-def test_a_continuous_target_is_a_regression_refused_until_it_trains(
+def test_a_continuous_target_trains_a_regression_not_a_classifier_per_value(
     table_files: tuple[Path, Path], tmp_path: Path
 ) -> None:
     import pandas as pd
@@ -241,13 +241,18 @@ def test_a_continuous_target_is_a_regression_refused_until_it_trains(
     frame = pd.read_csv(table_files[0])
     frame["outcome"] = frame["x1"] * 3.0 + 1.0
     frame.to_csv(tmp_path / "continuous.csv", index=False)
-    refused = _train_quick(tmp_path / "continuous.csv", tmp_path / "m")
-    assert refused.returncode == 2 and "outcome: a continuous target (a regression)" in refused.stderr
-    assert "Traceback" not in refused.stderr and not (tmp_path / "m").exists()
+    trained = _train_quick(tmp_path / "continuous.csv", tmp_path / "m")
+    assert trained.returncode == 0, trained.stderr
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["task"]["type"] == "regression" and manifest["task"]["labels"] is None
+    assert manifest["network"]["likelihood"] == "gaussian" and manifest["gate"]["epistemic"]["score"] == (
+        "epistemic_variance"
+    )
+    assert manifest["task"]["scale"]["std"] == pytest.approx(frame["outcome"].std(ddof=0), rel=0.2)
     # Forced to classes, the 600 distinct values are refused as too many classes, not an 83-class classifier.
-    forced = _train_quick(tmp_path / "continuous.csv", tmp_path / "m", "--task", "classification")
+    forced = _train_quick(tmp_path / "continuous.csv", tmp_path / "c", "--task", "classification")
     assert forced.returncode == 2 and "outcome: the target looks continuous" in forced.stderr
-    assert not (tmp_path / "m").exists()
+    assert not (tmp_path / "c").exists()
 
 
 def test_a_long_table_trains_an_lstm_checkpoint(tmp_path: Path) -> None:

@@ -112,6 +112,8 @@ class MonteCarloEngine:
     """
 
     def __init__(self, model: BayesianMLP, bank_size: int, bank_seed: int = 0, cost: CostModel | None = None) -> None:
+        if model.spec.likelihood is Likelihood.GAUSSIAN:
+            raise ValueError("a regression MLP: this engine scores classifiers; see RegressionBankScorer")
         self.model = model
         self.device = next(model.parameters()).device
         self.lowrank = model.spec.kind is LayerKind.LOWRANK

@@ -97,7 +97,8 @@ class NetworkSpec(BaseModel):
     """Everything needed to rebuild a network; saved whole in the checkpoint manifest.
 
     The default is the paper's clinical MLP: d → 128 → 128 → 1, ReLU, rank 15 in the hidden layers and
-    rank 1 at the output (a requested rank is capped at min(m, n) of its layer).
+    rank 1 at the output (a requested rank is capped at min(m, n) of its layer). A gaussian likelihood (a
+    regression) ends in a mean and a raw scale per target (``head_features`` = 2·``out_features``), rank 2.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -118,16 +119,19 @@ class NetworkSpec(BaseModel):
     def _check(self) -> NetworkSpec:
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden sizes must be ≥ 1, got {self.hidden}")
-        if self.likelihood is Likelihood.GAUSSIAN:
-            raise ValueError("the MLP is a classifier: a gaussian likelihood is for sequence networks so far")
         _check_outputs_and_ranks(
             self.likelihood, self.out_features, self.kind, self.ranks, self.layer_shapes(), "layer"
         )
         return self
 
+    @property
+    def head_features(self) -> int:
+        """The output layer's width: a mean and a raw scale per target (gaussian), else one logit per class."""
+        return 2 * self.out_features if self.likelihood is Likelihood.GAUSSIAN else self.out_features
+
     def layer_shapes(self) -> list[tuple[int, int]]:
         """(in, out) of every linear layer."""
-        sizes = [self.in_features, *self.hidden, self.out_features]
+        sizes = [self.in_features, *self.hidden, self.head_features]
         return list(zip(sizes[:-1], sizes[1:], strict=True))
 
     def layer_ranks(self) -> list[int | None]:
@@ -136,7 +140,7 @@ class NetworkSpec(BaseModel):
             return [None] * len(self.layer_shapes())
         if self.ranks is not None:
             return list(self.ranks)
-        return default_ranks(self.layer_shapes())
+        return default_ranks(self.layer_shapes(), output_rank=default_output_rank(self.likelihood))
 
 
 class SequenceNetworkSpec(BaseModel):
@@ -190,6 +194,12 @@ class SequenceNetworkSpec(BaseModel):
         if self.ranks is not None:
             return list(self.ranks)
         return [min(16, n, m) for n, m in shapes[:-1]] + [min(shapes[-1])]
+
+
+def default_output_rank(likelihood: Likelihood) -> int:
+    """The output layer's default rank: 1 for logits (the paper's), 2 for a Gaussian head, so that the mean
+    and the scale are not tied to one direction of the last hidden layer."""
+    return 2 if likelihood is Likelihood.GAUSSIAN else 1
 
 
 def default_ranks(shapes: list[tuple[int, int]], hidden_rank: int = 15, output_rank: int = 1) -> list[int]:

@@ -39,7 +39,7 @@ from app.bnn.local import layer_moments, local_logits, noise_widths
 from app.bnn.network import BayesianMLP, LayerKind
 from app.bnn.predictive import Predictive, class_probabilities, decompose
 from app.checkpoint.io import Checkpoint, sha256_bytes, write_manifest
-from app.checkpoint.manifest import NoiseInput, OnnxInfo, OnnxLocal, OnnxSampling
+from app.checkpoint.manifest import NoiseInput, OnnxInfo, OnnxLocal, OnnxSampling, TaskType
 from app.checkpoint.noise import OUTPUTS, SAMPLING_OUTPUT, NoiseStream
 from app.errors import CheckpointError, MissingExtra
 
@@ -187,6 +187,13 @@ def export_onnx(
             raise  # onnx itself missing: the command line names the extra
         raise MissingExtra("onnxscript", "onnx", "the ONNX export") from exc
     opset = max(opset, DEFAULT_OPSET)
+    if checkpoint.manifest.sequence is not None:  # an LSTM: its own graph (x, lengths) -> per-sample outputs
+        from app.checkpoint.onnx_sequence import export_sequence_onnx
+
+        return export_sequence_onnx(checkpoint, samples, seed, opset, tolerance)
+    if checkpoint.manifest.task.type is TaskType.REGRESSION:
+        # The MLP graphs end in class probabilities; a regression's Gaussian head has none to give.
+        raise CheckpointError(str(checkpoint.path), "a regression MLP: its ONNX export is not built yet")
     model = copy.deepcopy(checkpoint.model).to("cpu").eval()
     samples = model.num_samples(samples or checkpoint.manifest.default_samples)
     bank = model.sample(samples, torch.Generator().manual_seed(seed))

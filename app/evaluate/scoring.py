@@ -18,6 +18,7 @@ from app.bnn.network import BayesianMLP
 from app.bnn.predictive import decompose
 from app.bnn.spec import Sampler
 from app.data.preprocess import Preprocessing
+from app.evaluate.regression_scoring import RegressionBankScorer, RegressionPredictions
 from app.gate.gate import Density, Gate, GateResult, Screen, Screening
 
 # The bank sampler never consults the cost model; a fixed one spares the engine its timing at build.
@@ -69,7 +70,7 @@ class ScoredSet:
     evaluation can rank them by every score; a row whose input is not finite gets NaN), its input density,
     and the screen (bounds and support)."""
 
-    predictions: Predictions  # or, for a sequence regression, app.evaluate.sequence_scoring.RegressionPredictions
+    predictions: Predictions | RegressionPredictions
     density: np.ndarray
     screen: Screen
 
@@ -88,7 +89,11 @@ class GatedSet(ScoredSet):
 
 
 def score_set(
-    scorer: BankScorer, screening: Screening, density: Density, preprocessing: Preprocessing, columns: Any
+    scorer: BankScorer | RegressionBankScorer,
+    screening: Screening,
+    density: Density,
+    preprocessing: Preprocessing,
+    columns: Any,
 ) -> ScoredSet:
     """Score raw ``columns`` (a DataFrame or feature -> values) through the checkpoint's preprocessing, its bank
     and the gate's screening and density, as the server would."""
@@ -115,14 +120,18 @@ def gated(gate: Gate, scored: ScoredSet) -> GatedSet:
     )
 
 
-def gate_set(scorer: BankScorer, gate: Gate, preprocessing: Preprocessing, columns: Any) -> GatedSet:
+def gate_set(
+    scorer: BankScorer | RegressionBankScorer, gate: Gate, preprocessing: Preprocessing, columns: Any
+) -> GatedSet:
     """Score raw ``columns`` through the checkpoint's preprocessing, its bank and its gate, as the server would
     answer them."""
     return gated(gate, score_set(scorer, gate.screening, gate.density, preprocessing, columns))
 
 
-def _expand(predictions: Predictions, rows: np.ndarray) -> Predictions:
+def _expand(predictions: Predictions | RegressionPredictions, rows: np.ndarray) -> Predictions | RegressionPredictions:
     """Scores of the rows where ``rows`` is True, placed back among all rows (NaN elsewhere)."""
+    if isinstance(predictions, RegressionPredictions):
+        return predictions.expand(rows)
 
     def place(values: np.ndarray) -> np.ndarray:
         out = np.full((rows.size, *values.shape[1:]), np.nan)

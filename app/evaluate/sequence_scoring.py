@@ -8,7 +8,6 @@ original units (the network is trained on a standardised target, the checkpoint 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,25 +20,15 @@ from app.bnn.sequence_engine import SequenceMonteCarloEngine
 from app.bnn.spec import Likelihood, Sampler
 from app.data.preprocess import Preprocessing
 from app.data.sequence import SequenceSplit, pad_steps
+from app.evaluate.regression_scoring import (  # noqa: F401 - INTERVAL_LEVELS re-exported
+    INTERVAL_LEVELS,
+    RegressionPredictions,
+    check_scale,
+    in_target_units,
+)
 from app.evaluate.scoring import Predictions, ScoredSet, _expand
 from app.gate.gate import Density, Screening
 from app.gate.sequence import screen_sequences, sequence_starts, summarise_steps
-
-INTERVAL_LEVELS = (0.5, 0.9, 0.95)  # the central predictive intervals a regression reports
-
-
-@dataclass(frozen=True)
-class RegressionPredictions:
-    """The predictive of N sequences' targets, in the target's units, float64: mean (N,); total, aleatoric and
-    epistemic (N,) variances (total = aleatoric + epistemic; epistemic, the variance of the samples' means, is
-    the gate's epistemic score for a regression); ``intervals``: level -> (low (N,), high (N,)), the mixture's
-    central interval at each of ``INTERVAL_LEVELS``."""
-
-    mean: np.ndarray
-    total: np.ndarray
-    aleatoric: np.ndarray
-    epistemic: np.ndarray
-    intervals: dict[float, tuple[np.ndarray, np.ndarray]]
 
 
 class SequenceBankScorer:
@@ -64,8 +53,7 @@ class SequenceBankScorer:
         self.regression = model.spec.likelihood is Likelihood.GAUSSIAN
         if self.regression and model.spec.out_features != 1:
             raise ValueError(f"a regression scorer predicts one target, the model has {model.spec.out_features}")
-        if not (np.isfinite(target_mean) and np.isfinite(target_std) and target_std > 0):
-            raise ValueError("target_mean must be finite and target_std finite and positive")
+        check_scale(target_mean, target_std)
         self.engine = SequenceMonteCarloEngine(model, bank_size=samples, bank_seed=bank_seed)
         self.samples = self.engine.bank_size
         self.bank_seed = bank_seed
@@ -89,7 +77,7 @@ class SequenceBankScorer:
             Sampler.BANK,
         )
         if self.regression:
-            return self._regression(GaussianPredictive.from_head(head))
+            return in_target_units(GaussianPredictive.from_head(head), self.target_mean, self.target_std)
         predictive = Predictive(class_probabilities(head, self.likelihood))
         u = decompose(predictive)
         return Predictions(
@@ -100,32 +88,10 @@ class SequenceBankScorer:
             std=u.std.double().cpu().numpy(),
         )
 
-    def _regression(self, predictive: GaussianPredictive) -> RegressionPredictions:
-        """The standardised predictive (target 0) -> the target's units: y = z·std + mean, variances · std²."""
-        scale, shift = self.target_std, self.target_mean
-
-        def numpy(t: torch.Tensor) -> np.ndarray:
-            return t[:, 0].double().cpu().numpy()
-
-        # Quantiles are equivariant under an increasing affine map, so the intervals transform like the mean.
-        intervals = {}
-        for level in INTERVAL_LEVELS:
-            low, high = predictive.interval(level)
-            intervals[level] = (numpy(low) * scale + shift, numpy(high) * scale + shift)
-        aleatoric = numpy(predictive.aleatoric) * scale**2
-        epistemic = numpy(predictive.epistemic) * scale**2
-        return RegressionPredictions(
-            mean=numpy(predictive.mean) * scale + shift,
-            total=aleatoric + epistemic,  # summed after scaling, so the identity holds exactly
-            aleatoric=aleatoric,
-            epistemic=epistemic,
-            intervals=intervals,
-        )
-
     def _empty(self) -> Predictions | RegressionPredictions:
-        empty = np.zeros(0)
         if self.regression:
-            return RegressionPredictions(empty, empty, empty, empty, {q: (empty, empty) for q in INTERVAL_LEVELS})
+            return RegressionPredictions.empty()
+        empty = np.zeros(0)
         return Predictions(np.zeros((0, self.classes)), empty, empty, empty, empty)
 
 
@@ -178,18 +144,4 @@ def score_sequences(
 
 def expand(predictions: Predictions | RegressionPredictions, rows: np.ndarray) -> Predictions | RegressionPredictions:
     """Scores of the sequences where ``rows`` (N,) is True, placed back among all N (NaN elsewhere)."""
-    if isinstance(predictions, Predictions):
-        return _expand(predictions, rows)
-
-    def place(values: np.ndarray) -> np.ndarray:
-        out = np.full(rows.size, np.nan)
-        out[rows] = values
-        return out
-
-    return RegressionPredictions(
-        mean=place(predictions.mean),
-        total=place(predictions.total),
-        aleatoric=place(predictions.aleatoric),
-        epistemic=place(predictions.epistemic),
-        intervals={q: (place(low), place(high)) for q, (low, high) in predictions.intervals.items()},
-    )
+    return _expand(predictions, rows)

@@ -24,10 +24,12 @@ from typing import Any, Literal
 import numpy as np
 
 from app.bnn.network import BayesianMLP
+from app.checkpoint.manifest import TargetScale
 from app.data.dataset import TabularDataset
 from app.data.preprocess import Preprocessing
 from app.errors import DataError
 from app.evaluate.gate import gate_warnings, in_distribution_rates, set_report
+from app.evaluate.regression_scoring import RegressionBankScorer
 from app.evaluate.scoring import BankScorer, GatedSet, ScoredSet, gated, score_set
 from app.gate.gate import Density, Gate, GateTensors, Screen, Screening, reference_ranks, thresholds_for
 from app.gate.spec import (
@@ -89,12 +91,18 @@ def build_gate(
     samples: int,
     bank_seed: int = SERVER_BANK_SEED,
     on_step: Callable[[str], None] | None = None,
+    scale: TargetScale | None = None,
 ) -> tuple[GateSpec, GateTensors]:
     """Fit and calibrate the gate of a trained MLP ``model`` on ``dataset`` (see the module's docstring);
-    ``on_step`` hears a description of each scoring step as it starts (progress only)."""
+    ``on_step`` hears a description of each scoring step as it starts (progress only). A regression MLP
+    (``scale``: its target's standardisation) is scored by its epistemic variance in the target's unit."""
     screening = Screening(dataset.features, preprocessing)
     check_training_bounds(screening.screen(*preprocessing.raw_values(dataset.train.frame)))
-    scorer = BankScorer(model, samples, bank_seed)
+    scorer: BankScorer | RegressionBankScorer
+    if scale is not None:
+        scorer = RegressionBankScorer(model, samples, bank_seed, target_mean=scale.mean, target_std=scale.std)
+    else:
+        scorer = BankScorer(model, samples, bank_seed)
     x_train = preprocessing.transform(dataset.train.frame)
     calibration = Calibration(
         screening=screening,
@@ -103,6 +111,7 @@ def build_gate(
         score=lambda density, split: score_set(scorer, screening, density, preprocessing, split.frame),
         samples=scorer.samples,
         bank_seed=bank_seed,
+        epistemic_score="mutual_information" if scale is None else "epistemic_variance",
     )
     return calibrate_gate(calibration, dataset, target_fpr, on_step)
 

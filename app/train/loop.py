@@ -19,6 +19,8 @@ from app.bnn.init import InitSpec
 from app.bnn.network import BayesianMLP, LayerKind, Likelihood, NetworkSpec, default_ranks, svd_warm_start_
 from app.bnn.predictive import predict
 from app.bnn.priors import PriorSpec
+from app.bnn.regression import GaussianPredictive, gaussian_nll
+from app.bnn.spec import default_output_rank
 from app.device import resolve_device
 from app.train.config import ClassWeight, TrainConfig
 
@@ -45,13 +47,19 @@ class TrainResult:
     history: list[EpochLog] = field(default_factory=list)
 
 
-def build_spec(config: TrainConfig, in_features: int, classes: int) -> NetworkSpec:
-    """The network spec for ``config`` on inputs of width ``in_features`` and ``classes`` classes."""
-    out_features = 1 if classes == 2 else classes
+def build_spec(config: TrainConfig, in_features: int, classes: int | None) -> NetworkSpec:
+    """The network spec for ``config`` on inputs of width ``in_features`` and ``classes`` classes (None: a
+    regression on one target, a Gaussian head)."""
+    if classes is None:
+        likelihood, out_features = Likelihood.GAUSSIAN, 1
+    else:
+        likelihood = Likelihood.BERNOULLI if classes == 2 else Likelihood.CATEGORICAL
+        out_features = 1 if classes == 2 else classes
+    head = 2 * out_features if classes is None else out_features
     ranks = None
     if config.kind is LayerKind.LOWRANK:
-        shapes = list(zip([in_features, *config.hidden], [*config.hidden, out_features], strict=True))
-        ranks = config.ranks or default_ranks(shapes, hidden_rank=config.rank)
+        shapes = list(zip([in_features, *config.hidden], [*config.hidden, head], strict=True))
+        ranks = config.ranks or default_ranks(shapes, config.rank, default_output_rank(likelihood))
     return NetworkSpec(
         in_features=in_features,
         hidden=list(config.hidden),
@@ -59,12 +67,15 @@ def build_spec(config: TrainConfig, in_features: int, classes: int) -> NetworkSp
         kind=config.kind,
         ranks=ranks,
         activation=config.activation,
-        likelihood=Likelihood.BERNOULLI if classes == 2 else Likelihood.CATEGORICAL,
+        likelihood=likelihood,
         prior=PriorSpec(kind=config.prior),
         init=InitSpec(reference=config.init_reference, damping=config.damping, eta=config.eta),
         dropout=config.dropout,
         members=config.members,
     )
+
+
+VALIDATION_BLOCK_ROWS = 2048  # rows per pass of a regression's validation: (S, rows, width) stays small
 
 
 def kl_weight(config: TrainConfig, epoch: int) -> float:
@@ -100,8 +111,13 @@ def nll_loss(logits: Tensor, y: Tensor, likelihood: Likelihood, weights: Tensor 
 
 
 def validation_nll(model: BayesianMLP, x: Tensor, y: Tensor, samples: int, seed: int) -> float:
-    """NLL of the posterior predictive mean on (x, y), with a fixed seed so epochs compare fairly."""
+    """NLL of the posterior predictive on (x, y), with a fixed seed so epochs compare fairly: of its mean class
+    probability (classifiers) or its Gaussian mixture density (regression, y standardised floats)."""
     generator = torch.Generator(device=x.device).manual_seed(seed)
+    if model.spec.likelihood is Likelihood.GAUSSIAN:
+        weights = model.sample(model.num_samples(samples), generator)
+        head = torch.cat([model.propagate(rows, weights) for rows in x.split(VALIDATION_BLOCK_ROWS)], dim=1)
+        return float(-GaussianPredictive.from_head(head).log_prob(y[:, None]).mean())
     mean = predict(model, x, samples, generator).mean
     return float(-torch.log(mean.gather(1, y[:, None]).clamp_min(1e-12)).mean())
 
@@ -170,14 +186,15 @@ def train(
     y_train: np.ndarray,
     x_val: np.ndarray,
     y_val: np.ndarray,
-    classes: int,
+    classes: int | None,
     config: TrainConfig,
     on_epoch: Callable[[EpochLog], None] | None = None,
     twin: BayesianMLP | None = None,
 ) -> TrainResult:
     """Fit a network of ``config.kind`` to (x_train, y_train); returns the best-validation-NLL weights.
 
-    x: (N, d) float32 preprocessed inputs, y: (N,) int64 class ids. ``twin``: the trained deterministic
+    x: (N, d) float32 preprocessed inputs, y: (N,) int64 class ids, or for ``classes`` None (a regression)
+    float standardised targets fitted by a Gaussian head. ``twin``: the trained deterministic
     network that ``config.warm_start`` names (loaded and checked by the caller, this loop does no I/O); its
     weights' SVD truncations initialise the factor means before the first step.
     """
@@ -186,20 +203,29 @@ def train(
     started = time.perf_counter()
     device = resolve_device(config.device)
     generator = torch.Generator(device=device).manual_seed(config.seed)  # init and weight noise
+    regression = classes is None
+    target = torch.float32 if regression else torch.long
+    if regression and config.class_weight is not ClassWeight.NONE:
+        raise ValueError("class weights are for classifiers; a regression has no classes to weight")
+    if regression and not (np.isfinite(y_train).all() and np.isfinite(y_val).all()):
+        raise ValueError("regression targets must be finite")
     xt = torch.as_tensor(x_train, dtype=torch.float32, device=device)
-    yt = torch.as_tensor(y_train, dtype=torch.long, device=device)
+    yt = torch.as_tensor(y_train, dtype=target, device=device)
     xv = torch.as_tensor(x_val, dtype=torch.float32, device=device)
-    yv = torch.as_tensor(y_val, dtype=torch.long, device=device)
+    yv = torch.as_tensor(y_val, dtype=target, device=device)
     spec = build_spec(config, xt.shape[1], classes)
     model = BayesianMLP(spec, generator=generator, device=device)
     if twin is not None:
         svd_warm_start_(model, twin)
-    weights = class_weights(y_train, classes, config.class_weight)
+    weights = None if regression else class_weights(y_train, int(classes), config.class_weight)
     weights = None if weights is None else weights.to(device)
     samples = model.num_samples(1)  # one weight sample per step; every member for ensembles
 
     def batch_nll(index: Tensor) -> Tensor:
-        return nll_loss(model(xt[index], samples=samples, generator=generator), yt[index], spec.likelihood, weights)
+        head = model(xt[index], samples=samples, generator=generator)
+        if regression:
+            return gaussian_nll(head, yt[index, None]).mean()
+        return nll_loss(head, yt[index], spec.likelihood, weights)
 
     objective = Objective(
         batch_nll, lambda: validation_nll(model, xv, yv, config.val_samples, config.seed + 2), xt.shape[0]

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from app.bnn.network import BayesianMLP, LayerKind, parameter_count
@@ -14,6 +15,7 @@ from app.checkpoint.io import load_checkpoint, save_checkpoint
 from app.checkpoint.manifest import (
     FORMAT_VERSION,
     Manifest,
+    TargetScale,
     TaskInfo,
     TaskType,
     TrainingInfo,
@@ -33,6 +35,24 @@ def sbnn_version() -> str:
         return metadata.version("sbnn")
     except metadata.PackageNotFoundError:
         return "0+unknown"
+
+
+def target_scale(y: np.ndarray, target: str) -> TargetScale:
+    """A regression target's training mean and std, the standardisation the network is trained on."""
+    y = np.asarray(y, dtype=np.float64)
+    std = float(y.std()) if y.size else 0.0
+    if not np.isfinite(y).all() or std == 0.0:
+        raise DataError(f"{target}: training targets must be finite and not all equal")
+    return TargetScale(mean=float(y.mean()), std=std)
+
+
+def task_info(target: str, labels: list[str] | None, scale: TargetScale | None, unit: str | None = None) -> TaskInfo:
+    """The manifest's task: a regression (``scale`` given, no labels) or a binary / multiclass classifier."""
+    if scale is not None:
+        return TaskInfo(type=TaskType.REGRESSION, target=target, unit=unit, scale=scale)
+    labels = list(labels or [])
+    kind = TaskType.BINARY if len(labels) == 2 else TaskType.MULTICLASS
+    return TaskInfo(type=kind, target=target, labels=labels)
 
 
 def training_info(config: TrainConfig, result: TrainResult) -> TrainingInfo:
@@ -90,22 +110,21 @@ def train_checkpoint(
     """Train ``config.kind`` on ``dataset`` and write a checkpoint folder ``out``; ``on_epoch`` hears of every
     epoch and ``on_step`` of each long step after them (a description), for progress shown by the caller."""
     out = Path(out)
-    if dataset.labels is None:
-        raise DataError(
-            f"{dataset.target}: a continuous target (a regression): training a regression MLP is not available "
-            "yet (issue 17 builds it); bin the target into classes to train a classifier meanwhile"
-        )
     preprocessing = Preprocessing.fit(dataset.train.frame, dataset.features)
     x_train = preprocessing.transform(dataset.train.frame)
     x_val = preprocessing.transform(dataset.val.frame)
-    classes = len(dataset.labels)
+    scale = target_scale(dataset.train.y, dataset.target) if dataset.labels is None else None
+    y_train, y_val = dataset.train.y, dataset.val.y
+    if scale is not None:  # the Gaussian head starts on a unit scale; answers are mapped back
+        y_train, y_val = (y_train - scale.mean) / scale.std, (y_val - scale.mean) / scale.std
+    classes = None if dataset.labels is None else len(dataset.labels)
     twin = None
     if config.warm_start is not None:
         twin = load_twin(config.warm_start, preprocessing, dataset.features, config.hidden)
-    result = train(x_train, dataset.train.y, x_val, dataset.val.y, classes, config, on_epoch, twin=twin)
+    result = train(x_train, y_train, x_val, y_val, classes, config, on_epoch, twin=twin)
 
     gate, gate_tensors = build_gate(
-        result.model, dataset, preprocessing, config.target_fpr, config.default_samples, on_step=on_step
+        result.model, dataset, preprocessing, config.target_fpr, config.default_samples, on_step=on_step, scale=scale
     )
 
     manifest = Manifest(
@@ -117,11 +136,7 @@ def train_checkpoint(
         network=result.model.spec,
         ranks=result.model.spec.layer_ranks(),
         parameter_count=parameter_count(result.model),
-        task=TaskInfo(
-            type=TaskType.BINARY if classes == 2 else TaskType.MULTICLASS,
-            target=dataset.target,
-            labels=list(dataset.labels),
-        ),
+        task=task_info(dataset.target, dataset.labels, scale),
         features=list(dataset.features),
         preprocessing=preprocessing,
         gate=gate,

@@ -23,14 +23,10 @@ from app.checkpoint.manifest import (
     FORMAT_VERSION,
     Manifest,
     SequenceSchema,
-    TargetScale,
-    TaskInfo,
-    TaskType,
     WeightsInfo,
 )
 from app.data.preprocess import Preprocessing
 from app.data.sequence import SequenceDataset, SequenceSplit
-from app.errors import DataError
 from app.evaluate.sequence_scoring import SequenceBankScorer, score_sequences, sequence_inputs
 from app.gate.gate import GateTensors, Screening
 from app.gate.sequence import screen_sequences, summarise_steps
@@ -38,19 +34,8 @@ from app.gate.spec import GateSpec
 from app.train.calibrate import SERVER_BANK_SEED, Calibration, calibrate_gate, check_training_bounds
 from app.train.config import TrainConfig
 from app.train.loop import EpochLog, TrainResult
-from app.train.pipeline import training_info
+from app.train.pipeline import target_scale, task_info, training_info
 from app.train.sequence_loop import train_sequence
-
-
-def target_scale(dataset: SequenceDataset) -> TargetScale | None:
-    """The training split's target mean and std for a regression (None for a classifier)."""
-    if not dataset.is_regression:
-        return None
-    y = np.asarray(dataset.train.y, dtype=np.float64)
-    std = float(y.std())
-    if not np.isfinite(y).all() or std == 0.0:
-        raise DataError(f"{dataset.target}: training targets must be finite and not all equal")
-    return TargetScale(mean=float(y.mean()), std=std)
 
 
 def _inputs(preprocessing: Preprocessing, split: SequenceSplit, max_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +82,7 @@ def train_sequence_checkpoint(
     preprocessing = Preprocessing.fit(dataset.train.frame, dataset.features)
     x_train, lengths_train = _inputs(preprocessing, dataset.train, dataset.max_length)
     x_val, lengths_val = _inputs(preprocessing, dataset.val, dataset.max_length)
-    scale = target_scale(dataset)
+    scale = target_scale(dataset.train.y, dataset.target) if dataset.is_regression else None
     y_train, y_val = dataset.train.y, dataset.val.y
     if scale is not None:
         y_train, y_val = (y_train - scale.mean) / scale.std, (y_val - scale.mean) / scale.std
@@ -115,13 +100,7 @@ def train_sequence_checkpoint(
         target_std=1.0 if scale is None else scale.std,
     )
     gate, gate_tensors = build_sequence_gate(scorer, dataset, preprocessing, config.target_fpr, on_step)
-    if scale is not None:
-        task = TaskInfo(type=TaskType.REGRESSION, target=dataset.target, unit=dataset.target_unit, scale=scale)
-    else:
-        labels = list(dataset.labels or [])
-        task = TaskInfo(
-            type=TaskType.BINARY if len(labels) == 2 else TaskType.MULTICLASS, target=dataset.target, labels=labels
-        )
+    task = task_info(dataset.target, dataset.labels, scale, dataset.target_unit)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
         name=name or out.name,

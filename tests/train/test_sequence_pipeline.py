@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 pd = pytest.importorskip("pandas")
 pytest.importorskip("sklearn")
@@ -14,9 +13,7 @@ from app.bnn.recurrent import BayesianLSTM  # noqa: E402
 from app.checkpoint.io import load_checkpoint  # noqa: E402
 from app.checkpoint.manifest import Manifest, TaskType  # noqa: E402
 from app.data.sequence_table import load_sequence_table  # noqa: E402
-from app.errors import CheckpointError  # noqa: E402
 from app.evaluate.sequence_scoring import SequenceBankScorer, score_sequences  # noqa: E402
-from app.serve.backend import check_servable  # noqa: E402
 from app.train.config import TrainConfig  # noqa: E402
 from app.train.sequence_pipeline import train_sequence_checkpoint  # noqa: E402
 
@@ -102,13 +99,3 @@ def test_the_manifest_refuses_a_sequence_network_without_its_schema_or_with_a_ro
     wrong_score["gate"]["epistemic"]["score"] = "mutual_information"
     with pytest.raises(ValueError, match="the task needs epistemic_variance"):
         Manifest.model_validate(wrong_score)
-
-
-def test_the_server_refuses_a_sequence_model_with_a_reason(regression) -> None:
-    manifest, folder, _ = regression
-    with pytest.raises(CheckpointError, match="a sequence \\(LSTM\\) model: not servable yet"):
-        check_servable(folder, manifest)
-    from app.serve.backend_torch import TorchBackend
-
-    with pytest.raises(CheckpointError, match="not servable yet"):
-        TorchBackend.load(folder, torch.device("cpu"), None, 0)
