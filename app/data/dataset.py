@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -137,6 +138,14 @@ def row_counts(train: Split, val: Split, test: Split, ood: dict[str, Split]) -> 
     return rows
 
 
+def package_version(name: str) -> str | None:
+    """The installed version of the package a bundled data set came from (None when it is not installed)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file's bytes."""
     h = hashlib.sha256()
@@ -181,9 +190,14 @@ def load_dataset(provenance: DataProvenance, path_override: str | None = None) -
         raise DataError(f"{provenance.source}: a sequence data set; rebuild it with load_sequence_dataset")
     else:
         raise DataError(f"unknown data source {provenance.source!r}")
-    if ds.provenance.sha256 != provenance.sha256:
-        raise DataError(
-            f"{provenance.source}: data changed since training (sha256 {ds.provenance.sha256[:12]}… "
-            f"!= recorded {provenance.sha256[:12]}…)"
-        )
+    check_unchanged(ds.provenance, provenance)
     return ds
+
+
+def check_unchanged(rebuilt: DataProvenance, recorded: DataProvenance) -> None:
+    """DataError unless the rebuilt data has the bytes the checkpoint was trained on."""
+    if rebuilt.sha256 != recorded.sha256:
+        raise DataError(
+            f"{recorded.source}: data changed since training (sha256 {rebuilt.sha256[:12]}… "
+            f"!= recorded {recorded.sha256[:12]}…)"
+        )

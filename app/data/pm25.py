@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from app.data.dataset import DataProvenance
-from app.data.preprocess import infer_feature_specs
+from app.data.preprocess import described_specs
 from app.data.schema import PlausibleRange
 from app.data.sequence import SequenceDataset, SequenceSplit, sequence_row_counts
 from app.errors import DataError
@@ -232,16 +232,7 @@ def load_pm25(seed: int = 0) -> SequenceDataset:
     }
 
     features = list(PM25_FEATURES)
-    specs = [
-        spec.model_copy(
-            update={
-                "unit": _FEATURE_INFO[spec.name][0],
-                "description": _FEATURE_INFO[spec.name][1],
-                "plausible": PLAUSIBLE.get(spec.name),
-            }
-        )
-        for spec in infer_feature_specs(train.frame, features, categorical=CATEGORICAL)
-    ]
+    specs = described_specs(train.frame, features, list(CATEGORICAL), _FEATURE_INFO, PLAUSIBLE)
     counts = np.array([len(train), len(val), len(test)], dtype=np.float64)
     realised = counts / counts.sum()
     fractions = (float(realised[0]), float(realised[1]), float(1.0 - realised[0] - realised[1]))

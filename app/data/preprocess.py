@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
-from app.data.schema import FeatureError, FeatureKind, FeatureSpec
+from app.data.schema import FeatureError, FeatureKind, FeatureSpec, PlausibleRange
 from app.errors import DataError, SchemaError
 
 MISSING_LEVEL = "<missing>"  # the one-hot level of a missing category, column f"{name}=<missing>"
@@ -385,3 +385,19 @@ def infer_feature_specs(frame: Any, features: list[str], categorical: list[str] 
             )
         )
     return specs
+
+
+def described_specs(
+    frame: Any,
+    features: list[str],
+    categorical: list[str],
+    info: Mapping[str, tuple[str | None, str]],
+    plausible: Mapping[str, PlausibleRange],
+) -> list[FeatureSpec]:
+    """:func:`infer_feature_specs` of a bundled data set's training split, each with its unit and description
+    (``info``: name -> (unit, description)) and its physically possible values (``plausible``, where known)."""
+    specs = infer_feature_specs(frame, features, categorical=categorical)
+    described = [
+        {"unit": info[s.name][0], "description": info[s.name][1], "plausible": plausible.get(s.name)} for s in specs
+    ]
+    return [spec.model_copy(update=update) for spec, update in zip(specs, described, strict=True)]

@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from app.data.dataset import DataProvenance, check_fractions, file_sha256, random_split, stratified_split
+from app.data.dataset import (
+    DataProvenance,
+    check_fractions,
+    check_unchanged,
+    file_sha256,
+    random_split,
+    stratified_split,
+)
 from app.data.preprocess import infer_feature_specs
 from app.data.schema import PlausibleRange
 from app.data.sequence import SequenceDataset, SequenceSplit, sequence_row_counts
@@ -277,19 +284,11 @@ BUNDLED_SEQUENCES: dict[str, Callable[[int], SequenceDataset]] = {
 }
 
 
-def _check_unchanged(rebuilt: DataProvenance, recorded: DataProvenance) -> None:
-    if rebuilt.sha256 != recorded.sha256:
-        raise DataError(
-            f"{recorded.source}: data changed since training (sha256 {rebuilt.sha256[:12]}… "
-            f"!= recorded {recorded.sha256[:12]}…)"
-        )
-
-
 def load_sequence_dataset(provenance: DataProvenance, path_override: str | None = None) -> SequenceDataset:
     """Rebuild the sequence data set a checkpoint was trained on; DataError if the data changed since training."""
     if provenance.source in BUNDLED_SEQUENCES:
         ds = BUNDLED_SEQUENCES[provenance.source](provenance.split_seed)
-        _check_unchanged(ds.provenance, provenance)
+        check_unchanged(ds.provenance, provenance)
         return ds
     if not provenance.source.startswith(("csv-sequences:", "parquet-sequences:")):
         raise DataError(f"{provenance.source!r} is not a sequence table")
@@ -311,7 +310,7 @@ def load_sequence_dataset(provenance: DataProvenance, path_override: str | None 
         units=opts.get("units"),
         check=False,  # rebuilt as trained: the checks are for new models
     )
-    _check_unchanged(ds.provenance, provenance)
+    check_unchanged(ds.provenance, provenance)
     if opts.get("ood_sha256") != ds.provenance.options.get("ood_sha256"):
         raise DataError(f"{opts.get('ood_path')}: OOD data changed since training (sha256 differs)")
     return ds

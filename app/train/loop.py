@@ -140,10 +140,13 @@ def fit(
     generator: torch.Generator,
     device: torch.device,
     on_epoch: Callable[[EpochLog], None] | None = None,
-) -> tuple[int, float, list[EpochLog]]:
+    started: float | None = None,
+) -> TrainResult:
     """Adam on the per-row negative ELBO (KL annealed by :func:`kl_weight`), early stopping on the validation
-    NLL; ``model`` ends with its best epoch's weights, in eval mode. Returns (best epoch, its validation NLL,
-    the history). ``model`` needs ``kl(generator)`` and ``is_bayesian`` (every network of ``app.bnn`` has them)."""
+    NLL; ``model`` ends with its best epoch's weights, in eval mode. ``model`` needs ``kl(generator)`` and
+    ``is_bayesian`` (every network of ``app.bnn`` has them); ``started``: the ``perf_counter`` the duration
+    counts from (default: now)."""
+    started = time.perf_counter() if started is None else started
     order = torch.Generator().manual_seed(config.seed + 1)  # batch order, on the CPU
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     rows = objective.rows
@@ -178,7 +181,44 @@ def fit(
             break
     model.load_state_dict(best_state)
     model.eval()
-    return best_epoch, best_nll, history
+    return TrainResult(
+        model=model,
+        best_epoch=best_epoch,
+        best_val_nll=best_nll,
+        epochs_run=len(history),
+        duration_seconds=time.perf_counter() - started,
+        device=str(device),
+        history=history,
+    )
+
+
+def training_targets(
+    y_train: np.ndarray, y_val: np.ndarray, classes: int | None, config: TrainConfig, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(train targets, validation targets, class weights) on ``device``: int64 class ids and the weights
+    ``config.class_weight`` asks for, or for ``classes`` None (a regression) finite float32 targets."""
+    if classes is None:
+        if config.class_weight is not ClassWeight.NONE:
+            raise ValueError("class weights are for classifiers; a regression has no classes to weight")
+        if not (np.isfinite(y_train).all() and np.isfinite(y_val).all()):
+            raise ValueError("regression targets must be finite")
+        as_float = {"dtype": torch.float32, "device": device}
+        return torch.as_tensor(y_train, **as_float), torch.as_tensor(y_val, **as_float), None
+    weights = class_weights(np.asarray(y_train), classes, config.class_weight)
+    as_long = {"dtype": torch.long, "device": device}
+    return (
+        torch.as_tensor(y_train, **as_long),
+        torch.as_tensor(y_val, **as_long),
+        None if weights is None else weights.to(device),
+    )
+
+
+def head_nll(head: Tensor, y: Tensor, likelihood: Likelihood, weights: Tensor | None) -> Tensor:
+    """The mean training NLL of head outputs (S, B, k) for targets y (B,): Gaussian for a regression, else
+    :func:`nll_loss`."""
+    if likelihood is Likelihood.GAUSSIAN:
+        return gaussian_nll(head, y[:, None]).mean()
+    return nll_loss(head, y, likelihood, weights)
 
 
 def train(
@@ -203,40 +243,19 @@ def train(
     started = time.perf_counter()
     device = resolve_device(config.device)
     generator = torch.Generator(device=device).manual_seed(config.seed)  # init and weight noise
-    regression = classes is None
-    target = torch.float32 if regression else torch.long
-    if regression and config.class_weight is not ClassWeight.NONE:
-        raise ValueError("class weights are for classifiers; a regression has no classes to weight")
-    if regression and not (np.isfinite(y_train).all() and np.isfinite(y_val).all()):
-        raise ValueError("regression targets must be finite")
+    yt, yv, weights = training_targets(y_train, y_val, classes, config, device)
     xt = torch.as_tensor(x_train, dtype=torch.float32, device=device)
-    yt = torch.as_tensor(y_train, dtype=target, device=device)
     xv = torch.as_tensor(x_val, dtype=torch.float32, device=device)
-    yv = torch.as_tensor(y_val, dtype=target, device=device)
     spec = build_spec(config, xt.shape[1], classes)
     model = BayesianMLP(spec, generator=generator, device=device)
     if twin is not None:
         svd_warm_start_(model, twin)
-    weights = None if regression else class_weights(y_train, int(classes), config.class_weight)
-    weights = None if weights is None else weights.to(device)
     samples = model.num_samples(1)  # one weight sample per step; every member for ensembles
 
     def batch_nll(index: Tensor) -> Tensor:
-        head = model(xt[index], samples=samples, generator=generator)
-        if regression:
-            return gaussian_nll(head, yt[index, None]).mean()
-        return nll_loss(head, yt[index], spec.likelihood, weights)
+        return head_nll(model(xt[index], samples=samples, generator=generator), yt[index], spec.likelihood, weights)
 
     objective = Objective(
         batch_nll, lambda: validation_nll(model, xv, yv, config.val_samples, config.seed + 2), xt.shape[0]
     )
-    best_epoch, best_nll, history = fit(model, objective, config, generator, device, on_epoch)
-    return TrainResult(
-        model=model,
-        best_epoch=best_epoch,
-        best_val_nll=best_nll,
-        epochs_run=len(history),
-        duration_seconds=time.perf_counter() - started,
-        device=str(device),
-        history=history,
-    )
+    return fit(model, objective, config, generator, device, on_epoch, started)

@@ -24,6 +24,7 @@ from app.checkpoint.manifest import (
 from app.data.dataset import TabularDataset
 from app.data.preprocess import Preprocessing
 from app.data.schema import FeatureSpec
+from app.data.sequence import SequenceDataset
 from app.errors import DataError, WarmStartError
 from app.train.calibrate import build_gate
 from app.train.config import TrainConfig
@@ -35,6 +36,19 @@ def sbnn_version() -> str:
         return metadata.version("sbnn")
     except metadata.PackageNotFoundError:
         return "0+unknown"
+
+
+def training_split_targets(
+    dataset: TabularDataset | SequenceDataset,
+) -> tuple[np.ndarray, np.ndarray, TargetScale | None]:
+    """The training and validation targets as the network learns them, and a regression's scale: class ids
+    as they are, or targets standardised by the training split's mean and std (the Gaussian head starts on a
+    unit scale; every answer is mapped back)."""
+    y_train, y_val = dataset.train.y, dataset.val.y
+    if dataset.labels is not None:
+        return y_train, y_val, None
+    scale = target_scale(y_train, dataset.target)
+    return (y_train - scale.mean) / scale.std, (y_val - scale.mean) / scale.std, scale
 
 
 def target_scale(y: np.ndarray, target: str) -> TargetScale:
@@ -113,10 +127,7 @@ def train_checkpoint(
     preprocessing = Preprocessing.fit(dataset.train.frame, dataset.features)
     x_train = preprocessing.transform(dataset.train.frame)
     x_val = preprocessing.transform(dataset.val.frame)
-    scale = target_scale(dataset.train.y, dataset.target) if dataset.labels is None else None
-    y_train, y_val = dataset.train.y, dataset.val.y
-    if scale is not None:  # the Gaussian head starts on a unit scale; answers are mapped back
-        y_train, y_val = (y_train - scale.mean) / scale.std, (y_val - scale.mean) / scale.std
+    y_train, y_val, scale = training_split_targets(dataset)
     classes = None if dataset.labels is None else len(dataset.labels)
     twin = None
     if config.warm_start is not None:

@@ -18,12 +18,12 @@ from app.bnn.init import InitSpec
 from app.bnn.predictive import class_probabilities
 from app.bnn.priors import PriorSpec
 from app.bnn.recurrent import BayesianLSTM
-from app.bnn.regression import GaussianPredictive, gaussian_nll
+from app.bnn.regression import GaussianPredictive
 from app.bnn.sequence_engine import SequenceMonteCarloEngine
 from app.bnn.spec import LayerKind, Likelihood, Sampler, SequenceNetworkSpec
 from app.device import resolve_device
 from app.train.config import TrainConfig
-from app.train.loop import EpochLog, Objective, TrainResult, class_weights, fit, nll_loss
+from app.train.loop import EpochLog, Objective, TrainResult, fit, head_nll, training_targets
 
 
 def build_sequence_spec(config: TrainConfig, in_features: int, classes: int | None) -> SequenceNetworkSpec:
@@ -94,29 +94,18 @@ def train_sequence(
     started = time.perf_counter()
     device = resolve_device(config.device)
     generator = torch.Generator(device=device).manual_seed(config.seed)  # init and weight noise
-    regression = classes is None
-    target_dtype = torch.float32 if regression else torch.long
+    yt, yv, weights = training_targets(y_train, y_val, classes, config, device)
     xt = torch.as_tensor(x_train, dtype=torch.float32, device=device)
     lt = torch.as_tensor(lengths_train, dtype=torch.long, device=device)
-    yt = torch.as_tensor(y_train, dtype=target_dtype, device=device)
     xv = torch.as_tensor(x_val, dtype=torch.float32, device=device)
     lv = torch.as_tensor(lengths_val, dtype=torch.long, device=device)
-    yv = torch.as_tensor(y_val, dtype=target_dtype, device=device)
-    if regression and not (bool(torch.isfinite(yt).all()) and bool(torch.isfinite(yv).all())):
-        raise ValueError("regression targets must be finite")
     spec = build_sequence_spec(config, xt.shape[2], classes)
     model = BayesianLSTM(spec, generator=generator, device=device)
-    weights = None
-    if not regression:
-        weights = class_weights(np.asarray(y_train), int(classes), config.class_weight)
-        weights = None if weights is None else weights.to(device)
     samples = model.num_samples(1)  # one weight sample per step; every member for ensembles
 
     def batch_nll(index: Tensor) -> Tensor:
         head = model(xt[index], lt[index], samples=samples, generator=generator)
-        if regression:
-            return gaussian_nll(head, yt[index, None]).mean()
-        return nll_loss(head, yt[index], spec.likelihood, weights)
+        return head_nll(head, yt[index], spec.likelihood, weights)
 
     engine = SequenceMonteCarloEngine(model, bank_size=0)  # no bank: it would freeze the weights of epoch 0
 
@@ -124,13 +113,4 @@ def train_sequence(
         return sequence_validation_nll(engine, xv, lv, yv, config.val_samples, config.seed + 2)
 
     objective = Objective(batch_nll, validation, xt.shape[0])
-    best_epoch, best_nll, history = fit(model, objective, config, generator, device, on_epoch)
-    return TrainResult(
-        model=model,
-        best_epoch=best_epoch,
-        best_val_nll=best_nll,
-        epochs_run=len(history),
-        duration_seconds=time.perf_counter() - started,
-        device=str(device),
-        history=history,
-    )
+    return fit(model, objective, config, generator, device, on_epoch, started)

@@ -34,7 +34,7 @@ from app.gate.spec import GateSpec
 from app.train.calibrate import SERVER_BANK_SEED, Calibration, calibrate_gate, check_training_bounds
 from app.train.config import TrainConfig
 from app.train.loop import EpochLog, TrainResult
-from app.train.pipeline import target_scale, task_info, training_info
+from app.train.pipeline import task_info, training_info, training_split_targets
 from app.train.sequence_loop import train_sequence
 
 
@@ -82,10 +82,7 @@ def train_sequence_checkpoint(
     preprocessing = Preprocessing.fit(dataset.train.frame, dataset.features)
     x_train, lengths_train = _inputs(preprocessing, dataset.train, dataset.max_length)
     x_val, lengths_val = _inputs(preprocessing, dataset.val, dataset.max_length)
-    scale = target_scale(dataset.train.y, dataset.target) if dataset.is_regression else None
-    y_train, y_val = dataset.train.y, dataset.val.y
-    if scale is not None:
-        y_train, y_val = (y_train - scale.mean) / scale.std, (y_val - scale.mean) / scale.std
+    y_train, y_val, scale = training_split_targets(dataset)
     classes = None if dataset.labels is None else len(dataset.labels)
     result = train_sequence(x_train, lengths_train, y_train, x_val, lengths_val, y_val, classes, config, on_epoch)
     model = result.model
