@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.errors import SchemaError
 from app.serve.api import kserve_v1, ops, v1, v2
 from app.serve.api import repository as repository_api
+from app.serve.api.schemas_v1 import instance_loc
 from app.serve.api.v2_binary import HEADER
 from app.serve.audit import AuditCollector, AuditMiddleware, AuditTrail
 from app.serve.auth import AuthMiddleware, DocsAccess, KeyRing
@@ -114,7 +115,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             first = errors[0] if errors else {"loc": ["body"], "msg": "invalid request"}
             where = ".".join(str(p) for p in first["loc"])
             return JSONResponse({"error": f"{where}: {first['msg']}"}, status_code=400)
-        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
+        detail = [{"loc": instance_loc(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
         return JSONResponse({"detail": detail}, status_code=422)
 
 

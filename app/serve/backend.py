@@ -27,11 +27,45 @@ class BackendKind(str, Enum):
     ONNX = "onnx"
 
 
+INTERVAL_LEVELS = (0.5, 0.9, 0.95)  # a regression's central predictive intervals (as evaluation reports them)
+LENGTHS_INPUT = "lengths"  # /v2's input of each sequence's steps (api/v2_sequences.py)
+
+
 def check_servable(folder: object, manifest: Manifest) -> None:
-    """CheckpointError for a checkpoint this server cannot answer yet: a sequence network's /v1 and /v2 inputs
-    (steps per row, [N, T, F] with lengths) are not served yet (issue 17), so it fails to load, with why."""
+    """CheckpointError for a checkpoint the onnx backend cannot answer: a sequence (LSTM) network has no ONNX
+    export yet, so it fails to load there, with why (the torch backend serves it: backend_sequence)."""
     if manifest.sequence is not None:
-        raise CheckpointError(f"{folder}/manifest.json", "a sequence (LSTM) model: not servable yet")
+        raise CheckpointError(
+            f"{folder}/manifest.json",
+            "a sequence (LSTM) model: not servable yet by the onnx backend (there is no sequence ONNX export); "
+            "serve it with the torch backend",
+        )
+
+
+def check_sequence_servable(folder: object, manifest: Manifest) -> None:
+    """CheckpointError for a sequence model whose feature names clash with the /v2 wire format: its inputs are
+    the per-step features plus ``lengths``, so no feature may be called that."""
+    if manifest.sequence is not None and any(f.name == LENGTHS_INPUT for f in manifest.features):
+        raise CheckpointError(
+            f"{folder}/manifest.json", f"a sequence model with a feature named '{LENGTHS_INPUT}', /v2's lengths input"
+        )
+
+
+@dataclass(frozen=True)
+class SequenceInputs:
+    """A request's sequences as the network takes them: x (N, T, d) float32 right-padded preprocessed steps (T:
+    the model's max_length) and lengths (N,) int64, each in [1, T]. ``shape`` is x's, so the batching engine
+    counts its rows as it counts a flat request's."""
+
+    x: np.ndarray
+    lengths: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape)
+
+
+ModelInput = np.ndarray | SequenceInputs  # (N, d) float32 rows, or sequences
 
 
 @dataclass(frozen=True)
@@ -46,6 +80,27 @@ class Scores:
     epistemic: np.ndarray
     std: np.ndarray
     mc_error: MonteCarloError
+
+
+@dataclass(frozen=True)
+class RegressionScores:
+    """One request's Gaussian-mixture predictive of a regression target, in the target's unit (the network's
+    standardised outputs mapped back: y = z·std + mean, variances · std²), float64 (N,) each: the mean, the
+    total, aleatoric and epistemic variances (total = aleatoric + epistemic; epistemic is the gate's score),
+    ``intervals``: level -> (low (N,), high (N,)) central intervals of the mixture; ``mean_error``: the largest
+    over rows of the Monte Carlo standard error of the mean, sqrt(epistemic / S). Any architecture's regression
+    (LSTM now, an MLP later) answers with this."""
+
+    plan: Plan
+    mean: np.ndarray
+    total: np.ndarray
+    aleatoric: np.ndarray
+    epistemic: np.ndarray
+    intervals: dict[float, tuple[np.ndarray, np.ndarray]]
+    mean_error: float
+
+
+AnyScores = Scores | RegressionScores
 
 
 @dataclass(frozen=True)
@@ -72,11 +127,11 @@ class Backend(Protocol):
     def cost(self, plan: Plan, rows: int) -> Cost:
         """What a request of N = ``rows`` rows planned as ``plan`` is estimated to take (an adaptive plan: its cap)."""
 
-    def compute(self, jobs: list[tuple[np.ndarray, Plan]], batch_seed: int) -> list[Scores]:
-        """Score a batch of requests (x: (N, d) float32 each, with its plan) on the compute thread; a plan
-        without a seed takes ``batch_seed``. Each answer equals ``steps`` of that request alone."""
+    def compute(self, jobs: list[tuple[ModelInput, Plan]], batch_seed: int) -> list[AnyScores]:
+        """Score a batch of requests (x: (N, d) float32 each, or sequences, with its plan) on the compute
+        thread; a plan without a seed takes ``batch_seed``. Each answer equals ``steps`` of that request alone."""
 
-    def steps(self, x: np.ndarray, plan: Plan) -> Generator[None, None, Scores]:
+    def steps(self, x: ModelInput, plan: Plan) -> Generator[None, None, AnyScores]:
         """Score one request with a seeded plan piece by piece (``app.bnn.plan``): yields between pieces, so the
         caller may run other requests or stop, and returns its scores."""
 

@@ -6,13 +6,16 @@ from collections import defaultdict
 from collections.abc import Generator, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from app.bnn.engine import MonteCarloEngine
+from app.bnn.network import BayesianMLP
 from app.bnn.plan import Plan, largest_error, piece_samples, run_to_end, summary_rows
 from app.bnn.predictive import Predictive, decompose_with_error
+from app.bnn.recurrent import BayesianLSTM
 from app.bnn.spec import Sampler
 from app.checkpoint.io import load_checkpoint
 from app.checkpoint.manifest import Manifest
@@ -22,10 +25,12 @@ from app.serve.backend import (
     BackendKind,
     Cost,
     Scores,
-    check_servable,
     estimated_cost,
     seconds_per_row_sample,
 )
+
+if TYPE_CHECKING:
+    from app.serve.backend_sequence import SequenceTorchBackend
 
 # A pass of at most this many rows × samples runs on the compute thread alone. From any thread but the process's
 # first, each torch op that goes parallel pays tens of µs to start libgomp's team (a 64K-float add: 27 µs against
@@ -85,12 +90,19 @@ class TorchBackend:
         self.seconds_per_row_sample: dict[Sampler, float] = {}  # measured by warm_up
 
     @classmethod
-    def load(cls, folder: Path, device: torch.device, bank_samples: int | None, bank_seed: int) -> TorchBackend:
-        """Verify and load the checkpoint, build its engine (and bank), run every sampler once."""
+    def load(
+        cls, folder: Path, device: torch.device, bank_samples: int | None, bank_seed: int
+    ) -> TorchBackend | SequenceTorchBackend:
+        """Verify and load the checkpoint, build its engine (and bank), run every sampler once; a sequence
+        checkpoint gets the sequence backend (app.serve.backend_sequence)."""
         checkpoint = load_checkpoint(folder, device=device)
         manifest = checkpoint.manifest
-        check_servable(folder, manifest)
         bank = manifest.default_samples if bank_samples is None else bank_samples
+        if isinstance(checkpoint.model, BayesianLSTM):
+            from app.serve.backend_sequence import SequenceTorchBackend  # imports this module: on use
+
+            return SequenceTorchBackend.from_checkpoint(folder, manifest, checkpoint.model, device, bank, bank_seed)
+        assert isinstance(checkpoint.model, BayesianMLP)  # the manifest has no sequence section
         backend = cls(manifest, MonteCarloEngine(checkpoint.model, bank_size=bank, bank_seed=bank_seed), device)
         backend.warm_up(folder)
         return backend

@@ -34,10 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import numpy as np
-
 from app.bnn.plan import Plan
-from app.serve.backend import Scores
+from app.serve.backend import AnyScores, ModelInput
 from app.serve.errors import DeadlineExceeded, Overloaded
 from app.serve.metrics import ServiceMetrics
 from app.serve.repository import ServedModel
@@ -50,9 +48,9 @@ STEPPED_OVER_S = 0.02  # a request estimated to take longer runs piece by piece,
 @dataclass
 class _Job:
     model: ServedModel  # the version it was submitted to: a reload swaps new requests only
-    x: np.ndarray  # (N, d) float32
+    x: ModelInput  # (N, d) float32 rows, or sequences
     plan: Plan
-    future: asyncio.Future[Scores]
+    future: asyncio.Future[AnyScores]
     enqueued: float
     stepped: bool  # run piece by piece on its own, not in a batch
 
@@ -66,11 +64,11 @@ class _Running:
     """A stepped request between its pieces."""
 
     job: _Job
-    steps: Generator[None, None, Scores]
+    steps: Generator[None, None, AnyScores]
     seconds: float = 0.0  # compute time of its pieces so far
 
 
-def _advance(steps: Generator[None, None, Scores]) -> Scores | None:
+def _advance(steps: Generator[None, None, AnyScores]) -> AnyScores | None:
     """Run one piece on the compute thread: the scores once the last one is done, else None."""
     try:
         next(steps)
@@ -84,7 +82,7 @@ def new_seed() -> int:
     return secrets.randbits(31)
 
 
-def _compute(model: ServedModel, jobs: list[_Job], batch_seed: int) -> list[Scores | None]:
+def _compute(model: ServedModel, jobs: list[_Job], batch_seed: int) -> list[AnyScores | None]:
     """The batch's scores (every job of one model version), None for a job whose request ended (deadline,
     client gone) while it waited for this thread: it is not computed. (``done()`` reads one attribute: safe off
     the loop, at worst one pass late.)"""
@@ -111,9 +109,9 @@ class BatchingEngine:
         self._idle = asyncio.Event()  # set while no pass is on the compute thread
         self._idle.set()
 
-    async def submit(self, model: ServedModel, x: np.ndarray, plan: Plan, timeout_s: float | None = None) -> Scores:
-        """Queue ``x`` (N, d) for ``model`` to run as ``plan`` and wait for its scores, at most ``timeout_s``
-        (the server's ``request_timeout_s`` when None or longer)."""
+    async def submit(self, model: ServedModel, x: ModelInput, plan: Plan, timeout_s: float | None = None) -> AnyScores:
+        """Queue ``x`` (N, d), or N sequences, for ``model`` to run as ``plan`` and wait for its scores, at most
+        ``timeout_s`` (the server's ``request_timeout_s`` when None or longer)."""
         assert model.backend is not None  # only ready models are queued
         loop = asyncio.get_running_loop()
         queue = self._queues.get(model.name)

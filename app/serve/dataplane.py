@@ -4,14 +4,15 @@ A router decodes its wire format into a ``ScoringRequest`` and makes this one ca
 corridor (docs/serving.md): the model, its decoded columns, the server's limits and the backend's plan, the
 checkpoint's preprocessing checking every value once, the gate's screen (bounds, support), the batched Monte
 Carlo pass of the rows not rejected, density and epistemic, the gate's decisions and reasons, then metrics and
-drift, once.
+drift, once. A sequence model's rows are sequences: its corridor between decoding and the pass is
+``app.serve.sequences`` (every step checked and screened, the last max_length steps scored).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,16 +21,17 @@ import numpy as np
 from app.bnn.plan import Plan, PlanRefused
 from app.bnn.spec import Sampler
 from app.checkpoint.manifest import Manifest
-from app.data.schema import FeatureError, FeatureSpec
+from app.data.schema import FeatureError
 from app.errors import SchemaError
-from app.gate.gate import Decision, GateResult
+from app.gate.gate import Decision, Gate, GateResult
 from app.gate.spec import Component
 from app.serve import audit
-from app.serve.backend import Scores
+from app.serve.backend import AnyScores, Scores
 from app.serve.batching import BatchingEngine
 from app.serve.errors import RequestRejected
 from app.serve.metrics import ServiceMetrics
 from app.serve.repository import LoadOutcome, ModelRepository, ModelState, ServedModel
+from app.serve.sequences import LocateStep, Prepared, prepare_sequences
 from app.serve.settings import RejectMode, Settings
 
 Locate = Callable[[str, int], str]  # (feature, row) -> the field as the client named it
@@ -47,24 +49,36 @@ class RequestOptions:
     timeout_s: float | None = None  # the request's own deadline (the server's applies when it is shorter)
 
 
-Decode = Callable[[Sequence[FeatureSpec]], tuple[Columns, RequestOptions]]  # features -> columns, options
+@dataclass(frozen=True)
+class Decoded:
+    """A body decoded for its model: raw ``columns`` (feature -> N values; for a sequence model, the ΣT values of
+    its N sequences' steps, each sequence's contiguous and oldest first), the Monte Carlo options, and, for a
+    sequence model, ``lengths`` (N,) int64, each ≥ 1 (None for a flat one)."""
+
+    columns: Columns
+    options: RequestOptions
+    lengths: np.ndarray | None = None
+
+
+Decode = Callable[[Manifest], Decoded]  # the model's manifest (features, sequence schema) -> the decoded body
 
 
 @dataclass(frozen=True)
 class ScoringRequest:
     """A request as a protocol decoded it, before anything model-specific is checked.
 
-    ``decode`` turns the body into raw columns and options once the model is found and its features are known
+    ``decode`` turns the body into raw columns and options once the model is found and its manifest is known
     (raising the protocol's errors: unknown, missing or duplicated features, tensor shapes and datatypes,
-    malformed options), so an unknown or unready model is a 404 or 503 whatever the body holds; ``locate``
-    names a value's field as the protocol does; ``option_field`` prefixes the option fields (``parameters.``
-    on /v2), ``rows_field`` names the rows (``instances``, ``inputs``) and ``timeout_s`` is the transport's
-    deadline, if it has one.
+    sequence lengths, malformed options), so an unknown or unready model is a 404 or 503 whatever the body
+    holds; ``locate`` names a value's field as the protocol does, ``locate_step`` a sequence step's;
+    ``option_field`` prefixes the option fields (``parameters.`` on /v2), ``rows_field`` names the rows
+    (``instances``, ``inputs``) and ``timeout_s`` is the transport's deadline, if it has one.
     """
 
     model: str
     decode: Decode
     locate: Locate
+    locate_step: LocateStep
     option_field: str = ""
     rows_field: str = "instances"
     timeout_s: float | None = None  # a deadline the transport carries (gRPC's), besides the body's
@@ -79,7 +93,7 @@ class InferenceResult:
 
     model: ServedModel
     planned: Plan
-    scores: Scores | None
+    scores: AnyScores | None
     scored: np.ndarray
     gate: GateResult
 
@@ -110,9 +124,10 @@ class InferenceResult:
         return out
 
     def labels_or(self, fill: str | None) -> np.ndarray:
-        """(N,) object: each scored row's most probable label, ``fill`` for a rejected row."""
+        """(N,) object: each scored row's most probable label, ``fill`` for a rejected row (and every row of a
+        regression, which has no labels)."""
         out = np.full(self.rows, fill, dtype=object)
-        if self.scores is not None:
+        if isinstance(self.scores, Scores):
             out[self.scored] = np.array(self.manifest.task.labels, dtype=object)[self.scores.probs.argmax(1)]
         return out
 
@@ -188,14 +203,40 @@ class DataPlane:
         model = self.model(request.model, request.version)
         manifest, gate = model.manifest, model.gate
         assert gate is not None  # a ready model has its gate
-        columns, options = request.decode(manifest.features)
-        plan = self.plan(model, request, options, len(next(iter(columns.values()))))
+        decoded = request.decode(manifest)
+        columns, options, lengths = decoded.columns, decoded.options, decoded.lengths
+        rows = len(next(iter(columns.values()))) if lengths is None else int(lengths.size)
+        plan = self.plan(model, request, options, rows)
+        reject_request = self.settings.reject_mode is RejectMode.REQUEST
+        if lengths is None:
+            prepared = self._prepare_rows(manifest, gate, request, columns, reject_request)
+        else:  # app.serve.sequences: every step checked and screened, the last max_length steps scored
+            prepared = prepare_sequences(manifest, gate, columns, lengths, request.locate_step, reject_request)
+        screen, scored = prepared.screen, prepared.scored
+        deadlines = [t for t in (options.timeout_s, request.timeout_s) if t is not None]
+        timeout_s = min(deadlines) if deadlines else None
+        scores = await self.engine.submit(model, prepared.inputs, plan, timeout_s) if scored.any() else None
+        density = np.full(scored.size, np.nan)
+        epistemic = np.full(scored.size, np.nan)
+        if scores is not None:
+            density[scored] = gate.density(prepared.density_input)
+            epistemic[scored] = scores.epistemic  # a regression's: the epistemic variance, the target's unit²
+        result = InferenceResult(model, plan, scores, scored, gate.decide(screen, density, epistemic))
+        self._record(model, result)
+        return result
+
+    @staticmethod
+    def _prepare_rows(
+        manifest: Manifest, gate: Gate, request: ScoringRequest, columns: Columns, reject_request: bool
+    ) -> Prepared:
+        """Check, screen and encode flat rows: SchemaError naming the field of a value the preprocessing
+        refuses, and, with ``reject_request``, of the first impossible one."""
         try:
             numeric, codes = manifest.preprocessing.raw_values(columns)
         except FeatureError as err:
             raise SchemaError(request.locate(err.feature, err.row), err.reason) from None
         screen = gate.screen(numeric, codes)
-        if self.settings.reject_mode is RejectMode.REQUEST and screen.rejected.any():
+        if reject_request and screen.rejected.any():
             row = int(np.flatnonzero(screen.rejected)[0])
             feature = screen.reasons[row][0].split(":", 1)[1]
             raise SchemaError(request.locate(feature, row), screen.details[row][0])
@@ -204,22 +245,14 @@ class DataPlane:
         x = manifest.preprocessing.encode(
             {k: v[scored] for k, v in numeric.items()}, {k: v[scored] for k, v in codes.items()}
         )
-        deadlines = [t for t in (options.timeout_s, request.timeout_s) if t is not None]
-        timeout_s = min(deadlines) if deadlines else None
-        scores = await self.engine.submit(model, x, plan, timeout_s) if scored.any() else None
-        density = np.full(scored.size, np.nan)
-        epistemic = np.full(scored.size, np.nan)
-        if scores is not None:
-            density[scored] = gate.density(x)
-            epistemic[scored] = scores.epistemic
-        result = InferenceResult(model, plan, scores, scored, gate.decide(screen, density, epistemic))
-        self._record(model, result)
-        return result
+        return Prepared(screen, scored, x, x)
 
     def _record(self, model: ServedModel, result: InferenceResult) -> None:
         audit.note(result)  # the request's audit record, when its surface opened one (app.serve.audit)
         name, metrics, gate = model.name, self.metrics, result.gate
-        if result.scores is not None:
+        # The histogram is in nats: a regression's epistemic score (a variance, the target's unit²) stays out of
+        # it, and its drift is watched by the drift gauges below like any model's.
+        if isinstance(result.scores, Scores):
             metrics.epistemic.observe(name, result.scores.epistemic)
         metrics.predictions.labels(name).inc(result.rows)
         counts = Counter(gate.decisions)

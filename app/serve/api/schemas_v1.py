@@ -2,15 +2,48 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from app.bnn.spec import Sampler
 from app.data.schema import FeatureSpec
 from app.gate.spec import GateCalibration, GateRates
 
 FeatureValue = str | int | float | bool | None
+Record = dict[str, FeatureValue]
+# Which form an instance takes is decided by its JSON type, so only that form's errors are reported; the tag
+# pydantic puts in an error's loc (instances.0.record.age) is taken out again (``instance_loc``).
+INSTANCE_TAGS = ("record", "steps")
+
+
+def _instance_form(value: Any) -> str | None:
+    """A list holding a record (or none: empty) is steps; a list of bare values is a positional row, refused."""
+    if isinstance(value, dict):
+        return "record"
+    if isinstance(value, list) and (not value or any(isinstance(v, dict) for v in value)):
+        return "steps"
+    return None
+
+
+Instance = Annotated[
+    Annotated[Record, Tag("record")] | Annotated[list[Record], Tag("steps")],
+    Discriminator(
+        _instance_form,
+        custom_error_type="instance_type",
+        custom_error_message="an instance is a feature record (not a positional row) or, for a sequence model, "
+        "a list of step records",
+    ),
+]
+
+
+def instance_loc(loc: tuple[str | int, ...]) -> list[str | int]:
+    """An error's loc without the instance form's tag: ("body", "instances", 0, "record", "age") -> […, 0, "age"]."""
+    parts = list(loc)
+    tagged = len(parts) > 3 and isinstance(parts[2], int) and parts[3] in INSTANCE_TAGS
+    if parts[:2] == ["body", "instances"] and tagged:
+        del parts[3]
+    return parts
 
 
 class _Wire(BaseModel):
@@ -18,9 +51,11 @@ class _Wire(BaseModel):
 
 
 class PredictRequest(_Wire):
-    instances: list[dict[str, FeatureValue]] = Field(
+    instances: list[Instance] = Field(
         min_length=1,
-        description="Feature records, one per row, keyed by the model's feature names (see GET /v1/models/{name}).",
+        description="Feature records, one per row, keyed by the model's feature names (see GET /v1/models/{name}); "
+        "for a sequence model, one list of time steps per instance, oldest first, each step a feature record "
+        "(at least one step; beyond the model's max_length the last steps are kept, and every step is screened).",
         examples=[[{"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 1.0, "mgus": 0}]],
     )
     # Strict, as /v2's parameters are: no "512" for 512, no true for 1, no 8.0 for 8.
@@ -101,6 +136,33 @@ class PredictionOut(_Wire):
     details: list[str] = Field(description="One sentence per reason, with the value and the bound or threshold.")
 
 
+class VarianceOut(_Wire):
+    total: float = Field(description="Predictive variance, aleatoric + epistemic, in the target's unit squared.")
+    aleatoric: float = Field(description="Mean over weight samples of the predicted noise variance.")
+    epistemic: float = Field(description="Variance over weight samples of the predicted mean (the gate's score).")
+
+
+class RegressionPredictionOut(_Wire):
+    """A regression's answer for one row (or sequence): the Gaussian mixture over weight samples, in the
+    target's unit, and the gate's answer as for a classifier."""
+
+    mean: float | None = Field(description="Predictive mean, in ``unit``; null for a rejected row.")
+    unit: str | None = Field(description="The target's unit (the manifest's task.unit).")
+    intervals: dict[str, list[float]] | None = Field(
+        description='Central predictive intervals [low, high] by level ("0.5", "0.9", "0.95"), from the '
+        "mixture's quantiles; null for a rejected row."
+    )
+    variance: VarianceOut | None = Field(description="null for a rejected row.")
+    gate: GateOut
+    decision: Literal["accept", "refer", "reject"]
+    reasons: list[str]
+    details: list[str]
+
+
+class RegressionMonteCarloErrorOut(_Wire):
+    mean: float = Field(description="Largest standard error over rows of the predictive mean, sqrt(epistemic / S).")
+
+
 class ModelRef(_Wire):
     name: str
     version: str
@@ -125,8 +187,10 @@ class PredictResponse(_Wire):
     sampler: Sampler | None = Field(
         description="The sampler that ran (bank, fresh or local); null when no row was scored."
     )
-    mc_error: MonteCarloErrorOut | None = Field(description="null when no row was scored.")
-    predictions: list[PredictionOut]
+    mc_error: MonteCarloErrorOut | RegressionMonteCarloErrorOut | None = Field(
+        description="null when no row was scored."
+    )
+    predictions: list[PredictionOut | RegressionPredictionOut]
 
 
 class KServePredictResponse(_Wire):
@@ -134,7 +198,7 @@ class KServePredictResponse(_Wire):
     object as ``PredictResponse.predictions`` (the top-level model, samples, seed and Monte Carlo errors are on
     the canonical ``/predict`` route only)."""
 
-    predictions: list[PredictionOut]
+    predictions: list[PredictionOut | RegressionPredictionOut]
 
 
 class GateThresholdsOut(_Wire):
@@ -173,6 +237,9 @@ class ModelMetadataResponse(ModelSummaryOut):
     default_samples: int | None = None
     max_samples: int | None = None
     metrics: dict[str, Any] | None = None
+    sequence: dict[str, Any] | None = Field(
+        None, description="A sequence model's schema (max_length, padding, truncation): its instances are steps."
+    )
 
 
 class ErrorDetail(_Wire):

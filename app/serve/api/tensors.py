@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from app.data.schema import FeatureKind
 from app.serve.errors import RequestRejected
 
 DTYPES = {
@@ -34,12 +36,40 @@ DTYPES = {
 DATATYPES = sorted([*DTYPES, "BYTES"])
 NUMERIC_DATATYPES = frozenset(DTYPES) - {"BOOL"}
 LENGTH = struct.Struct("<I")
+INTEGER_RANGES = {
+    **{f"INT{bits}": (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) for bits in (8, 16, 32, 64)},
+    **{f"UINT{bits}": (0, 2**bits - 1) for bits in (8, 16, 32, 64)},
+}
 
 
 def check_datatype(field: str, datatype: str) -> None:
     """RequestRejected naming ``field`` unless ``datatype`` is one of the protocol's."""
     if datatype not in DATATYPES:
         raise RequestRejected(field, f"unknown datatype {datatype}; expected one of {DATATYPES}")
+
+
+def check_feature_datatype(field: str, datatype: str, kind: FeatureKind) -> None:
+    """RequestRejected naming ``field`` unless ``datatype`` suits a feature of ``kind`` (BYTES for categories)."""
+    check_datatype(field, datatype)
+    if kind is FeatureKind.CATEGORICAL:
+        if datatype != "BYTES":
+            raise RequestRejected(field, f"categorical feature needs datatype BYTES, got {datatype}")
+        return
+    if datatype not in NUMERIC_DATATYPES:
+        raise RequestRejected(field, f"numeric feature needs one of {sorted(NUMERIC_DATATYPES)}, got {datatype}")
+
+
+def check_integers(datatype: str, values: list[Any] | np.ndarray, where: Callable[[int], str]) -> None:
+    """Each JSON element of an integer ``datatype`` an integer in its range (``where(i)``: element i's field); an
+    array is in its dtype's range already, and None (a missing value) is the preprocessing's to judge."""
+    if datatype not in INTEGER_RANGES or isinstance(values, np.ndarray):
+        return
+    low, high = INTEGER_RANGES[datatype]
+    for row, value in enumerate(values):
+        integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if value is not None and not isinstance(value, bool) and (not integral or not low <= value <= high):
+            reason = f"{datatype} element must be an integer in [{low}, {high}], got {value!r}"
+            raise RequestRejected(where(row), reason)
 
 
 def missing_as_none(values: list[Any], datatype: str) -> list[Any]:

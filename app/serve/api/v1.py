@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email.message
-import math
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -13,11 +12,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
+from app.checkpoint.manifest import Manifest, TaskType
 from app.data.schema import FeatureSpec
 from app.errors import SchemaError
-from app.gate.gate import GateResult
-from app.gate.spec import Component
-from app.serve.api import strict_json
+from app.serve.api import strict_json, v1_answers
 from app.serve.api.deps import DataPlaneDep
 from app.serve.api.schemas_v1 import (
     ErrorResponse,
@@ -29,7 +27,8 @@ from app.serve.api.schemas_v1 import (
     PredictRequest,
     PredictResponse,
 )
-from app.serve.dataplane import Columns, InferenceResult, RequestOptions, ScoringRequest
+from app.serve.backend import Scores
+from app.serve.dataplane import Columns, Decoded, InferenceResult, RequestOptions, ScoringRequest
 from app.serve.repository import ModelState, ServedModel
 
 
@@ -113,46 +112,55 @@ def model_metadata(name: str, dataplane: DataPlaneDep) -> ModelMetadataResponse:
         default_samples=m.default_samples,
         max_samples=dataplane.settings.max_samples,
         metrics=m.metrics or None,
+        sequence=None if m.sequence is None else m.sequence.model_dump(mode="json"),
     )
+
+
+def _record_keys(where: str, record: dict[str, Any], names: list[str]) -> None:
+    """Missing and unknown keys of one feature record refused by name (``where``: the record's path)."""
+    known = set(names)
+    for key in record:
+        if key not in known:
+            raise SchemaError(f"{where}.{key}", f"unknown feature; expected {names}")
+    for name in names:
+        if name not in record:
+            raise SchemaError(f"{where}.{name}", "missing feature")
 
 
 def _columns(request: PredictRequest, features: Sequence[FeatureSpec]) -> Columns:
     """Instances (records) -> columns, refusing missing and unknown keys by name."""
     names = [f.name for f in features]
-    known = set(names)
     for row, instance in enumerate(request.instances):
-        for key in instance:
-            if key not in known:
-                raise SchemaError(f"instances[{row}].{key}", f"unknown feature; expected {names}")
-        for name in names:
-            if name not in instance:
-                raise SchemaError(f"instances[{row}].{name}", "missing feature")
-    return {name: [instance[name] for instance in request.instances] for name in names}
+        if not isinstance(instance, dict):
+            raise SchemaError(f"instances[{row}]", "this model takes one feature record per instance, not a list")
+        _record_keys(f"instances[{row}]", instance, names)
+    return {name: [instance[name] for instance in request.instances] for name in names}  # type: ignore[call-overload]
 
 
-def _nullable(values: np.ndarray) -> list[float | None]:
-    """(N,) numbers -> Python floats, None where not finite (a rejected row's score)."""
-    out: list[float | None] = values.tolist()
-    for row in np.flatnonzero(~np.isfinite(values)).tolist():
-        out[row] = None
-    return out
+def _sequences(request: PredictRequest, features: Sequence[FeatureSpec]) -> tuple[Columns, np.ndarray]:
+    """Instances (lists of step records, oldest first) -> the columns of every step in order, and each
+    instance's steps; refusing a record where a list belongs, an empty list, missing and unknown keys."""
+    names = [f.name for f in features]
+    lengths = np.empty(len(request.instances), dtype=np.int64)
+    for row, instance in enumerate(request.instances):
+        if not isinstance(instance, list):
+            raise SchemaError(
+                f"instances[{row}]", "a sequence model takes a list of time steps per instance (oldest first)"
+            )
+        if not instance:
+            raise SchemaError(f"instances[{row}]", "at least one time step is required")
+        for step, record in enumerate(instance):
+            _record_keys(f"instances[{row}][{step}]", record, names)
+        lengths[row] = len(instance)
+    steps = [record for instance in request.instances for record in instance]
+    return {name: [record[name] for record in steps] for name in names}, lengths  # type: ignore[index]
 
 
-def _component(gate: GateResult, component: Component, threshold: float | None = None) -> list[dict[str, Any]]:
-    """One component's answer for every row, from its arrays in one pass each: ``ComponentOut``, or
-    ``SupportOut`` for the support (which has no threshold)."""
-    columns = zip(
-        _nullable(gate.scores[component]),
-        _nullable(gate.percentiles[component]),
-        gate.flags[component].tolist(),
-        strict=True,
-    )
-    if component is Component.SUPPORT:
-        return [{"score": score, "percentile": percentile, "flag": flag} for score, percentile, flag in columns]
-    return [
-        {"score": score, "threshold": threshold, "percentile": percentile, "flag": flag}
-        for score, percentile, flag in columns
-    ]
+def _decoded(request: PredictRequest, manifest: Manifest, options: RequestOptions) -> Decoded:
+    if manifest.sequence is None:
+        return Decoded(_columns(request, manifest.features), options)
+    columns, lengths = _sequences(request, manifest.features)
+    return Decoded(columns, options, lengths)
 
 
 def decode(name: str, request: PredictRequest) -> ScoringRequest:
@@ -166,62 +174,44 @@ def decode(name: str, request: PredictRequest) -> ScoringRequest:
     )
     return ScoringRequest(
         model=name,
-        decode=lambda features: (_columns(request, features), options),
+        decode=lambda manifest: _decoded(request, manifest, options),
         locate=lambda feature, row: f"instances[{row}].{feature}",
+        locate_step=lambda feature, row, step: f"instances[{row}][{step}].{feature}",
     )
+
+
+def _classifier_predictions(result: InferenceResult) -> list[dict[str, Any]]:
+    """A classifier's predictions (``PredictionOut``), flat or sequence alike."""
+    s, labels = result.scores, result.manifest.task.labels or []
+    empty: list[Any] = [None] * result.rows
+    probabilities = empty
+    uncertainties = empty
+    if isinstance(s, Scores):
+        probabilities = [None if p is None else dict(zip(labels, p, strict=True)) for p in result.per_row(s.probs)]
+        columns = np.stack([s.total, s.aleatoric, s.epistemic, s.std], axis=1)
+        names = ("total", "aleatoric", "epistemic", "std")
+        uncertainties = [None if u is None else dict(zip(names, u, strict=True)) for u in result.per_row(columns)]
+    return [
+        {"label": label, "probabilities": probs, "uncertainty": u, **parts}
+        for label, probs, u, parts in zip(
+            result.labels, probabilities, uncertainties, v1_answers.gate_parts(result), strict=True
+        )
+    ]
 
 
 def encode(result: InferenceResult) -> dict[str, Any]:
     """The data plane's answer -> the /v1 body as plain data, ``PredictResponse``'s shape (its ``predictions``
     are also the KServe V1 answer). Built from the arrays column by column, not an object per row: the
     response model documents the shape, and the tests check the answers against it."""
-    m, s, gate = result.manifest, result.scores, result.gate
-    labels = m.task.labels
-    thresholds = m.gate.thresholds()
-    empty: list[Any] = [None] * result.rows
-    probabilities = empty
-    uncertainties = empty
-    if s is not None:
-        probabilities = [None if p is None else dict(zip(labels, p, strict=True)) for p in result.per_row(s.probs)]
-        columns = np.stack([s.total, s.aleatoric, s.epistemic, s.std], axis=1)
-        names = ("total", "aleatoric", "epistemic", "std")
-        uncertainties = [None if u is None else dict(zip(names, u, strict=True)) for u in result.per_row(columns)]
-    support = _component(gate, Component.SUPPORT)
-    density = _component(gate, Component.DENSITY, thresholds[Component.DENSITY])
-    epistemic = _component(gate, Component.EPISTEMIC, thresholds[Component.EPISTEMIC])
-    predictions = [
-        {
-            "label": label,
-            "probabilities": probs,
-            "uncertainty": u,
-            "gate": {"support": sup, "density": den, "epistemic": epi},
-            "decision": decision.value,
-            "reasons": reasons,
-            "details": details,
-        }
-        for label, probs, u, sup, den, epi, decision, reasons, details in zip(
-            result.labels,
-            probabilities,
-            uncertainties,
-            support,
-            density,
-            epistemic,
-            gate.decisions,
-            gate.reasons,
-            gate.details,
-            strict=True,
-        )
-    ]
-    mc_error = None
-    if s is not None:
-        mi = s.mc_error.mutual_information
-        mc_error = {"probability": s.mc_error.probability, "mutual_information": mi if math.isfinite(mi) else None}
+    m, s = result.manifest, result.scores
+    regression = m.task.type is TaskType.REGRESSION
+    predictions = v1_answers.regression_predictions(result) if regression else _classifier_predictions(result)
     return {
         "model": {"name": m.name, "version": m.version, "sha256": m.weights.sha256, "kind": m.kind.value},
         "samples": result.samples,
         "seed": None if s is None else s.plan.seed,
         "sampler": None if s is None else s.plan.sampler.value,
-        "mc_error": mc_error,
+        "mc_error": v1_answers.mc_error(result),
         "predictions": predictions,
     }
 

@@ -1,10 +1,12 @@
 """/v2: the Open Inference Protocol (KServe v2) REST API.
 
 Inputs: one tensor per feature, shape [N] (or [N, 1]); numeric features take any numeric datatype, categorical
-ones BYTES. Outputs: probabilities [N, C], total_entropy, aleatoric, mutual_information, predictive_std, the
-gate's support_score, support_percentile, density_score, density_percentile, epistemic_percentile [N] (FP64;
-null where the gate rejected the row, which is not scored), ood_flag [N] (BOOL: not accepted), decision,
-reasons (comma-separated) and label [N] (BYTES; label "" for a rejected row). Request parameters may carry
+ones BYTES; a sequence model's are [N, T] with ``lengths`` [N] (api/v2_sequences.py). Outputs: probabilities
+[N, C], total_entropy, aleatoric, mutual_information, predictive_std, the gate's support_score,
+support_percentile, density_score, density_percentile, epistemic_percentile [N] (FP64; null where the gate
+rejected the row, which is not scored), ood_flag [N] (BOOL: not accepted), decision, reasons (comma-separated)
+and label [N] (BYTES; label "" for a rejected row); a regression's mean, interval_{50,90,95}_{low,high} and
+variance_{total,aleatoric,epistemic} replace the classifier's own. Request parameters may carry
 ``samples``, ``seed``, ``sampler`` and ``tolerance``; the response echoes what ran (and the weights' sha256).
 The body is JSON, or JSON then binary tensor data (api/v2_binary.py); outputs are written by api/v2_outputs.py.
 """
@@ -22,9 +24,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.bnn.spec import Sampler
+from app.checkpoint.manifest import Manifest
 from app.data.schema import FeatureKind, FeatureSpec
 from app.serve.api import repository as repository_api
-from app.serve.api import v2_binary, v2_outputs
+from app.serve.api import v2_binary, v2_outputs, v2_sequences
 from app.serve.api.deps import DataPlaneDep
 from app.serve.api.schemas_v2 import (
     ErrorResponse,
@@ -39,10 +42,9 @@ from app.serve.api.schemas_v2 import (
     ServerMetadataResponse,
     TensorMetadata,
 )
-from app.serve.api.tensors import NUMERIC_DATATYPES, check_datatype
-from app.serve.api.v2_outputs import OUTPUT_NAMES
-from app.serve.backend import BackendKind
-from app.serve.dataplane import Columns, DataPlane, RequestOptions, ScoringRequest
+from app.serve.api.tensors import check_feature_datatype, check_integers
+from app.serve.backend import LENGTHS_INPUT, BackendKind
+from app.serve.dataplane import Columns, DataPlane, Decoded, RequestOptions, ScoringRequest
 from app.serve.errors import RequestRejected
 from app.serve.repository import ModelState
 
@@ -51,10 +53,6 @@ ERRORS = {
     400: {"model": ErrorResponse, "description": "Malformed request: the message names the tensor and the reason."},
     404: {"model": ErrorResponse, "description": "Unknown model."},
     503: {"model": ErrorResponse, "description": "The model is loading or failed verification."},
-}
-INTEGER_RANGES = {
-    **{f"INT{bits}": (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) for bits in (8, 16, 32, 64)},
-    **{f"UINT{bits}": (0, 2**bits - 1) for bits in (8, 16, 32, 64)},
 }
 
 
@@ -123,10 +121,14 @@ def model_metadata(name: str, version: str | None, dataplane: DataPlane) -> Mode
     model = dataplane.model(name, version)
     manifest = model.manifest
     assert model.backend is not None  # a ready model has its backend
+    # A sequence model's per-step features are [N, T] with each sequence's steps; ``lengths`` [N] says how many.
+    shape = [-1] if manifest.sequence is None else [-1, -1]
     inputs = [
-        TensorMetadata(name=f.name, datatype="FP64" if f.kind is FeatureKind.NUMERIC else "BYTES", shape=[-1])
+        TensorMetadata(name=f.name, datatype="FP64" if f.kind is FeatureKind.NUMERIC else "BYTES", shape=shape)
         for f in manifest.features
     ]
+    if manifest.sequence is not None:
+        inputs.append(TensorMetadata(name=LENGTHS_INPUT, datatype="INT64", shape=[-1]))
     return ModelMetadataResponse(
         name=name,
         versions=[m.version for m in dataplane.repository.versions(name) if m.state is ModelState.READY],
@@ -158,22 +160,8 @@ def _check_tensor(tensor: RequestInput, kind: FeatureKind) -> list[Any] | np.nda
     checked against the feature by the model's preprocessing)."""
     field = f"inputs.{tensor.name}"
     values = _values(tensor, field)
-    datatype = tensor.datatype
-    check_datatype(field, datatype)
-    if kind is FeatureKind.CATEGORICAL:
-        if datatype != "BYTES":
-            raise RequestRejected(field, f"categorical feature needs datatype BYTES, got {datatype}")
-        return values
-    if datatype not in NUMERIC_DATATYPES:
-        raise RequestRejected(field, f"numeric feature needs one of {sorted(NUMERIC_DATATYPES)}, got {datatype}")
-    if datatype in INTEGER_RANGES and not isinstance(values, np.ndarray):  # an array is in its dtype's range
-        low, high = INTEGER_RANGES[datatype]
-        for row, value in enumerate(values):
-            integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-            if value is not None and not isinstance(value, bool) and (not integral or not low <= value <= high):
-                raise RequestRejected(
-                    f"{field}[{row}]", f"{datatype} element must be an integer in [{low}, {high}], got {value!r}"
-                )
+    check_feature_datatype(field, tensor.datatype, kind)
+    check_integers(tensor.datatype, values, lambda row: f"{field}[{row}]")
     return values
 
 
@@ -256,14 +244,15 @@ def _check_fields(request: InferenceRequest) -> None:
         _refuse_misspelt(f"outputs.{output.name}.", list(output.model_extra or {}), ["name", "parameters"])
 
 
-def _decoded(request: InferenceRequest, features: Sequence[FeatureSpec]) -> tuple[Columns, RequestOptions]:
-    """Misspelt fields refused, the requested outputs checked, then the input tensors -> columns, then the
-    parameters -> options."""
+def _decoded(request: InferenceRequest, manifest: Manifest) -> Decoded:
+    """Misspelt fields refused, the requested outputs checked, then the input tensors -> columns (a sequence
+    model's: api/v2_sequences.py), then the parameters -> options."""
     _check_fields(request)
     asked = [output.name for output in request.outputs or []]
+    names = v2_outputs.output_names(manifest)
     for output in asked:
-        if output not in OUTPUT_NAMES:
-            raise RequestRejected(f"outputs.{output}", f"unknown output; available: {sorted(OUTPUT_NAMES)}")
+        if output not in names:
+            raise RequestRejected(f"outputs.{output}", f"unknown output; available: {sorted(names)}")
         if asked.count(output) > 1:
             raise RequestRejected(f"outputs.{output}", "output requested more than once")
     for output in request.outputs or []:
@@ -272,7 +261,11 @@ def _decoded(request: InferenceRequest, features: Sequence[FeatureSpec]) -> tupl
                 f"outputs.{output.name}.parameters.classification",
                 "the classification extension is not supported; ask for 'probabilities' and 'label'",
             )
-    columns = _columns(request, features)
+    lengths = None
+    if manifest.sequence is None:
+        columns = _columns(request, manifest.features)
+    else:
+        columns, lengths = v2_sequences.sequence_columns(request, manifest.features)
     options = RequestOptions(
         samples=_parameter(request, "samples"),
         seed=_parameter(request, "seed"),
@@ -280,7 +273,7 @@ def _decoded(request: InferenceRequest, features: Sequence[FeatureSpec]) -> tupl
         tolerance=_tolerance(request),
         timeout_s=_timeout_s(request),
     )
-    return columns, options
+    return Decoded(columns, options, lengths)
 
 
 def decode(
@@ -290,8 +283,9 @@ def decode(
     model version the path named)."""
     return ScoringRequest(
         model=name,
-        decode=lambda features: _decoded(request, features),
+        decode=lambda manifest: _decoded(request, manifest),
         locate=lambda feature, row: f"inputs.{feature}[{row}]",
+        locate_step=v2_sequences.locate_step,
         option_field="parameters.",
         rows_field="inputs",
         timeout_s=timeout_s,
