@@ -65,6 +65,8 @@ class Likelihood(str, Enum):
     GAUSSIAN = "gaussian"  # heteroscedastic regression: a mean and a raw scale per target (sequence networks)
 
 
+INTERVAL_LEVELS: tuple[float, ...] = (0.5, 0.9, 0.95)  # the central predictive intervals a regression reports
+
 BAYESIAN_KINDS = frozenset({LayerKind.LOWRANK, LayerKind.FULLRANK, LayerKind.RANK1})
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from app.bnn.regression import GaussianPredictive
+from app.bnn.spec import INTERVAL_LEVELS
 from app.evaluate.metrics import _as_scores
 
 __all__ = [
@@ -39,7 +40,6 @@ __all__ = [
     "summarise",
 ]
 
-INTERVAL_LEVELS: tuple[float, ...] = (0.5, 0.9, 0.95)
 CALIBRATION_LEVELS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 … 0.95
 DEFAULT_LEVELS: tuple[float, ...] = tuple(sorted(set(INTERVAL_LEVELS) | set(CALIBRATION_LEVELS)))
 

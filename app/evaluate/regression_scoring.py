@@ -14,9 +14,7 @@ import torch
 
 from app.bnn.network import BayesianMLP
 from app.bnn.regression import GaussianPredictive
-from app.bnn.spec import Likelihood
-
-INTERVAL_LEVELS = (0.5, 0.9, 0.95)  # the central predictive intervals a regression reports
+from app.bnn.spec import INTERVAL_LEVELS, Likelihood
 
 
 @dataclass(frozen=True)

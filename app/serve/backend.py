@@ -27,7 +27,6 @@ class BackendKind(str, Enum):
     ONNX = "onnx"
 
 
-INTERVAL_LEVELS = (0.5, 0.9, 0.95)  # a regression's central predictive intervals (as evaluation reports them)
 LENGTHS_INPUT = "lengths"  # /v2's input of each sequence's steps (api/v2_sequences.py)
 
 

@@ -28,8 +28,8 @@ from app.bnn.sequence_engine import SequenceMonteCarloEngine, slice_sequence_sam
 from app.bnn.spec import Likelihood, Sampler
 from app.checkpoint.manifest import Manifest
 from app.errors import CheckpointError
+from app.evaluate.regression_scoring import in_target_units
 from app.serve.backend import (
-    INTERVAL_LEVELS,
     AnyScores,
     BackendKind,
     Cost,
@@ -48,25 +48,15 @@ RATE_SEQUENCES = 8
 def regression_scores(head: torch.Tensor, plan: Plan, mean: float, std: float) -> RegressionScores:
     """head (S, N, 2) standardised Gaussian outputs -> the mixture's scores in the target's unit."""
     predictive = GaussianPredictive.from_head(head)
-
-    def numpy(t: torch.Tensor) -> np.ndarray:
-        return t[:, 0].double().cpu().numpy()
-
-    # Quantiles are equivariant under an increasing affine map: the intervals map as the mean does.
-    intervals = {}
-    for level in INTERVAL_LEVELS:
-        low, high = predictive.interval(level)
-        intervals[level] = (numpy(low) * std + mean, numpy(high) * std + mean)
-    aleatoric = numpy(predictive.aleatoric) * std**2
-    epistemic = numpy(predictive.epistemic) * std**2
-    largest = float(epistemic.max()) if epistemic.size else 0.0
+    summary = in_target_units(predictive, mean, std)
+    largest = float(summary.epistemic.max()) if summary.epistemic.size else 0.0
     return RegressionScores(
         plan=plan,
-        mean=numpy(predictive.mean) * std + mean,
-        total=aleatoric + epistemic,  # summed after scaling, so the identity holds exactly
-        aleatoric=aleatoric,
-        epistemic=epistemic,
-        intervals=intervals,
+        mean=summary.mean,
+        total=summary.total,
+        aleatoric=summary.aleatoric,
+        epistemic=summary.epistemic,
+        intervals=summary.intervals,
         mean_error=math.sqrt(largest / max(1, predictive.samples)),
     )
 

@@ -11,13 +11,14 @@ from typing import Any
 import numpy as np
 from fastapi.responses import Response
 
+from app.bnn.spec import INTERVAL_LEVELS
 from app.checkpoint.manifest import Manifest, TaskType
 from app.gate.gate import Decision
 from app.gate.spec import Component
 from app.serve.api import v2_binary
 from app.serve.api.schemas_v2 import InferenceRequest, InferenceResponse, ResponseOutput, TensorMetadata
 from app.serve.api.tensors import OutputTensor, to_bytes
-from app.serve.backend import INTERVAL_LEVELS, RegressionScores, Scores
+from app.serve.backend import RegressionScores, Scores
 from app.serve.dataplane import InferenceResult
 
 CLASSIFIER_VECTORS = ("total_entropy", "aleatoric", "mutual_information", "predictive_std")
