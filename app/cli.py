@@ -205,9 +205,7 @@ def train(
     )
     for warning in gate.warnings:
         warn(warning)
-    if evaluate and sequences:
-        warn("`sbnn evaluate` does not evaluate sequence models yet: the checkpoint is saved, not evaluated")
-    elif evaluate:
+    if evaluate:  # an MLP or a sequence checkpoint: _evaluate reads which from the manifest
         _evaluate(out, samples=None, seed=0, data_path=None, figures=True, command="train")
 
 
@@ -221,17 +219,29 @@ def _evaluate(
 
         checkpoint = load_checkpoint(model_dir)
         extras += source_extras(checkpoint.manifest.data.source)
-        from app.data.dataset import load_dataset
-        from app.evaluate.evaluate import evaluate as run_evaluation
-        from app.evaluate.evaluate import score_sets, write_evaluation
-
         with steps("evaluating") as on_step:
             on_step("loading the data")
-            data = load_dataset(checkpoint.manifest.data, data_path)
-            # Scored once, for the metrics and the figures.
-            scored = score_sets(checkpoint, data, samples=samples, seed=seed, on_step=on_step)
-            result = run_evaluation(checkpoint, data, scored=scored, on_step=on_step)
-            written = write_evaluation(checkpoint, data, result, figures=figures, scored=scored, on_step=on_step)
+            if checkpoint.manifest.sequence is not None:  # an LSTM: its own data, scoring and card
+                from app.data.sequence_table import load_sequence_dataset
+                from app.evaluate import sequence_evaluate as sequences
+
+                steps_data = load_sequence_dataset(checkpoint.manifest.data, data_path)
+                # Scored once, for the metrics and the figures.
+                scored_steps = sequences.score_sequence_sets(checkpoint, steps_data, samples, seed, on_step=on_step)
+                result = sequences.evaluate_sequences(checkpoint, steps_data, scored=scored_steps, on_step=on_step)
+                written = sequences.write_sequence_evaluation(
+                    checkpoint, steps_data, result, figures=figures, scored=scored_steps, on_step=on_step
+                )
+            else:
+                from app.data.dataset import load_dataset
+                from app.evaluate.evaluate import evaluate as run_evaluation
+                from app.evaluate.evaluate import score_sets, write_evaluation
+
+                data = load_dataset(checkpoint.manifest.data, data_path)
+                # Scored once, for the metrics and the figures.
+                scored = score_sets(checkpoint, data, samples=samples, seed=seed, on_step=on_step)
+                result = run_evaluation(checkpoint, data, scored=scored, on_step=on_step)
+                written = write_evaluation(checkpoint, data, result, figures=figures, scored=scored, on_step=on_step)
     print_evaluation(console, checkpoint.manifest.name, seed, result)
     console.print(
         f"parameters: {checkpoint.manifest.parameter_count:,}; wrote " + ", ".join(p.name for p in written),
@@ -337,6 +347,8 @@ def export_onnx_command(
             f"({info.sampling.bytes / 1e3:.0f} KB, {len(info.sampling.inputs)} noise inputs); matches torch on "
             f"shared noise within {info.sampling.max_abs_diff:.2g}"
         )
+    elif checkpoint.manifest.sequence is not None:
+        console.print("no sampling graph: a sequence model exports its frozen bank only")
     else:
         console.print(
             f"no sampling graph: a '{checkpoint.manifest.kind.value}' model has no weight noise (the "

@@ -16,6 +16,9 @@ from app.cli_options import threshold_text, warn
 
 def print_evaluation(console: Console, name: str, seed: int, result: dict[str, Any]) -> None:
     """The test split's metrics, the gate's rates and its AUROCs on the OOD sets and the stress suite."""
+    if "sequence" in result:  # a sequence checkpoint's result (app.evaluate.sequence_evaluate)
+        print_sequence_evaluation(console, name, seed, result)
+        return
     test = result["test"]
     table = Table(title=escape(f"{name}: test split ({result['samples']} samples, seed {seed})"))
     for column in ("AUROC", "AUPRC", "accuracy", "NLL", "Brier", "ECE", "rows"):
@@ -40,6 +43,55 @@ def print_evaluation(console: Console, name: str, seed: int, result: dict[str, A
                 *(f"{auroc[k]:.3f}" for k in ("support", "density", "epistemic", "gate")),
                 f"{entry['not_accepted']:.1%}",
                 f"{entry['rejected']:.1%}",
+            )
+        console.print(ood)
+    for warning in gate["warnings"]:
+        warn(warning)
+
+
+def print_sequence_evaluation(console: Console, name: str, seed: int, result: dict[str, Any]) -> None:
+    """A sequence model's test and validation metrics (a regression's in the target's unit), the gate's rates,
+    and per OOD set the AUROC of each score against the test split and the share not accepted."""
+    regression = result["task"] == "regression"
+    if regression:
+        unit = f" ({result['unit']})" if result.get("unit") else ""
+        columns = {"RMSE": "rmse", "MAE": "mae", "NLL": "nll", "CRPS": "crps", "PICP90": "picp_90"}
+        columns |= {"MPIW90": "mpiw_90", "calib. error": "calibration_error"}
+        scores = {"epistemic var.": "epistemic_variance", "total var.": "total_variance"}
+    else:
+        unit, scores = "", {"MI": "mutual_information", "entropy": "total_entropy"}
+        columns = {"AUROC": "auroc", "accuracy": "accuracy", "NLL": "nll", "Brier": "brier", "ECE": "ece"}
+    scores |= {"density": "density", "gate": "gate"}
+    table = Table(title=escape(f"{name}: {result['target']}{unit} ({result['samples']} samples, seed {seed})"))
+    for column in ("split", *columns, "rows", "not accepted"):
+        table.add_column(column, justify="right")
+    for split in ("test", "val"):
+        entry = result.get(split, {})
+        if all(k in entry for k in columns.values()):
+            rows = entry["rows"] if regression else entry["n"]
+            cells = (f"{entry[k]:.3f}" for k in columns.values())
+            table.add_row(split, *cells, str(rows), f"{entry['not_accepted_rate']:.1%}")
+    console.print(table)
+    gate = result["gate"]
+    rates = gate["test"]
+    console.print(
+        f"gate on the test split: {rates['not_accepted']:.1%} not accepted at a {gate['target_fpr']:.1%} budget "
+        f"(support {rates['support']:.1%}, density {rates['density']:.1%}, epistemic {rates['epistemic']:.1%})"
+    )
+    if result["ood"]:
+        ood = Table(title="OOD sets: AUROC of each score vs the test split, share not accepted, the task on the set")
+        task = ("RMSE", "NLL", "PICP90") if regression else ("AUROC", "NLL", "ECE")
+        for column in ("set", "rows", *scores, "not accepted", *task):
+            ood.add_column(column, justify="right")
+        for set_name, entry in result["ood"].items():
+            known = entry.get("regression" if regression else "classification")
+            keys = ("rmse", "nll", "picp_90") if regression else ("auroc", "nll", "ece")
+            ood.add_row(
+                escape(set_name),
+                str(entry["rows"]),
+                *(f"{entry['scores'][k]['auroc']:.3f}" for k in scores.values()),
+                f"{entry['not_accepted_rate']:.1%}",
+                *(f"{known[k]:.3f}" if known else "-" for k in keys),
             )
         console.print(ood)
     for warning in gate["warnings"]:
@@ -86,23 +138,41 @@ def print_info(console: Console, m: Any) -> None:
     """A verified checkpoint's :class:`app.checkpoint.manifest.Manifest` ``m`` as one table."""
     table = Table(title=escape(f"{m.name} (version {m.version}): verified"), show_header=False)
     table.add_row("kind", m.kind.value)
-    table.add_row("network", " → ".join(map(str, [m.network.in_features, *m.network.hidden, m.network.out_features])))
+    if m.sequence is None:
+        widths = [m.network.in_features, *m.network.hidden, m.network.out_features]
+        table.add_row("network", " → ".join(map(str, widths)))
+    else:  # an LSTM: layers of one width, over steps of at most max_length
+        n = m.network
+        table.add_row(
+            "network",
+            f"LSTM {n.layers} × {n.hidden} over {n.in_features} inputs per step (max {m.sequence.max_length} "
+            f"steps) → {n.out_features}",
+        )
     table.add_row("ranks", str(m.ranks))
     table.add_row("parameters", f"{m.parameter_count:,}")
     table.add_row("features", escape(", ".join(f.name for f in m.features)))
-    table.add_row("labels", escape(", ".join(m.task.labels)))
+    if m.task.labels is not None:
+        table.add_row("labels", escape(", ".join(m.task.labels)))
+    else:  # a regression
+        table.add_row("target", escape(f"{m.task.target} ({m.task.unit or 'no unit given'})"))
     gate = m.gate
     table.add_row(
         "OOD gate",
         f"budget {gate.target_fpr:.1%}; refers {gate.achieved['val'].not_accepted:.1%} of validation, "
         + (f"{gate.achieved['test'].not_accepted:.1%} of test; " if "test" in gate.achieved else "")
-        + f"density > {threshold_text(gate.density.threshold)}, mutual information > "
-        f"{threshold_text(gate.epistemic.threshold)} nats",
+        + f"density > {threshold_text(gate.density.threshold)}, "
+        + (
+            f"mutual information > {threshold_text(gate.epistemic.threshold)} nats"
+            if gate.epistemic.score == "mutual_information"
+            else f"epistemic variance > {threshold_text(gate.epistemic.threshold)}"
+        ),
     )
     bounded = [f"{f.name} {f.plausible}" for f in m.features if f.plausible is not None]
     table.add_row("plausible bounds", escape(", ".join(bounded)) or "none")
     table.add_row("default samples", str(m.default_samples))
     table.add_row("weights sha256", m.weights.sha256)
-    if m.metrics:
-        table.add_row("test AUROC", f"{m.metrics['test']['auroc']:.3f}")
+    test = m.metrics.get("test", {})
+    for label, key in (("test AUROC", "auroc"), ("test RMSE", "rmse")):  # a classifier's, or a regression's
+        if key in test:
+            table.add_row(label, f"{test[key]:.3f}")
     console.print(table)
