@@ -205,7 +205,10 @@ def train(
     )
     for warning in gate.warnings:
         warn(warning)
-    if evaluate:  # an MLP or a sequence checkpoint: _evaluate reads which from the manifest
+    regression_mlp = manifest.sequence is None and manifest.task.type.value == "regression"
+    if evaluate and regression_mlp:
+        warn("`sbnn evaluate` does not evaluate regression MLPs yet: the checkpoint is saved, not evaluated")
+    elif evaluate:  # an MLP or a sequence checkpoint: _evaluate reads which from the manifest
         _evaluate(out, samples=None, seed=0, data_path=None, figures=True, command="train")
 
 
@@ -219,6 +222,10 @@ def _evaluate(
 
         checkpoint = load_checkpoint(model_dir)
         extras += source_extras(checkpoint.manifest.data.source)
+        if checkpoint.manifest.sequence is None and checkpoint.manifest.task.type.value == "regression":
+            from app.errors import DataError
+
+            raise DataError(f"{model_dir}: a regression MLP; `sbnn evaluate` does not evaluate those yet")
         with steps("evaluating") as on_step:
             on_step("loading the data")
             if checkpoint.manifest.sequence is not None:  # an LSTM: its own data, scoring and card

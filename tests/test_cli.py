@@ -241,8 +241,11 @@ def test_a_continuous_target_trains_a_regression_not_a_classifier_per_value(
     frame = pd.read_csv(table_files[0])
     frame["outcome"] = frame["x1"] * 3.0 + 1.0
     frame.to_csv(tmp_path / "continuous.csv", index=False)
-    trained = _train_quick(tmp_path / "continuous.csv", tmp_path / "m")
+    trained = _train_quick(tmp_path / "continuous.csv", tmp_path / "m", "--evaluate")
     assert trained.returncode == 0, trained.stderr
+    assert "does not evaluate regression MLPs yet" in trained.stderr
+    evaluated = sbnn("evaluate", str(tmp_path / "m"))
+    assert evaluated.returncode == 2 and "a regression MLP" in evaluated.stderr and "Traceback" not in evaluated.stderr
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert manifest["task"]["type"] == "regression" and manifest["task"]["labels"] is None
     assert manifest["network"]["likelihood"] == "gaussian" and manifest["gate"]["epistemic"]["score"] == (
