@@ -10,13 +10,13 @@ from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, SerializerFunctionWrapHandler, Tag, model_serializer, model_validator
 
 from app.bnn.spec import LayerKind, Likelihood, NetworkSpec, SequenceNetworkSpec
 from app.data.dataset import DataProvenance
 from app.data.preprocess import Preprocessing
 from app.data.schema import FeatureSpec
-from app.gate.spec import GateSpec, StrictModel
+from app.gate.spec import GateSpec, StrictModel, omit_defaults
 
 FORMAT_NAME = "sbnn-checkpoint"
 FORMAT_VERSION = 2  # 2: the layered gate (app.gate); 1 had a mutual-information threshold only
@@ -44,6 +44,11 @@ class TaskInfo(StrictModel):
     labels: list[str] | None = Field(None, min_length=2, description="Class ids index them; null: regression.")
     unit: str | None = Field(None, description="Regression: the unit the target is predicted in.")
     scale: TargetScale | None = Field(None, description="Regression: the standardisation the network was trained on.")
+
+    @model_serializer(mode="wrap")
+    def _omit_regression_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A classifier's manifest stays byte-identical to one written before regressions existed.
+        return omit_defaults(handler(self), ("unit", "scale"))
 
     @model_validator(mode="after")
     def _labels_or_scale(self) -> TaskInfo:
@@ -171,6 +176,11 @@ class Manifest(StrictModel):
     metrics: dict[str, Any] = Field(default_factory=dict, description="Written by `sbnn evaluate`.")
     weights: WeightsInfo
     onnx: OnnxInfo | None = Field(None, description="Written by `sbnn export-onnx`.")
+
+    @model_serializer(mode="wrap")
+    def _omit_no_sequence(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # An MLP's manifest stays byte-identical to one written before sequence networks existed.
+        return omit_defaults(handler(self), ("sequence",))
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

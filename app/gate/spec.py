@@ -23,9 +23,9 @@ exchangeable rows is at most the budget. Each component's threshold on its own s
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 GATE_FILE = "gate.safetensors"
 REFERENCE_LEVELS = 101  # percentiles 0, 1, …, 100 of each score on the calibration split
@@ -77,6 +77,18 @@ class ScoredComponent(_Percentiles):
     threshold: float | None = Field(description="null: this component refers no row (too few calibration rows).")
 
 
+def omit_defaults(
+    data: dict[str, Any], keys: tuple[str, ...], defaults: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``data`` without ``keys`` whose value is None (or the default given for them): fields added later are
+    left out where they hold their default, so older checkpoints serialise unchanged."""
+    defaults = defaults or {}
+    for key in keys:
+        if key in data and data[key] == defaults.get(key):
+            data.pop(key)
+    return data
+
+
 class DensityComponent(ScoredComponent):
     score: Literal["mahalanobis"] = "mahalanobis"
     covariance: Literal["ledoit-wolf"] = "ledoit-wolf"
@@ -87,6 +99,11 @@ class DensityComponent(ScoredComponent):
         description="What the distance is measured on: the preprocessed row (d), or for a sequence the mean of "
         "its preprocessed steps and its last step side by side (2d).",
     )
+
+    @model_serializer(mode="wrap")
+    def _omit_row_input(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A table's gate stays byte-identical to one written before sequence summaries existed.
+        return omit_defaults(handler(self), ("input",), {"input": "row"})
 
 
 class EpistemicComponent(ScoredComponent):
