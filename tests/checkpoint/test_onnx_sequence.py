@@ -14,6 +14,8 @@ import torch
 pd = pytest.importorskip("pandas")
 pytest.importorskip("sklearn")
 
+from sequence_tables import write_visits  # noqa: E402
+
 from app.bnn import LayerKind  # noqa: E402
 from app.bnn.network import parameter_count  # noqa: E402
 from app.bnn.recurrent import BayesianLSTM  # noqa: E402
@@ -30,22 +32,8 @@ from app.train.config import TrainConfig  # noqa: E402
 from app.train.sequence_pipeline import train_sequence_checkpoint  # noqa: E402
 
 
-def _visits(path: Path, continuous: bool, patients: int = 60, seed: int = 0) -> Path:
-    """Patients with 1..6 visits of a lab and a ward; the outcome follows the lab's running mean."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for p in range(patients):
-        days = np.sort(rng.choice(np.arange(400), size=int(rng.integers(1, 7)), replace=False))
-        labs = rng.normal(5.0, 1.0, size=days.size).cumsum() / np.arange(1, days.size + 1)
-        for day, lab in zip(days, labs, strict=True):
-            outcome = round(float(lab) * 2.0 + rng.normal(0, 0.3), 4) if continuous else int(lab > 5.0)
-            rows.append({"patient": f"p{p:03d}", "day": int(day), "lab": float(lab), "ward": f"w{p % 3}", "y": outcome})
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
-
-
 def _train(folder: Path, continuous: bool, kind: LayerKind) -> Path:
-    dataset = load_sequence_table(_visits(folder / "visits.csv", continuous), "y", "patient", "day")
+    dataset = load_sequence_table(write_visits(folder / "visits.csv", continuous, patients=60), "y", "patient", "day")
     config = TrainConfig(
         hidden=[8], rank=3, epochs=2, kl_warmup_epochs=1, default_samples=16, val_samples=4, batch_size=32,
         device="cpu", kind=kind,

@@ -12,6 +12,8 @@ import pytest
 pd = pytest.importorskip("pandas")
 pytest.importorskip("sklearn")
 
+from sequence_tables import write_visits  # noqa: E402
+
 from app.checkpoint.io import load_checkpoint  # noqa: E402
 from app.data.sequence import SequenceDataset  # noqa: E402
 from app.data.sequence_table import load_sequence_dataset, load_sequence_table  # noqa: E402
@@ -26,24 +28,9 @@ from app.train.sequence_pipeline import train_sequence_checkpoint  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _visits(path: Path, continuous: bool, patients: int, seed: int, shift: float = 0.0) -> Path:
-    """Patients with 1..6 visits of a lab and a ward; the outcome at the last visit follows the lab's history
-    (``shift`` moves every lab value: an OOD cohort)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for p in range(patients):
-        days = np.sort(rng.choice(np.arange(400), size=int(rng.integers(1, 7)), replace=False))
-        labs = rng.normal(5.0, 1.0, size=days.size).cumsum() / np.arange(1, days.size + 1) + shift
-        for day, lab in zip(days, labs, strict=True):
-            outcome = round(float(lab) * 2.0 + rng.normal(0, 0.3), 4) if continuous else int(lab > 5.0 + shift)
-            rows.append({"patient": f"p{p:03d}", "day": int(day), "lab": float(lab), "ward": f"w{p % 3}", "y": outcome})
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
-
-
 def _trained(folder: Path, continuous: bool) -> tuple[Path, SequenceDataset]:
-    table = _visits(folder / "visits.csv", continuous, patients=90, seed=0)
-    ood = _visits(folder / "shifted.csv", continuous, patients=30, seed=1, shift=3.0)
+    table = write_visits(folder / "visits.csv", continuous, patients=90, seed=0)
+    ood = write_visits(folder / "shifted.csv", continuous, patients=30, seed=1, shift=3.0)
     dataset = load_sequence_table(table, "y", "patient", "day", ood_path=ood, units={"lab": "mg/dL"})
     options = {"hidden": [8], "rank": 3, "epochs": 3, "kl_warmup_epochs": 1, "default_samples": 16}
     config = TrainConfig(**options, val_samples=4, batch_size=32, device="cpu")

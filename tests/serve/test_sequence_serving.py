@@ -21,6 +21,8 @@ import pytest
 pd = pytest.importorskip("pandas")
 pytestmark = pytest.mark.anyio
 
+from sequence_tables import write_visits  # noqa: E402
+
 from app.data.schema import PlausibleRange  # noqa: E402
 from app.data.sequence_table import load_sequence_table  # noqa: E402
 from app.errors import CheckpointError  # noqa: E402
@@ -32,23 +34,9 @@ UNIT = "mmol/L"
 STEP = {"lab": 5.0, "ward": "w1"}  # an in-distribution visit
 
 
-def _visits(path: Path, continuous: bool, patients: int = 90, seed: int = 0) -> Path:
-    """Patients with 1..6 visits of a lab and a ward; the outcome follows the lab's history (as tests/train)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for p in range(patients):
-        days = np.sort(rng.choice(np.arange(400), size=int(rng.integers(1, 7)), replace=False))
-        labs = rng.normal(5.0, 1.0, size=days.size).cumsum() / np.arange(1, days.size + 1)
-        for day, lab in zip(days, labs, strict=True):
-            outcome = round(float(lab) * 2.0 + rng.normal(0, 0.3), 4) if continuous else int(lab > 5.0)
-            rows.append({"patient": f"p{p:03d}", "day": int(day), "lab": float(lab), "ward": f"w{p % 3}", "y": outcome})
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
-
-
 def _train(folder: Path, name: str, continuous: bool) -> Path:
     dataset = load_sequence_table(
-        _visits(folder / f"{name}.csv", continuous),
+        write_visits(folder / f"{name}.csv", continuous),
         "y",
         "patient",
         "day",

@@ -9,6 +9,8 @@ import pytest
 pd = pytest.importorskip("pandas")
 pytest.importorskip("sklearn")
 
+from sequence_tables import write_visits  # noqa: E402
+
 from app.bnn.recurrent import BayesianLSTM  # noqa: E402
 from app.checkpoint.io import load_checkpoint  # noqa: E402
 from app.checkpoint.manifest import Manifest, TaskType  # noqa: E402
@@ -16,20 +18,6 @@ from app.data.sequence_table import load_sequence_table  # noqa: E402
 from app.evaluate.sequence_scoring import SequenceBankScorer, score_sequences  # noqa: E402
 from app.train.config import TrainConfig  # noqa: E402
 from app.train.sequence_pipeline import train_sequence_checkpoint  # noqa: E402
-
-
-def _visits(path: Path, continuous: bool, patients: int = 90, seed: int = 0) -> Path:
-    """Patients with 1..6 visits of a lab and a ward; the outcome at each visit follows the lab's history."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for p in range(patients):
-        days = np.sort(rng.choice(np.arange(400), size=int(rng.integers(1, 7)), replace=False))
-        labs = rng.normal(5.0, 1.0, size=days.size).cumsum() / np.arange(1, days.size + 1)
-        for day, lab in zip(days, labs, strict=True):
-            outcome = round(float(lab) * 2.0 + rng.normal(0, 0.3), 4) if continuous else int(lab > 5.0)
-            rows.append({"patient": f"p{p:03d}", "day": int(day), "lab": float(lab), "ward": f"w{p % 3}", "y": outcome})
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
 
 
 def _config(**extra: object) -> TrainConfig:
@@ -40,7 +28,7 @@ def _config(**extra: object) -> TrainConfig:
 @pytest.fixture(scope="module")
 def regression(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Path, object]:
     folder = tmp_path_factory.mktemp("seq")
-    dataset = load_sequence_table(_visits(folder / "visits.csv", continuous=True), "y", "patient", "day")
+    dataset = load_sequence_table(write_visits(folder / "visits.csv", continuous=True), "y", "patient", "day")
     manifest, _ = train_sequence_checkpoint(dataset, _config(), folder / "m")
     return manifest, folder / "m", dataset
 
@@ -74,7 +62,7 @@ def test_a_regression_checkpoint_carries_its_sequence_schema_scale_and_gate(regr
 
 
 def test_a_classifier_checkpoint_scores_mutual_information(tmp_path: Path) -> None:
-    dataset = load_sequence_table(_visits(tmp_path / "v.csv", continuous=False), "y", "patient", "day")
+    dataset = load_sequence_table(write_visits(tmp_path / "v.csv", continuous=False), "y", "patient", "day")
     manifest, _ = train_sequence_checkpoint(dataset, _config(kind="fullrank"), tmp_path / "m")
     assert manifest.task.type is TaskType.BINARY and manifest.task.labels == ["0", "1"]
     assert manifest.gate.epistemic.score == "mutual_information" and manifest.ranks == [None] * 3
