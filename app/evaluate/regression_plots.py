@@ -37,6 +37,23 @@ def _select_rows(rows: slice | np.ndarray, n: int) -> np.ndarray:
     return index
 
 
+def _segments(xs: np.ndarray) -> list[slice]:
+    """Runs of ``xs`` (M,) without a gap: a step over twice the median step (a week that another split holds)
+    starts a new run, so lines and bands are not drawn across it."""
+    if xs.size < 3:
+        return [slice(0, xs.size)]
+    if np.issubdtype(xs.dtype, np.datetime64):
+        steps = np.diff(xs.astype("datetime64[s]").astype(np.int64)).astype(np.float64)
+    elif np.issubdtype(xs.dtype, np.number):
+        steps = np.diff(xs.astype(np.float64))
+    else:
+        return [slice(0, xs.size)]  # no arithmetic on these: one run
+    typical = float(np.median(steps))
+    breaks = np.flatnonzero(steps > 2 * typical) + 1 if typical > 0 else np.zeros(0, dtype=int)
+    edges = [0, *breaks.tolist(), xs.size]
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
 def write_forecast_plot(
     path: str | os.PathLike[str],
     y: np.ndarray,
@@ -51,7 +68,8 @@ def write_forecast_plot(
 
     y (N,) observed targets as points joined by a thin line, the predictive mean (N,) as a line, and the
     central intervals at ``levels`` shaded (the widest lightest). ``rows`` selects the stretch (M,); the x
-    axis is the row's index within it, or ``x`` (M,) when given (e.g. hours or dates).
+    axis is the row's index within it, or ``x`` (M,) when given (e.g. hours or dates), where a gap of more
+    than twice the median step breaks the lines and bands.
     """
     targets = _as_scores(y, "y")
     if targets.size != summary.rows:
@@ -71,19 +89,25 @@ def write_forecast_plot(
     fig, ax = plt.subplots(figsize=_FORECAST_FIGSIZE, dpi=_DPI, layout="constrained")
     try:
         ordered = sorted(levels, reverse=True)  # widest first, so narrower bands are drawn on top
-        for k, level in enumerate(ordered):
-            alpha = 0.15 + 0.25 * (k + 1) / len(ordered)  # the widest lightest
-            ax.fill_between(
-                xs,
-                summary.lower[level][index],
-                summary.upper[level][index],
-                color="tab:blue",
-                alpha=alpha,
-                linewidth=0,
-                label=f"{round(level * 100)}% interval",
-            )
-        ax.plot(xs, summary.mean[index], color="tab:blue", linewidth=1.5, label="predictive mean")
-        ax.plot(xs, targets[index], ".-", color="black", linewidth=0.5, markersize=3, label="observed")
+        for n, part in enumerate(_segments(xs)):
+            rows = index[part]
+
+            def label(text: str, first: bool = n == 0) -> str | None:
+                return text if first else None  # one legend entry per series, not per run
+
+            for k, level in enumerate(ordered):
+                alpha = 0.15 + 0.25 * (k + 1) / len(ordered)  # the widest lightest
+                ax.fill_between(
+                    xs[part],
+                    summary.lower[level][rows],
+                    summary.upper[level][rows],
+                    color="tab:blue",
+                    alpha=alpha,
+                    linewidth=0,
+                    label=label(f"{round(level * 100)}% interval"),
+                )
+            ax.plot(xs[part], summary.mean[rows], color="tab:blue", linewidth=1.5, label=label("predictive mean"))
+            ax.plot(xs[part], targets[rows], ".-", color="black", linewidth=0.5, markersize=3, label=label("observed"))
         ax.set_xlabel("row within stretch" if x is None else "")
         ax.set_ylabel(unit)
         if title:

@@ -80,3 +80,12 @@ def test_coverage_plot(tmp_path: Path) -> None:
         write_coverage_plot(tmp_path / "x.png", {}, "")
     with pytest.raises(ValueError, match="levels"):
         write_coverage_plot(tmp_path / "x.png", {"a": (np.ones(3), np.ones(2))}, "")
+
+
+def test_a_gap_in_time_breaks_the_forecast_into_runs() -> None:
+    from app.evaluate.regression_plots import _segments
+
+    hours = np.array(["2013-03-04T00", "2013-03-04T02", "2013-03-04T04", "2013-03-18T00", "2013-03-18T02"])
+    assert _segments(hours.astype("datetime64[h]")) == [slice(0, 3), slice(3, 5)]
+    assert _segments(np.arange(6)) == [slice(0, 6)]
+    assert _segments(np.array([0.0, 1.0, 2.0, 10.0, 11.0, 12.0])) == [slice(0, 3), slice(3, 6)]
