@@ -18,7 +18,7 @@ from app.bnn.predictive import Predictive, decompose_with_error
 from app.bnn.recurrent import BayesianLSTM
 from app.bnn.spec import Sampler
 from app.checkpoint.io import load_checkpoint
-from app.checkpoint.manifest import Manifest
+from app.checkpoint.manifest import Manifest, TaskType
 from app.errors import CheckpointError
 from app.serve.backend import (
     RATE_ROWS,
@@ -103,6 +103,8 @@ class TorchBackend:
 
             return SequenceTorchBackend.from_checkpoint(folder, manifest, checkpoint.model, device, bank, bank_seed)
         assert isinstance(checkpoint.model, BayesianMLP)  # the manifest has no sequence section
+        if manifest.task.type is TaskType.REGRESSION:  # the MLP engine scores classifiers only, so far
+            raise CheckpointError(str(folder / "manifest.json"), "a regression MLP: not servable yet")
         backend = cls(manifest, MonteCarloEngine(checkpoint.model, bank_size=bank, bank_seed=bank_seed), device)
         backend.warm_up(folder)
         return backend
