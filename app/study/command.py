@@ -32,9 +32,17 @@ def compare(
     threads: Annotated[
         int, typer.Option(help="torch CPU threads; 1 keeps timings comparable (the networks are small).")
     ] = 1,
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="flchain (the MLP study: docs/results.md), or pm25 / pbcseq (the recurrent study: "
+            "docs/results-<data>.md; runs under runs/compare-<data>)."
+        ),
+    ] = "flchain",
 ) -> None:
     """Train every kind on flchain with the same budget over several seeds (resumable), then write
-    docs/results.md with tables, claims and figures, and save the best model of each kind."""
+    docs/results.md with tables, claims and figures, and save the best model of each kind; with --dataset
+    pm25 or pbcseq, the paper's recurrent comparison (LSTMs) and its report instead."""
     import time
 
     import torch
@@ -48,6 +56,9 @@ def compare(
     if threads < 1:
         raise typer.BadParameter(f"must be ≥ 1, got {threads}", param_hint="--threads")
     torch.set_num_threads(threads)
+    if dataset != "flchain":
+        _compare_sequences(dataset, out, docs, seeds, epochs, skip_ablation, quick)
+        return
     out = out or Path("runs/compare-quick" if quick else "runs/compare")
     docs = docs or (out / "docs" if quick else Path("docs"))
     models = models or (out / "models" if quick else Path("models"))
@@ -70,3 +81,45 @@ def compare(
     )
     for claim in report["claims"]:
         console.print(f"  {claim['verdict']:<14} {claim['statement']}", markup=False, highlight=False)
+
+
+def _compare_sequences(
+    dataset: str, out: Path | None, docs: Path | None, seeds: int | None, epochs: int | None, skip: bool, quick: bool
+) -> None:
+    """The recurrent study on ``dataset`` (pm25 or pbcseq): its runs, then docs/results-<dataset>.md."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from app.study.publish import command_line
+    from app.study.runs import RichReporter
+    from app.study.sequence_report import write_sequence_results
+    from app.study.sequences import (
+        SEQUENCE_DATASETS,
+        load_sequence_dataset_named,
+        make_sequence_plan,
+        run_sequence_comparison,
+    )
+
+    if dataset not in SEQUENCE_DATASETS:
+        available = ", ".join(("flchain", *SEQUENCE_DATASETS))
+        raise typer.BadParameter(f"unknown data set {dataset!r}; available: {available}", param_hint="--dataset")
+    out = out or Path(f"runs/compare-{dataset}{'-quick' if quick else ''}")
+    docs = docs or (out / "docs" if quick else Path("docs"))
+    started = time.perf_counter()
+    with guard("compare", "train", *(["data"] if dataset == "pbcseq" else [])):
+        plan = make_sequence_plan(seeds=seeds, epochs=epochs, ablation=not skip, quick=quick)
+        data = load_sequence_dataset_named(dataset)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=False) as progress:
+            outcomes = run_sequence_comparison(plan, data, out, ablation=not skip, reporter=RichReporter(progress))
+        numbers = write_sequence_results(
+            plan, out, docs, dataset, data.is_regression, command_line(), ablation=not skip
+        )
+    trained = sum(o.trained for o in outcomes)
+    console.print(
+        f"{trained} of {len(outcomes)} runs trained now; wrote [bold]{escape(str(docs / f'results-{dataset}.md'))}[/] "
+        f"in {time.perf_counter() - started:.0f} s"
+    )
+    for claim in numbers["verdicts"]:
+        console.print(f"  {claim['verdict']:<14} {claim['statement']}: {claim['figures']}", markup=False)

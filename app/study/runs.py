@@ -191,9 +191,13 @@ class RichReporter:
         test = outcome.result["metrics"]["test"]
         training = outcome.result["training"]
         status = "trained" if outcome.trained else "done before, skipped"
+        if "rmse" in test:  # a regression (the recurrent study's PM2.5)
+            scores = f"RMSE {test['rmse']:.3f}   NLL {test['nll']:.3f}   PICP90 {test['picp_90']:.3f}"
+        else:
+            scores = f"AUROC {test['auroc']:.3f}   NLL {test['nll']:.3f}   ECE {test['ece']:.3f}"
         self.progress.console.print(
             f"{outcome.run.name:<22} {status:<21} {outcome.seconds:7.1f} s   epochs {training['epochs_run']:>3}   "
-            f"AUROC {test['auroc']:.3f}   NLL {test['nll']:.3f}   ECE {test['ece']:.3f}"
+            + scores
         )
         self.progress.update(self.overall, advance=1)
         self.progress.update(self.current, visible=False)

@@ -1,0 +1,177 @@
+"""The recurrent study's report: ``docs/results-<data>.md`` and ``docs/results/<data>.json`` from the runs'
+``result.json``, with the paper's figures beside ours and verdicts computed from the numbers.
+
+Every cell is mean ± std over the seeds (:func:`app.study.tables.mean_std`); a verdict is a comparison of two
+such means stated with its figures, "holds" or "does not hold", never a judgement made by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.study.design import ABLATION_BASE, StudyPlan
+from app.study.runs import SCORES_FILE, load_result, load_results
+from app.study.tables import mean_std, ms, table
+
+REGRESSION_METRICS = ("rmse", "mae", "mae_original_unit", "nll", "crps", "picp_90", "mpiw_90", "calibration_error")
+CLASSIFICATION_METRICS = ("auroc", "nll", "ece", "brier", "accuracy")
+REGRESSION_SCORES = ("epistemic_variance", "total_variance", "density", "gate")
+CLASSIFICATION_SCORES = ("mutual_information", "total_entropy", "density", "gate")
+# The paper's LSTM on PM2.5 (../shared/paper-notes.md): its own units and OOD set (another city).
+PAPER_PM25 = {
+    "lowrank": {"parameters": "47K", "MAE": "10.63 µg/m³", "PICP": "0.79", "OOD AUROC": "0.71"},
+    "fullrank": {"parameters": "132K", "MAE": "—", "PICP": "—", "OOD AUROC": "0.49"},
+}
+PICP90_TARGET = (0.85, 0.95)  # the issue's target for PM2.5's 90% intervals
+RMSE_WITHIN = 0.05  # low-rank's RMSE within 5% of full-rank's
+PARAMETER_RATIO = 3.0  # at ≥ 3× fewer parameters
+
+
+def summarise_label(results: Sequence[dict[str, Any]], regression: bool) -> dict[str, Any]:
+    """Mean ± std over the seeds of one label: parameters, test metrics and OOD AUROC per set and score."""
+    metrics = REGRESSION_METRICS if regression else CLASSIFICATION_METRICS
+    scores = REGRESSION_SCORES if regression else CLASSIFICATION_SCORES
+    first = results[0]["metrics"]
+
+    def ood_auroc(name: str, score: str) -> dict[str, float]:
+        return mean_std([r["metrics"]["ood"][name]["scores"][score]["auroc"] for r in results])
+
+    summary: dict[str, Any] = {
+        "parameter_count": mean_std([r["parameter_count"] for r in results]),
+        "test": {m: mean_std([r["metrics"]["test"][m] for r in results]) for m in metrics if m in first["test"]},
+        "not_accepted": mean_std([r["metrics"]["test"]["not_accepted_rate"] for r in results]),
+        "ood": {
+            name: {
+                "auroc": {s: ood_auroc(name, s) for s in scores},
+                "not_accepted": mean_std([r["metrics"]["ood"][name]["not_accepted_rate"] for r in results]),
+            }
+            for name in first["ood"]
+        },
+        "wall_seconds": mean_std([r["wall_seconds"] for r in results]),
+    }
+    return summary
+
+
+def verdicts(summary: dict[str, dict[str, Any]], regression: bool) -> list[dict[str, str]]:
+    """The issue's claims, checked against the means."""
+    if not regression or "lowrank" not in summary or "fullrank" not in summary:
+        return []
+    low, full = summary["lowrank"], summary["fullrank"]
+    ratio = full["parameter_count"]["mean"] / low["parameter_count"]["mean"]
+    gap = low["test"]["rmse"]["mean"] / full["test"]["rmse"]["mean"] - 1.0
+    picp = low["test"]["picp_90"]["mean"]
+    lo, hi = PICP90_TARGET
+    return [
+        {
+            "statement": f"low-rank uses ≥ {PARAMETER_RATIO:g}× fewer parameters than full-rank BBB at an RMSE "
+            f"within {RMSE_WITHIN:.0%} of it",
+            "figures": f"{ratio:.2f}× fewer; RMSE {gap:+.1%} relative to full-rank",
+            "verdict": "holds" if ratio >= PARAMETER_RATIO and gap <= RMSE_WITHIN else "does not hold",
+        },
+        {
+            "statement": f"low-rank's 90% intervals cover {lo:.0%}–{hi:.0%} of test hours",
+            "figures": f"PICP90 {picp:.3f}",
+            "verdict": "holds" if lo <= picp <= hi else "does not hold",
+        },
+    ]
+
+
+def original_scale_mae(folders: Sequence[Path]) -> dict[str, float]:
+    """PM2.5's MAE in µg/m³, the paper's unit: the target is log(1 + PM2.5), so |expm1(mean) − expm1(y)| of
+    each test hour, expm1 of the predictive mean being the point forecast (a median-like one on this scale)."""
+    values = []
+    for folder in folders:
+        with np.load(folder / SCORES_FILE, allow_pickle=False) as scores:
+            values.append(float(np.nanmean(np.abs(np.expm1(scores["test_mean"]) - np.expm1(scores["test_y"])))))
+    return mean_std(values)
+
+
+def aggregate_sequence_study(
+    plan: StudyPlan, out: Path, regression: bool, ablation: bool, log1p_target: bool = False
+) -> dict[str, Any]:
+    """Every label's summary, the rank ablation (rank -> its run's numbers at seed 0) and the verdicts;
+    ``log1p_target``: the target is log(1 + y), so the MAE is also given in y's own unit."""
+    comparison = plan.comparison_runs(out)
+    grouped = load_results(comparison)
+    summary = {v.label: summarise_label(grouped[v.label], regression) for v in plan.variants}
+    if log1p_target:
+        for label, entry in summary.items():
+            entry["test"]["mae_original_unit"] = original_scale_mae([r.folder for r in comparison if r.label == label])
+    points = plan.ablation_points(out) if ablation else []
+    ranks = {}
+    for point in points:
+        result = load_result(point.run.folder)
+        if result is not None:
+            ranks[point.rank] = summarise_label([result], regression)
+    unit = grouped[plan.variants[0].label][0]["metrics"].get("unit")
+    return {"summary": summary, "ablation": ranks, "verdicts": verdicts(summary, regression), "unit": unit}
+
+
+def render_sequence_markdown(name: str, numbers: dict[str, Any], regression: bool, command: str) -> str:
+    """The report of one data set's recurrent study."""
+    summary, ranks = numbers["summary"], numbers["ablation"]
+    metrics = REGRESSION_METRICS if regression else CLASSIFICATION_METRICS
+    scores = REGRESSION_SCORES if regression else CLASSIFICATION_SCORES
+    labels = list(summary)
+    shown = [m for m in metrics if m in summary[labels[0]]["test"]]
+    lines = [f"# Recurrent comparison: {name}\n", f"Command: `{command}`. Mean ± std over seeds.\n"]
+    if numbers.get("unit"):
+        lines.append(
+            f"Errors and interval widths in the target's unit, `{numbers['unit']}`"
+            + ("; `mae_original_unit` in µg/m³, as the paper reports it.\n" if name == "pm25" else ".\n")
+        )
+    rows = [
+        [label, f"{summary[label]['parameter_count']['mean']:,.0f}"]
+        + [ms(summary[label]["test"][m]) for m in shown]
+        + [ms(summary[label]["not_accepted"])]
+        for label in labels
+    ]
+    lines.append("## Test split\n")
+    lines.append(table(["kind", "parameters", *shown, "gate refers"], rows))
+    lines.append("## OOD detection (AUROC against the test split)\n")
+    if not summary[labels[0]]["ood"]:
+        lines.append("The data set has no OOD set.\n")
+    for set_name in summary[labels[0]]["ood"]:
+        ood_rows = [
+            [label]
+            + [ms(summary[label]["ood"][set_name]["auroc"][s]) for s in scores]
+            + [ms(summary[label]["ood"][set_name]["not_accepted"])]
+            for label in labels
+        ]
+        lines.append(f"### {set_name}\n")
+        lines.append(table(["kind", *scores, "gate refers"], ood_rows))
+    if ranks:
+        lines.append(f"## Rank ablation ({ABLATION_BASE}, seed 0)\n")
+        key = "rmse" if regression else "auroc"
+        rank_rows = [
+            [str(rank), f"{r['parameter_count']['mean']:,.0f}", ms(r["test"][key]), ms(r["test"]["nll"])]
+            + [ms(r["ood"][s]["auroc"]["gate"]) for s in r["ood"]]
+            for rank, r in sorted(ranks.items())
+        ]
+        ood_names = list(summary[labels[0]]["ood"])
+        lines.append(table(["rank", "parameters", key, "nll", *[f"gate AUROC {s}" for s in ood_names]], rank_rows))
+    if regression:
+        lines.append("## The paper's figures (its units and OOD set: another city)\n")
+        paper_rows = [[k, *v.values()] for k, v in PAPER_PM25.items()]
+        lines.append(table(["kind", "parameters", "MAE", "PICP", "OOD AUROC"], paper_rows))
+    if numbers["verdicts"]:
+        lines.append("## Verdicts\n")
+        lines.append(table(["claim", "figures", "verdict"], [list(v.values()) for v in numbers["verdicts"]], "l"))
+    return "\n".join(lines)
+
+
+def write_sequence_results(
+    plan: StudyPlan, out: Path, docs: Path, name: str, regression: bool, command: str, ablation: bool = True
+) -> dict[str, Any]:
+    """Write ``docs/results-<name>.md`` and ``docs/results/<name>.json``; returns the numbers."""
+    numbers = aggregate_sequence_study(plan, Path(out), regression, ablation, log1p_target=name == "pm25")
+    docs = Path(docs)
+    (docs / "results").mkdir(parents=True, exist_ok=True)
+    (docs / "results" / f"{name}.json").write_text(json.dumps(numbers, indent=2, default=str) + "\n")
+    (docs / f"results-{name}.md").write_text(render_sequence_markdown(name, numbers, regression, command))
+    return numbers

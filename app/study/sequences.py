@@ -1,0 +1,144 @@
+"""The paper's recurrent comparison, re-measured: ``sbnn compare --dataset pm25|pbcseq``.
+
+Low-rank against full-rank Bayes by Backprop, a deep ensemble and MC dropout, every one a 2-layer LSTM of 64
+(the paper's), trained with the same budget over several seeds on one fixed split, plus the low-rank rank
+ablation at seed 0. Each run trains into its folder with
+:func:`~app.train.sequence_pipeline.train_sequence_checkpoint` (the gate calibrated on the served bank), is
+evaluated with :func:`~app.evaluate.sequence_evaluate.evaluate_sequences` and leaves ``result.json`` and
+``scores.npz`` there, exactly as a tabular run (:mod:`app.study.runs`), so an interrupted study resumes.
+The report is :mod:`app.study.sequence_report`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.bnn.spec import LayerKind
+from app.checkpoint.files import atomic_write
+from app.data.sequence import SequenceDataset
+from app.study.design import EVALUATION_SEED, RunSpec, StudyPlan, Variant
+from app.study.runs import RESULT_FILE, SCORES_FILE, Reporter, RunOutcome, is_done, load_result
+from app.train.loop import EpochLog
+
+SEQUENCE_COMPARISON: tuple[Variant, ...] = (
+    Variant("lowrank", {"kind": LayerKind.LOWRANK}, description="singular BNN: every gate map and the head low rank"),
+    Variant("fullrank", {"kind": LayerKind.FULLRANK}, description="mean-field Bayes by Backprop"),
+    Variant("ensemble", {"kind": LayerKind.ENSEMBLE, "members": 5}, description="deep ensemble of 5"),
+    Variant("mcdropout", {"kind": LayerKind.MCDROPOUT}, description="MC dropout, p = 0.1 on the hidden state"),
+)
+SEQUENCE_DATASETS = ("pm25", "pbcseq")
+RANK = 16  # the low-rank runs' gate-map rank (the paper's r = 16 for its recurrent and attention maps)
+
+
+def make_sequence_plan(
+    seeds: int | None = None, epochs: int | None = None, ablation: bool = True, quick: bool = False
+) -> StudyPlan:
+    """The recurrent study: 3 seeds (quick: 2), 40 epochs (quick: 3), S = 150 (the paper's for its LSTM;
+    quick: 32), ranks 2, 4, 8, 16 and 32 at seed 0 (quick: 2 and 16)."""
+    if seeds is not None and seeds < 1:
+        raise ValueError(f"seeds must be ≥ 1, got {seeds}")
+    chosen = tuple(range(seeds if seeds is not None else (2 if quick else 3)))
+    return StudyPlan(
+        seeds=chosen,
+        ablation_seeds=chosen[:1] if ablation else (),
+        variants=SEQUENCE_COMPARISON,
+        ablation_ranks=() if not ablation else ((2, 16) if quick else (2, 4, 8, 16, 32)),
+        epochs=epochs if epochs is not None else (3 if quick else 40),
+        hidden=(64, 64),
+        samples=32 if quick else 150,
+        shared={"rank": RANK, "kl_warmup_epochs": 1 if quick else 10, "patience": 10},
+    )
+
+
+def _score_arrays(scored: Any, dataset: SequenceDataset) -> dict[str, np.ndarray]:
+    """Per-sequence test and OOD scores for later figures: targets, the predictive mean (regression) or the
+    probabilities (classifier), the epistemic score and the gate's ranking."""
+    test = scored.test.predictions
+    arrays: dict[str, np.ndarray] = {
+        "test_y": np.asarray(dataset.test.y),
+        "test_epistemic": test.epistemic,
+        "test_gate": scored.test.ranking,
+    }
+    arrays["test_mean" if dataset.is_regression else "test_probs"] = test.mean if dataset.is_regression else test.probs
+    for name, gated in scored.ood.items():
+        arrays[f"ood_epistemic__{name}"] = gated.predictions.epistemic
+        arrays[f"ood_gate__{name}"] = gated.ranking
+    return arrays
+
+
+def run_sequence_one(
+    run: RunSpec, dataset: SequenceDataset, on_epoch: Callable[[EpochLog], None] | None = None
+) -> RunOutcome:
+    """Train ``run`` into its folder and evaluate it, or read its result if it already finished."""
+    from app.checkpoint.io import load_checkpoint
+    from app.evaluate.sequence_evaluate import evaluate_sequences, score_sequence_sets
+    from app.train.sequence_pipeline import train_sequence_checkpoint
+
+    started = time.perf_counter()
+    if is_done(run):
+        result = load_result(run.folder)
+        assert result is not None
+        return RunOutcome(run, result, trained=False, seconds=time.perf_counter() - started)
+    (run.folder / RESULT_FILE).unlink(missing_ok=True)  # a stale result must not survive a failed retrain
+    manifest, trained = train_sequence_checkpoint(dataset, run.config, run.folder, on_epoch=on_epoch)
+    checkpoint = load_checkpoint(run.folder)
+    scored = score_sequence_sets(checkpoint, dataset, seed=EVALUATION_SEED)
+    metrics = evaluate_sequences(checkpoint, dataset, scored=scored)
+    with open(run.folder / SCORES_FILE, "wb") as handle:
+        np.savez_compressed(handle, **_score_arrays(scored, dataset))
+    result = {
+        "label": run.label,
+        "seed": run.seed,
+        "kind": manifest.kind.value,
+        "config": run.config.model_dump(mode="json"),
+        "parameter_count": manifest.parameter_count,
+        "ranks": manifest.ranks,
+        "default_samples": manifest.default_samples,
+        "training": {
+            "duration_seconds": trained.duration_seconds,
+            "epochs_run": trained.epochs_run,
+            "best_epoch": trained.best_epoch,
+            "best_val_nll": trained.best_val_nll,
+            "device": trained.device,
+        },
+        "metrics": metrics,
+        "wall_seconds": time.perf_counter() - started,  # training, gate calibration and evaluation
+    }
+    atomic_write(run.folder / RESULT_FILE, (json.dumps(result, indent=2) + "\n").encode())
+    return RunOutcome(run, result, trained=True, seconds=time.perf_counter() - started)
+
+
+def run_sequence_comparison(
+    plan: StudyPlan, dataset: SequenceDataset, out: str | Path, ablation: bool = True, reporter: Reporter | None = None
+) -> list[RunOutcome]:
+    """Train and evaluate every run of ``plan`` under ``out`` (skipping finished ones), in order."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = plan.runs(out, ablation=ablation)
+    outcomes = []
+    for index, run in enumerate(runs, start=1):
+        if reporter is not None:
+            reporter.started(run, index, len(runs))
+        outcomes.append(run_sequence_one(run, dataset, on_epoch=None if reporter is None else reporter.epoch))
+        if reporter is not None:
+            reporter.finished(outcomes[-1])
+    return outcomes
+
+
+def load_sequence_dataset_named(name: str) -> SequenceDataset:
+    """The bundled sequence data set ``name`` (``pm25`` or ``pbcseq``) on its fixed split (seed 0)."""
+    if name == "pm25":
+        from app.data.pm25 import load_pm25
+
+        return load_pm25(seed=0)
+    if name == "pbcseq":
+        from app.data.pbcseq import load_pbcseq
+
+        return load_pbcseq(seed=0)
+    raise ValueError(f"unknown sequence data set {name!r}; available: {', '.join(SEQUENCE_DATASETS)}")

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pandas")
+pytest.importorskip("sklearn")
+
+from sequence_tables import write_visits  # noqa: E402
+
+from app.data.sequence_table import load_sequence_table  # noqa: E402
+from app.study.design import StudyPlan  # noqa: E402
+from app.study.sequence_report import write_sequence_results  # noqa: E402
+from app.study.sequences import SEQUENCE_COMPARISON, make_sequence_plan, run_sequence_comparison  # noqa: E402
+
+
+def test_the_recurrent_plan_is_the_papers_comparison() -> None:
+    plan = make_sequence_plan()
+    assert [v.label for v in plan.variants] == ["lowrank", "fullrank", "ensemble", "mcdropout"]
+    assert plan.seeds == (0, 1, 2) and plan.hidden == (64, 64) and plan.samples == 150
+    assert plan.ablation_seeds == (0,) and plan.ablation_ranks == (2, 4, 8, 16, 32)
+    config = plan.config(plan.variant("lowrank"), 0, Path("runs"))
+    assert config.rank == 16 and config.hidden == [64, 64]
+    # The base run at rank 16 is the ablation's rank-16 point: trained once.
+    runs = plan.runs(Path("runs"))
+    assert len(runs) == 4 * 3 + 4 and len({r.folder for r in runs}) == len(runs)
+    assert make_sequence_plan(ablation=False).ablation_ranks == ()
+
+
+def test_a_tiny_study_trains_resumes_and_reports(tmp_path: Path) -> None:
+    dataset = load_sequence_table(write_visits(tmp_path / "visits.csv", continuous=True), "y", "patient", "day")
+    shared = {"rank": 3, "kl_warmup_epochs": 1, "val_samples": 4, "batch_size": 32, "device": "cpu"}
+    plan = StudyPlan(
+        seeds=(0, 1),
+        ablation_seeds=(0,),
+        variants=SEQUENCE_COMPARISON[:2],
+        ablation_ranks=(2,),
+        epochs=2,
+        hidden=(8,),
+        samples=8,
+        shared=shared,
+    )
+    out = tmp_path / "runs"
+    outcomes = run_sequence_comparison(plan, dataset, out)
+    assert len(outcomes) == 5 and all(o.trained for o in outcomes)
+    again = run_sequence_comparison(plan, dataset, out)
+    assert not any(o.trained for o in again)  # finished runs are read back, not retrained
+
+    numbers = write_sequence_results(plan, out, tmp_path / "docs", "visits", regression=True, command="test")
+    low, full = numbers["summary"]["lowrank"], numbers["summary"]["fullrank"]
+    assert low["parameter_count"]["mean"] < full["parameter_count"]["mean"]
+    assert low["test"]["rmse"]["n"] == 2 and 0.0 <= low["test"]["picp_90"]["mean"] <= 1.0
+    assert set(numbers["ablation"]) == {2}
+    assert [v["verdict"] in ("holds", "does not hold") for v in numbers["verdicts"]] == [True, True]
+    report = (tmp_path / "docs" / "results-visits.md").read_text()
+    assert "## Test split" in report and "## Rank ablation" in report and "## Verdicts" in report
+    assert (tmp_path / "docs" / "results" / "visits.json").is_file()
+
+
+def test_the_pm25_mae_is_also_given_in_micrograms(tmp_path: Path) -> None:
+    import numpy as np
+
+    from app.study.sequence_report import original_scale_mae
+
+    for seed, error in ((0, 10.0), (1, 20.0)):
+        folder = tmp_path / f"r{seed}"
+        folder.mkdir()
+        y = np.log1p(np.array([50.0, 100.0]))
+        mean = np.log1p(np.array([50.0 + error, 100.0 - error]))
+        np.savez(folder / "scores.npz", test_y=y, test_mean=mean)
+    entry = original_scale_mae([tmp_path / "r0", tmp_path / "r1"])
+    assert entry["mean"] == pytest.approx(15.0) and entry["n"] == 2
