@@ -21,6 +21,7 @@ import numpy as np
 
 from app.checkpoint.files import atomic_write
 from app.data.dataset import TabularDataset
+from app.data.sequence import SequenceDataset
 from app.study.design import EVALUATION_SEED, RunSpec, StudyPlan
 from app.train.loop import EpochLog
 
@@ -108,18 +109,30 @@ def run_one(run: RunSpec, dataset: TabularDataset, on_epoch: Callable[[EpochLog]
     from app.train.pipeline import train_checkpoint
 
     started = time.perf_counter()
-    if is_done(run):
-        result = load_result(run.folder)
-        assert result is not None
-        return RunOutcome(run, result, trained=False, seconds=time.perf_counter() - started)
-
-    (run.folder / RESULT_FILE).unlink(missing_ok=True)  # a stale result must not survive a failed retrain
+    if (done := finished_run(run, started)) is not None:
+        return done
     manifest, trained = train_checkpoint(dataset, run.config, run.folder, on_epoch=on_epoch)
     checkpoint = load_checkpoint(run.folder)
     scored = score_sets(checkpoint, dataset, seed=EVALUATION_SEED)
     metrics = evaluate(checkpoint, dataset, scored=scored)
     with open(run.folder / SCORES_FILE, "wb") as handle:
         np.savez_compressed(handle, **_score_arrays(scored, dataset.test.y))
+    return record_run(run, manifest, trained, metrics, started)
+
+
+def finished_run(run: RunSpec, started: float) -> RunOutcome | None:
+    """The outcome of ``run`` read back when it already finished with this config, else None (and any stale
+    result removed, so that it cannot survive a failed retrain)."""
+    if is_done(run):
+        result = load_result(run.folder)
+        assert result is not None
+        return RunOutcome(run, result, trained=False, seconds=time.perf_counter() - started)
+    (run.folder / RESULT_FILE).unlink(missing_ok=True)
+    return None
+
+
+def record_run(run: RunSpec, manifest: Any, trained: Any, metrics: dict[str, Any], started: float) -> RunOutcome:
+    """Write the finished run's ``result.json`` (last and atomically: its presence marks the run as done)."""
     result = {
         "label": run.label,
         "seed": run.seed,
@@ -139,19 +152,20 @@ def run_one(run: RunSpec, dataset: TabularDataset, on_epoch: Callable[[EpochLog]
         "metrics": metrics,
         "wall_seconds": time.perf_counter() - started,  # training, gate calibration and evaluation
     }
-    # Written last and atomically: its presence is what marks the run as done.
     atomic_write(run.folder / RESULT_FILE, (json.dumps(result, indent=2) + "\n").encode())
     return RunOutcome(run, result, trained=True, seconds=time.perf_counter() - started)
 
 
 def run_comparison(
     plan: StudyPlan,
-    dataset: TabularDataset,
+    dataset: TabularDataset | SequenceDataset,
     out: str | Path,
     ablation: bool = True,
     reporter: Reporter | None = None,
+    run_one: Callable[..., RunOutcome] = run_one,
 ) -> list[RunOutcome]:
-    """Train and evaluate every run of ``plan`` under ``out`` (skipping finished ones), in order."""
+    """Train and evaluate every run of ``plan`` under ``out`` (skipping finished ones), in order; ``run_one``
+    trains one (the recurrent study passes its own, :func:`app.study.sequences.run_sequence_one`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = plan.runs(out, ablation=ablation)

@@ -11,7 +11,6 @@ The report is :mod:`app.study.sequence_report`.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,10 +19,9 @@ from typing import Any
 import numpy as np
 
 from app.bnn.spec import LayerKind
-from app.checkpoint.files import atomic_write
 from app.data.sequence import SequenceDataset
 from app.study.design import EVALUATION_SEED, RunSpec, StudyPlan, Variant
-from app.study.runs import RESULT_FILE, SCORES_FILE, Reporter, RunOutcome, is_done, load_result
+from app.study.runs import SCORES_FILE, Reporter, RunOutcome, finished_run, record_run, run_comparison
 from app.train.loop import EpochLog
 
 SEQUENCE_COMPARISON: tuple[Variant, ...] = (
@@ -81,54 +79,22 @@ def run_sequence_one(
     from app.train.sequence_pipeline import train_sequence_checkpoint
 
     started = time.perf_counter()
-    if is_done(run):
-        result = load_result(run.folder)
-        assert result is not None
-        return RunOutcome(run, result, trained=False, seconds=time.perf_counter() - started)
-    (run.folder / RESULT_FILE).unlink(missing_ok=True)  # a stale result must not survive a failed retrain
+    if (done := finished_run(run, started)) is not None:
+        return done
     manifest, trained = train_sequence_checkpoint(dataset, run.config, run.folder, on_epoch=on_epoch)
     checkpoint = load_checkpoint(run.folder)
     scored = score_sequence_sets(checkpoint, dataset, seed=EVALUATION_SEED)
     metrics = evaluate_sequences(checkpoint, dataset, scored=scored)
     with open(run.folder / SCORES_FILE, "wb") as handle:
         np.savez_compressed(handle, **_score_arrays(scored, dataset))
-    result = {
-        "label": run.label,
-        "seed": run.seed,
-        "kind": manifest.kind.value,
-        "config": run.config.model_dump(mode="json"),
-        "parameter_count": manifest.parameter_count,
-        "ranks": manifest.ranks,
-        "default_samples": manifest.default_samples,
-        "training": {
-            "duration_seconds": trained.duration_seconds,
-            "epochs_run": trained.epochs_run,
-            "best_epoch": trained.best_epoch,
-            "best_val_nll": trained.best_val_nll,
-            "device": trained.device,
-        },
-        "metrics": metrics,
-        "wall_seconds": time.perf_counter() - started,  # training, gate calibration and evaluation
-    }
-    atomic_write(run.folder / RESULT_FILE, (json.dumps(result, indent=2) + "\n").encode())
-    return RunOutcome(run, result, trained=True, seconds=time.perf_counter() - started)
+    return record_run(run, manifest, trained, metrics, started)
 
 
 def run_sequence_comparison(
     plan: StudyPlan, dataset: SequenceDataset, out: str | Path, ablation: bool = True, reporter: Reporter | None = None
 ) -> list[RunOutcome]:
     """Train and evaluate every run of ``plan`` under ``out`` (skipping finished ones), in order."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    runs = plan.runs(out, ablation=ablation)
-    outcomes = []
-    for index, run in enumerate(runs, start=1):
-        if reporter is not None:
-            reporter.started(run, index, len(runs))
-        outcomes.append(run_sequence_one(run, dataset, on_epoch=None if reporter is None else reporter.epoch))
-        if reporter is not None:
-            reporter.finished(outcomes[-1])
-    return outcomes
+    return run_comparison(plan, dataset, out, ablation, reporter, run_one=run_sequence_one)
 
 
 def load_sequence_dataset_named(name: str) -> SequenceDataset:
