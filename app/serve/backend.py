@@ -31,13 +31,13 @@ LENGTHS_INPUT = "lengths"  # /v2's input of each sequence's steps (api/v2_sequen
 
 
 def check_servable(folder: object, manifest: Manifest) -> None:
-    """CheckpointError for a checkpoint the onnx backend cannot answer: a sequence (LSTM) network has no ONNX
-    export yet, so it fails to load there, with why (the torch backend serves it: backend_sequence)."""
+    """CheckpointError for a checkpoint the onnx backend cannot answer: it has no sequence (LSTM) path yet (the
+    bank exports, app.checkpoint.onnx_sequence), so such a model fails to load there, with why (the torch
+    backend serves it: backend_sequence)."""
     if manifest.sequence is not None:
         raise CheckpointError(
             f"{folder}/manifest.json",
-            "a sequence (LSTM) model: not servable yet by the onnx backend (there is no sequence ONNX export); "
-            "serve it with the torch backend",
+            "a sequence (LSTM) model: not servable yet by the onnx backend; serve it with the torch backend",
         )
 
 
