@@ -212,6 +212,22 @@ def export_onnx(
         )
     sampling = _export_sampling(model, x, opset, tolerance, checkpoint.path / SAMPLING_FILE, ort)
     local = _export_local(model, x, opset, tolerance, checkpoint.path / LOCAL_FILE, ort)
+    return write_bank_export(checkpoint, data, samples, seed, tolerance, worst, ort.__version__, sampling, local)
+
+
+def write_bank_export(
+    checkpoint: Checkpoint,
+    data: bytes,
+    samples: int,
+    seed: int,
+    tolerance: float,
+    worst: float,
+    onnxruntime_version: str,
+    sampling: OnnxSampling | None = None,
+    local: OnnxLocal | None = None,
+) -> ExportReport:
+    """Write a validated bank graph ``data`` (MLP or sequence), remove any stale sampling/local graph the
+    export did not write, and record the ``onnx`` section in the manifest."""
     path = checkpoint.path / ONNX_FILE
     path.write_bytes(data)
     for graph, name in ((sampling, SAMPLING_FILE), (local, LOCAL_FILE)):
@@ -227,7 +243,7 @@ def export_onnx(
         bank_seed=seed,
         tolerance=tolerance,
         max_abs_diff=worst,
-        onnxruntime_version=ort.__version__,
+        onnxruntime_version=onnxruntime_version,
         sampling=sampling,
         local=local,
     )

@@ -14,7 +14,6 @@ deterministic network's its one weight set (``num_samples``). Refused: a bank to
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,16 +23,13 @@ from app.bnn._base import LayerSample
 from app.bnn.recurrent import BayesianLSTM, LSTMLayerSample, SequenceSample, step_mask
 from app.bnn.sequence_engine import SequenceMonteCarloEngine
 from app.bnn.spec import Sampler
-from app.checkpoint.io import Checkpoint, sha256_bytes, write_manifest
-from app.checkpoint.manifest import OnnxInfo
+from app.checkpoint.io import Checkpoint
 from app.checkpoint.onnx_export import (
     DEFAULT_OPSET,
-    LOCAL_FILE,
     ONNX_FILE,
-    SAMPLING_FILE,
     ExportReport,
-    _graph_opset,
     _to_onnx,
+    write_bank_export,
 )
 from app.errors import CheckpointError, MissingExtra
 
@@ -162,25 +158,7 @@ def export_sequence_onnx(
         raise CheckpointError(
             str(path), f"onnxruntime and torch differ by {worst:.3g} > tolerance {tolerance:g}; not written"
         )
-    path.write_bytes(data)
-    for name in (SAMPLING_FILE, LOCAL_FILE):
-        (checkpoint.path / name).unlink(missing_ok=True)  # a stale graph of earlier weights
-    info = OnnxInfo(
-        file=ONNX_FILE,
-        sha256=sha256_bytes(data),
-        bytes=len(data),
-        opset=_graph_opset(data),
-        sampler="bank",
-        samples=samples,
-        bank_seed=seed,
-        tolerance=tolerance,
-        max_abs_diff=worst,
-        onnxruntime_version=ort.__version__,
-        sampling=None,
-        local=None,
-    )
-    write_manifest(checkpoint.path, manifest.model_copy(update={"onnx": info}))
-    return ExportReport(path=Path(path), info=info)
+    return write_bank_export(checkpoint, data, samples, seed, tolerance, worst, ort.__version__)
 
 
 def _validate(
