@@ -48,13 +48,15 @@ def build_sequence_gate(
     dataset: SequenceDataset,
     preprocessing: Preprocessing,
     target_fpr: float,
+    train_inputs: tuple[np.ndarray, np.ndarray],
     on_step: Callable[[str], None] | None = None,
 ) -> tuple[GateSpec, GateTensors]:
-    """The layered gate of a trained sequence network, calibrated on its served bank (``scorer``)."""
+    """The layered gate of a trained sequence network, calibrated on its served bank (``scorer``);
+    ``train_inputs``: the training split as the network took it, (x (N, T, d), lengths (N,))."""
     screening = Screening(dataset.features, preprocessing)
     numeric, codes = preprocessing.raw_values(dataset.train.frame)
     check_training_bounds(screen_sequences(screening, numeric, codes, np.asarray(dataset.train.lengths)))
-    x_train, lengths_train = _inputs(preprocessing, dataset.train, dataset.max_length)
+    x_train, lengths_train = train_inputs
     calibration = Calibration(
         screening=screening,
         density_input=summarise_steps(x_train, lengths_train),
@@ -96,7 +98,9 @@ def train_sequence_checkpoint(
         target_mean=0.0 if scale is None else scale.mean,
         target_std=1.0 if scale is None else scale.std,
     )
-    gate, gate_tensors = build_sequence_gate(scorer, dataset, preprocessing, config.target_fpr, on_step)
+    gate, gate_tensors = build_sequence_gate(
+        scorer, dataset, preprocessing, config.target_fpr, (x_train, lengths_train), on_step
+    )
     task = task_info(dataset.target, dataset.labels, scale, dataset.target_unit)
     manifest = Manifest(
         format_version=FORMAT_VERSION,
