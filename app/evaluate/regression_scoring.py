@@ -29,6 +29,9 @@ class RegressionPredictions:
     aleatoric: np.ndarray
     epistemic: np.ndarray
     intervals: dict[float, tuple[np.ndarray, np.ndarray]]
+    # The S Gaussians themselves, in the target's unit (float64), when the scorer was asked to keep them (the
+    # evaluation's metrics need every draw); over the rows scored, so :meth:`expand` leaves it as it is.
+    mixture: GaussianPredictive | None = None
 
     @classmethod
     def empty(cls) -> RegressionPredictions:
@@ -49,11 +52,15 @@ class RegressionPredictions:
             aleatoric=place(self.aleatoric),
             epistemic=place(self.epistemic),
             intervals={q: (place(low), place(high)) for q, (low, high) in self.intervals.items()},
+            mixture=self.mixture,
         )
 
 
-def in_target_units(predictive: GaussianPredictive, mean: float, std: float) -> RegressionPredictions:
-    """A one-target standardised predictive, means/variances (S, N, 1) -> its summary in the target's units."""
+def in_target_units(
+    predictive: GaussianPredictive, mean: float, std: float, keep_mixture: bool = False
+) -> RegressionPredictions:
+    """A one-target standardised predictive, means/variances (S, N, 1) -> its summary in the target's units
+    (and, with ``keep_mixture``, the mixture itself mapped there too)."""
 
     def numpy(t: torch.Tensor) -> np.ndarray:
         return t[:, 0].double().cpu().numpy()
@@ -71,6 +78,11 @@ def in_target_units(predictive: GaussianPredictive, mean: float, std: float) -> 
         aleatoric=aleatoric,
         epistemic=epistemic,
         intervals=intervals,
+        mixture=(
+            GaussianPredictive(predictive.means.double() * std + mean, predictive.variances.double() * std**2)
+            if keep_mixture
+            else None
+        ),
     )
 
 

@@ -33,24 +33,6 @@ FORECAST_ROWS = 200  # consecutive test sequences drawn in forecast.png
 OOD_REGRESSION_KEYS = ("rmse", "mae", "nll", "crps", "picp_90", "mpiw_90", "rows")
 
 
-class _KeepingEngine:
-    """A scorer's engine that keeps the head outputs (S, N, k) of its last run, so a regression's metrics use
-    every one of the very draws the gate saw, without a second pass. Only the engine's public ``run`` is
-    wrapped; everything else is the engine's own."""
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.head: torch.Tensor | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.engine, name)
-
-    def run(self, *args: Any, **kwargs: Any) -> Any:
-        head, plan = self.engine.run(*args, **kwargs)
-        self.head = head
-        return head, plan
-
-
 @dataclass(frozen=True)
 class Summarised:
     """A regression set's mixture summary over ``rows`` (M,): its sequences with a prediction and a known
@@ -74,7 +56,7 @@ class ScoredSequences:
     summaries: dict[str, Summarised] = field(default_factory=dict)
 
 
-def _scorer(checkpoint: Checkpoint, samples: int | None, seed: int) -> tuple[SequenceBankScorer, _KeepingEngine]:
+def _scorer(checkpoint: Checkpoint, samples: int | None, seed: int) -> SequenceBankScorer:
     manifest = checkpoint.manifest
     assert manifest.sequence is not None, "not a sequence checkpoint"
     scale = manifest.task.scale
@@ -85,30 +67,26 @@ def _scorer(checkpoint: Checkpoint, samples: int | None, seed: int) -> tuple[Seq
         max_length=manifest.sequence.max_length,
         target_mean=0.0 if scale is None else scale.mean,
         target_std=1.0 if scale is None else scale.std,
+        keep_mixture=True,  # a regression's metrics use every one of the very draws the gate saw
     )
-    scorer.engine = keeping = _KeepingEngine(scorer.engine)  # type: ignore[assignment]
-    return scorer, keeping
+    return scorer
 
 
-def _summarised(
-    scorer: SequenceBankScorer, head: torch.Tensor | None, scored: GatedSet, split: SequenceSplit
-) -> Summarised | None:
-    """The kept head (S, P, 2) of the P predicted sequences as the mixture in the target's unit, summarised
-    against the known targets (None: none known)."""
+def _summarised(scored: GatedSet, split: SequenceSplit) -> Summarised | None:
+    """The mixture (S, P, 1) of the P predicted sequences, in the target's unit, summarised against the known
+    targets (None: none known)."""
     y = np.asarray(split.y, dtype=np.float64)
     predicted = np.isfinite(scored.predictions.mean)  # score_sequences ran the bank on exactly these, in order
-    if head is None or not predicted.any():
+    mixture = scored.predictions.mixture
+    if mixture is None or not predicted.any():
         return None
-    if head.shape[1] != int(predicted.sum()):  # the bank ran on other rows than those with a prediction
-        raise ValueError(f"{head.shape[1]} sequences scored but {int(predicted.sum())} have a prediction")
+    if mixture.means.shape[1] != int(predicted.sum()):  # the bank ran on other rows than those predicted
+        raise ValueError(f"{mixture.means.shape[1]} sequences scored but {int(predicted.sum())} have a prediction")
     known = np.isfinite(y[predicted])
     if not known.any():
         return None
-    predictive = GaussianPredictive.from_head(head)
-    std, mean = scorer.target_std, scorer.target_mean
-    mask = torch.as_tensor(known, device=head.device)
-    means = predictive.means.double()[:, mask] * std + mean  # (S, M, 1): z·std + mean, variances · std²
-    variances = predictive.variances.double()[:, mask] * std**2
+    mask = torch.as_tensor(known, device=mixture.means.device)
+    means, variances = mixture.means[:, mask], mixture.variances[:, mask]
     rows = np.flatnonzero(predicted)[known]
     return Summarised(summarise(GaussianPredictive(means, variances), y[rows]), rows)
 
@@ -124,17 +102,15 @@ def score_sequence_sets(
     ``seed`` (by default the server's: the model's default samples, seed 0) and the checkpoint's gate;
     ``on_step`` hears of each set as its scoring starts (progress only)."""
     manifest, gate = checkpoint.manifest, checkpoint.gate
-    scorer, engine = _scorer(checkpoint, samples, seed)
+    scorer = _scorer(checkpoint, samples, seed)
     summaries: dict[str, Summarised] = {}
 
     def scored(key: str, what: str, split: SequenceSplit) -> GatedSet:
         if on_step is not None:
             on_step(f"scoring {what} ({len(split):,} sequences, {scorer.samples} samples)")
-        engine.head = None
         result = gated(gate, score_sequences(scorer, gate.screening, gate.density, manifest.preprocessing, split))
-        if scorer.regression and (summary := _summarised(scorer, engine.head, result, split)) is not None:
+        if scorer.regression and (summary := _summarised(result, split)) is not None:
             summaries[key] = summary
-        engine.head = None  # summarised: let the (S, N, 2) head go
         return result
 
     return ScoredSequences(

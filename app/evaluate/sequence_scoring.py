@@ -35,7 +35,8 @@ class SequenceBankScorer:
     """The served predictive of a recurrent network: its frozen bank of ``samples`` draws from ``bank_seed``.
 
     ``max_length``: the steps the network sees (longer sequences keep their last ones); ``target_mean`` and
-    ``target_std``: the regression target's training scale, undone on every answer (ignored by a classifier).
+    ``target_std``: the regression target's training scale, undone on every answer (ignored by a classifier);
+    ``keep_mixture``: a regression's answers also carry the S Gaussians (``RegressionPredictions.mixture``).
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class SequenceBankScorer:
         max_length: int,
         target_mean: float = 0.0,
         target_std: float = 1.0,
+        keep_mixture: bool = False,
     ) -> None:
         if max_length < 1:
             raise ValueError("max_length must be at least 1")
@@ -60,6 +62,7 @@ class SequenceBankScorer:
         self.max_length = max_length
         self.target_mean = float(target_mean)
         self.target_std = float(target_std)
+        self.keep_mixture = keep_mixture  # a regression's answers carry its S Gaussians (evaluation's metrics)
         self.likelihood = model.spec.likelihood
         self.classes = 2 if model.spec.out_features == 1 else model.spec.out_features
 
@@ -77,7 +80,8 @@ class SequenceBankScorer:
             Sampler.BANK,
         )
         if self.regression:
-            return in_target_units(GaussianPredictive.from_head(head), self.target_mean, self.target_std)
+            predictive = GaussianPredictive.from_head(head)
+            return in_target_units(predictive, self.target_mean, self.target_std, self.keep_mixture)
         predictive = Predictive(class_probabilities(head, self.likelihood))
         u = decompose(predictive)
         return Predictions(
