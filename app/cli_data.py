@@ -60,14 +60,10 @@ def load_training_data(
             from app.data.flchain import load_flchain
 
             return load_flchain(seed)
-        if dataset == "pm25":
-            from app.data.pm25 import load_pm25
+        if dataset in SEQUENCE_DATASETS:
+            from app.data.sequence_table import load_bundled_sequences
 
-            return load_pm25(seed)
-        if dataset == "pbcseq":
-            from app.data.pbcseq import load_pbcseq
-
-            return load_pbcseq(seed)
+            return load_bundled_sequences(dataset, seed)
         raise typer.BadParameter(
             f"unknown data set {dataset!r}; available: {', '.join(BUNDLED)}", param_hint="--dataset"
         )

