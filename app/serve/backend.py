@@ -28,6 +28,7 @@ class BackendKind(str, Enum):
 
 
 LENGTHS_INPUT = "lengths"  # /v2's input of each sequence's steps (api/v2_sequences.py)
+STEPS_INPUT = "steps"  # /v2's [N, T, F] input of the numeric per-step features, packed
 
 
 def check_servable(folder: object, manifest: Manifest) -> None:

@@ -1,4 +1,5 @@
-"""Sequence (LSTM) models served end to end: /v1 step lists, /v2 [N, T] tensors with lengths, and gRPC.
+"""Sequence (LSTM) models served end to end: /v1 step lists, /v2 [N, T] (or packed [N, T, F]) tensors with lengths,
+and gRPC.
 
 A tiny regression LSTM and a tiny sequence classifier (trained for a few epochs on synthetic visits, once per
 module) are served by a real uvicorn process on 127.0.0.1 with gRPC on; every answer is checked against the
@@ -250,6 +251,46 @@ def test_v2_bad_sequence_inputs_are_400_naming_the_field(server: httpx.Client) -
     assert _v2_error(server, local).startswith("parameters.sampler:")
 
 
+def _packed_body(sequences: list[list[dict[str, Any]]], **parameters: Any) -> dict[str, Any]:
+    """The numeric feature (lab) packed as ``steps`` [N, T, 1] beside ward [N, T] and lengths."""
+    body = _v2_body(sequences, **parameters)
+    lab, ward, lengths = body["inputs"]
+    packed = [[[v] for v in row] for row in lab["data"]]
+    steps = {"name": "steps", "shape": [*lab["shape"], 1], "datatype": "FP32", "data": packed}
+    return {**body, "inputs": [steps, ward, lengths]}
+
+
+def test_a_packed_steps_tensor_gives_the_per_feature_numbers(server: httpx.Client) -> None:
+    sequences = [_sequence(5.0, 5.5, 4.8), _sequence(6.0), _sequence(5.0, 30.0)]
+    per_feature = server.post(f"/v2/models/{REGRESSION}/infer", json=_v2_body(sequences, seed=5, sampler="fresh"))
+    packed = server.post(f"/v2/models/{REGRESSION}/infer", json=_packed_body(sequences, seed=5, sampler="fresh"))
+    assert packed.status_code == 200, packed.text
+    assert _outputs(packed.json()) == _outputs(per_feature.json())  # JSON carries the numbers as sent
+
+
+def test_a_bad_packed_steps_tensor_is_400_naming_the_field(server: httpx.Client) -> None:
+    two = [_sequence(5.0, 5.5), _sequence(6.0)]
+    wide = _packed_body(two)
+    wide["inputs"][0] = {**wide["inputs"][0], "shape": [2, 2, 2], "data": [[[5.0, 1.0]] * 2] * 2}
+    assert _v2_error(server, wide).startswith("inputs.steps: shape must be [N, T, 1]")
+    text = _packed_body(two)
+    text["inputs"][0]["datatype"] = "BYTES"
+    assert _v2_error(server, text).startswith("inputs.steps:")
+    both = _packed_body(two)
+    both["inputs"].append(_v2_body(two)["inputs"][0])
+    assert _v2_error(server, both).startswith("inputs.lab: unknown input")
+    other_t = _packed_body(two)
+    other_t["inputs"][0] = {**other_t["inputs"][0], "shape": [2, 3, 1], "data": [[[5.0]] * 3] * 2}
+    assert _v2_error(server, other_t).startswith("inputs:")
+    integer = _packed_body(two)
+    integer["inputs"][0]["datatype"] = "INT32"
+    integer["inputs"][0]["data"][0][1] = [5.5]
+    assert _v2_error(server, integer).startswith("inputs.steps[0][1][0]:")
+    bad_value = _packed_body(two)
+    bad_value["inputs"][0]["data"][1][0] = ["x"]  # the preprocessing's refusal names the packed position
+    assert _v2_error(server, bad_value).startswith("inputs.steps[1][0][0]:")
+
+
 def test_padding_is_ignored_whatever_it_holds(server: httpx.Client) -> None:
     body = _v2_body([_sequence(5.0, 5.5), _sequence(6.0)])
     padded = _v2_body([_sequence(5.0, 5.5), _sequence(6.0)])
@@ -297,11 +338,18 @@ def test_grpc_carries_the_same_tensors(server: httpx.Client, grpc_port: int) -> 
     ward.contents.bytes_contents.extend([b"w1", b"w1", b"w1", b"w1", b"", b""])
     lengths = request.inputs.add(name="lengths", shape=[2], datatype="INT64")
     lengths.contents.int64_contents.extend([3, 1])
+    packed = pb.ModelInferRequest()
+    packed.CopyFrom(request)
+    del packed.inputs[0]
+    steps = packed.inputs.add(name="steps", shape=[2, 3, 1], datatype="FP64")  # lab packed as [N, T, F]
+    steps.contents.fp64_contents.extend([5.0, 5.5, 4.8, 6.0, 0.0, 0.0])
     with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-        reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
-    means = next(list(o.contents.fp64_contents) for o in reply.outputs if o.name == "mean")
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        replies = [stub.ModelInfer(message, timeout=30) for message in (request, packed)]
     v1 = _predict(server, REGRESSION, sequences, seed=8, sampler="fresh").json()
-    assert means == [p["mean"] for p in v1["predictions"]]
+    for reply in replies:
+        means = next(list(o.contents.fp64_contents) for o in reply.outputs if o.name == "mean")
+        assert means == [p["mean"] for p in v1["predictions"]]
 
 
 def test_binary_tensor_data_carries_the_same_tensors(server: httpx.Client) -> None:

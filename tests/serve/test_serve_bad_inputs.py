@@ -145,7 +145,8 @@ V2_CASES: list[tuple[str, dict[str, Any] | str, str]] = [
     ("shape not matching the data", _v2([ROW], age={"shape": [2]}), "inputs.age"),
     ("shape [N, 2]", _v2([ROW, ROW], age={"shape": [1, 2]}), "inputs.age"),
     ("negative shape", _v2([ROW], age={"shape": [-1]}), "inputs.age"),
-    ("three dimensions", _v2([ROW], age={"shape": [1, 1, 1]}), "inputs.0.shape"),
+    ("three dimensions", _v2([ROW], age={"shape": [1, 1, 1]}), "inputs.age"),
+    ("four dimensions", _v2([ROW], age={"shape": [1, 1, 1, 1]}), "inputs.0.shape"),
     ("inputs of different N", _v2([ROW], age={"shape": [2], "data": [62, 63]}), "inputs"),
     (
         "duplicated input",

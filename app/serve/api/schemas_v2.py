@@ -67,7 +67,7 @@ class RequestInput(_Lenient):
     """An input tensor; ``data`` is JSON's values, or the array read from binary data (api/v2_binary.py)."""
 
     name: str
-    shape: list[int] = Field(min_length=1, max_length=2)
+    shape: list[int] = Field(min_length=1, max_length=3)
     datatype: str
     parameters: Parameters | None = None
     data: TensorData | None = Field(None, description="The values, unless parameters.binary_data_size is given.")

@@ -141,7 +141,7 @@ def model_metadata(name: str, version: str | None, dataplane: DataPlane) -> Mode
 def _values(tensor: RequestInput, field: str) -> list[Any] | np.ndarray:
     """The N values of a [N] (flat data) or [N, 1] (flat or nested [[v], …]) tensor."""
     shape, data = tensor.shape, tensor.data
-    if any(d < 0 for d in shape) or (len(shape) == 2 and shape[1] != 1):
+    if any(d < 0 for d in shape) or len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
         raise RequestRejected(field, f"shape must be [N] or [N, 1], got {shape}")
     if not isinstance(data, np.ndarray) and any(isinstance(v, list) for v in data):  # an array came flat
         nested_ok = len(shape) == 2 and all(
@@ -244,7 +244,7 @@ def _check_fields(request: InferenceRequest) -> None:
         _refuse_misspelt(f"outputs.{output.name}.", list(output.model_extra or {}), ["name", "parameters"])
 
 
-def _decoded(request: InferenceRequest, manifest: Manifest) -> Decoded:
+def _decoded(request: InferenceRequest, manifest: Manifest, locator: v2_sequences.StepLocator) -> Decoded:
     """Misspelt fields refused, the requested outputs checked, then the input tensors -> columns (a sequence
     model's: api/v2_sequences.py), then the parameters -> options."""
     _check_fields(request)
@@ -265,7 +265,7 @@ def _decoded(request: InferenceRequest, manifest: Manifest) -> Decoded:
     if manifest.sequence is None:
         columns = _columns(request, manifest.features)
     else:
-        columns, lengths = v2_sequences.sequence_columns(request, manifest.features)
+        columns, lengths = v2_sequences.sequence_columns(request, manifest.features, locator)
     options = RequestOptions(
         samples=_parameter(request, "samples"),
         seed=_parameter(request, "seed"),
@@ -281,11 +281,12 @@ def decode(
 ) -> ScoringRequest:
     """The scoring request of a /v2 body (``timeout_s``: the transport's deadline, gRPC's; ``version``: the
     model version the path named)."""
+    locator = v2_sequences.StepLocator()  # learns, while decoding, which per-step features came packed
     return ScoringRequest(
         model=name,
-        decode=lambda manifest: _decoded(request, manifest),
+        decode=lambda manifest: _decoded(request, manifest, locator),
         locate=lambda feature, row: f"inputs.{feature}[{row}]",
-        locate_step=v2_sequences.locate_step,
+        locate_step=locator,
         option_field="parameters.",
         rows_field="inputs",
         timeout_s=timeout_s,
