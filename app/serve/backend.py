@@ -31,17 +31,6 @@ LENGTHS_INPUT = "lengths"  # /v2's input of each sequence's steps (api/v2_sequen
 STEPS_INPUT = "steps"  # /v2's [N, T, F] input of the numeric per-step features, packed
 
 
-def check_servable(folder: object, manifest: Manifest) -> None:
-    """CheckpointError for a checkpoint the onnx backend cannot answer: it has no sequence (LSTM) path yet (the
-    bank exports, app.checkpoint.onnx_sequence), so such a model fails to load there, with why (the torch
-    backend serves it: backend_sequence)."""
-    if manifest.sequence is not None:
-        raise CheckpointError(
-            f"{folder}/manifest.json",
-            "a sequence (LSTM) model: not servable yet by the onnx backend; serve it with the torch backend",
-        )
-
-
 def check_sequence_servable(folder: object, manifest: Manifest) -> None:
     """CheckpointError for a sequence model whose feature names clash with the /v2 wire format: its inputs are
     the per-step features plus ``lengths``, so no feature may be called that."""

@@ -39,10 +39,10 @@ from app.serve.backend import (
     BackendKind,
     Cost,
     Scores,
-    check_servable,
     estimated_cost,
     seconds_per_row_sample,
 )
+from app.serve.backend_onnx_sequence import OnnxSequenceBackend
 from app.serve.predictive_numpy import decompose_numpy, monte_carlo_error_numpy
 
 
@@ -59,19 +59,21 @@ class OnnxBackend:
         self.seconds_per_row_sample: dict[Sampler, float] = {}  # measured when loading
 
     @classmethod
-    def load(cls, folder: Path) -> OnnxBackend:
-        """Verify the manifest, the weights' and the graphs' hashes; open onnxruntime sessions; warm them."""
+    def load(cls, folder: Path) -> OnnxBackend | OnnxSequenceBackend:
+        """Verify the manifest, the weights' and the graphs' hashes; open onnxruntime sessions; warm them (a
+        sequence model's bank graph: backend_onnx_sequence)."""
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise CheckpointError(str(folder), "the onnx backend needs onnxruntime: pip install 'sbnn[onnx]'") from exc
         manifest = read_manifest(folder)
-        check_servable(folder, manifest)
         verified_weights_bytes(Path(folder), manifest)  # the export belongs to these very weights
         if manifest.onnx is None:
             raise CheckpointError(str(folder / "manifest.json"), "no ONNX export (run `sbnn export-onnx` first)")
         providers = ["CPUExecutionProvider"]
         bank = ort.InferenceSession(read_onnx(folder, manifest), ort.SessionOptions(), providers=providers)
+        if manifest.sequence is not None:
+            return OnnxSequenceBackend.from_session(folder, manifest, bank)
         sampling = None
         if manifest.onnx.sampling is not None:
             graph = read_onnx(folder, manifest, "sampling")

@@ -366,3 +366,39 @@ def grpc_infer_request(model: str, row: dict[str, Any]) -> Any:
 def one_row_grpc() -> Callable[[str, dict[str, Any]], Any]:
     """``one_row_grpc(model, row)``: a one-row gRPC ModelInferRequest."""
     return grpc_infer_request
+
+
+SEQUENCE_REGRESSION, SEQUENCE_CLASSIFIER = "seq-reg", "seq-cls"
+SEQUENCE_UNIT = "mmol/L"
+
+
+@pytest.fixture(scope="session")
+def sequence_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository of two tiny sequence models only: a regression LSTM (target in SEQUENCE_UNIT) and a
+    classifier, trained for 2 epochs on synthetic visits (lab numeric in [0, 50], ward categorical)."""
+    pytest.importorskip("pandas")
+    import dataclasses
+
+    from sequence_tables import write_visits
+
+    from app.data.schema import PlausibleRange
+    from app.data.sequence_table import load_sequence_table
+    from app.train.config import TrainConfig
+    from app.train.sequence_pipeline import train_sequence_checkpoint
+
+    work = tmp_path_factory.mktemp("sequence-train")
+    root = tmp_path_factory.mktemp("sequence-models")
+    for name, continuous in ((SEQUENCE_REGRESSION, True), (SEQUENCE_CLASSIFIER, False)):
+        dataset = load_sequence_table(
+            write_visits(work / f"{name}.csv", continuous), "y", "patient", "day", features=["lab", "ward"],
+            plausible={"lab": PlausibleRange(low=0.0, high=50.0)},
+        )  # fmt: skip
+        if continuous:
+            dataset = dataclasses.replace(dataset, target_unit=SEQUENCE_UNIT)
+        config = TrainConfig(
+            hidden=[8], rank=3, epochs=2, kl_warmup_epochs=1, default_samples=16, val_samples=4, batch_size=32,
+            device="cpu",
+        )  # fmt: skip
+        train_sequence_checkpoint(dataset, config, work / name)
+        shutil.copytree(work / name, root / name)
+    return root

@@ -1,16 +1,14 @@
 """Sequence (LSTM) models served end to end: /v1 step lists, /v2 [N, T] (or packed [N, T, F]) tensors with lengths,
 and gRPC.
 
-A tiny regression LSTM and a tiny sequence classifier (trained for a few epochs on synthetic visits, once per
-module) are served by a real uvicorn process on 127.0.0.1 with gRPC on; every answer is checked against the
+A tiny regression LSTM and a tiny sequence classifier (conftest's ``sequence_repository``, trained once a
+session) are served by a real uvicorn process on 127.0.0.1 with gRPC on; every answer is checked against the
 wire format of docs/serving.md.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,46 +20,11 @@ import pytest
 pd = pytest.importorskip("pandas")
 pytestmark = pytest.mark.anyio
 
-from sequence_tables import write_visits  # noqa: E402
+from conftest import SEQUENCE_CLASSIFIER as CLASSIFIER  # noqa: E402
+from conftest import SEQUENCE_REGRESSION as REGRESSION  # noqa: E402
+from conftest import SEQUENCE_UNIT as UNIT  # noqa: E402
 
-from app.data.schema import PlausibleRange  # noqa: E402
-from app.data.sequence_table import load_sequence_table  # noqa: E402
-from app.errors import CheckpointError  # noqa: E402
-from app.train.config import TrainConfig  # noqa: E402
-from app.train.sequence_pipeline import train_sequence_checkpoint  # noqa: E402
-
-REGRESSION, CLASSIFIER = "seq-reg", "seq-cls"
-UNIT = "mmol/L"
 STEP = {"lab": 5.0, "ward": "w1"}  # an in-distribution visit
-
-
-def _train(folder: Path, name: str, continuous: bool) -> Path:
-    dataset = load_sequence_table(
-        write_visits(folder / f"{name}.csv", continuous),
-        "y",
-        "patient",
-        "day",
-        features=["lab", "ward"],
-        plausible={"lab": PlausibleRange(low=0.0, high=50.0)},
-    )
-    if continuous:
-        dataset = dataclasses.replace(dataset, target_unit=UNIT)
-    config = TrainConfig(
-        hidden=[8], rank=3, epochs=2, kl_warmup_epochs=1, default_samples=16, val_samples=4, batch_size=32,
-        device="cpu",
-    )  # fmt: skip
-    train_sequence_checkpoint(dataset, config, folder / name)
-    return folder / name
-
-
-@pytest.fixture(scope="module")
-def sequence_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model repository of the two tiny sequence models only."""
-    work = tmp_path_factory.mktemp("sequence-train")
-    root = tmp_path_factory.mktemp("sequence-models")
-    for name, continuous in ((REGRESSION, True), (CLASSIFIER, False)):
-        shutil.copytree(_train(work, name, continuous), root / name)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -422,11 +385,3 @@ async def test_reject_mode_request_names_the_impossible_step(
         assert _error_loc(response) == ["body", "instances", 1, 2, "lab"]
         response = await client.post(f"/v2/models/{REGRESSION}/infer", json=_v2_body(instances))
         assert response.status_code == 400 and response.json()["error"].startswith("inputs.lab[1][2]:")
-
-
-def test_the_onnx_backend_refuses_a_sequence_model(sequence_repository: Path) -> None:
-    pytest.importorskip("onnxruntime")
-    from app.serve.backend_onnx import OnnxBackend
-
-    with pytest.raises(CheckpointError, match="not servable yet by the onnx backend"):
-        OnnxBackend.load(sequence_repository / REGRESSION)

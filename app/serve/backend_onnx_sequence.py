@@ -1,0 +1,157 @@
+"""The onnxruntime backend of sequence (LSTM) models: the exported frozen bank (``model.onnx``), without torch.
+
+The graph (app.checkpoint.onnx_sequence) maps the padded steps x (N, T, d) and lengths (N,) to the head's
+outputs per bank sample (S, N, k); the summaries are numpy's (app.serve.predictive_numpy): a classifier's as
+the MLP onnx backend's, a regression's mixture (mean, variances, central intervals) in the target's unit as
+``backend_sequence.regression_scores`` computes it in torch. The export holds the bank only, so every request
+is answered from it: ``fresh`` sampling, other sample counts or seeds, and adaptive sampling are refused with
+why (the torch backend serves them).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Generator
+from pathlib import Path
+
+import numpy as np
+
+from app.bnn.plan import Plan, PlanRefused, run_to_end
+from app.bnn.spec import INTERVAL_LEVELS, Likelihood, Sampler
+from app.checkpoint.manifest import Manifest
+from app.errors import CheckpointError
+from app.serve.backend import (
+    AnyScores,
+    BackendKind,
+    Cost,
+    ModelInput,
+    RegressionScores,
+    Scores,
+    SequenceInputs,
+    check_sequence_servable,
+)
+from app.serve.predictive_numpy import (
+    decompose_numpy,
+    gaussian_parameters_numpy,
+    mixture_quantile_numpy,
+    monte_carlo_error_numpy,
+)
+
+OUTPUT = "head_outputs"  # app.checkpoint.onnx_sequence.SEQUENCE_OUTPUT (not imported: that module needs torch)
+BLOCK_ROWS = 64  # sequences per graph run: a piece the data plane may yield between
+RATE_SEQUENCES = 8  # as the torch backend's: sequences of the pass each load times
+
+
+def class_probabilities_numpy(head: np.ndarray, likelihood: Likelihood) -> np.ndarray:
+    """logits (S, N, k) -> probs (S, N, C) float64 (``app.bnn.predictive.class_probabilities``)."""
+    logits = head.astype(np.float64)
+    if likelihood is Likelihood.BERNOULLI:
+        positive = 1.0 / (1.0 + np.exp(-logits[..., 0]))
+        return np.stack([1.0 - positive, positive], axis=-1)
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
+
+
+def regression_scores_numpy(head: np.ndarray, plan: Plan, mean: float, std: float) -> RegressionScores:
+    """head (S, N, 2) standardised Gaussian outputs -> the mixture's scores in the target's unit."""
+    means, variances = gaussian_parameters_numpy(head)
+    centre = means.mean(0)
+    aleatoric = variances.mean(0) * std**2
+    epistemic = np.square(means - centre).mean(0) * std**2
+    intervals = {}
+    for level in INTERVAL_LEVELS:  # quantiles are equivariant under y = z·std + mean
+        low, high = (mixture_quantile_numpy(means, variances, q) for q in ((1 - level) / 2, (1 + level) / 2))
+        intervals[level] = (low * std + mean, high * std + mean)
+    largest = float(epistemic.max()) if epistemic.size else 0.0
+    return RegressionScores(
+        plan=plan,
+        mean=centre * std + mean,
+        total=aleatoric + epistemic,
+        aleatoric=aleatoric,
+        epistemic=epistemic,
+        intervals=intervals,
+        mean_error=math.sqrt(largest / max(1, means.shape[0])),
+    )
+
+
+class OnnxSequenceBackend:
+    kind = BackendKind.ONNX
+
+    def __init__(self, manifest: Manifest, session: object) -> None:
+        assert manifest.sequence is not None and manifest.onnx is not None  # load checked both
+        self.manifest = manifest
+        self.session = session
+        self.onnx = manifest.onnx
+        self.max_length = manifest.sequence.max_length
+        self.regression = manifest.network.likelihood is Likelihood.GAUSSIAN
+        scale = manifest.task.scale
+        self.target = (0.0, 1.0) if scale is None else (scale.mean, scale.std)
+        self.seconds_per_row_sample: dict[Sampler, float] = {}
+
+    @classmethod
+    def from_session(cls, folder: Path, manifest: Manifest, session: object) -> OnnxSequenceBackend:
+        """The backend of an opened sequence export, warmed up on a typical sequence and its rate timed."""
+        check_sequence_servable(folder, manifest)
+        backend = cls(manifest, session)
+        plan = backend.plan(Sampler.BANK, 1, backend.onnx.samples, None, None)
+        (scores,) = backend.compute([(backend.typical_input(1), plan)], batch_seed=0)
+        if not np.isfinite(scores.total).all():
+            raise CheckpointError(str(folder), "warm-up prediction (bank) is not finite")
+        many = backend.typical_input(RATE_SEQUENCES)
+        started = time.perf_counter()
+        backend.compute([(many, plan)], batch_seed=0)
+        backend.seconds_per_row_sample[Sampler.BANK] = (time.perf_counter() - started) / (RATE_SEQUENCES * plan.samples)
+        return backend
+
+    def typical_input(self, rows: int) -> SequenceInputs:
+        """``rows`` sequences of max_length typical steps (the training medians, first categories)."""
+        step = self.manifest.preprocessing.typical_input()  # (1, d)
+        x = np.repeat(step[None], rows, axis=0).repeat(self.max_length, axis=1)
+        return SequenceInputs(x.astype(np.float32), np.full(rows, self.max_length, dtype=np.int64))
+
+    @property
+    def default_bank(self) -> tuple[int, int] | None:
+        return (self.onnx.samples, self.onnx.bank_seed)
+
+    def plan(self, sampler: Sampler, rows: int, samples: int, seed: int | None, tolerance: float | None) -> Plan:
+        """The bank, whatever ``auto`` or ``bank`` asks, when it can serve the request as asked; else refused."""
+        if tolerance is not None:
+            raise PlanRefused("tolerance", "adaptive sampling is not available for sequence models; send samples")
+        if sampler in (Sampler.FRESH, Sampler.LOCAL):
+            reason = "a sequence model's ONNX export holds its frozen bank only; that sampler needs the torch backend"
+            raise PlanRefused("sampler", reason)
+        if samples != self.onnx.samples:
+            raise PlanRefused("samples", f"the ONNX export's bank holds {self.onnx.samples} samples; {samples} asked")
+        if seed not in (None, self.onnx.bank_seed):
+            reason = f"the ONNX export's bank was drawn with seed {self.onnx.bank_seed}; omit it or send that one"
+            raise PlanRefused("seed", reason)
+        return Plan(Sampler.BANK, self.onnx.samples, self.onnx.bank_seed)
+
+    def cost(self, plan: Plan, rows: int) -> Cost:
+        """Measured seconds per sequence and sample; memory: a block's outputs and the summary's (S, N) arrays."""
+        seconds = rows * plan.samples * self.seconds_per_row_sample.get(plan.sampler, 0.0)
+        return Cost(seconds, 8 * plan.samples * rows * (self.manifest.network.out_features + 4))
+
+    def compute(self, jobs: list[tuple[ModelInput, Plan]], batch_seed: int) -> list[AnyScores]:
+        return [run_to_end(self.steps(inputs, plan.seeded(batch_seed))) for inputs, plan in jobs]
+
+    def steps(self, inputs: ModelInput, plan: Plan) -> Generator[None, None, AnyScores]:
+        """A block of sequences per graph run, yielding between blocks, then the summary."""
+        assert isinstance(inputs, SequenceInputs)  # the data plane sends sequences to a sequence model
+        x = np.ascontiguousarray(inputs.x, dtype=np.float32)
+        lengths = np.ascontiguousarray(inputs.lengths, dtype=np.int64)
+        parts = []
+        for start in range(0, x.shape[0], BLOCK_ROWS):
+            if parts:
+                yield
+            feed = {"x": x[start : start + BLOCK_ROWS], "lengths": lengths[start : start + BLOCK_ROWS]}
+            (head,) = self.session.run([OUTPUT], feed)  # type: ignore[attr-defined]
+            parts.append(head)
+        head = np.concatenate(parts, axis=1)  # (S, N, k)
+        yield
+        if self.regression:
+            return regression_scores_numpy(head, plan, *self.target)
+        probs = class_probabilities_numpy(head, self.manifest.network.likelihood)
+        mean, total, aleatoric, mi, std = decompose_numpy(probs)
+        return Scores(plan, mean, total, aleatoric, mi, std, monte_carlo_error_numpy(probs))
