@@ -97,7 +97,8 @@ def train(
     units: Annotated[
         str | None,
         typer.Option(
-            help="Units of --csv features, e.g. 'age=years,creatinine=mg/dL' (the stress suite converts them)."
+            help="Units of --csv features, e.g. 'age=years,creatinine=mg/dL' (the stress suite converts them); "
+            "a regression's target may have one too, e.g. 'weight=kg' (its answers name it)."
         ),
     ] = None,
     name: Annotated[str | None, typer.Option(help="Model name (default: the folder name).")] = None,

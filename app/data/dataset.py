@@ -64,6 +64,7 @@ class TabularDataset:
     test: Split
     ood: dict[str, Split]
     provenance: DataProvenance
+    target_unit: str | None = None  # a regression's target unit (``--units <target>=kg``), in its answers
 
     @property
     def is_regression(self) -> bool:

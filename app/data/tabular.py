@@ -117,7 +117,10 @@ def load_table(
         check_columns(table, features, categorical)
 
     train, val, test = split_population(table[features], y, fractions, seed, regression=regression)
-    specs = annotate(infer_feature_specs(train.frame, features, categorical), plausible or {}, units or {})
+    # A regression's target may carry a unit too (its answers and card name it); the rest are features'.
+    target_unit = (units or {}).get(target) if regression else None
+    feature_units = {k: v for k, v in (units or {}).items() if not (regression and k == target)}
+    specs = annotate(infer_feature_specs(train.frame, features, categorical), plausible or {}, feature_units)
     specs = allow_gaps(specs, table)
     if check:
         check_levels(specs, val.frame, test.frame)
@@ -178,4 +181,5 @@ def load_table(
         test=test,
         ood=ood,
         provenance=provenance,
+        target_unit=target_unit,
     )

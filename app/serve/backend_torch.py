@@ -30,6 +30,7 @@ from app.serve.backend import (
 )
 
 if TYPE_CHECKING:
+    from app.serve.backend_regression import RegressionTorchBackend
     from app.serve.backend_sequence import SequenceTorchBackend
 
 # A pass of at most this many rows × samples runs on the compute thread alone. From any thread but the process's
@@ -92,9 +93,10 @@ class TorchBackend:
     @classmethod
     def load(
         cls, folder: Path, device: torch.device, bank_samples: int | None, bank_seed: int
-    ) -> TorchBackend | SequenceTorchBackend:
+    ) -> TorchBackend | SequenceTorchBackend | RegressionTorchBackend:
         """Verify and load the checkpoint, build its engine (and bank), run every sampler once; a sequence
-        checkpoint gets the sequence backend (app.serve.backend_sequence)."""
+        checkpoint gets the sequence backend (app.serve.backend_sequence), a regression MLP its own
+        (app.serve.backend_regression)."""
         checkpoint = load_checkpoint(folder, device=device)
         manifest = checkpoint.manifest
         bank = manifest.default_samples if bank_samples is None else bank_samples
@@ -103,8 +105,10 @@ class TorchBackend:
 
             return SequenceTorchBackend.from_checkpoint(folder, manifest, checkpoint.model, device, bank, bank_seed)
         assert isinstance(checkpoint.model, BayesianMLP)  # the manifest has no sequence section
-        if manifest.task.type is TaskType.REGRESSION:  # the MLP engine scores classifiers only, so far
-            raise CheckpointError(str(folder / "manifest.json"), "a regression MLP: not servable yet")
+        if manifest.task.type is TaskType.REGRESSION:  # the MLP engine scores classifiers only
+            from app.serve.backend_regression import RegressionTorchBackend  # imports this module: on use
+
+            return RegressionTorchBackend.from_checkpoint(folder, manifest, checkpoint.model, device, bank, bank_seed)
         backend = cls(manifest, MonteCarloEngine(checkpoint.model, bank_size=bank, bank_seed=bank_seed), device)
         backend.warm_up(folder)
         return backend

@@ -147,7 +147,7 @@ def train_checkpoint(
         network=result.model.spec,
         ranks=result.model.spec.layer_ranks(),
         parameter_count=parameter_count(result.model),
-        task=task_info(dataset.target, dataset.labels, scale),
+        task=task_info(dataset.target, dataset.labels, scale, dataset.target_unit),
         features=list(dataset.features),
         preprocessing=preprocessing,
         gate=gate,

@@ -106,7 +106,8 @@ def test_a_regression_checkpoint_round_trips(tmp_path: Path) -> None:
 
     with pytest.raises(CheckpointError, match="a regression MLP: its ONNX export is not built yet"):
         export_onnx(checkpoint)
+    from app.serve.backend_regression import RegressionTorchBackend
     from app.serve.backend_torch import TorchBackend
 
-    with pytest.raises(CheckpointError, match="a regression MLP: not servable yet"):
-        TorchBackend.load(tmp_path / "m", torch.device("cpu"), None, 0)
+    backend = TorchBackend.load(tmp_path / "m", torch.device("cpu"), None, 0)  # served: tests/serve
+    assert isinstance(backend, RegressionTorchBackend) and backend.default_bank == (16, 0)
