@@ -206,10 +206,7 @@ def train(
     )
     for warning in gate.warnings:
         warn(warning)
-    regression_mlp = manifest.sequence is None and manifest.task.type.value == "regression"
-    if evaluate and regression_mlp:
-        warn("`sbnn evaluate` does not evaluate regression MLPs yet: the checkpoint is saved, not evaluated")
-    elif evaluate:  # an MLP or a sequence checkpoint: _evaluate reads which from the manifest
+    if evaluate:  # an MLP, a regression MLP or a sequence checkpoint: _evaluate reads which from the manifest
         _evaluate(out, samples=None, seed=0, data_path=None, figures=True, command="train")
 
 
@@ -223,17 +220,17 @@ def _evaluate(
 
         checkpoint = load_checkpoint(model_dir)
         extras += source_extras(checkpoint.manifest.data.source)
-        if checkpoint.manifest.sequence is None and checkpoint.manifest.task.type.value == "regression":
-            from app.errors import DataError
-
-            raise DataError(f"{model_dir}: a regression MLP; `sbnn evaluate` does not evaluate those yet")
+        manifest = checkpoint.manifest
+        regression_mlp = manifest.sequence is None and manifest.task.type.value == "regression"
         with steps("evaluating") as on_step:
             on_step("loading the data")
-            if checkpoint.manifest.sequence is not None:  # an LSTM: its own data, scoring and card
+            if manifest.sequence is not None or regression_mlp:  # the regression / sequence report and card
+                from app.data.dataset import load_dataset
                 from app.data.sequence_table import load_sequence_dataset
                 from app.evaluate import sequence_evaluate as sequences
 
-                steps_data = load_sequence_dataset(checkpoint.manifest.data, data_path)
+                load = load_dataset if regression_mlp else load_sequence_dataset
+                steps_data = load(manifest.data, data_path)
                 # Scored once, for the metrics and the figures.
                 scored_steps = sequences.score_sequence_sets(checkpoint, steps_data, samples, seed, on_step=on_step)
                 result = sequences.evaluate_sequences(checkpoint, steps_data, scored=scored_steps, on_step=on_step)

@@ -241,12 +241,19 @@ def test_a_continuous_target_trains_a_regression_not_a_classifier_per_value(
     frame = pd.read_csv(table_files[0])
     frame["outcome"] = frame["x1"] * 3.0 + 1.0
     frame.to_csv(tmp_path / "continuous.csv", index=False)
-    trained = _train_quick(tmp_path / "continuous.csv", tmp_path / "m", "--evaluate")
+    trained = _train_quick(tmp_path / "continuous.csv", tmp_path / "m", "--evaluate", "--units", "outcome=mmol/L")
     assert trained.returncode == 0, trained.stderr
-    assert "does not evaluate regression MLPs yet" in trained.stderr
+    written = {p.name for p in (tmp_path / "m").iterdir()}
+    assert {"metrics.json", "card.md", "forecast.png", "coverage.png"} <= written, written
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["task"] == "regression" and metrics["unit"] == "mmol/L" and "sequence" not in metrics
+    assert {"rmse", "nll", "crps", "picp_90", "mpiw_90"} <= set(metrics["test"])
+    card = (tmp_path / "m" / "card.md").read_text()
+    assert "MLP, network" in card and "Sequence schema" not in card and "preprocessed row" in card
     evaluated = sbnn("evaluate", str(tmp_path / "m"))
-    assert evaluated.returncode == 2 and "a regression MLP" in evaluated.stderr and "Traceback" not in evaluated.stderr
+    assert evaluated.returncode == 0 and "RMSE" in evaluated.stdout, evaluated.stderr
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["task"]["unit"] == "mmol/L"
     assert manifest["task"]["type"] == "regression" and manifest["task"]["labels"] is None
     assert manifest["network"]["likelihood"] == "gaussian" and manifest["gate"]["epistemic"]["score"] == (
         "epistemic_variance"

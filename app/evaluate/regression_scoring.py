@@ -105,6 +105,7 @@ class RegressionBankScorer:
         target_mean: float = 0.0,
         target_std: float = 1.0,
         block_rows: int = 4096,
+        keep_mixture: bool = False,
     ) -> None:
         if model.spec.likelihood is not Likelihood.GAUSSIAN or model.spec.out_features != 1:
             raise ValueError("a regression scorer needs a gaussian network with one target")
@@ -114,6 +115,7 @@ class RegressionBankScorer:
         self.bank_seed = bank_seed
         self.target_mean, self.target_std = float(target_mean), float(target_std)
         self.block_rows = block_rows
+        self.keep_mixture = keep_mixture  # the S Gaussians too (RegressionPredictions.mixture), for evaluation
         self.regression = True
         device = next(model.parameters()).device
         with torch.no_grad():
@@ -127,4 +129,5 @@ class RegressionBankScorer:
             return RegressionPredictions.empty()
         xt = torch.as_tensor(x, dtype=torch.float32, device=self.device)
         head = torch.cat([self.model.propagate(b, self._bank) for b in xt.split(self.block_rows)], dim=1)
-        return in_target_units(GaussianPredictive.from_head(head), self.target_mean, self.target_std)
+        predictive = GaussianPredictive.from_head(head)
+        return in_target_units(predictive, self.target_mean, self.target_std, self.keep_mixture)

@@ -1,4 +1,4 @@
-"""The Markdown model card written next to a sequence (LSTM) checkpoint by ``sbnn evaluate``.
+"""The Markdown model card written next to a sequence (LSTM) checkpoint, or a regression MLP, by ``sbnn evaluate``.
 
 It follows :mod:`app.evaluate.card`'s structure (intended use, model, data, metrics, OOD detection, the gate,
 limits, figures) from a result of :func:`app.evaluate.sequence_evaluate.evaluate_sequences`.
@@ -37,49 +37,68 @@ def _unit(manifest: Manifest) -> str:
     return manifest.task.unit or "the target's unit"
 
 
+def _item(manifest: Manifest) -> str:
+    """What one input is: a sequence (LSTM) or a row (a regression MLP)."""
+    return "sequence" if manifest.sequence is not None else "row"
+
+
 def _intended_use(m: Manifest) -> list[str]:
     if m.task.type is TaskType.REGRESSION:
         what = (
-            f"Forecasts `{m.task.target}` (in {_unit(m)}) from a sequence of time steps like the training "
-            "population's, as a predictive distribution: a mean, central intervals and its variance split into "
-            "aleatoric (noise) and epistemic (the model's own doubt: the variance of the weight samples' means)."
+            f"Forecasts `{m.task.target}` (in {_unit(m)}) from "
+            + ("a sequence of time steps" if m.sequence is not None else "a row of features")
+            + " like the training population's, as a predictive distribution: a mean, central intervals and its "
+            "variance split into aleatoric (noise) and epistemic (the model's own doubt: the variance of the "
+            "weight samples' means)."
         )
         epistemic = "a high epistemic variance"
     else:
         what = f"Predicts `{m.task.target}` ({' / '.join(m.task.labels or [])}) from a sequence of time steps."
         epistemic = "high epistemic uncertainty (mutual information between prediction and weights)"
+    item, anywhere = _item(m), " at any step" if m.sequence is not None else ""
     return [
         "## Intended use",
-        f"{what} The layered **OOD gate** says when a sequence is unlike the training ones: it rejects one with a "
-        "physically impossible value at any step (no prediction) and refers one outside the training support at "
-        f"any step, far from the training sequences in input density, or with {epistemic}. A referred sequence "
+        f"{what} The layered **OOD gate** says when a {item} is unlike the training ones: it rejects one with a "
+        f"physically impossible value{anywhere} (no prediction) and refers one outside the training support"
+        f"{anywhere}, far from the training {item}s in input density, or with {epistemic}. A referred {item} "
         "needs a human; an accepted one still carries its uncertainty. Decision support only.",
     ]
 
 
 def _model(m: Manifest) -> list[str]:
     n, s = m.network, m.sequence
-    assert s is not None
     ranks = ", ".join("-" if r is None else str(r) for r in m.ranks)
     head = "a Gaussian mean and variance" if m.task.type is TaskType.REGRESSION else f"{n.out_features} logit(s)"
+    if s is not None:
+        kind = (
+            f"- Kind: `{m.kind.value}` LSTM, {n.layers} layer(s) of width {n.hidden} over {n.in_features} inputs "
+            f"per step, head {head}; ranks per map: {ranks}"  # type: ignore[union-attr]
+        )
+    else:
+        shapes = " → ".join(str(w) for w in [n.in_features, *n.hidden, n.out_features])  # type: ignore[misc]
+        kind = f"- Kind: `{m.kind.value}` MLP, network {shapes}, head {head}; ranks per layer: {ranks}"
     lines = [
         "## Model",
-        f"- Kind: `{m.kind.value}` LSTM, {n.layers} layer(s) of width {n.hidden} over {n.in_features} inputs per "
-        f"step, head {head}; ranks per map: {ranks}",  # type: ignore[union-attr]
+        kind,
         f"- Parameters: {m.parameter_count:,}; prior: {n.prior.kind.value}; default Monte Carlo samples: "
         f"{m.default_samples}",
         f"- Weights sha256: `{m.weights.sha256}`",
         f"- Trained on {m.training.device} in {m.training.duration_seconds:.1f} s, best epoch "
         f"{m.training.best_epoch} of {m.training.epochs_run}, seed {m.training.seed}",
-        "",
-        "### Sequence schema",
-        f"- Features per step ({len(m.features)}): "
-        + ", ".join(f"`{f.name}`" + (f" ({f.unit})" if f.unit else "") for f in m.features),
-        f"- Max length: **{s.max_length} steps**; a longer sequence keeps its last {s.max_length} (truncation "
-        f"`{s.truncation}`), a shorter one is zero-padded after its end (padding `{s.padding}`, masked by "
-        f"`{s.masking}`); steps are used as sent (resampling `{s.resampling}`), oldest first",
-        f"- Steps ordered by: `{s.time}`" if s.time else "- Steps ordered by: their order in the request",
     ]
+    features = ", ".join(f"`{f.name}`" + (f" ({f.unit})" if f.unit else "") for f in m.features)
+    if s is None:
+        lines += ["", f"- Features ({len(m.features)}): {features}"]
+    else:
+        lines += [
+            "",
+            "### Sequence schema",
+            f"- Features per step ({len(m.features)}): {features}",
+            f"- Max length: **{s.max_length} steps**; a longer sequence keeps its last {s.max_length} (truncation "
+            f"`{s.truncation}`), a shorter one is zero-padded after its end (padding `{s.padding}`, masked by "
+            f"`{s.masking}`); steps are used as sent (resampling `{s.resampling}`), oldest first",
+            f"- Steps ordered by: `{s.time}`" if s.time else "- Steps ordered by: their order in the request",
+        ]
     if m.task.type is TaskType.REGRESSION and m.task.scale is not None:
         lines.append(
             f"- Target: `{m.task.target}` in {_unit(m)}; the network predicts it standardised (training mean "
@@ -93,7 +112,7 @@ def _data(m: Manifest) -> list[str]:
         "## Data",
         f"- Source: `{m.data.source}` (sha256 `{m.data.sha256[:16]}…`)",
         f"- In-distribution population: {m.data.population}",
-        "- Sequences: " + ", ".join(f"{k} {v:,}" for k, v in m.data.rows.items()),
+        f"- {_item(m).capitalize()}s: " + ", ".join(f"{k} {v:,}" for k, v in m.data.rows.items()),
         "",
         "OOD evaluation sets and why each is a real shift:",
         *([f"- `{name}`: {why}" for name, why in m.data.ood_sets.items()] or ["- none"]),
@@ -177,20 +196,29 @@ def _gate(m: Manifest, result: dict[str, Any]) -> list[str]:
         epistemic = f"epistemic variance above {_threshold(thresholds['epistemic'])} ({_unit(m)})²"
     else:
         epistemic = f"mutual information above {_threshold(thresholds['epistemic'])} nats"
+    item, steps = _item(m), m.sequence is not None
+    support = (
+        "a step outside the training range of a numeric feature, missing where training had no missing value, or "
+        "an unseen category (every step sent, also those past the max length)"
+        if steps
+        else "a value outside the training range of a numeric feature, missing where training had no missing "
+        "value, or an unseen category"
+    )
     lines = [
         "## The OOD gate",
         f"One false-positive budget of {gate.target_fpr:.1%} for the union of support, density and epistemic, "
-        f"calibrated on the {c.rows} `{c.split}` sequences (conformal, against the {c.reference_rows} "
-        f"`{c.reference_split}` sequences' scores) with the server's frozen bank ({c.samples} samples, seed "
+        f"calibrated on the {c.rows} `{c.split}` {item}s (conformal, against the {c.reference_rows} "
+        f"`{c.reference_split}` {item}s' scores) with the server's frozen bank ({c.samples} samples, seed "
         f"{c.bank_seed}).",
         "",
         "- bounds (reject): "
         + (", ".join(f"`{f.name}` {f.plausible}{' ' + f.unit if f.unit else ''}" for f in bounded) or "none given")
-        + ", at any step sent",
-        "- support (refer): a step outside the training range of a numeric feature, missing where training had no "
-        "missing value, or an unseen category (every step sent, also those past the max length)",
+        + (", at any step sent" if steps else ""),
+        f"- support (refer): {support}",
         f"- density (refer): Mahalanobis distance (Ledoit–Wolf, shrinkage {gate.density.shrinkage:.3f}) of the "
-        "mean of the kept steps beside the last step, above " + _threshold(thresholds["density"]),
+        + ("mean of the kept steps beside the last step" if steps else "preprocessed row")
+        + ", above "
+        + _threshold(thresholds["density"]),
         f"- epistemic (refer): {epistemic}",
         "",
         "| split | rows | not accepted | rejected | support | density | epistemic |",
@@ -207,7 +235,7 @@ def _gate(m: Manifest, result: dict[str, Any]) -> list[str]:
         lines += [
             "",
             "AUROC of each component against the test split, and the share each refers on its own "
-            "(the gate's share counts referred and rejected sequences).",
+            f"(the gate's share counts referred and rejected {item}s).",
             "",
             *_gate_table(result["gate"]["ood"]),
         ]
@@ -219,11 +247,13 @@ def _gate(m: Manifest, result: dict[str, Any]) -> list[str]:
 
 def _limits(m: Manifest) -> list[str]:
     s = m.sequence
-    assert s is not None
-    lines = [
-        "## Limits",
-        f"- Only the last {s.max_length} steps reach the network: an older history is screened by the gate but "
-        "does not inform the prediction.",
+    lines = ["## Limits"]
+    if s is not None:
+        lines.append(
+            f"- Only the last {s.max_length} steps reach the network: an older history is screened by the gate but "
+            "does not inform the prediction."
+        )
+    lines += [
         "- Trained on one population; the OOD sets above show which shifts the gate sees and which it misses "
         "(every warning above, verbatim). A shift in outcomes without a shift in the inputs is invisible to any "
         "input-based score.",
@@ -253,8 +283,8 @@ FIGURE_TITLES = {
 
 
 def render_sequence_card(manifest: Manifest, result: dict[str, Any], figures: list[str] | None = None) -> str:
-    """A sequence model's card from ``result`` (:func:`evaluate_sequences`); ``figures``: the PNG names
-    written beside it, each linked."""
+    """A sequence model's (or a regression MLP's) card from ``result`` (:func:`evaluate_sequences`);
+    ``figures``: the PNG names written beside it, each linked."""
     m = manifest
     lines = [f"# Model card: {m.name} (version {m.version})", ""]
     for section in (_intended_use(m), _model(m), _data(m), _metrics(m, result), _ood(m, result), _gate(m, result)):

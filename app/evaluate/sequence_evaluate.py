@@ -1,6 +1,8 @@
 """Evaluate a sequence (LSTM) checkpoint on its test and validation splits and its OOD sets: metrics, card, figures.
 
-The counterpart of :mod:`app.evaluate.evaluate` for checkpoints with a ``sequence`` section. Every set is scored
+The counterpart of :mod:`app.evaluate.evaluate` for checkpoints with a ``sequence`` section, and for regression
+MLPs (whose sets are tables, scored row by row with :func:`app.evaluate.scoring.score_set`): the regression
+report, its figures and card are the same for both. Every set is scored
 as the server would score it (:func:`app.evaluate.sequence_scoring.score_sequences` through the frozen bank of
 S draws from one seed, then the checkpoint's layered gate), so the gate's rates here match the manifest's when
 the defaults are used. A regression is reported in the target's own unit; its metrics (NLL, CRPS, coverage) use
@@ -21,12 +23,14 @@ import torch
 
 from app.bnn.regression import GaussianPredictive
 from app.checkpoint.io import Checkpoint, write_manifest
+from app.data.dataset import Split, TabularDataset
 from app.data.sequence import SequenceDataset, SequenceSplit
 from app.evaluate import metrics as M
 from app.evaluate.evaluate import ECE_BINNING, ECE_BINS, _rounded
 from app.evaluate.gate import finite, gate_warnings, in_distribution_rates, not_accepted, set_report
 from app.evaluate.regression import CALIBRATION_LEVELS, RegressionSummary, coverage_curve, regression_metrics, summarise
-from app.evaluate.scoring import GatedSet, gated
+from app.evaluate.regression_scoring import RegressionBankScorer
+from app.evaluate.scoring import GatedSet, gated, score_set
 from app.evaluate.sequence_scoring import SequenceBankScorer, score_sequences
 
 FORECAST_ROWS = 200  # consecutive test sequences drawn in forecast.png
@@ -56,10 +60,19 @@ class ScoredSequences:
     summaries: dict[str, Summarised] = field(default_factory=dict)
 
 
-def _scorer(checkpoint: Checkpoint, samples: int | None, seed: int) -> SequenceBankScorer:
+def _scorer(checkpoint: Checkpoint, samples: int | None, seed: int) -> SequenceBankScorer | RegressionBankScorer:
     manifest = checkpoint.manifest
-    assert manifest.sequence is not None, "not a sequence checkpoint"
     scale = manifest.task.scale
+    if manifest.sequence is None:  # a regression MLP
+        assert scale is not None, "neither a sequence checkpoint nor a regression"
+        return RegressionBankScorer(
+            checkpoint.model,  # type: ignore[arg-type]  # an MLP: the manifest has no sequence section
+            samples or manifest.default_samples,
+            seed,
+            target_mean=scale.mean,
+            target_std=scale.std,
+            keep_mixture=True,
+        )
     scorer = SequenceBankScorer(
         checkpoint.model,  # type: ignore[arg-type]  # an LSTM: the manifest has a sequence section
         samples or manifest.default_samples,
@@ -72,7 +85,7 @@ def _scorer(checkpoint: Checkpoint, samples: int | None, seed: int) -> SequenceB
     return scorer
 
 
-def _summarised(scored: GatedSet, split: SequenceSplit) -> Summarised | None:
+def _summarised(scored: GatedSet, split: SequenceSplit | Split) -> Summarised | None:
     """The mixture (S, P, 1) of the P predicted sequences, in the target's unit, summarised against the known
     targets (None: none known)."""
     y = np.asarray(split.y, dtype=np.float64)
@@ -93,7 +106,7 @@ def _summarised(scored: GatedSet, split: SequenceSplit) -> Summarised | None:
 
 def score_sequence_sets(
     checkpoint: Checkpoint,
-    dataset: SequenceDataset,
+    dataset: SequenceDataset | TabularDataset,
     samples: int | None = None,
     seed: int = 0,
     on_step: Callable[[str], None] | None = None,
@@ -105,10 +118,16 @@ def score_sequence_sets(
     scorer = _scorer(checkpoint, samples, seed)
     summaries: dict[str, Summarised] = {}
 
-    def scored(key: str, what: str, split: SequenceSplit) -> GatedSet:
-        if on_step is not None:
-            on_step(f"scoring {what} ({len(split):,} sequences, {scorer.samples} samples)")
-        result = gated(gate, score_sequences(scorer, gate.screening, gate.density, manifest.preprocessing, split))
+    def scored(key: str, what: str, split: SequenceSplit | Split) -> GatedSet:
+        if isinstance(split, Split):  # a regression MLP's table
+            if on_step is not None:
+                on_step(f"scoring {what} ({len(split.y):,} rows, {scorer.samples} samples)")
+            raw = score_set(scorer, gate.screening, gate.density, manifest.preprocessing, split.frame)
+        else:
+            if on_step is not None:
+                on_step(f"scoring {what} ({len(split):,} sequences, {scorer.samples} samples)")
+            raw = score_sequences(scorer, gate.screening, gate.density, manifest.preprocessing, split)
+        result = gated(gate, raw)
         if scorer.regression and (summary := _summarised(result, split)) is not None:
             summaries[key] = summary
         return result
@@ -142,7 +161,7 @@ def _regression_entry(summarised: Summarised | None) -> dict[str, Any] | None:
 
 def evaluate_sequences(
     checkpoint: Checkpoint,
-    dataset: SequenceDataset,
+    dataset: SequenceDataset | TabularDataset,
     samples: int | None = None,
     seed: int = 0,
     scored: ScoredSequences | None = None,
@@ -155,7 +174,6 @@ def evaluate_sequences(
     manifest, gate = checkpoint.manifest, checkpoint.gate
     scored = scored or score_sequence_sets(checkpoint, dataset, samples, seed, on_step=on_step)
     regression = dataset.is_regression
-    assert manifest.sequence is not None
     result: dict[str, Any] = {
         "task": manifest.task.type.value,
         "target": manifest.task.target,
@@ -164,8 +182,9 @@ def evaluate_sequences(
         "samples": scored.samples,
         "seed": scored.seed,
         "parameter_count": manifest.parameter_count,
-        "sequence": {"max_length": manifest.sequence.max_length, "rows": manifest.data.rows},
     }
+    if manifest.sequence is not None:
+        result["sequence"] = {"max_length": manifest.sequence.max_length, "rows": manifest.data.rows}
     splits = {"test": (scored.test, dataset.test), "val": (scored.val, dataset.val)}
     for key, (s, split) in splits.items():
         if regression:
@@ -194,7 +213,11 @@ def evaluate_sequences(
         }
         if regression and (task := _regression_entry(scored.summaries.get(f"ood:{name}"))) is not None:
             entry["regression"] = {k: task[k] for k in OOD_REGRESSION_KEYS}
-        elif not regression and _all_classes_known(split, shifted, len(dataset.labels or [])):
+        elif (
+            not regression
+            and isinstance(split, SequenceSplit)
+            and _all_classes_known(split, shifted, len(dataset.labels or []))
+        ):
             entry["classification"] = _rounded(
                 M.classification_metrics(split.y, shifted.predictions.probs, n_bins=ECE_BINS)
             )
@@ -230,7 +253,7 @@ def _time_axis(ids: np.ndarray) -> np.ndarray | None:
 
 
 def _figures(
-    checkpoint: Checkpoint, dataset: SequenceDataset, result: dict[str, Any], scored: ScoredSequences
+    checkpoint: Checkpoint, dataset: SequenceDataset | TabularDataset, result: dict[str, Any], scored: ScoredSequences
 ) -> list[Path]:
     """forecast.png and coverage.png (regression) or reliability.png (classifier), and ood_scores.png."""
     from app.evaluate.plots import write_reliability_diagram, write_score_histogram
@@ -241,12 +264,17 @@ def _figures(
         from app.evaluate.regression_plots import write_coverage_plot, write_forecast_plot
 
         test = scored.summaries.get("test")
-        if test is not None:
+        if test is not None and isinstance(dataset.test, SequenceSplit):
             ids = np.asarray(dataset.test.ids)[test.rows]
             # Sorted by id: for PM2.5 the id is the target hour, so the stretch is consecutive test hours.
             stretch = np.argsort(ids.astype(str), kind="stable")[:FORECAST_ROWS]
             x = _time_axis(ids[stretch])
             title = f"{manifest.name}: {stretch.size} test sequences in id order"
+        elif test is not None:  # a table's rows have no order: the first rows, by their predicted mean
+            stretch = np.argsort(test.summary.mean[:FORECAST_ROWS], kind="stable")
+            x = None
+            title = f"{manifest.name}: {stretch.size} test rows, by predicted mean"
+        if test is not None:
             write_forecast_plot(
                 folder / "forecast.png", test.summary.y, test.summary, stretch, title, manifest.task.unit or "", x=x
             )
@@ -276,7 +304,7 @@ def _figures(
 
 def write_sequence_evaluation(
     checkpoint: Checkpoint,
-    dataset: SequenceDataset,
+    dataset: SequenceDataset | TabularDataset,
     result: dict[str, Any],
     figures: bool = True,
     scored: ScoredSequences | None = None,
