@@ -191,9 +191,10 @@ def export_onnx(
         from app.checkpoint.onnx_sequence import export_sequence_onnx
 
         return export_sequence_onnx(checkpoint, samples, seed, opset, tolerance)
-    if checkpoint.manifest.task.type is TaskType.REGRESSION:
-        # The MLP graphs end in class probabilities; a regression's Gaussian head has none to give.
-        raise CheckpointError(str(checkpoint.path), "a regression MLP: its ONNX export is not built yet")
+    if checkpoint.manifest.task.type is TaskType.REGRESSION:  # its bank's head outputs: no class probabilities
+        from app.checkpoint.onnx_regression import export_regression_onnx
+
+        return export_regression_onnx(checkpoint, samples, seed, opset, tolerance, ort)
     model = copy.deepcopy(checkpoint.model).to("cpu").eval()
     samples = model.num_samples(samples or checkpoint.manifest.default_samples)
     bank = model.sample(samples, torch.Generator().manual_seed(seed))

@@ -31,7 +31,7 @@ import numpy as np
 from app.bnn.plan import Plan, PlanRefused, largest_error, piece_samples, run_to_end, summary_rows
 from app.bnn.spec import MonteCarloError, Sampler
 from app.checkpoint.files import read_manifest, read_onnx, verified_weights_bytes
-from app.checkpoint.manifest import Manifest, NoiseInput
+from app.checkpoint.manifest import Manifest, NoiseInput, TaskType
 from app.checkpoint.noise import NOISE_CHUNK, OUTPUTS, SAMPLING_OUTPUT, NoiseStream
 from app.errors import CheckpointError
 from app.serve.backend import (
@@ -42,7 +42,7 @@ from app.serve.backend import (
     estimated_cost,
     seconds_per_row_sample,
 )
-from app.serve.backend_onnx_sequence import OnnxSequenceBackend
+from app.serve.backend_onnx_heads import OnnxHeadBackend
 from app.serve.predictive_numpy import decompose_numpy, monte_carlo_error_numpy
 
 
@@ -59,9 +59,9 @@ class OnnxBackend:
         self.seconds_per_row_sample: dict[Sampler, float] = {}  # measured when loading
 
     @classmethod
-    def load(cls, folder: Path) -> OnnxBackend | OnnxSequenceBackend:
+    def load(cls, folder: Path) -> OnnxBackend | OnnxHeadBackend:
         """Verify the manifest, the weights' and the graphs' hashes; open onnxruntime sessions; warm them (a
-        sequence model's bank graph: backend_onnx_sequence)."""
+        sequence model's or a regression MLP's bank graph of head outputs: backend_onnx_heads)."""
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -72,8 +72,8 @@ class OnnxBackend:
             raise CheckpointError(str(folder / "manifest.json"), "no ONNX export (run `sbnn export-onnx` first)")
         providers = ["CPUExecutionProvider"]
         bank = ort.InferenceSession(read_onnx(folder, manifest), ort.SessionOptions(), providers=providers)
-        if manifest.sequence is not None:
-            return OnnxSequenceBackend.from_session(folder, manifest, bank)
+        if manifest.sequence is not None or manifest.task.type is TaskType.REGRESSION:
+            return OnnxHeadBackend.from_session(folder, manifest, bank)
         sampling = None
         if manifest.onnx.sampling is not None:
             graph = read_onnx(folder, manifest, "sampling")

@@ -136,3 +136,34 @@ def test_v2_gives_v1s_numbers(server: httpx.Client) -> None:
     assert out["interval_90_low"] == [p["intervals"]["0.9"][0] for p in v1]
     assert out["variance_epistemic"] == [p["variance"]["epistemic"] for p in v1]
     assert out["decision"] == [p["decision"] for p in v1]
+
+
+def test_the_onnx_backend_serves_the_exported_bank_as_torch_does(regression_repository: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxscript")
+    import shutil
+
+    import torch
+
+    from app.bnn.spec import Sampler
+    from app.checkpoint.io import load_checkpoint
+    from app.checkpoint.onnx_export import export_onnx
+    from app.serve.backend_onnx import OnnxBackend
+    from app.serve.backend_torch import TorchBackend
+
+    folder = tmp_path / MODEL
+    shutil.copytree(regression_repository / MODEL, folder)
+    export_onnx(load_checkpoint(folder))
+    onnx, torch_backend = OnnxBackend.load(folder), TorchBackend.load(folder, torch.device("cpu"), None, 0)
+    x = np.random.default_rng(0).standard_normal((5, onnx.manifest.network.in_features)).astype(np.float32)
+    (ours,) = onnx.compute([(x, onnx.plan(Sampler.AUTO, 5, 32, None, None))], batch_seed=0)
+    (theirs,) = torch_backend.compute([(x, torch_backend.plan(Sampler.AUTO, 5, 32, None, None))], batch_seed=0)
+    spread = float(np.sqrt(theirs.total).max())
+    np.testing.assert_allclose(ours.mean, theirs.mean, atol=1e-4 * spread)
+    np.testing.assert_allclose(ours.epistemic, theirs.epistemic, rtol=1e-3, atol=1e-9)
+    for level, (low, high) in theirs.intervals.items():
+        np.testing.assert_allclose(ours.intervals[level][0], low, atol=1e-4 * spread)
+        np.testing.assert_allclose(ours.intervals[level][1], high, atol=1e-4 * spread)
+    from app.bnn.plan import PlanRefused
+
+    with pytest.raises(PlanRefused, match="frozen bank only"):
+        onnx.plan(Sampler.FRESH, 5, 32, 1, None)

@@ -1,8 +1,10 @@
-"""The onnxruntime backend of sequence (LSTM) models: the exported frozen bank (``model.onnx``), without torch.
+"""The onnxruntime backend of models whose export returns each bank sample's head outputs, without torch:
+sequence (LSTM) models and regression MLPs.
 
-The graph (app.checkpoint.onnx_sequence) maps the padded steps x (N, T, d) and lengths (N,) to the head's
-outputs per bank sample (S, N, k); the summaries are numpy's (app.serve.predictive_numpy): a classifier's as
-the MLP onnx backend's, a regression's mixture (mean, variances, central intervals) in the target's unit as
+Their graph (``model.onnx``: app.checkpoint.onnx_sequence, app.checkpoint.onnx_regression) maps the inputs, a
+sequence model's padded steps x (N, T, d) and lengths (N,) or an MLP's rows x (N, d), to the head's outputs per
+bank sample (S, N, k); the summaries are numpy's (app.serve.predictive_numpy): a classifier's as the MLP onnx
+backend's, a regression's mixture (mean, variances, central intervals) in the target's unit as
 ``backend_sequence.regression_scores`` computes it in torch. The export holds the bank only, so every request
 is answered from it: ``fresh`` sampling, other sample counts or seeds, and adaptive sampling are refused with
 why (the torch backend serves them).
@@ -39,6 +41,7 @@ from app.serve.predictive_numpy import (
 )
 
 OUTPUT = "head_outputs"  # app.checkpoint.onnx_sequence.SEQUENCE_OUTPUT (not imported: that module needs torch)
+BLOCK_FLAT_ROWS = 4096  # an MLP's rows per graph run
 BLOCK_ROWS = 64  # sequences per graph run: a piece the data plane may yield between
 RATE_SEQUENCES = 8  # as the torch backend's: sequences of the pass each load times
 
@@ -75,23 +78,23 @@ def regression_scores_numpy(head: np.ndarray, plan: Plan, mean: float, std: floa
     )
 
 
-class OnnxSequenceBackend:
+class OnnxHeadBackend:
     kind = BackendKind.ONNX
 
     def __init__(self, manifest: Manifest, session: object) -> None:
-        assert manifest.sequence is not None and manifest.onnx is not None  # load checked both
+        assert manifest.onnx is not None  # load checked it
         self.manifest = manifest
         self.session = session
         self.onnx = manifest.onnx
-        self.max_length = manifest.sequence.max_length
+        self.max_length = None if manifest.sequence is None else manifest.sequence.max_length
         self.regression = manifest.network.likelihood is Likelihood.GAUSSIAN
         scale = manifest.task.scale
         self.target = (0.0, 1.0) if scale is None else (scale.mean, scale.std)
         self.seconds_per_row_sample: dict[Sampler, float] = {}
 
     @classmethod
-    def from_session(cls, folder: Path, manifest: Manifest, session: object) -> OnnxSequenceBackend:
-        """The backend of an opened sequence export, warmed up on a typical sequence and its rate timed."""
+    def from_session(cls, folder: Path, manifest: Manifest, session: object) -> OnnxHeadBackend:
+        """The backend of an opened export, warmed up on a typical input and its rate timed."""
         check_sequence_servable(folder, manifest)
         backend = cls(manifest, session)
         plan = backend.plan(Sampler.BANK, 1, backend.onnx.samples, None, None)
@@ -104,9 +107,12 @@ class OnnxSequenceBackend:
         backend.seconds_per_row_sample[Sampler.BANK] = (time.perf_counter() - started) / (RATE_SEQUENCES * plan.samples)
         return backend
 
-    def typical_input(self, rows: int) -> SequenceInputs:
-        """``rows`` sequences of max_length typical steps (the training medians, first categories)."""
+    def typical_input(self, rows: int) -> ModelInput:
+        """``rows`` typical rows, or sequences of max_length typical steps (the training medians, first
+        categories)."""
         step = self.manifest.preprocessing.typical_input()  # (1, d)
+        if self.max_length is None:
+            return np.repeat(step, rows, axis=0)
         x = np.repeat(step[None], rows, axis=0).repeat(self.max_length, axis=1)
         return SequenceInputs(x.astype(np.float32), np.full(rows, self.max_length, dtype=np.int64))
 
@@ -117,9 +123,9 @@ class OnnxSequenceBackend:
     def plan(self, sampler: Sampler, rows: int, samples: int, seed: int | None, tolerance: float | None) -> Plan:
         """The bank, whatever ``auto`` or ``bank`` asks, when it can serve the request as asked; else refused."""
         if tolerance is not None:
-            raise PlanRefused("tolerance", "adaptive sampling is not available for sequence models; send samples")
+            raise PlanRefused("tolerance", "adaptive sampling is not available for this model; send samples")
         if sampler in (Sampler.FRESH, Sampler.LOCAL):
-            reason = "a sequence model's ONNX export holds its frozen bank only; that sampler needs the torch backend"
+            reason = "this model's ONNX export holds its frozen bank only; that sampler needs the torch backend"
             raise PlanRefused("sampler", reason)
         if samples != self.onnx.samples:
             raise PlanRefused("samples", f"the ONNX export's bank holds {self.onnx.samples} samples; {samples} asked")
@@ -137,15 +143,20 @@ class OnnxSequenceBackend:
         return [run_to_end(self.steps(inputs, plan.seeded(batch_seed))) for inputs, plan in jobs]
 
     def steps(self, inputs: ModelInput, plan: Plan) -> Generator[None, None, AnyScores]:
-        """A block of sequences per graph run, yielding between blocks, then the summary."""
-        assert isinstance(inputs, SequenceInputs)  # the data plane sends sequences to a sequence model
-        x = np.ascontiguousarray(inputs.x, dtype=np.float32)
-        lengths = np.ascontiguousarray(inputs.lengths, dtype=np.int64)
+        """A block of rows or sequences per graph run, yielding between blocks, then the summary."""
+        if isinstance(inputs, SequenceInputs):
+            x = np.ascontiguousarray(inputs.x, dtype=np.float32)
+            lengths: np.ndarray | None = np.ascontiguousarray(inputs.lengths, dtype=np.int64)
+            block = BLOCK_ROWS
+        else:
+            x, lengths, block = np.ascontiguousarray(inputs, dtype=np.float32), None, BLOCK_FLAT_ROWS
         parts = []
-        for start in range(0, x.shape[0], BLOCK_ROWS):
+        for start in range(0, x.shape[0], block):
             if parts:
                 yield
-            feed = {"x": x[start : start + BLOCK_ROWS], "lengths": lengths[start : start + BLOCK_ROWS]}
+            feed = {"x": x[start : start + block]}
+            if lengths is not None:
+                feed["lengths"] = lengths[start : start + block]
             (head,) = self.session.run([OUTPUT], feed)  # type: ignore[attr-defined]
             parts.append(head)
         head = np.concatenate(parts, axis=1)  # (S, N, k)
