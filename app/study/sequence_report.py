@@ -119,7 +119,10 @@ def render_sequence_markdown(name: str, numbers: dict[str, Any], regression: boo
     scores = REGRESSION_SCORES if regression else CLASSIFICATION_SCORES
     labels = list(summary)
     shown = [m for m in metrics if m in summary[labels[0]]["test"]]
-    lines = [f"# Recurrent comparison: {name}\n", f"Command: `{command}`. Mean ± std over seeds.\n"]
+    seeds = numbers.get("seeds") or []
+    over = f"the {len(seeds)} seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]} alone"
+    over = over if seeds else "seeds"
+    lines = [f"# Recurrent comparison: {name}\n", f"Command: `{command}`. Mean ± std over {over}.\n"]
     if numbers.get("unit"):
         lines.append(
             f"Errors and interval widths in the target's unit, `{numbers['unit']}`"
@@ -170,6 +173,7 @@ def write_sequence_results(
 ) -> dict[str, Any]:
     """Write ``docs/results-<name>.md`` and ``docs/results/<name>.json``; returns the numbers."""
     numbers = aggregate_sequence_study(plan, Path(out), regression, ablation, log1p_target=name == "pm25")
+    numbers["seeds"] = list(plan.seeds)
     docs = Path(docs)
     (docs / "results").mkdir(parents=True, exist_ok=True)
     (docs / "results" / f"{name}.json").write_text(json.dumps(numbers, indent=2, default=str) + "\n")
