@@ -65,6 +65,29 @@ PIECE_FLOATS = 1 << 22
 PIECE_BUFFERS = 8
 
 
+def bank_or_fresh(
+    sampler: Sampler, samples: int, seed: int | None, bank_size: int, bank_seed: int, networks: str
+) -> Plan:
+    """The plan of an engine with a frozen bank (``bank_size`` draws from ``bank_seed``; 0: none) and fresh
+    draws only: ``auto`` takes the bank when it can serve (no seed or the bank's, S within it), else fresh; the
+    plan's seed replays the call. PlanRefused(option, reason) when the asked sampler cannot serve it (``networks``
+    names the networks in the refusal of another sampler: "sequence networks")."""
+    if sampler is Sampler.AUTO:
+        fits = bank_size > 0 and samples <= bank_size and seed in (None, bank_seed)
+        sampler = Sampler.BANK if fits else Sampler.FRESH
+    if sampler is Sampler.BANK:
+        if not bank_size:
+            raise PlanRefused("sampler", "this model has no frozen bank")
+        if samples > bank_size:
+            raise PlanRefused("samples", f"the bank holds {bank_size} samples; {samples} asked")
+        if seed not in (None, bank_seed):
+            raise PlanRefused("seed", f"the bank was drawn with seed {bank_seed}; omit it or send that one")
+        return Plan(Sampler.BANK, samples, bank_seed)
+    if sampler is not Sampler.FRESH:
+        raise PlanRefused("sampler", f"{networks} run 'bank' or 'fresh', not '{sampler.value}'")
+    return Plan(Sampler.FRESH, samples, seed)
+
+
 def piece_samples(sampler: Sampler, rows: int) -> int:
     """Samples per piece of a call on N = ``rows`` rows (whole draw units for bank and fresh)."""
     if sampler is Sampler.LOCAL:

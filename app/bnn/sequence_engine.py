@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from app.bnn.plan import Plan, PlanRefused
+from app.bnn.plan import Plan, bank_or_fresh
 from app.bnn.recurrent import BayesianLSTM, SequenceSample
 from app.bnn.spec import Sampler
 
@@ -52,20 +52,7 @@ class SequenceMonteCarloEngine:
         """``auto``: the bank when it can serve (no seed or the bank's, S within it), else fresh; the plan's seed
         replays the call. PlanRefused(option, reason) when the asked sampler cannot serve it."""
         samples = self.model.num_samples(samples)
-        if sampler is Sampler.AUTO:
-            fits = self._bank is not None and samples <= self.bank_size and seed in (None, self.bank_seed)
-            sampler = Sampler.BANK if fits else Sampler.FRESH
-        if sampler is Sampler.BANK:
-            if self._bank is None:
-                raise PlanRefused("sampler", "this model has no frozen bank")
-            if samples > self.bank_size:
-                raise PlanRefused("samples", f"the bank holds {self.bank_size} samples; {samples} asked")
-            if seed not in (None, self.bank_seed):
-                raise PlanRefused("seed", f"the bank was drawn with seed {self.bank_seed}; omit it or send that one")
-            return Plan(Sampler.BANK, samples, self.bank_seed)
-        if sampler is not Sampler.FRESH:
-            raise PlanRefused("sampler", f"sequence networks run 'bank' or 'fresh', not '{sampler.value}'")
-        return Plan(Sampler.FRESH, samples, seed)
+        return bank_or_fresh(sampler, samples, seed, self.bank_size, self.bank_seed, "sequence networks")
 
     def block_rows(self, samples: int, steps: int) -> int:
         """Rows per block for S = ``samples`` and T = ``steps``."""

@@ -21,7 +21,7 @@ import torch
 from app.bnn._base import LayerSample
 from app.bnn.fused import slice_samples
 from app.bnn.network import BayesianMLP
-from app.bnn.plan import Plan, PlanRefused, run_to_end
+from app.bnn.plan import Plan, PlanRefused, bank_or_fresh, run_to_end
 from app.bnn.spec import Sampler
 from app.checkpoint.manifest import Manifest
 from app.errors import CheckpointError
@@ -80,20 +80,7 @@ class RegressionTorchBackend:
         if tolerance is not None:
             raise PlanRefused("tolerance", "adaptive sampling is not available for regression models; send samples")
         samples = self.model.num_samples(samples)
-        if sampler is Sampler.AUTO:
-            fits = self._bank is not None and samples <= self.bank_size and seed in (None, self.bank_seed)
-            sampler = Sampler.BANK if fits else Sampler.FRESH
-        if sampler is Sampler.BANK:
-            if self._bank is None:
-                raise PlanRefused("sampler", "this model has no frozen bank")
-            if samples > self.bank_size:
-                raise PlanRefused("samples", f"the bank holds {self.bank_size} samples; {samples} asked")
-            if seed not in (None, self.bank_seed):
-                raise PlanRefused("seed", f"the bank was drawn with seed {self.bank_seed}; omit it or send that one")
-            return Plan(Sampler.BANK, samples, self.bank_seed)
-        if sampler is not Sampler.FRESH:
-            raise PlanRefused("sampler", f"regression models run 'bank' or 'fresh', not '{sampler.value}'")
-        return Plan(Sampler.FRESH, samples, seed)
+        return bank_or_fresh(sampler, samples, seed, self.bank_size, self.bank_seed, "regression models")
 
     def cost(self, plan: Plan, rows: int) -> Cost:
         """Measured seconds per row and sample; memory: a block's activations, the head's outputs and, for
