@@ -164,6 +164,18 @@ slim_expect "seeded, local reparameterisation (local graph)" \
   "{\"instances\": [{$row, \"creatinine\": 1.0}], \"seed\": 7}" '"sampler":"local"' '"seed":7'
 slim_expect "fresh samples (sampling graph)" \
   "{\"instances\": [{$row, \"creatinine\": 1.0}], \"seed\": 7, \"sampler\": \"fresh\"}" '"sampler":"fresh"' '"seed":7'
+# The bundled PM2.5 LSTM from its exported bank (the onnx backend's sequence path): 24 hourly steps.
+sequence=$(python3 -c '
+import json, math
+steps = [{"pm25_log": 4.2, "DEWP": 5.0, "TEMP": 18.0, "PRES": 1012.0, "Iws": 10.0, "Is": 0, "Ir": 0, "cbwd": "SE",
+          "hour_sin": math.sin(2 * math.pi * h / 24), "hour_cos": math.cos(2 * math.pi * h / 24)} for h in range(24)]
+print(json.dumps({"instances": [steps]}))')
+answer=$(curl -sf "http://127.0.0.1:$slim_port/v1/models/pm25-next-hour/predict" -H 'content-type: application/json' \
+  -d "$sequence") || { docker logs sbnn-ci-slim | tail -30; exit 1; }
+for pattern in '"sampler":"bank"' '"unit":"log(1 + ' '"intervals":{"0.5":\[' '"variance":{"total":'; do
+  grep -q "$pattern" <<<"$answer" || { echo "unexpected slim PM2.5 answer: $answer"; exit 1; }
+done
+echo "slim image (no torch), an LSTM sequence (PM2.5): ${answer:0:120}..."
 echo -n "slim image (no torch), "
 grpc_check sbnn-ci-slim "$slim_grpc_port"
 docker rm -f sbnn-ci-slim >/dev/null
