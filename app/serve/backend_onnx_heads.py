@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from app.bnn.plan import Plan, PlanRefused, run_to_end
-from app.bnn.spec import INTERVAL_LEVELS, Likelihood, Sampler
+from app.bnn.spec import INTERVAL_LEVELS, LayerKind, Likelihood, Sampler
 from app.checkpoint.manifest import Manifest
 from app.errors import CheckpointError
 from app.serve.backend import (
@@ -121,9 +121,13 @@ class OnnxHeadBackend:
         return (self.onnx.samples, self.onnx.bank_seed)
 
     def plan(self, sampler: Sampler, rows: int, samples: int, seed: int | None, tolerance: float | None) -> Plan:
-        """The bank, whatever ``auto`` or ``bank`` asks, when it can serve the request as asked; else refused."""
+        """The bank, whatever ``auto`` or ``bank`` asks, when it can serve the request as asked; else refused. A
+        deterministic network or an ensemble has nothing to sample: its fixed members answer every request, as
+        on the torch backend."""
         if tolerance is not None:
             raise PlanRefused("tolerance", "adaptive sampling is not available for this model; send samples")
+        if self.manifest.kind in (LayerKind.DETERMINISTIC, LayerKind.ENSEMBLE):
+            return Plan(Sampler.BANK, self.onnx.samples, self.onnx.bank_seed)
         if sampler in (Sampler.FRESH, Sampler.LOCAL):
             reason = "this model's ONNX export holds its frozen bank only; that sampler needs the torch backend"
             raise PlanRefused("sampler", reason)

@@ -197,3 +197,37 @@ def test_mixture_quantiles_in_numpy_match_torch() -> None:
         expected = predictive.quantile(q).numpy()[:, 0]
         spread = predictive.total.sqrt().numpy()[:, 0]
         assert np.abs(mixture_quantile_numpy(means, variances, q) - expected).max() <= 1e-6 * spread.max()
+
+
+def test_an_ensemble_answers_every_request_with_its_members(tmp_path: Path) -> None:
+    """An ensemble's export holds its M members, not S draws: every request gets them, as on torch."""
+    import dataclasses
+
+    import torch
+    from sequence_tables import write_visits
+
+    from app.bnn.spec import LayerKind, Sampler
+    from app.data.sequence_table import load_sequence_table
+    from app.serve.backend_onnx import OnnxBackend
+    from app.serve.backend_torch import TorchBackend
+    from app.train.config import TrainConfig
+    from app.train.sequence_pipeline import train_sequence_checkpoint
+
+    dataset = load_sequence_table(
+        write_visits(tmp_path / "v.csv", True), "y", "patient", "day", features=["lab", "ward"]
+    )
+    dataset = dataclasses.replace(dataset, target_unit="mmol/L")
+    config = TrainConfig(
+        kind=LayerKind.ENSEMBLE, members=2, hidden=[8], epochs=1, kl_warmup_epochs=0, default_samples=16,
+        val_samples=2, batch_size=32, device="cpu",
+    )  # fmt: skip
+    train_sequence_checkpoint(dataset, config, tmp_path / "ens")
+    export_sequence_onnx(load_checkpoint(tmp_path / "ens"))
+    onnx = OnnxBackend.load(tmp_path / "ens")
+    torch_backend = TorchBackend.load(tmp_path / "ens", torch.device("cpu"), None, 0)
+    inputs = onnx.typical_input(3)
+    plan = onnx.plan(Sampler.AUTO, 3, 16, 5, None)  # the manifest's 16 samples, any seed: the 2 members
+    assert plan.samples == 2 and plan.sampler is Sampler.BANK
+    (ours,) = onnx.compute([(inputs, plan)], batch_seed=0)
+    (theirs,) = torch_backend.compute([(inputs, torch_backend.plan(Sampler.AUTO, 3, 16, None, None))], batch_seed=0)
+    np.testing.assert_allclose(ours.mean, theirs.mean, rtol=1e-5, atol=1e-6)
