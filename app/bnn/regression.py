@@ -17,8 +17,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-MIN_VARIANCE = 1e-6  # a floor on σ_s², so a sample can never claim a zero-width likelihood
-BISECTION_STEPS = 60  # halvings of the bracket: 2^-60 of its width, below float64's resolution of it
+from app.bnn.spec import BISECTION_STEPS, MIN_VARIANCE
 
 
 def gaussian_parameters(head: Tensor) -> tuple[Tensor, Tensor]:

@@ -65,6 +65,8 @@ class Likelihood(str, Enum):
     GAUSSIAN = "gaussian"  # heteroscedastic regression: a mean and a raw scale per target (sequence networks)
 
 
+MIN_VARIANCE = 1e-6  # a floor on a Gaussian head's σ_s², so a sample can never claim a zero-width likelihood
+BISECTION_STEPS = 60  # halvings of a mixture quantile's bracket: 2^-60 of its width, below float64's resolution
 INTERVAL_LEVELS: tuple[float, ...] = (0.5, 0.9, 0.95)  # the central predictive intervals a regression reports
 
 BAYESIAN_KINDS = frozenset({LayerKind.LOWRANK, LayerKind.FULLRANK, LayerKind.RANK1})

@@ -14,6 +14,7 @@ from app.checkpoint.manifest import NoiseInput
 
 OUTPUTS = ["probabilities", "total_entropy", "aleatoric", "mutual_information", "predictive_std"]  # bank graph
 SAMPLING_OUTPUT = "sample_probabilities"  # sampling and local graphs: per-sample probabilities (S, N, C)
+HEAD_OUTPUT = "head_outputs"  # sequence and regression bank graphs: per-sample head outputs (S, N, k)
 NOISE_CHUNK = 64  # samples drawn per step
 
 

@@ -19,6 +19,7 @@ from torch import Tensor
 from app.bnn._base import LayerSample
 from app.bnn.network import BayesianMLP
 from app.checkpoint.io import Checkpoint
+from app.checkpoint.noise import HEAD_OUTPUT
 from app.checkpoint.onnx_export import (
     DEFAULT_OPSET,
     ONNX_FILE,
@@ -28,7 +29,6 @@ from app.checkpoint.onnx_export import (
     reference_inputs,
     write_bank_export,
 )
-from app.checkpoint.onnx_sequence import SEQUENCE_OUTPUT
 from app.errors import CheckpointError
 
 VALIDATION_ROWS = (1, 7, 64)  # batch sizes the graph is checked at
@@ -47,7 +47,7 @@ def regression_bank_graph(model: BayesianMLP, bank: list[LayerSample], opset: in
         BankHeadOutputs(model, bank).eval(),
         (torch.zeros(2, model.spec.in_features),),  # 2 rows: torch.export would fix a size-1 axis
         ["x"],
-        [SEQUENCE_OUTPUT],
+        [HEAD_OUTPUT],
         {"x": {0: torch.export.Dim("rows")}},
         opset,
     )
@@ -69,7 +69,7 @@ def export_regression_onnx(
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
     diffs = []
     for rows in VALIDATION_ROWS:
-        (onnx_out,) = session.run([SEQUENCE_OUTPUT], {"x": x[:rows]})
+        (onnx_out,) = session.run([HEAD_OUTPUT], {"x": x[:rows]})
         torch_out = model.propagate(torch.from_numpy(x[:rows]), bank).numpy()
         diffs.append(float(np.abs(onnx_out - torch_out).max()) if onnx_out.shape == torch_out.shape else np.inf)
     worst = float(np.max(diffs))  # NaN propagates, and fails the check

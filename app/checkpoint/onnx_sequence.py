@@ -24,6 +24,7 @@ from app.bnn.recurrent import BayesianLSTM, LSTMLayerSample, SequenceSample, ste
 from app.bnn.sequence_engine import SequenceMonteCarloEngine
 from app.bnn.spec import Sampler
 from app.checkpoint.io import Checkpoint
+from app.checkpoint.noise import HEAD_OUTPUT
 from app.checkpoint.onnx_export import (
     DEFAULT_OPSET,
     ONNX_FILE,
@@ -34,7 +35,7 @@ from app.checkpoint.onnx_export import (
 from app.errors import CheckpointError, MissingExtra
 
 SEQUENCE_INPUTS = ["x", "lengths"]
-SEQUENCE_OUTPUT = "head_outputs"  # (S, N, k): per bank sample, the head's raw outputs
+SEQUENCE_OUTPUT = HEAD_OUTPUT  # (S, N, k): per bank sample, the head's raw outputs
 VALIDATION_ROWS = (1, 7, 48)  # batch sizes the graph is checked at: N = 1 and two ragged batches
 MAX_CONSTANT_BYTES = 1_900_000_000  # a protobuf holds at most 2 GiB; keep room for the graph itself
 

@@ -22,6 +22,7 @@ import numpy as np
 from app.bnn.plan import Plan, PlanRefused, run_to_end
 from app.bnn.spec import INTERVAL_LEVELS, LayerKind, Likelihood, Sampler
 from app.checkpoint.manifest import Manifest
+from app.checkpoint.noise import HEAD_OUTPUT
 from app.errors import CheckpointError
 from app.serve.backend import (
     AnyScores,
@@ -40,7 +41,6 @@ from app.serve.predictive_numpy import (
     monte_carlo_error_numpy,
 )
 
-OUTPUT = "head_outputs"  # app.checkpoint.onnx_sequence.SEQUENCE_OUTPUT (not imported: that module needs torch)
 BLOCK_FLAT_ROWS = 4096  # an MLP's rows per graph run
 BLOCK_ROWS = 64  # sequences per graph run: a piece the data plane may yield between
 RATE_SEQUENCES = 8  # as the torch backend's: sequences of the pass each load times
@@ -161,7 +161,7 @@ class OnnxHeadBackend:
             feed = {"x": x[start : start + block]}
             if lengths is not None:
                 feed["lengths"] = lengths[start : start + block]
-            (head,) = self.session.run([OUTPUT], feed)  # type: ignore[attr-defined]
+            (head,) = self.session.run([HEAD_OUTPUT], feed)  # type: ignore[attr-defined]
             parts.append(head)
         head = np.concatenate(parts, axis=1)  # (S, N, k)
         yield

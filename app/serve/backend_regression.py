@@ -10,7 +10,6 @@ why; every request runs on its own, so a seed replays it bitwise whoever ran bes
 
 from __future__ import annotations
 
-import time
 from collections.abc import Generator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -25,7 +24,7 @@ from app.bnn.plan import Plan, PlanRefused, bank_or_fresh, run_to_end
 from app.bnn.spec import Sampler
 from app.checkpoint.manifest import Manifest
 from app.errors import CheckpointError
-from app.serve.backend import RATE_ROWS, AnyScores, BackendKind, Cost, ModelInput
+from app.serve.backend import AnyScores, BackendKind, Cost, ModelInput, seconds_per_row_sample
 from app.serve.backend_sequence import regression_scores
 from app.serve.backend_torch import intra_op_threads, pass_threads
 
@@ -65,10 +64,7 @@ class RegressionTorchBackend:
             (scores,) = backend.compute([(x, plan)], batch_seed=0)
             if not np.isfinite(scores.total).all():
                 raise CheckpointError(str(folder), f"warm-up prediction ({sampler.value}) is not finite")
-            rows = np.repeat(x, RATE_ROWS, axis=0)
-            started = time.perf_counter()
-            backend.compute([(rows, plan)], batch_seed=0)
-            backend.seconds_per_row_sample[sampler] = (time.perf_counter() - started) / (RATE_ROWS * plan.samples)
+            backend.seconds_per_row_sample[sampler] = seconds_per_row_sample(backend, x, plan)
         return backend
 
     @property

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from app.bnn.spec import MonteCarloError
+from app.bnn.spec import BISECTION_STEPS, MIN_VARIANCE, MonteCarloError
 
 MC_ERROR_GROUPS = 8  # batch means for the MI's Monte Carlo error, as app.bnn.engine.monte_carlo_error
 
@@ -60,8 +60,6 @@ def monte_carlo_error_numpy(probs: np.ndarray, groups: int = MC_ERROR_GROUPS) ->
 # no scipy; a mixture quantile found on this CDF differs from the torch one by about 1e-7 of its spread.
 _ERF_P = 0.3275911
 _ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
-MIN_VARIANCE = 1e-6  # app.bnn.regression.MIN_VARIANCE (not imported: that module needs torch)
-BISECTION_STEPS = 60  # app.bnn.regression.BISECTION_STEPS
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
