@@ -42,7 +42,7 @@ from app.serve.backend import (
     estimated_cost,
     seconds_per_row_sample,
 )
-from app.serve.backend_onnx_heads import OnnxHeadBackend
+from app.serve.backend_onnx_heads import OnnxHeadBackend, bank_refusal
 from app.serve.predictive_numpy import decompose_numpy, monte_carlo_error_numpy
 
 
@@ -102,11 +102,9 @@ class OnnxBackend:
         return (self.onnx.samples, self.onnx.bank_seed)
 
     def _bank_refusal(self, samples: int, seed: int | None, tolerance: float | None) -> PlanRefused | None:
-        if samples != self.onnx.samples:
-            return PlanRefused("samples", f"the ONNX export's bank holds {self.onnx.samples} samples; {samples} asked")
-        if seed not in (None, self.onnx.bank_seed):
-            reason = f"the ONNX export's bank was drawn with seed {self.onnx.bank_seed}; omit it or send that one"
-            return PlanRefused("seed", reason)
+        refusal = bank_refusal(self.onnx.samples, self.onnx.bank_seed, samples, seed)
+        if refusal is not None:
+            return refusal
         if tolerance is not None:
             return PlanRefused(
                 "tolerance", "adaptive sample counts on the bank need the torch backend; use sampler 'fresh'"

@@ -78,6 +78,15 @@ def regression_scores_numpy(head: np.ndarray, plan: Plan, mean: float, std: floa
     )
 
 
+def bank_refusal(bank_samples: int, bank_seed: int, samples: int, seed: int | None) -> PlanRefused | None:
+    """Why an export's frozen bank (``bank_samples`` drawn with ``bank_seed``) cannot answer as asked, or None."""
+    if samples != bank_samples:
+        return PlanRefused("samples", f"the ONNX export's bank holds {bank_samples} samples; {samples} asked")
+    if seed not in (None, bank_seed):
+        return PlanRefused("seed", f"the ONNX export's bank was drawn with seed {bank_seed}; omit it or send that one")
+    return None
+
+
 class OnnxHeadBackend:
     kind = BackendKind.ONNX
 
@@ -131,11 +140,9 @@ class OnnxHeadBackend:
         if sampler in (Sampler.FRESH, Sampler.LOCAL):
             reason = "this model's ONNX export holds its frozen bank only; that sampler needs the torch backend"
             raise PlanRefused("sampler", reason)
-        if samples != self.onnx.samples:
-            raise PlanRefused("samples", f"the ONNX export's bank holds {self.onnx.samples} samples; {samples} asked")
-        if seed not in (None, self.onnx.bank_seed):
-            reason = f"the ONNX export's bank was drawn with seed {self.onnx.bank_seed}; omit it or send that one"
-            raise PlanRefused("seed", reason)
+        refusal = bank_refusal(self.onnx.samples, self.onnx.bank_seed, samples, seed)
+        if refusal is not None:
+            raise refusal
         return Plan(Sampler.BANK, self.onnx.samples, self.onnx.bank_seed)
 
     def cost(self, plan: Plan, rows: int) -> Cost:
