@@ -150,6 +150,14 @@ class _StochasticLinear(nn.Module):
         """x: (S or 1, N, n) -> (S, N, m) through drawn ``weights``."""
         raise NotImplementedError
 
+    def lookup(self, ids: Tensor, weights: LayerSample) -> Tensor:
+        """ids: (N, L) integers in [0, n) -> (S, N, L, m): the layer applied to one-hot inputs, i.e. an embedding
+        table whose row for id t is column t of W (plus the bias). This generic form builds the one-hot rows;
+        the kinds override it with a gather."""
+        one_hot = torch.nn.functional.one_hot(ids.reshape(-1), self.in_features).to(next(self.parameters()).dtype)
+        out = self.propagate(one_hot.unsqueeze(0), weights)
+        return out.reshape(out.shape[0], *ids.shape, self.out_features)
+
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """x: (S, N, n) -> (S, N, m), one fresh weight sample per leading index."""
         return self.propagate(x, self.sample(x.shape[0], generator))

@@ -66,5 +66,8 @@ class BayesLinear(_StochasticLinear):
         weight, bias = weights
         return BF.batched_linear(x, weight, bias)
 
+    def lookup(self, ids: Tensor, weights: DenseSample) -> Tensor:
+        return BF.dense_lookup(ids, *weights)
+
     def kl(self, generator: torch.Generator | None = None) -> Tensor:
         return self.weight.kl(self.prior, generator) + self.bias.kl(self.prior, generator)

@@ -58,6 +58,15 @@ def batched_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Ten
     return out
 
 
+def dense_lookup(ids: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Columns of one weight matrix per sample, an embedding table's rows: ids: (N, L) in [0, n),
+    weight: (S, m, n), bias: (S, m) -> (S, N, L, m)."""
+    out = weight.transpose(-1, -2)[:, ids.reshape(-1)]  # (S, N·L, m)
+    if bias is not None:
+        out = out + bias.unsqueeze(-2)
+    return out.reshape(out.shape[0], *ids.shape, weight.shape[-2])
+
+
 def gaussian_log_prob(w: Tensor, mu: Tensor | float, sigma: Tensor | float) -> Tensor:
     """Elementwise log N(w; mu, sigma²)."""
     sigma = torch.as_tensor(sigma, dtype=w.dtype, device=w.device)

@@ -96,6 +96,13 @@ class LowRankBayesLinear(_StochasticLinear):
         a, b, bias = weights
         return BF.lowrank_linear(x, a, b, bias)
 
+    def lookup(self, ids: Tensor, weights: LowRankSample) -> Tensor:
+        """ids: (N, L) -> (S, N, L, m): rows B_s[t] Aₛᵀ + b_s, gathering only the ids' rows of B."""
+        a, b, bias = weights
+        rows = b[:, ids.reshape(-1)]  # (S, N·L, r)
+        out = torch.matmul(rows, a.transpose(-1, -2)) + bias.unsqueeze(-2)
+        return out.reshape(out.shape[0], *ids.shape, self.out_features)
+
     def kl(self, generator: torch.Generator | None = None) -> Tensor:
         return sum(
             (p.kl(self.prior, generator) for p in (self.factor_a, self.factor_b, self.bias)),

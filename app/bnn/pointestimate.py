@@ -48,6 +48,9 @@ class _PointLinear(_StochasticLinear):
         weight, bias = weights
         return BF.batched_linear(x, weight, bias)
 
+    def lookup(self, ids: Tensor, weights: DenseSample) -> Tensor:
+        return BF.dense_lookup(ids, *weights)
+
 
 class DeterministicLinear(_PointLinear):
     """``y = x Wᵀ + b`` with one point estimate: the predictive has a single member (no epistemic term).
@@ -123,6 +126,15 @@ class MCDropoutLinear(_PointLinear):
         if mask is not None:
             x = x * mask.unsqueeze(-2)
         return BF.batched_linear(x, self.weight, self.bias)
+
+    def lookup(self, ids: Tensor, weights: DropoutSample) -> Tensor:
+        """ids: (N, L) -> (S, N, L, m): a dropped input unit is a dropped vocabulary entry, at every position
+        alike (Gal & Ghahramani's embedding dropout)."""
+        (mask,) = weights
+        table = BF.dense_lookup(ids, self.weight)  # (1, N, L, m), the bias added after the mask
+        if mask is not None:
+            table = table * mask[:, ids.reshape(-1)].reshape(mask.shape[0], *ids.shape, 1)
+        return table + self.bias.unsqueeze(-2).unsqueeze(-2)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, p={self.p}"

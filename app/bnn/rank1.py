@@ -75,5 +75,12 @@ class Rank1BayesLinear(_StochasticLinear):
         scaled = x * scale_in.unsqueeze(-2)  # (S, N, n)
         return torch.matmul(scaled, self.weight.T) * scale_out.unsqueeze(-2) + self.bias
 
+    def lookup(self, ids: Tensor, weights: Rank1Sample) -> Tensor:
+        """ids: (N, L) -> (S, N, L, m): column t of W scaled by s_t, then by r, plus b."""
+        scale_out, scale_in = weights
+        flat = ids.reshape(-1)
+        out = self.weight.T[flat] * scale_in[:, flat].unsqueeze(-1) * scale_out.unsqueeze(-2) + self.bias
+        return out.reshape(out.shape[0], *ids.shape, self.out_features)
+
     def kl(self, generator: torch.Generator | None = None) -> Tensor:
         return self.scale_out.kl(self.prior, generator) + self.scale_in.kl(self.prior, generator)

@@ -13,23 +13,33 @@ from torch import Tensor
 
 from app.bnn.plan import Plan, bank_or_fresh
 from app.bnn.recurrent import BayesianLSTM, SequenceSample
-from app.bnn.spec import Sampler
+from app.bnn.spec import Sampler, TextNetworkSpec
+from app.bnn.transformer import BayesianTransformer, TransformerSample
 
-BLOCK_FLOATS = 1 << 22  # 16 MiB of float32 gate activations per block of rows
+SequenceNetwork = BayesianLSTM | BayesianTransformer
+SequenceDraw = SequenceSample | TransformerSample
+
+BLOCK_FLOATS = 1 << 22  # 16 MiB of float32 activations (gates, or attention and feed-forward) per block
 
 
-def slice_sequence_sample(weights: SequenceSample, start: int, stop: int) -> SequenceSample:
-    """Samples [start, stop) of every tensor of a draw."""
+def slice_sequence_sample(weights: SequenceDraw, start: int, stop: int) -> SequenceDraw:
+    """Samples [start, stop) of every tensor of a draw (a point-estimate map's single weight is kept whole)."""
 
-    def part(layer_sample: tuple) -> tuple:
-        return type(layer_sample)._make(None if t is None else t[start:stop] for t in layer_sample)
+    def part(value: object) -> object:
+        if isinstance(value, Tensor):
+            return value if value.shape[0] == 1 else value[start:stop]
+        if isinstance(value, list):
+            return [part(v) for v in value]
+        if isinstance(value, tuple):
+            return type(value)._make(part(v) for v in value)  # type: ignore[attr-defined]
+        return value  # None: dropout off
 
-    layers = [type(layer)(part(layer.input), part(layer.recurrent)) for layer in weights.layers]
-    return SequenceSample(layers, part(weights.head))
+    return part(weights)  # type: ignore[return-value]
 
 
 class SequenceMonteCarloEngine:
-    """Evaluate a sequence network's posterior predictive: x (N, T, n), lengths (N,) -> head outputs (S, N, k).
+    """Evaluate a sequence network's posterior predictive: x (N, T, n) steps (an LSTM) or (N, L) token ids (a
+    Transformer), lengths (N,) -> head outputs (S, N, k).
 
     Args:
         model: the network (eval mode, on its device).
@@ -37,12 +47,12 @@ class SequenceMonteCarloEngine:
         bank_seed: seed of the bank's draw.
     """
 
-    def __init__(self, model: BayesianLSTM, bank_size: int, bank_seed: int = 0) -> None:
+    def __init__(self, model: SequenceNetwork, bank_size: int, bank_seed: int = 0) -> None:
         self.model = model
         self.device = next(model.parameters()).device
         self.bank_seed = bank_seed
         self.bank_size = model.num_samples(bank_size) if bank_size > 0 else 0
-        self._bank: SequenceSample | None = None
+        self._bank: SequenceDraw | None = None
         if self.bank_size:
             with torch.no_grad():
                 generator = torch.Generator(device=self.device).manual_seed(bank_seed)
@@ -55,9 +65,13 @@ class SequenceMonteCarloEngine:
         return bank_or_fresh(sampler, samples, seed, self.bank_size, self.bank_seed, "sequence networks")
 
     def block_rows(self, samples: int, steps: int) -> int:
-        """Rows per block for S = ``samples`` and T = ``steps``."""
-        gates = 4 * self.model.spec.hidden
-        return max(1, BLOCK_FLOATS // (samples * steps * gates))
+        """Rows per block for S = ``samples`` and T = ``steps`` (time steps or tokens)."""
+        spec = self.model.spec
+        if isinstance(spec, TextNetworkSpec):  # the widest of attention scores, feed-forward and q, k, v
+            width = max(spec.heads * steps, spec.d_ff, 3 * spec.d_model)
+        else:
+            width = 4 * spec.hidden
+        return max(1, BLOCK_FLOATS // (samples * steps * width))
 
     @torch.no_grad()
     def execute(self, x: Tensor, lengths: Tensor | None, plan: Plan) -> Tensor:

@@ -200,6 +200,107 @@ class SequenceNetworkSpec(BaseModel):
         return [min(16, n, m) for n, m in shapes[:-1]] + [min(shapes[-1])]
 
 
+class TextPart(str, Enum):
+    """The maps of a Transformer encoder whose weights can be Bayesian (``TextNetworkSpec.bayesian``)."""
+
+    EMBEDDING = "embedding"  # the token embedding table, vocabulary → d_model
+    ATTENTION = "attention"  # the query, key and value projections
+    ATTENTION_OUTPUT = "attention_output"  # the projection of the heads' concatenation
+    FEEDFORWARD = "feedforward"  # both feed-forward maps
+    HEAD = "head"  # the classifier on the CLS position
+
+
+# The paper's choice: the token embedding, Q, K, V and the feed-forward maps are low rank. It is silent on the
+# attention output and the head; the head is Bayesian here as in every sbnn network, the output projection not.
+PAPER_BAYESIAN_PARTS: tuple[TextPart, ...] = (
+    TextPart.EMBEDDING,
+    TextPart.ATTENTION,
+    TextPart.FEEDFORWARD,
+    TextPart.HEAD,
+)
+TEXT_LAYER_MAPS: tuple[tuple[str, TextPart], ...] = (
+    ("query", TextPart.ATTENTION),
+    ("key", TextPart.ATTENTION),
+    ("value", TextPart.ATTENTION),
+    ("attention_output", TextPart.ATTENTION_OUTPUT),
+    ("feedforward_in", TextPart.FEEDFORWARD),
+    ("feedforward_out", TextPart.FEEDFORWARD),
+)
+
+
+class TextNetworkSpec(BaseModel):
+    """A pre-norm Transformer encoder over token ids: a token embedding plus learned positions, ``layers``
+    blocks of multi-head self-attention and a feed-forward map (each behind a LayerNorm, with a residual), a
+    final LayerNorm, and a classifier head on position 0 (the tokenizer's CLS token).
+
+    The maps of the parts in ``bayesian`` are of ``kind``; the others are point estimates (an ensemble's are
+    per member). Maps in order: [embedding, per layer (query, key, value, attention_output, feedforward_in,
+    feedforward_out), head]. ``ranks`` (lowrank only): one per map, used by the Bayesian ones; None: 16 for
+    every Bayesian map and the head's full rank, each capped at min(m, n).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    architecture: Literal["transformer"] = Field("transformer", description="Tells a manifest's network apart.")
+    vocab_size: int = Field(ge=2, description="Token ids 0..vocab_size-1 (the tokenizer's vocabulary).")
+    max_length: int = Field(64, ge=2, le=4096, description="Positions, CLS included.")
+    d_model: int = Field(64, ge=2)
+    heads: int = Field(4, ge=1)
+    layers: int = Field(2, ge=1, le=12)
+    d_ff: int = Field(128, ge=1)
+    out_features: int = Field(1, ge=1, description="Classes (1 for bernoulli).")
+    kind: LayerKind = LayerKind.LOWRANK
+    bayesian: tuple[TextPart, ...] = PAPER_BAYESIAN_PARTS
+    ranks: list[int] | None = None
+    activation: Activation = Activation.GELU
+    likelihood: Likelihood = Likelihood.BERNOULLI
+    prior: PriorSpec = Field(default_factory=PriorSpec)
+    init: InitSpec = Field(default_factory=InitSpec)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="MC dropout rate on the Bayesian maps' inputs.")
+    members: int = Field(5, ge=2, le=64, description="Ensemble members.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TextNetworkSpec:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be a multiple of heads ({self.heads})")
+        if self.likelihood is Likelihood.GAUSSIAN:
+            raise ValueError("a text network is a classifier: its likelihood is bernoulli or categorical")
+        if not self.bayesian:
+            raise ValueError("bayesian must name at least one part (a deterministic network is kind 'deterministic')")
+        if len(set(self.bayesian)) != len(self.bayesian):
+            raise ValueError(f"bayesian names a part twice: {[p.value for p in self.bayesian]}")
+        _check_outputs_and_ranks(self.likelihood, self.out_features, self.kind, self.ranks, self.map_shapes(), "map")
+        return self
+
+    @property
+    def head_features(self) -> int:
+        return self.out_features
+
+    def map_shapes(self) -> list[tuple[int, int]]:
+        """(in, out) of every map, in the order the class docstring gives."""
+        d, f = self.d_model, self.d_ff
+        block = [(d, d), (d, d), (d, d), (d, d), (d, f), (f, d)]
+        return [(self.vocab_size, d), *block * self.layers, (d, self.head_features)]
+
+    def map_parts(self) -> list[TextPart]:
+        """The part every map belongs to, in map order."""
+        return [TextPart.EMBEDDING, *[part for _, part in TEXT_LAYER_MAPS] * self.layers, TextPart.HEAD]
+
+    def map_is_bayesian(self) -> list[bool]:
+        """Whether each map is of ``kind`` (else a point estimate); every map of a point-estimate kind is."""
+        if self.kind not in BAYESIAN_KINDS and self.kind is not LayerKind.MCDROPOUT:
+            return [True] * len(self.map_shapes())
+        return [part in self.bayesian for part in self.map_parts()]
+
+    def map_ranks(self) -> list[int | None]:
+        """The rank of every map (None for point-estimate maps and kinds without one)."""
+        shapes, bayesian = self.map_shapes(), self.map_is_bayesian()
+        if self.kind is not LayerKind.LOWRANK:
+            return [None] * len(shapes)
+        ranks = self.ranks or [min(16, n, m) for n, m in shapes[:-1]] + [min(shapes[-1])]
+        return [rank if b else None for rank, b in zip(ranks, bayesian, strict=True)]
+
+
 def default_output_rank(likelihood: Likelihood) -> int:
     """The output layer's default rank: 1 for logits (the paper's), 2 for a Gaussian head, so that the mean
     and the scale are not tied to one direction of the last hidden layer."""
