@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -81,6 +81,18 @@ class NoNoise(NamedTuple):
 
 
 LayerNoise = LowRankNoise | DenseNoise | Rank1Noise | DropoutNoise | NoNoise
+
+
+def slice_draw(weights: Any, start: int, stop: int) -> Any:
+    """Samples [start, stop) of every tensor of a network's draw (nested NamedTuples and lists of tensors); a
+    point-estimate map's single weight (leading size 1) is kept whole, None (dropout off) stays None."""
+    if isinstance(weights, Tensor):
+        return weights if weights.shape[0] == 1 else weights[start:stop]
+    if isinstance(weights, list):
+        return [slice_draw(w, start, stop) for w in weights]
+    if isinstance(weights, tuple):
+        return type(weights)._make(slice_draw(w, start, stop) for w in weights)  # type: ignore[attr-defined]
+    return weights
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from app.bnn._base import slice_draw
 from app.bnn.plan import Plan, bank_or_fresh
 from app.bnn.recurrent import BayesianLSTM, SequenceSample
 from app.bnn.spec import Sampler, TextNetworkSpec
@@ -20,21 +21,6 @@ SequenceNetwork = BayesianLSTM | BayesianTransformer
 SequenceDraw = SequenceSample | TransformerSample
 
 BLOCK_FLOATS = 1 << 22  # 16 MiB of float32 activations (gates, or attention and feed-forward) per block
-
-
-def slice_sequence_sample(weights: SequenceDraw, start: int, stop: int) -> SequenceDraw:
-    """Samples [start, stop) of every tensor of a draw (a point-estimate map's single weight is kept whole)."""
-
-    def part(value: object) -> object:
-        if isinstance(value, Tensor):
-            return value if value.shape[0] == 1 else value[start:stop]
-        if isinstance(value, list):
-            return [part(v) for v in value]
-        if isinstance(value, tuple):
-            return type(value)._make(part(v) for v in value)  # type: ignore[attr-defined]
-        return value  # None: dropout off
-
-    return part(weights)  # type: ignore[return-value]
 
 
 class SequenceMonteCarloEngine:
@@ -80,7 +66,7 @@ class SequenceMonteCarloEngine:
             raise ValueError(f"sampler '{plan.sampler.value}' needs a seed")
         if plan.sampler is Sampler.BANK:
             assert self._bank is not None  # plan() checked
-            weights = slice_sequence_sample(self._bank, 0, plan.samples)
+            weights = slice_draw(self._bank, 0, plan.samples)
         else:
             generator = torch.Generator(device=self.device).manual_seed(plan.seed)
             weights = self.model.sample(plan.samples, generator)

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from app.bnn._base import LayerSample, _StochasticLinear
+from app.bnn._base import DropoutSample, LayerSample, _StochasticLinear, slice_draw
 from app.bnn.network import _ACTIVATIONS, _build_layer
-from app.bnn.pointestimate import DeterministicLinear
+from app.bnn.pointestimate import DeterministicLinear, MCDropoutLinear
 from app.bnn.spec import BAYESIAN_KINDS, TEXT_LAYER_MAPS, LayerKind, TextNetworkSpec
 
 POSITION_STD = 0.02  # learned positions start small: the token embedding carries the signal at first
@@ -258,6 +258,46 @@ class BayesianTransformer(nn.Module):
         """Σ over every map of KL(q ‖ prior); 0 for point estimates."""
         terms = [self.embedding.kl(generator), *(layer.kl(generator) for layer in self.layers), self.head.kl(generator)]
         return torch.stack(terms).sum()
+
+    @torch.no_grad()
+    def mean_sample(self) -> TransformerSample:
+        """One draw at the posterior mean: every Gaussian at its mean (zero noise), dropout off; an ensemble's
+        first member (members' representation spaces are unrelated, so they are not averaged)."""
+        if self.spec.kind is LayerKind.ENSEMBLE:
+            return slice_draw(self.sample(self.spec.members), 0, 1)
+
+        def at_mean(layer: _StochasticLinear) -> LayerSample:
+            if isinstance(layer, MCDropoutLinear):
+                return DropoutSample(None)
+            like = self.positions
+            zeros = (torch.zeros((1, *s.shape), device=like.device, dtype=like.dtype) for s in layer.noise_specs())
+            return layer.sample_from_noise(layer.noise_type._make(zeros))
+
+        layers = [
+            EncoderLayerSample(
+                *(at_mean(layer.maps[name]) for name, _ in TEXT_LAYER_MAPS),
+                layer.attention_norm.sample(),
+                layer.feedforward_norm.sample(),
+            )
+            for layer in self.layers
+        ]
+        return TransformerSample(
+            at_mean(self.embedding), self.positions, layers, self.final_norm.sample(), at_mean(self.head)
+        )
+
+    @torch.no_grad()
+    def pooled_features(self, ids: Tensor, lengths: Tensor, weights: TransformerSample | None = None) -> Tensor:
+        """ids: (N, L), lengths (N,) -> (N, d): the input of the last block (the encoder's representation after
+        all but one block; the embeddings for a one-block encoder), averaged over each text's valid positions,
+        under ``weights`` (one draw; the posterior mean by default). The gate's density is measured on it."""
+        weights = self.mean_sample() if weights is None else weights
+        positions = ids.shape[1]
+        mask = key_mask(lengths, positions)
+        h = self.embedding.lookup(ids, weights.embedding) + weights.positions[:, :, :positions]
+        for layer, w in zip(self.layers[:-1], weights.layers[:-1], strict=True):
+            h = layer.propagate(h, w, mask)
+        valid = (~mask[:, 0, 0, :]).to(h.dtype).unsqueeze(-1)  # (N, L, 1)
+        return (h[0] * valid).sum(1) / valid.sum(1)
 
     @property
     def is_bayesian(self) -> bool:

@@ -25,8 +25,10 @@ from app.checkpoint.manifest import (
     OnnxLocal,
     OnnxSampling,
 )
+from app.data.tokenizer import TextEncoder
 from app.errors import CheckpointError
 from app.gate.gate import Gate, GateTensorError, GateTensors, Screening, thresholds_for
+from app.gate.text import TextScreening
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib")
@@ -200,7 +202,7 @@ def read_gate(folder: str | Path, manifest: Manifest) -> Gate:
     record = manifest.gate.tensors
     path = _plain_name(folder, record.file, ".safetensors", "gate.tensors.file")
     data = _verified_bytes(path, record.bytes, record.sha256, "gate.tensors")
-    spec = manifest.gate
+    spec, text = manifest.gate, manifest.text
     try:
         tensors = GateTensors.from_bytes(data, spec.density.dimension, spec.calibration.reference_rows)
     except GateTensorError as exc:
@@ -210,7 +212,29 @@ def read_gate(folder: str | Path, manifest: Manifest) -> Gate:
             str(folder / MANIFEST_FILE),
             "the gate's thresholds differ from those its calibration level and reference imply (modified?)",
         )
+    if text is not None:
+        return Gate(spec, TextScreening(text.support), tensors)
+    assert manifest.preprocessing is not None  # the manifest's validator: only a text network has none
     return Gate(spec, Screening(manifest.features, manifest.preprocessing), tensors)
+
+
+def read_tokenizer(folder: str | Path, manifest: Manifest) -> TextEncoder:
+    """A text network's tokenizer, from its JSON file after its name, size and sha256 were checked."""
+    folder = Path(folder)
+    if manifest.text is None:
+        raise CheckpointError(str(folder / MANIFEST_FILE), "not a text network: it has no tokenizer")
+    record = manifest.text.tokenizer
+    path = _plain_name(folder, record.file, ".json", "text.tokenizer.file")
+    data = _verified_bytes(path, record.bytes, record.sha256, "text.tokenizer")
+    try:
+        encoder = TextEncoder(data.decode("utf-8"), manifest.text.max_length)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(str(path), str(exc)) from exc
+    if encoder.vocab_size != manifest.text.vocab_size:
+        raise CheckpointError(
+            str(path), f"the tokenizer holds {encoder.vocab_size} tokens, the manifest {manifest.text.vocab_size}"
+        )
+    return encoder
 
 
 def verified_weights_bytes(folder: Path, manifest: Manifest) -> bytes:

@@ -12,11 +12,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, SerializerFunctionWrapHandler, Tag, model_serializer, model_validator
 
-from app.bnn.spec import LayerKind, Likelihood, NetworkSpec, SequenceNetworkSpec
+from app.bnn.spec import LayerKind, Likelihood, NetworkSpec, SequenceNetworkSpec, TextNetworkSpec
 from app.data.dataset import DataProvenance
 from app.data.preprocess import Preprocessing
 from app.data.schema import FeatureSpec
 from app.gate.spec import GateSpec, StrictModel, omit_defaults
+from app.gate.text import TextSupport
 
 FORMAT_NAME = "sbnn-checkpoint"
 FORMAT_VERSION = 2  # 2: the layered gate (app.gate); 1 had a mutual-information threshold only
@@ -71,14 +72,44 @@ class SequenceSchema(StrictModel):
     time: str | None = Field(None, description="The column the training steps were ordered by, if any.")
 
 
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class TokenizerFile(StrictModel):
+    """The tokenizer's JSON (Hugging Face ``tokenizers``), verified like the weights before it is parsed."""
+
+    file: str = TOKENIZER_FILE
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=1)
+
+
+class TextSchema(StrictModel):
+    """How a request's text becomes the network's input: the tokenizer (lower-casing WordPiece, [CLS] first),
+    the first ``max_length`` tokens kept, right-padded; and the request limits beyond which a text is a 4xx
+    error rather than an answer."""
+
+    field: str = Field("text", pattern=r"^[a-z][a-z0-9_]{0,31}$", description="The instance field / input name.")
+    tokenizer: TokenizerFile
+    vocab_size: int = Field(ge=4)
+    max_length: int = Field(ge=2, description="Tokens the network reads, [CLS] included.")
+    truncation: Literal["keep_first"] = "keep_first"
+    padding: Literal["right"] = "right"
+    max_bytes: int = Field(ge=1, description="The longest text a request may send, in UTF-8 bytes.")
+    max_tokens: int = Field(ge=2, description="The most tokens a request's text may hold before the cut.")
+    support: TextSupport
+
+
 def _architecture(value: Any) -> str:
     """The network's architecture tag: manifests from before sequence networks name none (an MLP)."""
     found = value.get("architecture") if isinstance(value, dict) else getattr(value, "architecture", None)
-    return "lstm" if found == "lstm" else "mlp"
+    return found if found in ("lstm", "transformer") else "mlp"
 
 
 AnyNetworkSpec = Annotated[
-    Annotated[NetworkSpec, Tag("mlp")] | Annotated[SequenceNetworkSpec, Tag("lstm")], Discriminator(_architecture)
+    Annotated[NetworkSpec, Tag("mlp")]
+    | Annotated[SequenceNetworkSpec, Tag("lstm")]
+    | Annotated[TextNetworkSpec, Tag("transformer")],
+    Discriminator(_architecture),
 ]
 
 
@@ -164,11 +195,12 @@ class Manifest(StrictModel):
     kind: LayerKind
     network: AnyNetworkSpec
     sequence: SequenceSchema | None = Field(None, description="Sequence networks: how steps become the input.")
+    text: TextSchema | None = Field(None, description="Text networks: how a text becomes the input.")
     ranks: list[int | None]
     parameter_count: int = Field(ge=1)
     task: TaskInfo
-    features: list[FeatureSpec] = Field(min_length=1)
-    preprocessing: Preprocessing
+    features: list[FeatureSpec] = Field(description="Empty for a text network (its input is the text).")
+    preprocessing: Preprocessing | None = Field(None, description="Null for a text network.")
     gate: GateSpec
     default_samples: int = Field(ge=1, le=65536)
     training: TrainingInfo
@@ -179,13 +211,17 @@ class Manifest(StrictModel):
 
     @model_serializer(mode="wrap")
     def _omit_no_sequence(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # An MLP's manifest stays byte-identical to one written before sequence networks existed.
-        return omit_defaults(handler(self), ("sequence",))
+        # An MLP's manifest stays byte-identical to one written before sequence and text networks existed.
+        return omit_defaults(handler(self), ("sequence", "text", "preprocessing"))
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         if self.kind is not self.network.kind:
             raise ValueError(f"kind '{self.kind.value}' differs from network.kind '{self.network.kind.value}'")
+        if isinstance(self.network, TextNetworkSpec) or self.text is not None:
+            return self._consistent_text()
+        if self.preprocessing is None or not self.features:
+            raise ValueError("a table or sequence network needs its features and preprocessing")
         if self.preprocessing.n_outputs != self.network.in_features:
             produced, expected = self.preprocessing.n_outputs, self.network.in_features
             raise ValueError(f"preprocessing yields {produced} inputs, the network expects {expected}")
@@ -214,6 +250,30 @@ class Manifest(StrictModel):
                 raise ValueError("a regression predicts one target")
             return self
         classes = 2 if self.network.out_features == 1 else self.network.out_features
+        if len(self.task.labels or []) != classes:
+            raise ValueError(f"{len(self.task.labels or [])} labels for a network with {classes} classes")
+        return self
+
+    def _consistent_text(self) -> Manifest:
+        network, text = self.network, self.text
+        if not isinstance(network, TextNetworkSpec) or text is None:
+            raise ValueError("a text network needs the text section, and only a text network has one")
+        if self.features or self.preprocessing is not None or self.sequence is not None:
+            raise ValueError("a text network has no features, preprocessing or sequence section")
+        if (text.vocab_size, text.max_length) != (network.vocab_size, network.max_length):
+            raise ValueError(
+                f"the tokenizer gives {text.vocab_size} ids and {text.max_length} tokens; the network takes "
+                f"{network.vocab_size} and {network.max_length}"
+            )
+        density = self.gate.density
+        if density.input != "text_encoder_mean" or density.dimension != network.d_model:
+            raise ValueError(
+                f"the gate's density measures {density.input} of dimension {density.dimension}; a text network "
+                f"needs text_encoder_mean of dimension {network.d_model}"
+            )
+        if self.task.type is TaskType.REGRESSION or self.gate.epistemic.score != "mutual_information":
+            raise ValueError("a text network is a classifier scored by its mutual information")
+        classes = 2 if network.out_features == 1 else network.out_features
         if len(self.task.labels or []) != classes:
             raise ValueError(f"{len(self.task.labels or [])} labels for a network with {classes} classes")
         return self

@@ -37,11 +37,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, min_frequency:
 @dataclass(frozen=True)
 class EncodedTexts:
     """ids: (N, L) int64, L the longest kept text (≤ max_length); lengths: (N,) int64 ≥ 1 (CLS included);
-    tokens: (N,) int64 tokens of the whole text before the cut; oov_rate: (N,) float64 in [0, 1]."""
+    tokens: (N,) int64 tokens of the whole text before the cut (CLS included); words: (N,) int64 words the
+    pre-tokeniser found (punctuation marks count as words); oov_rate: (N,) float64 in [0, 1]."""
 
     ids: np.ndarray
     lengths: np.ndarray
     tokens: np.ndarray
+    words: np.ndarray
     oov_rate: np.ndarray
 
 
@@ -80,14 +82,15 @@ class TextEncoder:
         lengths = np.minimum(tokens, self.max_length)
         ids = np.full((len(texts), int(lengths.max()) if len(texts) else 1), PAD_ID, dtype=np.int64)
         oov = np.zeros(len(texts), dtype=np.float64)
+        words = np.zeros(len(texts), dtype=np.int64)
         for i, e in enumerate(encodings):
             ids[i, : lengths[i]] = e.ids[: lengths[i]]
-            oov[i] = _oov_rate(e.ids, e.word_ids)
-        return EncodedTexts(ids, lengths, tokens, oov)
+            words[i], oov[i] = _words_and_oov_rate(e.ids, e.word_ids)
+        return EncodedTexts(ids, lengths, tokens, words, oov)
 
 
-def _oov_rate(ids: list[int], word_ids: list[int | None]) -> float:
-    """The share of a text's words that are [UNK] or more than one word piece; 0 for a text of no words."""
+def _words_and_oov_rate(ids: list[int], word_ids: list[int | None]) -> tuple[int, float]:
+    """A text's words and the share of them that are [UNK] or more than one word piece (0 without words)."""
     pieces: dict[int, int] = {}
     unknown: set[int] = set()
     for token, word in zip(ids, word_ids, strict=True):
@@ -97,5 +100,5 @@ def _oov_rate(ids: list[int], word_ids: list[int | None]) -> float:
         if token == UNK_ID:
             unknown.add(word)
     if not pieces:
-        return 0.0
-    return sum(1 for w, n in pieces.items() if n > 1 or w in unknown) / len(pieces)
+        return 0, 0.0
+    return len(pieces), sum(1 for w, n in pieces.items() if n > 1 or w in unknown) / len(pieces)

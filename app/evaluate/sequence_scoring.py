@@ -18,6 +18,7 @@ from app.bnn.recurrent import BayesianLSTM
 from app.bnn.regression import GaussianPredictive
 from app.bnn.sequence_engine import SequenceMonteCarloEngine
 from app.bnn.spec import Likelihood, Sampler
+from app.bnn.transformer import BayesianTransformer
 from app.data.preprocess import Preprocessing
 from app.data.sequence import SequenceSplit, pad_steps
 from app.evaluate.regression_scoring import (  # noqa: F401 - INTERVAL_LEVELS re-exported
@@ -32,7 +33,8 @@ from app.gate.sequence import screen_sequences, sequence_starts, summarise_steps
 
 
 class SequenceBankScorer:
-    """The served predictive of a recurrent network: its frozen bank of ``samples`` draws from ``bank_seed``.
+    """The served predictive of a recurrent network, or of a Transformer over token ids: its frozen bank of
+    ``samples`` draws from ``bank_seed``.
 
     ``max_length``: the steps the network sees (longer sequences keep their last ones); ``target_mean`` and
     ``target_std``: the regression target's training scale, undone on every answer (ignored by a classifier);
@@ -41,7 +43,7 @@ class SequenceBankScorer:
 
     def __init__(
         self,
-        model: BayesianLSTM,
+        model: BayesianLSTM | BayesianTransformer,
         samples: int,
         bank_seed: int = 0,
         *,
@@ -65,15 +67,17 @@ class SequenceBankScorer:
         self.keep_mixture = keep_mixture  # a regression's answers carry its S Gaussians (evaluation's metrics)
         self.likelihood = model.spec.likelihood
         self.classes = 2 if model.spec.out_features == 1 else model.spec.out_features
+        self.dtype = torch.long if isinstance(model, BayesianTransformer) else torch.float32
 
     @torch.no_grad()
     def __call__(self, x: np.ndarray, lengths: np.ndarray) -> Predictions | RegressionPredictions:
-        """x: (N, T, d) float32 right-padded preprocessed steps, lengths (N,) in [1, T] -> their predictive."""
+        """x: (N, T, d) float32 right-padded preprocessed steps, or (N, L) token ids, lengths (N,) in [1, T]
+        -> their predictive."""
         if x.shape[0] == 0:
             return self._empty()
         device = self.engine.device
         head, _ = self.engine.run(
-            torch.as_tensor(x, dtype=torch.float32, device=device),
+            torch.as_tensor(x, dtype=self.dtype, device=device),
             torch.as_tensor(np.asarray(lengths), dtype=torch.long, device=device),
             self.samples,
             None,

@@ -68,7 +68,11 @@ class SupportComponent(_Percentiles):
     """Outside the training range (each numeric feature's training minimum and maximum, ``FeatureSpec``), in
     training standard deviations (0 inside); a support fact refers whatever the score."""
 
-    score: Literal["training_range_excess_sd"] = "training_range_excess_sd"
+    score: Literal["training_range_excess_sd", "text_excess"] = Field(
+        "training_range_excess_sd",
+        description="Tables and sequences: standard deviations beyond the training range; texts: the excess of "
+        "the OOV rate and of the length over the training texts' (app.gate.text).",
+    )
 
 
 class ScoredComponent(_Percentiles):
@@ -94,10 +98,11 @@ class DensityComponent(ScoredComponent):
     covariance: Literal["ledoit-wolf"] = "ledoit-wolf"
     shrinkage: float = Field(ge=0.0, le=1.0, description="Ledoit–Wolf shrinkage towards a scaled identity.")
     dimension: int = Field(ge=1, description="The density's input width: d, or 2d for a sequence's summary.")
-    input: Literal["row", "sequence_mean_and_last_step"] = Field(
+    input: Literal["row", "sequence_mean_and_last_step", "text_encoder_mean"] = Field(
         "row",
-        description="What the distance is measured on: the preprocessed row (d), or for a sequence the mean of "
-        "its preprocessed steps and its last step side by side (2d).",
+        description="What the distance is measured on: the preprocessed row (d); for a sequence the mean of "
+        "its preprocessed steps and its last step side by side (2d); for a text the encoder's state before its "
+        "last block under the posterior mean, averaged over the text's positions (d_model).",
     )
 
     @model_serializer(mode="wrap")

@@ -24,7 +24,7 @@ from app.bnn.plan import Plan, PlanRefused, run_to_end
 from app.bnn.predictive import Predictive, class_probabilities
 from app.bnn.recurrent import BayesianLSTM
 from app.bnn.regression import GaussianPredictive
-from app.bnn.sequence_engine import SequenceMonteCarloEngine, slice_sequence_sample
+from app.bnn.sequence_engine import SequenceMonteCarloEngine, slice_draw
 from app.bnn.spec import Likelihood, Sampler
 from app.checkpoint.manifest import Manifest
 from app.errors import CheckpointError
@@ -151,7 +151,7 @@ class SequenceTorchBackend:
         if plan.sampler is Sampler.BANK:
             # The engine's own bank, sliced as its ``execute`` does; ``execute`` would not yield between blocks.
             assert engine._bank is not None  # plan() checked
-            weights = slice_sequence_sample(engine._bank, 0, plan.samples)
+            weights = slice_draw(engine._bank, 0, plan.samples)
         else:
             weights = self.model.sample(plan.samples, torch.Generator(device=device).manual_seed(plan.seed))
         x = torch.from_numpy(np.ascontiguousarray(inputs.x, dtype=np.float32)).to(device)

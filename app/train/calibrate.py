@@ -43,6 +43,7 @@ from app.gate.spec import (
     GateSpec,
     SupportComponent,
 )
+from app.gate.text import TextScreening
 
 SERVER_BANK_SEED = 0  # the server's default SBNN_BANK_SEED: the bank the gate is calibrated on
 
@@ -119,17 +120,17 @@ def build_gate(
 @dataclass(frozen=True)
 class Calibration:
     """What calibrating a gate needs of a trained model, whatever its architecture: the screening of its
-    schema, the density's training inputs (N, d') (rows, or sequence summaries), the training split's
-    epistemic scores (computed on call, after the progress line), how to score a split given the fitted
-    density, and the bank the scores come from."""
+    schema (or of a tokenizer's output), the density's training inputs (N, d') (rows, sequence summaries or a
+    text's pooled encoder state), the training split's epistemic scores (computed on call, after the progress
+    line), how to score a split given the fitted density, and the bank the scores come from."""
 
-    screening: Screening
+    screening: Screening | TextScreening
     density_input: np.ndarray
     train_epistemic: Callable[[], np.ndarray]
     score: Callable[[Density, Any], ScoredSet]
     samples: int
     bank_seed: int
-    density_kind: Literal["row", "sequence_mean_and_last_step"] = "row"
+    density_kind: Literal["row", "sequence_mean_and_last_step", "text_encoder_mean"] = "row"
     epistemic_score: Literal["mutual_information", "epistemic_variance"] = "mutual_information"
 
 
@@ -168,7 +169,10 @@ def calibrate_gate(
     placeholder = {"val": GateRates(rows=1, not_accepted=0, rejected=0, support=0, density=0, epistemic=0)}
     spec = GateSpec(
         target_fpr=target_fpr,
-        support=SupportComponent(reference_quantiles=_quantiles(screen.support_score[scored])),
+        support=SupportComponent(
+            reference_quantiles=_quantiles(screen.support_score[scored]),
+            score="text_excess" if calibration.density_kind == "text_encoder_mean" else "training_range_excess_sd",
+        ),
         density=DensityComponent(
             threshold=thresholds[Component.DENSITY],
             reference_quantiles=_quantiles(val_density[scored]),

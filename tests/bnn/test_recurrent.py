@@ -11,7 +11,7 @@ from torch import nn
 from app.bnn._base import DenseSample, LowRankSample
 from app.bnn.network import parameter_count
 from app.bnn.recurrent import BayesianLSTM, SequenceSample
-from app.bnn.sequence_engine import SequenceMonteCarloEngine, slice_sequence_sample
+from app.bnn.sequence_engine import SequenceMonteCarloEngine, slice_draw
 from app.bnn.spec import LayerKind, Likelihood, Sampler, SequenceNetworkSpec
 
 FEATURES, HIDDEN, STEPS = 5, 8, 6
@@ -123,7 +123,7 @@ def test_the_engine_runs_all_samples_at_once_as_one_at_a_time() -> None:
     bank = engine._bank
     assert bank is not None
     for s in (0, 9, 15):
-        alone = net.propagate(x, slice_sequence_sample(bank, s, s + 1), lengths)
+        alone = net.propagate(x, slice_draw(bank, s, s + 1), lengths)
         torch.testing.assert_close(head[s : s + 1], alone, atol=1e-6, rtol=1e-6)
     again, _ = engine.run(x, lengths, samples=16)
     assert torch.equal(head, again)  # the bank replays bit for bit

@@ -12,7 +12,7 @@ from torch import nn
 from app.bnn._base import DenseSample, LowRankSample
 from app.bnn.network import parameter_count
 from app.bnn.pointestimate import DeterministicLinear
-from app.bnn.sequence_engine import SequenceMonteCarloEngine, slice_sequence_sample
+from app.bnn.sequence_engine import SequenceMonteCarloEngine, slice_draw
 from app.bnn.spec import LayerKind, Likelihood, Sampler, TextNetworkSpec, TextPart
 from app.bnn.transformer import BayesianTransformer
 
@@ -194,7 +194,7 @@ def test_the_engine_batches_all_samples_as_one_sample_at_a_time(kind: LayerKind)
     assert batched.shape == (net.num_samples(8), 5, 1)
     assert engine._bank is not None
     for s in range(batched.shape[0]):
-        one = net.propagate(ids, slice_sequence_sample(engine._bank, s, s + 1), lengths)
+        one = net.propagate(ids, slice_draw(engine._bank, s, s + 1), lengths)
         torch.testing.assert_close(one[0], batched[s], atol=1e-5, rtol=1e-5)
     fresh = engine.plan(Sampler.FRESH, 8, seed=11)
     torch.testing.assert_close(engine.execute(ids, lengths, fresh), engine.execute(ids, lengths, fresh))
