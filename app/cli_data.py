@@ -12,14 +12,21 @@ from app.cli_options import parse_bounds, parse_names, parse_units
 if TYPE_CHECKING:
     from app.data.dataset import TabularDataset
     from app.data.sequence import SequenceDataset
+    from app.data.text import TextDataset
 
-BUNDLED = ("flchain", "pm25", "pbcseq")
+BUNDLED = ("flchain", "pm25", "pbcseq", "rotten-tomatoes")
 SEQUENCE_DATASETS = ("pm25", "pbcseq")
+TEXT_DATASETS = ("rotten-tomatoes",)
 
 
 def is_sequence_data(dataset: str | None, sequence_id: str | None) -> bool:
     """Whether the options name sequences (a bundled sequence set, or a table with --sequence-id)."""
     return dataset in SEQUENCE_DATASETS or sequence_id is not None
+
+
+def is_text_data(dataset: str | None) -> bool:
+    """Whether the options name a text data set (a Transformer over its tokens)."""
+    return dataset in TEXT_DATASETS
 
 
 def load_training_data(
@@ -37,7 +44,7 @@ def load_training_data(
     sequence_id: str | None = None,
     time: str | None = None,
     max_length: int | None = None,
-) -> TabularDataset | SequenceDataset:
+) -> TabularDataset | SequenceDataset | TextDataset:
     """The data set the options name; typer.BadParameter for a combination that does not fit."""
     if (dataset is None) == (csv is None):
         raise typer.BadParameter("give exactly one of --dataset NAME or --csv PATH", param_hint="--dataset")
@@ -54,12 +61,18 @@ def load_training_data(
         given = [option for option, value in table_only.items() if value is not None]
         if given:
             raise typer.BadParameter(f"{', '.join(given)}: for --csv tables (bundled data sets have their own)")
-        if max_length is not None:
-            raise typer.BadParameter("--max-length is for --csv sequence tables", param_hint="--max-length")
+        if max_length is not None and dataset not in TEXT_DATASETS:
+            raise typer.BadParameter(
+                "--max-length is for --csv sequence tables and text data sets", param_hint="--max-length"
+            )
         if dataset == "flchain":
             from app.data.flchain import load_flchain
 
             return load_flchain(seed)
+        if dataset in TEXT_DATASETS:
+            from app.data.rotten_tomatoes import load_rotten_tomatoes
+
+            return load_rotten_tomatoes(seed)
         if dataset in SEQUENCE_DATASETS:
             from app.data.sequence_table import load_bundled_sequences
 

