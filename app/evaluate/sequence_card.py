@@ -38,8 +38,8 @@ def _unit(manifest: Manifest) -> str:
 
 
 def _item(manifest: Manifest) -> str:
-    """What one input is: a sequence (LSTM) or a row (a regression MLP)."""
-    return "sequence" if manifest.sequence is not None else "row"
+    """What one input is: a sequence (LSTM), a text (Transformer) or a row (a regression MLP)."""
+    return "sequence" if manifest.sequence is not None else "text" if manifest.text is not None else "row"
 
 
 def _intended_use(m: Manifest) -> list[str]:
@@ -53,13 +53,15 @@ def _intended_use(m: Manifest) -> list[str]:
         )
         epistemic = "a high epistemic variance"
     else:
-        what = f"Predicts `{m.task.target}` ({' / '.join(m.task.labels or [])}) from a sequence of time steps."
+        source = "a short text" if m.text is not None else "a sequence of time steps"
+        what = f"Predicts `{m.task.target}` ({' / '.join(m.task.labels or [])}) from {source}."
         epistemic = "high epistemic uncertainty (mutual information between prediction and weights)"
     item, anywhere = _item(m), " at any step" if m.sequence is not None else ""
+    impossible = "no readable token" if m.text is not None else f"a physically impossible value{anywhere}"
     return [
         "## Intended use",
-        f"{what} The layered **OOD gate** says when a {item} is unlike the training ones: it rejects one with a "
-        f"physically impossible value{anywhere} (no prediction) and refers one outside the training support"
+        f"{what} The layered **OOD gate** says when a {item} is unlike the training ones: it rejects one with "
+        f"{impossible} (no prediction) and refers one outside the training support"
         f"{anywhere}, far from the training {item}s in input density, or with {epistemic}. A referred {item} "
         "needs a human; an accepted one still carries its uncertainty. Decision support only.",
     ]
@@ -69,7 +71,13 @@ def _model(m: Manifest) -> list[str]:
     n, s = m.network, m.sequence
     ranks = ", ".join("-" if r is None else str(r) for r in m.ranks)
     head = "a Gaussian mean and variance" if m.task.type is TaskType.REGRESSION else f"{n.out_features} logit(s)"
-    if s is not None:
+    if m.text is not None:
+        bayesian = ", ".join(p.value for p in n.bayesian)  # type: ignore[union-attr]
+        kind = (
+            f"- Kind: `{m.kind.value}` Transformer encoder, {n.layers} block(s) of d_model {n.d_model}, "  # type: ignore[union-attr]
+            f"{n.heads} heads, d_ff {n.d_ff}, Bayesian parts: {bayesian}; head {head}; ranks per map: {ranks}"  # type: ignore[union-attr]
+        )
+    elif s is not None:
         kind = (
             f"- Kind: `{m.kind.value}` LSTM, {n.layers} layer(s) of width {n.hidden} over {n.in_features} inputs "
             f"per step, head {head}; ranks per map: {ranks}"  # type: ignore[union-attr]
@@ -87,7 +95,17 @@ def _model(m: Manifest) -> list[str]:
         f"{m.training.best_epoch} of {m.training.epochs_run}, seed {m.training.seed}",
     ]
     features = ", ".join(f"`{f.name}`" + (f" ({f.unit})" if f.unit else "") for f in m.features)
-    if s is None:
+    if m.text is not None:
+        t = m.text
+        lines += [
+            "",
+            "### Text schema",
+            f"- Tokenizer: WordPiece, {t.vocab_size:,} tokens, lower-cased (`{t.tokenizer.file}`, sha256 "
+            f"`{t.tokenizer.sha256[:16]}…`)",
+            f"- The network reads the first **{t.max_length} tokens** ([CLS] included; truncation `{t.truncation}`); "
+            f"a request's text may hold up to {t.max_bytes:,} UTF-8 bytes and {t.max_tokens:,} tokens",
+        ]
+    elif s is None:
         lines += ["", f"- Features ({len(m.features)}): {features}"]
     else:
         lines += [
@@ -198,7 +216,11 @@ def _gate(m: Manifest, result: dict[str, Any]) -> list[str]:
         epistemic = f"mutual information above {_threshold(thresholds['epistemic'])} nats"
     item, steps = _item(m), m.sequence is not None
     support = (
-        "a step outside the training range of a numeric feature, missing where training had no missing value, or "
+        f"more tokens than the longest training text ({m.text.support.longest_tokens}), or, in a text of "
+        f"{m.text.support.min_words}+ words, more words outside the vocabulary than any training text "
+        f"({m.text.support.oov_rate:.0%})"
+        if m.text is not None
+        else "a step outside the training range of a numeric feature, missing where training had no missing value, or "
         "an unseen category (every step sent, also those past the max length)"
         if steps
         else "a value outside the training range of a numeric feature, missing where training had no missing "
@@ -212,11 +234,21 @@ def _gate(m: Manifest, result: dict[str, Any]) -> list[str]:
         f"{c.bank_seed}).",
         "",
         "- bounds (reject): "
-        + (", ".join(f"`{f.name}` {f.plausible}{' ' + f.unit if f.unit else ''}" for f in bounded) or "none given")
+        + (
+            "a text the tokenizer reads nothing in"
+            if m.text is not None
+            else ", ".join(f"`{f.name}` {f.plausible}{' ' + f.unit if f.unit else ''}" for f in bounded) or "none given"
+        )
         + (", at any step sent" if steps else ""),
         f"- support (refer): {support}",
         f"- density (refer): Mahalanobis distance (Ledoit–Wolf, shrinkage {gate.density.shrinkage:.3f}) of the "
-        + ("mean of the kept steps beside the last step" if steps else "preprocessed row")
+        + (
+            "mean of the kept steps beside the last step"
+            if steps
+            else "encoder's pooled state (posterior mean, before the last block)"
+            if m.text is not None
+            else "preprocessed row"
+        )
         + ", above "
         + _threshold(thresholds["density"]),
         f"- epistemic (refer): {epistemic}",
@@ -248,6 +280,11 @@ def _gate(m: Manifest, result: dict[str, Any]) -> list[str]:
 def _limits(m: Manifest) -> list[str]:
     s = m.sequence
     lines = ["## Limits"]
+    if m.text is not None:
+        lines.append(
+            f"- Only the first {m.text.max_length} tokens reach the network; trained on English film-review "
+            "snippets, one sentence each."
+        )
     if s is not None:
         lines.append(
             f"- Only the last {s.max_length} steps reach the network: an older history is screened by the gate but "

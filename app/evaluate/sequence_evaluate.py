@@ -1,7 +1,8 @@
-"""Evaluate a sequence (LSTM) checkpoint on its test and validation splits and its OOD sets: metrics, card, figures.
+"""Evaluate a sequence (LSTM) or text (Transformer) checkpoint on its test and validation splits and its OOD
+sets: metrics, card, figures.
 
-The counterpart of :mod:`app.evaluate.evaluate` for checkpoints with a ``sequence`` section, and for regression
-MLPs (whose sets are tables, scored row by row with :func:`app.evaluate.scoring.score_set`): the regression
+The counterpart of :mod:`app.evaluate.evaluate` for checkpoints with a ``sequence`` or ``text`` section, and for
+regression MLPs (whose sets are tables, scored row by row with :func:`app.evaluate.scoring.score_set`): the regression
 report, its figures and card are the same for both. Every set is scored
 as the server would score it (:func:`app.evaluate.sequence_scoring.score_sequences` through the frozen bank of
 S draws from one seed, then the checkpoint's layered gate), so the gate's rates here match the manifest's when
@@ -25,6 +26,7 @@ from app.bnn.regression import GaussianPredictive
 from app.checkpoint.io import Checkpoint, write_manifest
 from app.data.dataset import Split, TabularDataset
 from app.data.sequence import SequenceDataset, SequenceSplit
+from app.data.text import TextDataset, TextSplit
 from app.evaluate import metrics as M
 from app.evaluate.evaluate import ECE_BINNING, ECE_BINS, _rounded
 from app.evaluate.gate import finite, gate_warnings, in_distribution_rates, not_accepted, set_report
@@ -63,6 +65,13 @@ class ScoredSequences:
 def _scorer(checkpoint: Checkpoint, samples: int | None, seed: int) -> SequenceBankScorer | RegressionBankScorer:
     manifest = checkpoint.manifest
     scale = manifest.task.scale
+    if manifest.text is not None:  # a Transformer over token ids
+        return SequenceBankScorer(
+            checkpoint.model,  # type: ignore[arg-type]  # a Transformer: the manifest has a text section
+            samples or manifest.default_samples,
+            seed,
+            max_length=manifest.text.max_length,
+        )
     if manifest.sequence is None:  # a regression MLP
         assert scale is not None, "neither a sequence checkpoint nor a regression"
         return RegressionBankScorer(
@@ -106,7 +115,7 @@ def _summarised(scored: GatedSet, split: SequenceSplit | Split) -> Summarised | 
 
 def score_sequence_sets(
     checkpoint: Checkpoint,
-    dataset: SequenceDataset | TabularDataset,
+    dataset: SequenceDataset | TabularDataset | TextDataset,
     samples: int | None = None,
     seed: int = 0,
     on_step: Callable[[str], None] | None = None,
@@ -118,8 +127,16 @@ def score_sequence_sets(
     scorer = _scorer(checkpoint, samples, seed)
     summaries: dict[str, Summarised] = {}
 
-    def scored(key: str, what: str, split: SequenceSplit | Split) -> GatedSet:
-        if isinstance(split, Split):  # a regression MLP's table
+    def scored(key: str, what: str, split: SequenceSplit | Split | TextSplit) -> GatedSet:
+        if isinstance(split, TextSplit):
+            from app.train.text_pipeline import score_texts  # the text scoring lives with its training
+
+            assert checkpoint.encoder is not None  # a text checkpoint loads its tokenizer
+            if on_step is not None:
+                on_step(f"scoring {what} ({len(split):,} texts, {scorer.samples} samples)")
+            encoded = checkpoint.encoder.encode(split.texts.tolist())
+            raw = score_texts(scorer, gate.screening, gate.density, encoded)  # type: ignore[arg-type]
+        elif isinstance(split, Split):  # a regression MLP's table
             if on_step is not None:
                 on_step(f"scoring {what} ({len(split.y):,} rows, {scorer.samples} samples)")
             raw = score_set(scorer, gate.screening, gate.density, manifest.preprocessing, split.frame)
@@ -161,7 +178,7 @@ def _regression_entry(summarised: Summarised | None) -> dict[str, Any] | None:
 
 def evaluate_sequences(
     checkpoint: Checkpoint,
-    dataset: SequenceDataset | TabularDataset,
+    dataset: SequenceDataset | TabularDataset | TextDataset,
     samples: int | None = None,
     seed: int = 0,
     scored: ScoredSequences | None = None,
@@ -185,6 +202,12 @@ def evaluate_sequences(
     }
     if manifest.sequence is not None:
         result["sequence"] = {"max_length": manifest.sequence.max_length, "rows": manifest.data.rows}
+    if manifest.text is not None:
+        result["text"] = {
+            "max_length": manifest.text.max_length,
+            "vocab_size": manifest.text.vocab_size,
+            "rows": manifest.data.rows,
+        }
     splits = {"test": (scored.test, dataset.test), "val": (scored.val, dataset.val)}
     for key, (s, split) in splits.items():
         if regression:
@@ -215,7 +238,7 @@ def evaluate_sequences(
             entry["regression"] = {k: task[k] for k in OOD_REGRESSION_KEYS}
         elif (
             not regression
-            and isinstance(split, SequenceSplit)
+            and isinstance(split, SequenceSplit | TextSplit)
             and _all_classes_known(split, shifted, len(dataset.labels or []))
         ):
             entry["classification"] = _rounded(
@@ -234,7 +257,7 @@ def evaluate_sequences(
     return result
 
 
-def _all_classes_known(split: SequenceSplit, scored: GatedSet, classes: int) -> bool:
+def _all_classes_known(split: SequenceSplit | TextSplit, scored: GatedSet, classes: int) -> bool:
     """Whether a classifier's OOD set can be scored as a task: every label known, every class present, every
     sequence predicted (as the MLP evaluation requires)."""
     y = np.asarray(split.y)
@@ -253,7 +276,10 @@ def _time_axis(ids: np.ndarray) -> np.ndarray | None:
 
 
 def _figures(
-    checkpoint: Checkpoint, dataset: SequenceDataset | TabularDataset, result: dict[str, Any], scored: ScoredSequences
+    checkpoint: Checkpoint,
+    dataset: SequenceDataset | TabularDataset | TextDataset,
+    result: dict[str, Any],
+    scored: ScoredSequences,
 ) -> list[Path]:
     """forecast.png and coverage.png (regression) or reliability.png (classifier), and ood_scores.png."""
     from app.evaluate.plots import write_reliability_diagram, write_score_histogram
@@ -304,7 +330,7 @@ def _figures(
 
 def write_sequence_evaluation(
     checkpoint: Checkpoint,
-    dataset: SequenceDataset | TabularDataset,
+    dataset: SequenceDataset | TabularDataset | TextDataset,
     result: dict[str, Any],
     figures: bool = True,
     scored: ScoredSequences | None = None,

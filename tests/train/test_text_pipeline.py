@@ -110,3 +110,22 @@ def test_a_text_manifest_without_its_text_section_is_refused(folder: Path) -> No
     raw.pop("text")
     with pytest.raises(ValueError, match="text section"):
         Manifest.model_validate(raw)
+
+
+def test_evaluation_reports_the_task_and_every_ood_set(folder: Path) -> None:
+    """`sbnn evaluate`'s library: test and validation metrics, AUROCs of every score per OOD set, the typos
+    set's own classification metrics (its labels are the test split's), a card worded for texts."""
+    from app.evaluate.sequence_evaluate import evaluate_sequences, write_sequence_evaluation
+
+    checkpoint = load_checkpoint(folder)
+    dataset = small(load_rotten_tomatoes(), 200)
+    result = evaluate_sequences(checkpoint, dataset)
+    assert result["text"]["max_length"] == 32 and result["samples"] == 8
+    assert {"auroc", "nll", "ece", "accuracy"} <= set(result["test"])
+    assert set(result["ood"]) == set(dataset.ood)
+    assert set(result["ood"]["code"]["scores"]) == {"mutual_information", "total_entropy", "density", "gate"}
+    assert "classification" in result["ood"]["typos"] and "classification" not in result["ood"]["code"]
+    written = write_sequence_evaluation(checkpoint, dataset, result, figures=False)
+    card = (folder / "card.md").read_text()
+    assert "from a short text" in card and "Text schema" in card and "first **32 tokens**" in card
+    assert {p.name for p in written} == {"metrics.json", "card.md"}
