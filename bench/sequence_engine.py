@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from app.bnn.engine import MonteCarloEngine  # noqa: E402
 from app.bnn.network import BayesianMLP, NetworkSpec, parameter_count  # noqa: E402
 from app.bnn.recurrent import BayesianLSTM, SequenceSample  # noqa: E402
-from app.bnn.sequence_engine import SequenceMonteCarloEngine, slice_sequence_sample  # noqa: E402
+from app.bnn.sequence_engine import SequenceMonteCarloEngine, slice_draw  # noqa: E402
 from app.bnn.spec import LayerKind, Sampler, SequenceNetworkSpec  # noqa: E402
 
 SAMPLES, STEPS, FEATURES, HIDDEN = 150, 24, 15, 64
@@ -51,7 +51,7 @@ def timed(call: Callable[[], object], repeats: int) -> float:
 def per_sample_loop(net: BayesianLSTM, x: torch.Tensor, bank: SequenceSample, samples: int = SAMPLES) -> None:
     """The same S weight samples, one propagate each."""
     for s in range(samples):
-        net.propagate(x, slice_sequence_sample(bank, s, s + 1))
+        net.propagate(x, slice_draw(bank, s, s + 1))
 
 
 TARGET_SAMPLES = 256

@@ -44,6 +44,8 @@ def lowrank_linear(x: Tensor, a: Tensor, b: Tensor, bias: Tensor | None = None) 
     Cost r(n + m) per row and sample instead of mn.
     """
     hidden = torch.matmul(x, b)  # (S, N, r)
+    if bias is not None and hidden.dim() == 3 and hidden.shape[0] == a.shape[0]:
+        return torch.baddbmm(bias.unsqueeze(-2), hidden, a.transpose(-1, -2))  # the bias added in the same kernel
     out = torch.matmul(hidden, a.transpose(-1, -2))  # (S, N, m)
     if bias is not None:
         out = out + bias.unsqueeze(-2)

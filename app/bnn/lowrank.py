@@ -99,7 +99,7 @@ class LowRankBayesLinear(_StochasticLinear):
     def lookup(self, ids: Tensor, weights: LowRankSample) -> Tensor:
         """ids: (N, L) -> (S, N, L, m): rows B_s[t] Aₛᵀ + b_s, gathering only the ids' rows of B."""
         a, b, bias = weights
-        rows = b[:, ids.reshape(-1)]  # (S, N·L, r)
+        rows = b.index_select(1, ids.reshape(-1))  # (S, N·L, r)
         out = torch.matmul(rows, a.transpose(-1, -2)) + bias.unsqueeze(-2)
         return out.reshape(out.shape[0], *ids.shape, self.out_features)
 

@@ -10,7 +10,6 @@ key, so a row's outputs do not depend on how far its batch pads it.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -139,9 +138,12 @@ class BayesianEncoderLayer(nn.Module):
         q = self._split(apply_map(maps["query"], queries, weights.query))
         k = self._split(apply_map(maps["key"], x, weights.key))
         v = self._split(apply_map(maps["value"], x, weights.value))
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (S, N, heads, Lq, L)
-        attended = torch.matmul(scores.masked_fill(mask, float("-inf")).softmax(-1), v)
-        attended = attended.transpose(-2, -3).flatten(-2)  # (S, N, Lq, d)
+        # One fused kernel for softmax(q kᵀ/√(d/heads) + mask) v; True in ``mask`` marks padding, SDPA's True keeps.
+        samples = max(q.shape[0], k.shape[0], v.shape[0])
+        q, k, v = (t.expand(samples, *t.shape[1:]).flatten(0, 1) for t in (q, k, v))  # (S·N, heads, L, d/heads)
+        keep = (~mask).expand(samples, *mask.shape).flatten(0, 1)  # (S·N, 1, 1, L)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        attended = attended.unflatten(0, (samples, -1)).transpose(-2, -3).flatten(-2)  # (S, N, Lq, d)
         h = (h[:, :, :1] if first_only else h) + apply_map(maps["attention_output"], attended, weights.attention_output)
         x = MemberLayerNorm.propagate(h, weights.feedforward_norm)
         inner = self.activation(apply_map(maps["feedforward_in"], x, weights.feedforward_in))
