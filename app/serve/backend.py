@@ -31,6 +31,17 @@ LENGTHS_INPUT = "lengths"  # /v2's input of each sequence's steps (api/v2_sequen
 STEPS_INPUT = "steps"  # /v2's [N, T, F] input of the numeric per-step features, packed
 
 
+def check_not_text(folder: object, manifest: Manifest) -> None:
+    """CheckpointError for a text model (a Transformer): this version trains and evaluates them but does not
+    serve them yet, and says so rather than failing on the first request."""
+    if manifest.text is not None:
+        raise CheckpointError(
+            f"{folder}/manifest.json",
+            "a text model (Transformer): this version of sbnn trains and evaluates text models but does not serve "
+            "them yet (docs/text.md)",
+        )
+
+
 def check_sequence_servable(folder: object, manifest: Manifest) -> None:
     """CheckpointError for a sequence model whose feature names clash with the /v2 wire format: its inputs are
     the per-step features plus ``lengths``, so no feature may be called that."""

@@ -39,6 +39,7 @@ from app.serve.backend import (
     BackendKind,
     Cost,
     Scores,
+    check_not_text,
     estimated_cost,
     seconds_per_row_sample,
 )
@@ -67,6 +68,7 @@ class OnnxBackend:
         except ImportError as exc:
             raise CheckpointError(str(folder), "the onnx backend needs onnxruntime: pip install 'sbnn[onnx]'") from exc
         manifest = read_manifest(folder)
+        check_not_text(folder, manifest)
         verified_weights_bytes(Path(folder), manifest)  # the export belongs to these very weights
         if manifest.onnx is None:
             raise CheckpointError(str(folder / "manifest.json"), "no ONNX export (run `sbnn export-onnx` first)")

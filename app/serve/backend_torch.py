@@ -17,7 +17,7 @@ from app.bnn.plan import Plan, largest_error, piece_samples, run_to_end, summary
 from app.bnn.predictive import Predictive, decompose_with_error
 from app.bnn.recurrent import BayesianLSTM
 from app.bnn.spec import Sampler
-from app.checkpoint.io import load_checkpoint
+from app.checkpoint.io import load_checkpoint, read_manifest
 from app.checkpoint.manifest import Manifest, TaskType
 from app.errors import CheckpointError
 from app.serve.backend import (
@@ -25,6 +25,7 @@ from app.serve.backend import (
     BackendKind,
     Cost,
     Scores,
+    check_not_text,
     estimated_cost,
     seconds_per_row_sample,
 )
@@ -97,6 +98,7 @@ class TorchBackend:
         """Verify and load the checkpoint, build its engine (and bank), run every sampler once; a sequence
         checkpoint gets the sequence backend (app.serve.backend_sequence), a regression MLP its own
         (app.serve.backend_regression)."""
+        check_not_text(folder, read_manifest(folder))  # before its weights are read: it cannot be served
         checkpoint = load_checkpoint(folder, device=device)
         manifest = checkpoint.manifest
         bank = manifest.default_samples if bank_samples is None else bank_samples

@@ -129,3 +129,17 @@ def test_evaluation_reports_the_task_and_every_ood_set(folder: Path) -> None:
     card = (folder / "card.md").read_text()
     assert "from a short text" in card and "Text schema" in card and "first **32 tokens**" in card
     assert {p.name for p in written} == {"metrics.json", "card.md"}
+
+
+def test_the_server_refuses_a_text_model_by_name(folder: Path) -> None:
+    """Serving text is not built yet: both backends refuse the checkpoint with a message saying so (the
+    repository then lists the model as failed with that message), before reading its weights."""
+    import torch
+
+    from app.serve.backend_onnx import OnnxBackend
+    from app.serve.backend_torch import TorchBackend
+
+    with pytest.raises(CheckpointError, match="does not serve them yet"):
+        TorchBackend.load(folder, torch.device("cpu"), None, 0)
+    with pytest.raises(CheckpointError, match="does not serve them yet"):
+        OnnxBackend.load(folder)
