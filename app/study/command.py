@@ -35,14 +35,15 @@ def compare(
     dataset: Annotated[
         str,
         typer.Option(
-            help="flchain (the MLP study: docs/results.md), or pm25 / pbcseq (the recurrent study: "
-            "docs/results-<data>.md; runs under runs/compare-<data>)."
+            help="flchain (the MLP study: docs/results.md), pm25 / pbcseq (the recurrent study) or "
+            "rotten-tomatoes (the Transformer study): docs/results-<data>.md, runs under runs/compare-<data>."
         ),
     ] = "flchain",
 ) -> None:
     """Train every kind on flchain with the same budget over several seeds (resumable), then write
     docs/results.md with tables, claims and figures, and save the best model of each kind; with --dataset
-    pm25 or pbcseq, the paper's recurrent comparison (LSTMs) and its report instead."""
+    pm25 or pbcseq, the paper's recurrent comparison (LSTMs), with rotten-tomatoes its attention comparison
+    (Transformers), and its report instead."""
     import time
 
     import torch
@@ -86,7 +87,8 @@ def compare(
 def _compare_sequences(
     dataset: str, out: Path | None, docs: Path | None, seeds: int | None, epochs: int | None, skip: bool, quick: bool
 ) -> None:
-    """The recurrent study on ``dataset`` (pm25 or pbcseq): its runs, then docs/results-<dataset>.md."""
+    """The recurrent study on ``dataset`` (pm25 or pbcseq), or the Transformer study (rotten-tomatoes): its runs,
+    then docs/results-<dataset>.md."""
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -96,19 +98,29 @@ def _compare_sequences(
     from app.study.runs import RichReporter
     from app.study.sequence_report import write_sequence_results
     from app.study.sequences import make_sequence_plan, run_sequence_comparison
+    from app.study.texts import make_text_plan, run_text_comparison
 
-    if dataset not in BUNDLED_SEQUENCES:
-        available = ", ".join(("flchain", *BUNDLED_SEQUENCES))
+    text = dataset == "rotten-tomatoes"
+    if dataset not in BUNDLED_SEQUENCES and not text:
+        available = ", ".join(("flchain", *BUNDLED_SEQUENCES, "rotten-tomatoes"))
         raise typer.BadParameter(f"unknown data set {dataset!r}; available: {available}", param_hint="--dataset")
     out = out or Path(f"runs/compare-{dataset}{'-quick' if quick else ''}")
     docs = docs or (out / "docs" if quick else Path("docs"))
     started = time.perf_counter()
-    with guard("compare", "train", *(["data"] if dataset == "pbcseq" else [])):
-        plan = make_sequence_plan(seeds=seeds, epochs=epochs, ablation=not skip, quick=quick)
-        data = load_bundled_sequences(dataset, seed=0)  # the fixed split: only the training seed varies
+    with guard("compare", "train", *(["data"] if dataset in ("pbcseq", "rotten-tomatoes") else [])):
+        make_plan, run = (
+            (make_text_plan, run_text_comparison) if text else (make_sequence_plan, run_sequence_comparison)
+        )
+        plan = make_plan(seeds=seeds, epochs=epochs, ablation=not skip, quick=quick)
+        if text:
+            from app.data.rotten_tomatoes import load_rotten_tomatoes
+
+            data = load_rotten_tomatoes(seed=0)  # the fixed split by movie: only the training seed varies
+        else:
+            data = load_bundled_sequences(dataset, seed=0)  # the fixed split: only the training seed varies
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=False) as progress:
-            outcomes = run_sequence_comparison(plan, data, out, ablation=not skip, reporter=RichReporter(progress))
+            outcomes = run(plan, data, out, ablation=not skip, reporter=RichReporter(progress))  # type: ignore[arg-type]
         numbers = write_sequence_results(
             plan, out, docs, dataset, data.is_regression, command_line(), ablation=not skip
         )

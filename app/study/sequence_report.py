@@ -27,6 +27,16 @@ PAPER_PM25 = {
     "lowrank": {"parameters": "47K", "MAE": "10.63 µg/m³", "PICP": "0.79", "OOD AUROC": "0.71"},
     "fullrank": {"parameters": "132K", "MAE": "—", "PICP": "—", "OOD AUROC": "0.49"},
 }
+# The paper's Transformer on SST-2 (../shared/paper-notes.md): its data (SST-2), OOD set (news) and 4 × 256 model.
+PAPER_SST2 = {
+    "lowrank": {"parameters": "1.47M", "accuracy": "0.806", "OOD AUROC": "0.640"},
+    "fullrank": {"parameters": "19.8M", "accuracy": "—", "OOD AUROC": "—"},
+    "ensemble": {"parameters": "49.6M", "accuracy": "—", "OOD AUROC": "—"},
+}
+TEXT_PARAMETER_RATIO = 10.0  # issue 18: low-rank at ≥ 10× fewer parameters than full-rank BBB
+ACCURACY_WITHIN = 0.02  # at an accuracy within 2 points of it
+TEXT_STUDIES = ("rotten-tomatoes",)
+NEAR_OOD = "plot-synopses"  # the near-OOD set whose AUROC is set against the paper's 0.640
 PICP90_TARGET = (0.85, 0.95)  # the issue's target for PM2.5's 90% intervals
 RMSE_WITHIN = 0.05  # low-rank's RMSE within 5% of full-rank's
 PARAMETER_RATIO = 3.0  # at ≥ 3× fewer parameters
@@ -55,6 +65,35 @@ def summarise_label(results: Sequence[dict[str, Any]], regression: bool) -> dict
         "wall_seconds": mean_std([r["wall_seconds"] for r in results]),
     }
     return summary
+
+
+def text_verdicts(summary: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+    """Issue 18's claims on the text study, checked against the means."""
+    if "lowrank" not in summary or "fullrank" not in summary:
+        return []
+    low, full = summary["lowrank"], summary["fullrank"]
+    ratio = full["parameter_count"]["mean"] / low["parameter_count"]["mean"]
+    gap = low["test"]["accuracy"]["mean"] - full["test"]["accuracy"]["mean"]
+    claims = [
+        {
+            "statement": f"low-rank uses ≥ {TEXT_PARAMETER_RATIO:g}× fewer parameters than full-rank BBB at an "
+            f"accuracy within {100 * ACCURACY_WITHIN:g} points of it",
+            "figures": f"{ratio:.2f}× fewer; accuracy {100 * gap:+.1f} points relative to full-rank",
+            "verdict": "holds" if ratio >= TEXT_PARAMETER_RATIO and gap >= -ACCURACY_WITHIN else "does not hold",
+        }
+    ]
+    near = low["ood"].get(NEAR_OOD)
+    if near is not None:
+        auroc = near["auroc"]["mutual_information"]["mean"]
+        claims.append(
+            {
+                "statement": f"low-rank's near-OOD AUROC ({NEAR_OOD}, mutual information) against the paper's "
+                "0.640 (SST-2 against news)",
+                "figures": f"{auroc:.3f} (gate {near['auroc']['gate']['mean']:.3f})",
+                "verdict": "at or above the paper's" if auroc >= 0.640 else "below the paper's",
+            }
+        )
+    return claims
 
 
 def verdicts(summary: dict[str, dict[str, Any]], regression: bool) -> list[dict[str, str]]:
@@ -92,10 +131,10 @@ def original_scale_mae(folders: Sequence[Path]) -> dict[str, float]:
 
 
 def aggregate_sequence_study(
-    plan: StudyPlan, out: Path, regression: bool, ablation: bool, log1p_target: bool = False
+    plan: StudyPlan, out: Path, regression: bool, ablation: bool, log1p_target: bool = False, text: bool = False
 ) -> dict[str, Any]:
-    """Every label's summary, the rank ablation (rank -> its run's numbers at seed 0) and the verdicts;
-    ``log1p_target``: the target is log(1 + y), so the MAE is also given in y's own unit."""
+    """Every label's summary, the rank ablation (rank -> its run's numbers at seed 0) and the verdicts (``text``:
+    the text study's); ``log1p_target``: the target is log(1 + y), so the MAE is also given in y's own unit."""
     comparison = plan.comparison_runs(out)
     grouped = load_results(comparison)
     summary = {v.label: summarise_label(grouped[v.label], regression) for v in plan.variants}
@@ -109,7 +148,8 @@ def aggregate_sequence_study(
         if result is not None:
             ranks[point.rank] = summarise_label([result], regression)
     unit = grouped[plan.variants[0].label][0]["metrics"].get("unit")
-    return {"summary": summary, "ablation": ranks, "verdicts": verdicts(summary, regression), "unit": unit}
+    claims = text_verdicts(summary) if text else verdicts(summary, regression)
+    return {"summary": summary, "ablation": ranks, "verdicts": claims, "unit": unit}
 
 
 def render_sequence_markdown(name: str, numbers: dict[str, Any], regression: bool, command: str) -> str:
@@ -122,7 +162,8 @@ def render_sequence_markdown(name: str, numbers: dict[str, Any], regression: boo
     seeds = numbers.get("seeds") or []
     over = f"the {len(seeds)} seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]} alone"
     over = over if seeds else "seeds"
-    lines = [f"# Recurrent comparison: {name}\n", f"Command: `{command}`. Mean ± std over {over}.\n"]
+    study = "Transformer" if name in TEXT_STUDIES else "Recurrent"
+    lines = [f"# {study} comparison: {name}\n", f"Command: `{command}`. Mean ± std over {over}.\n"]
     if numbers.get("unit"):
         lines.append(
             f"Errors and interval widths in the target's unit, `{numbers['unit']}`"
@@ -162,6 +203,10 @@ def render_sequence_markdown(name: str, numbers: dict[str, Any], regression: boo
         lines.append("## The paper's figures (its units and OOD set: another city)\n")
         paper_rows = [[k, *v.values()] for k, v in PAPER_PM25.items()]
         lines.append(table(["kind", "parameters", "MAE", "PICP", "OOD AUROC"], paper_rows))
+    if name in TEXT_STUDIES:
+        lines.append("## The paper's figures (SST-2; its OOD set: news articles; 4 blocks of d_model 256)\n")
+        paper_rows = [[k, *v.values()] for k, v in PAPER_SST2.items()]
+        lines.append(table(["kind", "parameters", "accuracy", "OOD AUROC"], paper_rows))
     if numbers["verdicts"]:
         lines.append("## Verdicts\n")
         lines.append(table(["claim", "figures", "verdict"], [list(v.values()) for v in numbers["verdicts"]], "l"))
@@ -172,7 +217,8 @@ def write_sequence_results(
     plan: StudyPlan, out: Path, docs: Path, name: str, regression: bool, command: str, ablation: bool = True
 ) -> dict[str, Any]:
     """Write ``docs/results-<name>.md`` and ``docs/results/<name>.json``; returns the numbers."""
-    numbers = aggregate_sequence_study(plan, Path(out), regression, ablation, log1p_target=name == "pm25")
+    text = name in TEXT_STUDIES
+    numbers = aggregate_sequence_study(plan, Path(out), regression, ablation, log1p_target=name == "pm25", text=text)
     numbers["seeds"] = list(plan.seeds)
     docs = Path(docs)
     (docs / "results").mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ import numpy as np
 
 from app.bnn.spec import LayerKind
 from app.data.sequence import SequenceDataset
+from app.data.text import TextDataset
 from app.study.design import EVALUATION_SEED, RunSpec, StudyPlan, Variant
 from app.study.runs import SCORES_FILE, Reporter, RunOutcome, finished_run, record_run, run_comparison
 from app.train.loop import EpochLog
@@ -53,7 +54,7 @@ def make_sequence_plan(
     )
 
 
-def _score_arrays(scored: Any, dataset: SequenceDataset) -> dict[str, np.ndarray]:
+def score_arrays(scored: Any, dataset: SequenceDataset | TextDataset) -> dict[str, np.ndarray]:
     """Per-sequence test and OOD scores for later figures: targets, the predictive mean (regression) or the
     probabilities (classifier), the epistemic score and the gate's ranking."""
     test = scored.test.predictions
@@ -85,7 +86,7 @@ def run_sequence_one(
     scored = score_sequence_sets(checkpoint, dataset, seed=EVALUATION_SEED)
     metrics = evaluate_sequences(checkpoint, dataset, scored=scored)
     with open(run.folder / SCORES_FILE, "wb") as handle:
-        np.savez_compressed(handle, **_score_arrays(scored, dataset))
+        np.savez_compressed(handle, **score_arrays(scored, dataset))
     return record_run(run, manifest, trained, metrics, started)
 
 

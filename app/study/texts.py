@@ -1,0 +1,89 @@
+"""The paper's attention comparison, re-measured: ``sbnn compare --dataset rotten-tomatoes``.
+
+Low-rank against full-rank Bayes by Backprop, a deep ensemble and MC dropout, every one the default text
+Transformer (2 blocks of d_model 64, 4 heads, d_ff 128, the tokenizer of 8,000 WordPiece tokens), trained with
+the same budget over several seeds on one fixed split by movie, plus the low-rank rank ablation at seed 0. Each
+run trains into its folder with :func:`~app.train.text_pipeline.train_text_checkpoint`, is evaluated with
+:func:`~app.evaluate.sequence_evaluate.evaluate_sequences` and leaves ``result.json`` and ``scores.npz`` there, so
+an interrupted study resumes, as the recurrent study does (:mod:`app.study.sequences`); the report is
+:mod:`app.study.sequence_report`'s, with the paper's SST-2 figures and the text verdicts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from app.bnn.spec import Activation, LayerKind
+from app.data.text import TextDataset
+from app.study.design import EVALUATION_SEED, RunSpec, StudyPlan, Variant
+from app.study.runs import SCORES_FILE, Reporter, RunOutcome, finished_run, record_run, run_comparison
+from app.study.sequences import score_arrays
+from app.train.loop import EpochLog
+
+TEXT_COMPARISON: tuple[Variant, ...] = (
+    Variant(
+        "lowrank",
+        {"kind": LayerKind.LOWRANK},
+        description="singular BNN: embedding, Q/K/V, feed-forward and head low rank (the paper's choice)",
+    ),
+    Variant("fullrank", {"kind": LayerKind.FULLRANK}, description="mean-field Bayes by Backprop on the same maps"),
+    Variant("ensemble", {"kind": LayerKind.ENSEMBLE, "members": 5}, description="deep ensemble of 5"),
+    Variant("mcdropout", {"kind": LayerKind.MCDROPOUT}, description="MC dropout, p = 0.1 on the same maps"),
+)
+RANK = 16  # the paper's r = 16 for its attention maps
+TEXT_SHARED = {
+    "rank": RANK,
+    "beta": 0.001,  # the paper's text β
+    "activation": Activation.GELU,
+    "patience": 5,
+    "val_samples": 16,
+}
+
+
+def make_text_plan(
+    seeds: int | None = None, epochs: int | None = None, ablation: bool = True, quick: bool = False
+) -> StudyPlan:
+    """The text study: 3 seeds (quick: 2), at most 30 epochs with patience 5 (quick: 2), S = 200 (the paper's
+    for its Transformer; quick: 16), ranks 2, 4, 8, 16 and 32 at seed 0 (quick: 2 and 16)."""
+    if seeds is not None and seeds < 1:
+        raise ValueError(f"seeds must be ≥ 1, got {seeds}")
+    chosen = tuple(range(seeds if seeds is not None else (2 if quick else 3)))
+    return StudyPlan(
+        seeds=chosen,
+        ablation_seeds=chosen[:1] if ablation else (),
+        variants=TEXT_COMPARISON,
+        ablation_ranks=() if not ablation else ((2, 16) if quick else (2, 4, 8, 16, 32)),
+        epochs=epochs if epochs is not None else (2 if quick else 30),
+        hidden=(16, 16) if quick else (64, 64),
+        samples=16 if quick else 200,
+        shared={**TEXT_SHARED, "kl_warmup_epochs": 1 if quick else 2},
+    )
+
+
+def run_text_one(run: RunSpec, dataset: TextDataset, on_epoch: Callable[[EpochLog], None] | None = None) -> RunOutcome:
+    """Train ``run`` into its folder and evaluate it, or read its result if it already finished."""
+    from app.checkpoint.io import load_checkpoint
+    from app.evaluate.sequence_evaluate import evaluate_sequences, score_sequence_sets
+    from app.train.text_pipeline import train_text_checkpoint
+
+    started = time.perf_counter()
+    if (done := finished_run(run, started)) is not None:
+        return done
+    manifest, trained = train_text_checkpoint(dataset, run.config, run.folder, on_epoch=on_epoch)
+    checkpoint = load_checkpoint(run.folder)
+    scored = score_sequence_sets(checkpoint, dataset, seed=EVALUATION_SEED)
+    metrics = evaluate_sequences(checkpoint, dataset, scored=scored)
+    with open(run.folder / SCORES_FILE, "wb") as handle:
+        np.savez_compressed(handle, **score_arrays(scored, dataset))
+    return record_run(run, manifest, trained, metrics, started)
+
+
+def run_text_comparison(
+    plan: StudyPlan, dataset: TextDataset, out: str | Path, ablation: bool = True, reporter: Reporter | None = None
+) -> list[RunOutcome]:
+    """Train and evaluate every run of ``plan`` under ``out`` (skipping finished ones), in order."""
+    return run_comparison(plan, dataset, out, ablation, reporter, run_one=run_text_one)  # type: ignore[arg-type]
