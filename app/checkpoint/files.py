@@ -12,7 +12,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import ValidationError
 
@@ -25,10 +25,12 @@ from app.checkpoint.manifest import (
     OnnxLocal,
     OnnxSampling,
 )
-from app.data.tokenizer import TextEncoder
 from app.errors import CheckpointError
 from app.gate.gate import Gate, GateTensorError, GateTensors, Screening, thresholds_for
 from app.gate.text import TextScreening
+
+if TYPE_CHECKING:
+    from app.data.tokenizer import TextEncoder
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib")
@@ -219,7 +221,10 @@ def read_gate(folder: str | Path, manifest: Manifest) -> Gate:
 
 
 def read_tokenizer(folder: str | Path, manifest: Manifest) -> TextEncoder:
-    """A text network's tokenizer, from its JSON file after its name, size and sha256 were checked."""
+    """A text network's tokenizer, from its JSON file after its name, size and sha256 were checked (the
+    ``tokenizers`` package comes with the ``train`` extra)."""
+    from app.data.tokenizer import TextEncoder
+
     folder = Path(folder)
     if manifest.text is None:
         raise CheckpointError(str(folder / MANIFEST_FILE), "not a text network: it has no tokenizer")

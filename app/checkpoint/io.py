@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
@@ -28,9 +29,11 @@ from app.checkpoint.files import (  # noqa: F401 - re-exported for callers of th
     write_manifest,
 )
 from app.checkpoint.manifest import FORMAT_NAME, WEIGHTS_FILE, Manifest
-from app.data.tokenizer import TextEncoder
 from app.errors import CheckpointError
 from app.gate.gate import Gate, GateTensors
+
+if TYPE_CHECKING:
+    from app.data.tokenizer import TextEncoder
 
 Network = BayesianMLP | BayesianLSTM | BayesianTransformer
 

@@ -15,12 +15,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.data.tokenizer import EncodedTexts
 from app.gate.gate import Screen
 from app.gate.spec import Component
+
+if TYPE_CHECKING:  # tokenizers comes with the train extra; the screen reads its output's arrays only
+    from app.data.tokenizer import EncodedTexts
 
 MIN_WORDS = 3  # a text of fewer words has too few to tell a rate (one rare word is 100% out of vocabulary)
 
