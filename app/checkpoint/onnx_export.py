@@ -187,6 +187,10 @@ def export_onnx(
             raise  # onnx itself missing: the command line names the extra
         raise MissingExtra("onnxscript", "onnx", "the ONNX export") from exc
     opset = max(opset, DEFAULT_OPSET)
+    if checkpoint.manifest.text is not None:  # a Transformer: (ids, lengths) -> logits per sample and features
+        from app.checkpoint.onnx_text import export_text_onnx
+
+        return export_text_onnx(checkpoint, samples, seed, opset, tolerance)
     if checkpoint.manifest.sequence is not None:  # an LSTM: its own graph (x, lengths) -> per-sample outputs
         from app.checkpoint.onnx_sequence import export_sequence_onnx
 
