@@ -382,8 +382,8 @@ def export_onnx_command(
             f"({info.sampling.bytes / 1e3:.0f} KB, {len(info.sampling.inputs)} noise inputs); matches torch on "
             f"shared noise within {info.sampling.max_abs_diff:.2g}"
         )
-    elif checkpoint.manifest.sequence is not None or checkpoint.manifest.task.type.value == "regression":
-        what = "sequence model" if checkpoint.manifest.sequence is not None else "regression MLP"
+    elif (m := checkpoint.manifest).sequence is not None or m.text is not None or m.task.type.value == "regression":
+        what = "sequence model" if m.sequence is not None else "text model" if m.text is not None else "regression MLP"
         console.print(f"no sampling graph: a {what} exports its frozen bank only")
     else:
         console.print(
