@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,20 +26,10 @@ from app.bnn.network import parameter_count  # noqa: E402
 from app.bnn.sequence_engine import SequenceMonteCarloEngine, slice_draw  # noqa: E402
 from app.bnn.spec import LayerKind, Sampler, TextNetworkSpec  # noqa: E402
 from app.bnn.transformer import BayesianTransformer, TransformerSample  # noqa: E402
+from bench.sequence_engine import timed  # noqa: E402
 
 SAMPLES, TOKENS, VOCAB = 64, 32, 8000
 KINDS = (LayerKind.LOWRANK, LayerKind.FULLRANK, LayerKind.MCDROPOUT)
-
-
-def timed(call: Callable[[], object], repeats: int) -> float:
-    """Median milliseconds of ``repeats`` calls after one warm-up call."""
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 @torch.no_grad()

@@ -74,14 +74,26 @@ def run_sequence_one(
     run: RunSpec, dataset: SequenceDataset, on_epoch: Callable[[EpochLog], None] | None = None
 ) -> RunOutcome:
     """Train ``run`` into its folder and evaluate it, or read its result if it already finished."""
+    from app.train.sequence_pipeline import train_sequence_checkpoint
+
+    return train_and_evaluate(run, dataset, train_sequence_checkpoint, on_epoch)
+
+
+def train_and_evaluate(
+    run: RunSpec,
+    dataset: SequenceDataset | TextDataset,
+    train: Callable[..., tuple[Any, Any]],
+    on_epoch: Callable[[EpochLog], None] | None = None,
+) -> RunOutcome:
+    """``train`` (a ``train_*_checkpoint`` of the data set's kind) ``run`` into its folder, evaluate it as served
+    and leave its records, or read its result if it already finished."""
     from app.checkpoint.io import load_checkpoint
     from app.evaluate.sequence_evaluate import evaluate_sequences, score_sequence_sets
-    from app.train.sequence_pipeline import train_sequence_checkpoint
 
     started = time.perf_counter()
     if (done := finished_run(run, started)) is not None:
         return done
-    manifest, trained = train_sequence_checkpoint(dataset, run.config, run.folder, on_epoch=on_epoch)
+    manifest, trained = train(dataset, run.config, run.folder, on_epoch=on_epoch)
     checkpoint = load_checkpoint(run.folder)
     scored = score_sequence_sets(checkpoint, dataset, seed=EVALUATION_SEED)
     metrics = evaluate_sequences(checkpoint, dataset, scored=scored)

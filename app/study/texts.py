@@ -11,17 +11,14 @@ an interrupted study resumes, as the recurrent study does (:mod:`app.study.seque
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from app.bnn.spec import Activation, LayerKind
 from app.data.text import TextDataset
-from app.study.design import EVALUATION_SEED, RunSpec, StudyPlan, Variant
-from app.study.runs import SCORES_FILE, Reporter, RunOutcome, finished_run, record_run, run_comparison
-from app.study.sequences import score_arrays
+from app.study.design import RunSpec, StudyPlan, Variant
+from app.study.runs import Reporter, RunOutcome, run_comparison
+from app.study.sequences import train_and_evaluate
 from app.train.loop import EpochLog
 
 TEXT_COMPARISON: tuple[Variant, ...] = (
@@ -66,20 +63,9 @@ def make_text_plan(
 
 def run_text_one(run: RunSpec, dataset: TextDataset, on_epoch: Callable[[EpochLog], None] | None = None) -> RunOutcome:
     """Train ``run`` into its folder and evaluate it, or read its result if it already finished."""
-    from app.checkpoint.io import load_checkpoint
-    from app.evaluate.sequence_evaluate import evaluate_sequences, score_sequence_sets
     from app.train.text_pipeline import train_text_checkpoint
 
-    started = time.perf_counter()
-    if (done := finished_run(run, started)) is not None:
-        return done
-    manifest, trained = train_text_checkpoint(dataset, run.config, run.folder, on_epoch=on_epoch)
-    checkpoint = load_checkpoint(run.folder)
-    scored = score_sequence_sets(checkpoint, dataset, seed=EVALUATION_SEED)
-    metrics = evaluate_sequences(checkpoint, dataset, scored=scored)
-    with open(run.folder / SCORES_FILE, "wb") as handle:
-        np.savez_compressed(handle, **score_arrays(scored, dataset))
-    return record_run(run, manifest, trained, metrics, started)
+    return train_and_evaluate(run, dataset, train_text_checkpoint, on_epoch)
 
 
 def run_text_comparison(

@@ -53,11 +53,15 @@ def build_sequence_spec(config: TrainConfig, in_features: int, classes: int | No
         "dropout": config.dropout,
         "members": config.members,
     }
-    shapes = SequenceNetworkSpec(**common).map_shapes()
-    ranks = None
-    if config.kind is LayerKind.LOWRANK:
-        ranks = config.ranks or [min(config.rank, n, m) for n, m in shapes[:-1]] + [min(shapes[-1])]
-    return SequenceNetworkSpec(**common, ranks=ranks)
+    return SequenceNetworkSpec(**common, ranks=map_ranks(config, SequenceNetworkSpec(**common).map_shapes()))
+
+
+def map_ranks(config: TrainConfig, shapes: list[tuple[int, int]]) -> list[int] | None:
+    """A low-rank network's rank per map: ``config.ranks``, or ``config.rank`` for every map but the head (each
+    capped at min(m, n)) and the head at its full rank; None for the other kinds."""
+    if config.kind is not LayerKind.LOWRANK:
+        return None
+    return config.ranks or [min(config.rank, n, m) for n, m in shapes[:-1]] + [min(shapes[-1])]
 
 
 def sequence_validation_nll(

@@ -14,12 +14,12 @@ from torch import Tensor
 from app.bnn.init import InitSpec
 from app.bnn.priors import PriorSpec
 from app.bnn.sequence_engine import SequenceMonteCarloEngine
-from app.bnn.spec import LayerKind, Likelihood, TextNetworkSpec
+from app.bnn.spec import Likelihood, TextNetworkSpec
 from app.bnn.transformer import BayesianTransformer
 from app.device import resolve_device
 from app.train.config import TrainConfig
 from app.train.loop import EpochLog, Objective, TrainResult, fit, head_nll, training_targets
-from app.train.sequence_loop import sequence_validation_nll
+from app.train.sequence_loop import map_ranks, sequence_validation_nll
 
 HEADS = 4  # the paper's text model has 4 heads (d_model 256); kept for every width that 4 divides
 FEEDFORWARD_RATIO = 2  # d_ff / d_model: the paper's 512 / 256
@@ -51,11 +51,7 @@ def build_text_spec(config: TrainConfig, vocab_size: int, max_length: int, class
         "dropout": config.dropout,
         "members": config.members,
     }
-    shapes = TextNetworkSpec(**common).map_shapes()
-    ranks = None
-    if config.kind is LayerKind.LOWRANK:
-        ranks = config.ranks or [min(config.rank, n, m) for n, m in shapes[:-1]] + [min(shapes[-1])]
-    return TextNetworkSpec(**common, ranks=ranks)
+    return TextNetworkSpec(**common, ranks=map_ranks(config, TextNetworkSpec(**common).map_shapes()))
 
 
 def train_text(
