@@ -87,6 +87,24 @@ def bank_bytes(bank: SequenceSample) -> int:
     return sum(t.numel() * t.element_size() for s in _flat_samples(bank) for t in s if t is not None)
 
 
+def check_bank_fits(path: object, samples: int, size: int) -> None:
+    """CheckpointError unless a bank of ``size`` bytes of constants fits one ONNX protobuf."""
+    if size > MAX_CONSTANT_BYTES:
+        raise CheckpointError(
+            str(path),
+            f"a bank of {samples} samples is {size / 1e9:.2f} GB of constants, over the 2 GiB an ONNX file "
+            "holds; export fewer samples (--samples)",
+        )
+
+
+def check_within(path: object, worst: float, tolerance: float) -> None:
+    """CheckpointError unless onnxruntime matched torch within ``tolerance`` (NaN fails too): nothing written."""
+    if not worst <= tolerance:
+        raise CheckpointError(
+            str(path), f"onnxruntime and torch differ by {worst:.3g} > tolerance {tolerance:g}; not written"
+        )
+
+
 def sequence_bank_graph(model: BayesianLSTM, bank: SequenceSample, steps: int, opset: int = DEFAULT_OPSET) -> bytes:
     """The frozen-bank graph of ``model`` (on the CPU) over ``bank`` as ONNX bytes (not validated): inputs
     ``x`` (N, ``steps``, d) and ``lengths`` (N,), output ``head_outputs`` (S, N, k), N free."""
@@ -145,20 +163,11 @@ def export_sequence_onnx(
     # The engine draws the bank exactly as the serving engine does: the graph's constants are its tensors.
     engine = SequenceMonteCarloEngine(model, samples, seed)
     assert engine._bank is not None  # samples ≥ 1
-    size = bank_bytes(engine._bank)
-    if size > MAX_CONSTANT_BYTES:
-        raise CheckpointError(
-            str(path),
-            f"a bank of {samples} samples is {size / 1e9:.2f} GB of constants, over the 2 GiB an ONNX file "
-            "holds; export fewer samples (--samples)",
-        )
+    check_bank_fits(path, samples, bank_bytes(engine._bank))
     steps = manifest.sequence.max_length
     data = sequence_bank_graph(model, engine._bank, steps, opset)
     worst = _validate(data, engine, samples, *sequence_reference_inputs(checkpoint), ort)
-    if not worst <= tolerance:
-        raise CheckpointError(
-            str(path), f"onnxruntime and torch differ by {worst:.3g} > tolerance {tolerance:g}; not written"
-        )
+    check_within(path, worst, tolerance)
     return write_bank_export(checkpoint, data, samples, seed, tolerance, worst, ort.__version__)
 
 

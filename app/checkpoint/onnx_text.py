@@ -25,7 +25,7 @@ from app.bnn.transformer import BayesianTransformer, MemberLayerNorm, Transforme
 from app.checkpoint.io import Checkpoint
 from app.checkpoint.noise import HEAD_OUTPUT
 from app.checkpoint.onnx_export import DEFAULT_OPSET, ONNX_FILE, ExportReport, _to_onnx, write_bank_export
-from app.checkpoint.onnx_sequence import MAX_CONSTANT_BYTES
+from app.checkpoint.onnx_sequence import check_bank_fits, check_within
 from app.errors import CheckpointError, MissingExtra
 
 TEXT_INPUTS = ["ids", "lengths"]
@@ -128,13 +128,7 @@ def export_text_onnx(
     engine = SequenceMonteCarloEngine(model, samples, seed)
     assert engine._bank is not None  # samples ≥ 1
     mean = model.mean_sample()
-    size = sum(t.numel() * t.element_size() for t in flatten(engine._bank)[0] + flatten(mean)[0])
-    if size > MAX_CONSTANT_BYTES:
-        raise CheckpointError(
-            str(path),
-            f"a bank of {samples} samples is {size / 1e9:.2f} GB of constants, over the 2 GiB an ONNX file "
-            "holds; export fewer samples (--samples)",
-        )
+    check_bank_fits(path, samples, sum(t.numel() * t.element_size() for t in flatten((engine._bank, mean))[0]))
     steps = manifest.text.max_length
     rows, length = torch.export.Dim("rows"), torch.export.Dim("length", min=2, max=steps)
     example = (torch.full((2, steps), 2, dtype=torch.int64), torch.tensor([steps, 1], dtype=torch.int64))
@@ -147,10 +141,7 @@ def export_text_onnx(
         opset,
     )
     worst = _validate(data, model, engine, mean, samples, *text_reference_inputs(checkpoint), ort)
-    if not worst <= tolerance:
-        raise CheckpointError(
-            str(path), f"onnxruntime and torch differ by {worst:.3g} > tolerance {tolerance:g}; not written"
-        )
+    check_within(path, worst, tolerance)
     return write_bank_export(checkpoint, data, samples, seed, tolerance, worst, ort.__version__)
 
 
