@@ -129,7 +129,7 @@ def score_sequence_sets(
 
     def scored(key: str, what: str, split: SequenceSplit | Split | TextSplit) -> GatedSet:
         if isinstance(split, TextSplit):
-            from app.train.text_pipeline import score_texts  # the text scoring lives with its training
+            from app.evaluate.text_scoring import score_texts  # imports tokenizers: only for text models
 
             assert checkpoint.encoder is not None  # a text checkpoint loads its tokenizer
             if on_step is not None:

@@ -14,17 +14,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from app.bnn.network import parameter_count
 from app.bnn.transformer import BayesianTransformer
 from app.checkpoint.io import save_checkpoint
 from app.checkpoint.manifest import FORMAT_VERSION, Manifest, TaskInfo, TaskType, TextSchema, TokenizerFile, WeightsInfo
 from app.data.text import TextDataset, TextSplit
-from app.data.tokenizer import EncodedTexts, TextEncoder, train_tokenizer
+from app.data.tokenizer import TextEncoder, train_tokenizer
 from app.evaluate.scoring import ScoredSet
 from app.evaluate.sequence_scoring import SequenceBankScorer
+from app.evaluate.text_scoring import encoder_features, score_texts
 from app.gate.gate import Density, GateTensors
 from app.gate.spec import GateSpec
 from app.gate.text import TextScreening, TextSupport
@@ -38,34 +36,6 @@ VOCAB_SIZE = 8000  # WordPiece tokens, specials included: 9.6% of training words
 MAX_LENGTH = 64  # tokens read per text, [CLS] included: 99.9% of the training snippets fit
 MAX_BYTES = 20_000  # a request's text, UTF-8: a long review's few pages; beyond is a 4xx, not an answer
 MAX_TOKENS = 4096  # a request's text before the cut
-FEATURE_BLOCK = 512  # texts per pass of the density's features
-
-
-def encoder_features(model: BayesianTransformer, encoded: EncodedTexts, block: int = FEATURE_BLOCK) -> np.ndarray:
-    """The density's input for encoded texts: (N, d_model) float64 pooled encoder states, ``block`` texts a pass."""
-    device = model.positions.device
-    mean = model.mean_sample()
-    parts = [
-        model.pooled_features(
-            torch.as_tensor(encoded.ids[start : start + block], device=device),
-            torch.as_tensor(encoded.lengths[start : start + block], device=device),
-            mean,
-        )
-        for start in range(0, len(encoded.lengths), block)
-    ]
-    return torch.cat(parts).double().cpu().numpy() if parts else np.zeros((0, model.spec.d_model))
-
-
-def score_texts(
-    scorer: SequenceBankScorer, screening: TextScreening, density: Density, encoded: EncodedTexts
-) -> ScoredSet:
-    """Score encoded texts as the server does: the screen, the density of the pooled encoder state and the
-    bank's predictive (every text, rejected ones too, for evaluation's rankings)."""
-    model = scorer.engine.model
-    assert isinstance(model, BayesianTransformer)
-    screen = screening.screen(encoded)
-    scores = density(encoder_features(model, encoded))
-    return ScoredSet(scorer(encoded.ids, encoded.lengths), scores, screen)
 
 
 def build_text_gate(

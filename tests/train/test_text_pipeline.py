@@ -20,9 +20,10 @@ from app.checkpoint.manifest import Manifest  # noqa: E402
 from app.data.rotten_tomatoes import load_rotten_tomatoes  # noqa: E402
 from app.data.text import TextDataset  # noqa: E402
 from app.errors import CheckpointError  # noqa: E402
+from app.evaluate.text_scoring import encoder_features  # noqa: E402
 from app.gate.gate import Decision  # noqa: E402
 from app.train.config import TrainConfig  # noqa: E402
-from app.train.text_pipeline import encoder_features, train_text_checkpoint  # noqa: E402
+from app.train.text_pipeline import train_text_checkpoint  # noqa: E402
 
 
 def small(dataset: TextDataset, rows: int) -> TextDataset:
