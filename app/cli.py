@@ -8,7 +8,6 @@ written; what the commands share (parsers, messages, progress) is in :mod:`app.c
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -399,10 +398,6 @@ def export_onnx_command(
 
 
 def main() -> None:
-    # MKL's own memory manager kept growing the process (to 24 GB, OOM-killed) while the PM2.5 study scored
-    # thousands of small batched matmuls of a full-rank LSTM; without it the same run stays at 0.7 GB. Set
-    # before torch first loads MKL; a user's own setting wins.
-    os.environ.setdefault("MKL_DISABLE_FAST_MM", "1")
     run(app)
 
 

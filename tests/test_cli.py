@@ -308,19 +308,3 @@ def test_train_a_transformer_on_the_bundled_reviews(tmp_path: Path) -> None:
     assert manifest["training"]["config"]["beta"] == 0.001 and manifest["training"]["config"]["kl_warmup_epochs"] == 2
     assert (manifest["text"]["vocab_size"], manifest["text"]["max_length"]) == (1000, 40)
     assert (out / "tokenizer.json").is_file()
-
-
-def test_the_console_script_turns_off_mkls_memory_manager(monkeypatch: pytest.MonkeyPatch) -> None:
-    """MKL's memory manager grew a study process to 24 GB; `sbnn` turns it off before torch loads, unless the
-    user set it."""
-    import app.cli as cli
-
-    monkeypatch.delenv("MKL_DISABLE_FAST_MM", raising=False)
-    monkeypatch.setattr(cli, "run", lambda app: None)
-    cli.main()
-    import os
-
-    assert os.environ["MKL_DISABLE_FAST_MM"] == "1"
-    monkeypatch.setenv("MKL_DISABLE_FAST_MM", "0")
-    cli.main()
-    assert os.environ["MKL_DISABLE_FAST_MM"] == "0"
