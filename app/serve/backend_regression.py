@@ -21,6 +21,7 @@ from app.bnn._base import LayerSample
 from app.bnn.fused import slice_samples
 from app.bnn.network import BayesianMLP
 from app.bnn.plan import Plan, PlanRefused, bank_or_fresh, run_to_end
+from app.bnn.sequence_engine import place
 from app.bnn.spec import Sampler
 from app.checkpoint.manifest import Manifest
 from app.errors import CheckpointError
@@ -115,11 +116,11 @@ class RegressionTorchBackend:
         assert weights is not None  # plan() refused a bank request without a bank
         rows = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
         block = self._block_rows(plan.samples)
-        parts = []
+        head: torch.Tensor | None = None
         for start in range(0, rows.shape[0], block):
             if start:
                 yield
-            parts.append(self.model.propagate(rows[start : start + block], weights))
-        head = torch.cat(parts, dim=1)
+            head = place(head, self.model.propagate(rows[start : start + block], weights), start, rows.shape[0])
+        assert head is not None  # the data plane sends at least one row
         yield
         return regression_scores(head, plan, *self.target)

@@ -24,7 +24,7 @@ from app.bnn.plan import Plan, PlanRefused, run_to_end
 from app.bnn.predictive import Predictive, class_probabilities
 from app.bnn.recurrent import BayesianLSTM
 from app.bnn.regression import GaussianPredictive
-from app.bnn.sequence_engine import SequenceMonteCarloEngine, slice_draw
+from app.bnn.sequence_engine import SequenceMonteCarloEngine, place, slice_draw
 from app.bnn.spec import Likelihood, Sampler
 from app.checkpoint.manifest import Manifest
 from app.errors import CheckpointError
@@ -157,12 +157,13 @@ class SequenceTorchBackend:
         x = torch.from_numpy(np.ascontiguousarray(inputs.x, dtype=np.float32)).to(device)
         lengths = torch.from_numpy(np.asarray(inputs.lengths, dtype=np.int64)).to(device)
         block = engine.block_rows(plan.samples, x.shape[1])
-        parts = []
+        head: torch.Tensor | None = None
         for start in range(0, x.shape[0], block):
             if start:
                 yield
-            parts.append(self.model.propagate(x[start : start + block], weights, lengths[start : start + block]))
-        head = torch.cat(parts, dim=1)
+            part = self.model.propagate(x[start : start + block], weights, lengths[start : start + block])
+            head = place(head, part, start, x.shape[0])
+        assert head is not None  # the data plane sends at least one sequence
         yield
         if self.regression:
             return regression_scores(head, plan, *self.target)
