@@ -242,13 +242,29 @@ class BayesianTransformer(nn.Module):
             lengths = torch.full((ids.shape[0],), positions, device=ids.device)
         elif not bool(((lengths >= 1) & (lengths <= positions)).all()):
             raise ValueError(f"lengths must be in [1, {positions}]")
-        mask = key_mask(lengths, positions)
-        h = self.embedding.lookup(ids, weights.embedding) + weights.positions[:, :, :positions]
+        return self.logits(ids, weights, key_mask(lengths, positions))
+
+    def _embed(self, ids: Tensor, weights: TransformerSample) -> Tensor:
+        """ids: (N, L) -> (S', N, L, d): token embeddings plus positions."""
+        return self.embedding.lookup(ids, weights.embedding) + weights.positions[:, :, : ids.shape[1]]
+
+    def logits(self, ids: Tensor, weights: TransformerSample, mask: Tensor) -> Tensor:
+        """ids: (N, L), mask (N, 1, 1, L) (``key_mask``) -> (S, N, k): ``propagate`` less its range checks, which
+        the ONNX export cannot trace (app.checkpoint.onnx_text)."""
+        h = self._embed(ids, weights)
         last = len(self.layers) - 1
         for i, (layer, w) in enumerate(zip(self.layers, weights.layers, strict=True)):
             h = layer.propagate(h, w, mask, first_only=i == last)
         cls = MemberLayerNorm.propagate(h, weights.final_norm)[:, :, 0]  # (S, N, d)
         return self.head.propagate(cls, weights.head)
+
+    def pool(self, ids: Tensor, weights: TransformerSample, mask: Tensor) -> Tensor:
+        """ids: (N, L), mask (N, 1, 1, L) -> (N, d): ``pooled_features`` through one given draw."""
+        h = self._embed(ids, weights)
+        for layer, w in zip(self.layers[:-1], weights.layers[:-1], strict=True):
+            h = layer.propagate(h, w, mask)
+        valid = (~mask[:, 0, 0, :]).to(h.dtype).unsqueeze(-1)  # (N, L, 1)
+        return (h[0] * valid).sum(1) / valid.sum(1)
 
     def forward(
         self, ids: Tensor, lengths: Tensor | None = None, samples: int = 1, generator: torch.Generator | None = None
@@ -293,13 +309,7 @@ class BayesianTransformer(nn.Module):
         all but one block; the embeddings for a one-block encoder), averaged over each text's valid positions,
         under ``weights`` (one draw; the posterior mean by default). The gate's density is measured on it."""
         weights = self.mean_sample() if weights is None else weights
-        positions = ids.shape[1]
-        mask = key_mask(lengths, positions)
-        h = self.embedding.lookup(ids, weights.embedding) + weights.positions[:, :, :positions]
-        for layer, w in zip(self.layers[:-1], weights.layers[:-1], strict=True):
-            h = layer.propagate(h, w, mask)
-        valid = (~mask[:, 0, 0, :]).to(h.dtype).unsqueeze(-1)  # (N, L, 1)
-        return (h[0] * valid).sum(1) / valid.sum(1)
+        return self.pool(ids, weights, key_mask(lengths, ids.shape[1]))
 
     @property
     def is_bayesian(self) -> bool:

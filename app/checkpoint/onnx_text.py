@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from app.bnn.sequence_engine import SequenceMonteCarloEngine
 from app.bnn.spec import Sampler
-from app.bnn.transformer import BayesianTransformer, MemberLayerNorm, TransformerSample, key_mask
+from app.bnn.transformer import BayesianTransformer, TransformerSample, key_mask
 from app.checkpoint.io import Checkpoint
 from app.checkpoint.noise import HEAD_OUTPUT
 from app.checkpoint.onnx_export import DEFAULT_OPSET, ONNX_FILE, ExportReport, _to_onnx, write_bank_export
@@ -56,8 +56,9 @@ def flatten(tree: Any) -> tuple[list[Tensor], Callable[[list[Tensor]], Any]]:
 class TextBankOutputs(nn.Module):
     """(ids: (N, L), lengths: (N,)) -> (head outputs (S, N, k), features (N, d)) over a fixed bank.
 
-    ``BayesianTransformer.propagate`` and ``pooled_features`` less their lengths range check, which
-    torch.export cannot trace: the graph trusts ``lengths`` (1 ≤ length ≤ L, as the server guarantees).
+    ``BayesianTransformer.logits`` and ``pool``: ``propagate`` and ``pooled_features`` less their lengths range
+    check, which torch.export cannot trace; the graph trusts ``lengths`` (1 ≤ length ≤ L, as the server
+    guarantees).
     """
 
     def __init__(self, model: BayesianTransformer, bank: TransformerSample, mean: TransformerSample) -> None:
@@ -69,22 +70,9 @@ class TextBankOutputs(nn.Module):
         self.mean_tensors = nn.ParameterList(nn.Parameter(t.detach().clone(), requires_grad=False) for t in mean_leaves)
 
     def forward(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        model = self.model
         weights, mean = self._bank(list(self.bank_tensors)), self._mean(list(self.mean_tensors))
         mask = key_mask(lengths, ids.shape[1])
-        # The density's input: the last block's input under the posterior mean, averaged over the valid positions.
-        h = model.embedding.lookup(ids, mean.embedding) + mean.positions[:, :, : ids.shape[1]]
-        for layer, w in zip(model.layers[:-1], mean.layers[:-1], strict=True):
-            h = layer.propagate(h, w, mask)
-        valid = (~mask[:, 0, 0, :]).to(h.dtype).unsqueeze(-1)
-        features = (h[0] * valid).sum(1) / valid.sum(1)
-        # The bank's logits, as BayesianTransformer.propagate computes them.
-        h = model.embedding.lookup(ids, weights.embedding) + weights.positions[:, :, : ids.shape[1]]
-        last = len(model.layers) - 1
-        for i, (layer, w) in enumerate(zip(model.layers, weights.layers, strict=True)):
-            h = layer.propagate(h, w, mask, first_only=i == last)
-        cls = MemberLayerNorm.propagate(h, weights.final_norm)[:, :, 0]
-        return model.head.propagate(cls, weights.head), features
+        return self.model.logits(ids, weights, mask), self.model.pool(ids, mean, mask)
 
 
 def text_reference_inputs(checkpoint: Checkpoint, rows: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
