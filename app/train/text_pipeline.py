@@ -19,7 +19,7 @@ from app.bnn.transformer import BayesianTransformer
 from app.checkpoint.io import save_checkpoint
 from app.checkpoint.manifest import FORMAT_VERSION, Manifest, TaskInfo, TaskType, TextSchema, TokenizerFile, WeightsInfo
 from app.data.text import TextDataset, TextSplit
-from app.data.tokenizer import TextEncoder, train_tokenizer
+from app.data.tokenizer import EncodedTexts, TextEncoder, train_tokenizer
 from app.evaluate.scoring import ScoredSet
 from app.evaluate.sequence_scoring import SequenceBankScorer
 from app.evaluate.text_scoring import encoder_features, score_texts
@@ -43,13 +43,14 @@ def build_text_gate(
     scorer: SequenceBankScorer,
     encoder: TextEncoder,
     dataset: TextDataset,
+    train: EncodedTexts,
     support: TextSupport,
     target_fpr: float,
     on_step: Callable[[str], None] | None = None,
 ) -> tuple[GateSpec, GateTensors]:
-    """The layered gate of a trained Transformer, calibrated on its served bank (``scorer``)."""
+    """The layered gate of a trained Transformer, calibrated on its served bank (``scorer``); ``train``: the
+    training split as the network took it."""
     screening = TextScreening(support)
-    train = encoder.encode(dataset.train.texts.tolist())
 
     def score(density: Density, split: TextSplit) -> ScoredSet:
         return score_texts(scorer, screening, density, encoder.encode(split.texts.tolist()))
@@ -103,7 +104,7 @@ def train_text_checkpoint(
     samples = model.num_samples(config.default_samples)
     scorer = SequenceBankScorer(model, samples, SERVER_BANK_SEED, max_length=max_length)
     support = TextSupport.fit(train)
-    gate, gate_tensors = build_text_gate(model, scorer, encoder, dataset, support, config.target_fpr, on_step)
+    gate, gate_tensors = build_text_gate(model, scorer, encoder, dataset, train, support, config.target_fpr, on_step)
     text = TextSchema(
         tokenizer=TokenizerFile(sha256="0" * 64, bytes=1),  # filled in by save_checkpoint
         vocab_size=encoder.vocab_size,
