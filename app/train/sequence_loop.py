@@ -21,6 +21,7 @@ from app.bnn.recurrent import BayesianLSTM
 from app.bnn.regression import GaussianPredictive
 from app.bnn.sequence_engine import SequenceMonteCarloEngine
 from app.bnn.spec import LayerKind, Likelihood, Sampler, SequenceNetworkSpec
+from app.bnn.transformer import BayesianTransformer
 from app.device import resolve_device
 from app.train.config import TrainConfig
 from app.train.loop import EpochLog, Objective, TrainResult, fit, head_nll, training_targets
@@ -95,21 +96,42 @@ def train_sequence(
     """
     if config.warm_start is not None:
         raise ValueError("the SVD warm start is for MLPs; an LSTM trains from its initialisation")
+    spec = build_sequence_spec(config, x_train.shape[2], classes)
+
+    def build(generator: torch.Generator, device: torch.device) -> BayesianLSTM:
+        return BayesianLSTM(spec, generator=generator, device=device)
+
+    train, val = (x_train, lengths_train, y_train), (x_val, lengths_val, y_val)
+    return fit_sequence_network(build, train, val, classes, config, torch.float32, False, on_epoch)
+
+
+def fit_sequence_network(
+    build: Callable[[torch.Generator, torch.device], BayesianLSTM | BayesianTransformer],
+    train: tuple[np.ndarray, np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray, np.ndarray],
+    classes: int | None,
+    config: TrainConfig,
+    dtype: torch.dtype,
+    trim: bool,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+) -> TrainResult:
+    """The objective and epoch driver of a network over padded sequences (an LSTM's steps, a Transformer's
+    token ids): ``train`` and ``val`` are (inputs (N, T, ...) of ``dtype``, lengths (N,), targets (N,));
+    ``build`` makes the network from the run's generator; ``trim`` cuts each batch to its longest sequence
+    (padding beyond it changes nothing, masked, but costs time)."""
     started = time.perf_counter()
     device = resolve_device(config.device)
     generator = torch.Generator(device=device).manual_seed(config.seed)  # init and weight noise
-    yt, yv, weights = training_targets(y_train, y_val, classes, config, device)
-    xt = torch.as_tensor(x_train, dtype=torch.float32, device=device)
-    lt = torch.as_tensor(lengths_train, dtype=torch.long, device=device)
-    xv = torch.as_tensor(x_val, dtype=torch.float32, device=device)
-    lv = torch.as_tensor(lengths_val, dtype=torch.long, device=device)
-    spec = build_sequence_spec(config, xt.shape[2], classes)
-    model = BayesianLSTM(spec, generator=generator, device=device)
+    yt, yv, weights = training_targets(train[2], val[2], classes, config, device)
+    xt, xv = (torch.as_tensor(part[0], dtype=dtype, device=device) for part in (train, val))
+    lt, lv = (torch.as_tensor(part[1], dtype=torch.long, device=device) for part in (train, val))
+    model = build(generator, device)
     samples = model.num_samples(1)  # one weight sample per step; every member for ensembles
 
     def batch_nll(index: Tensor) -> Tensor:
-        head = model(xt[index], lt[index], samples=samples, generator=generator)
-        return head_nll(head, yt[index], spec.likelihood, weights)
+        x = xt[index, : int(lt[index].max())] if trim else xt[index]
+        head = model(x, lt[index], samples=samples, generator=generator)
+        return head_nll(head, yt[index], model.spec.likelihood, weights)
 
     engine = SequenceMonteCarloEngine(model, bank_size=0)  # no bank: it would freeze the weights of epoch 0
 

@@ -4,22 +4,18 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from app.bnn.init import InitSpec
 from app.bnn.priors import PriorSpec
-from app.bnn.sequence_engine import SequenceMonteCarloEngine
 from app.bnn.spec import Likelihood, TextNetworkSpec
 from app.bnn.transformer import BayesianTransformer
-from app.device import resolve_device
 from app.train.config import TrainConfig
-from app.train.loop import EpochLog, Objective, TrainResult, fit, head_nll, training_targets
-from app.train.sequence_loop import map_ranks, sequence_validation_nll
+from app.train.loop import EpochLog, TrainResult
+from app.train.sequence_loop import fit_sequence_network, map_ranks
 
 HEADS = 4  # the paper's text model has 4 heads (d_model 256); kept for every width that 4 divides
 FEEDFORWARD_RATIO = 2  # d_ff / d_model: the paper's 512 / 256
@@ -75,28 +71,10 @@ def train_text(
     """
     if config.warm_start is not None:
         raise ValueError("the SVD warm start is for MLPs; a Transformer trains from its initialisation")
-    started = time.perf_counter()
-    device = resolve_device(config.device)
-    generator = torch.Generator(device=device).manual_seed(config.seed)  # init and weight noise
-    yt, yv, weights = training_targets(y_train, y_val, classes, config, device)
-    it = torch.as_tensor(ids_train, dtype=torch.long, device=device)
-    lt = torch.as_tensor(lengths_train, dtype=torch.long, device=device)
-    iv = torch.as_tensor(ids_val, dtype=torch.long, device=device)
-    lv = torch.as_tensor(lengths_val, dtype=torch.long, device=device)
     spec = build_text_spec(config, vocab_size, max_length, classes)
-    model = BayesianTransformer(spec, generator=generator, device=device)
-    samples = model.num_samples(1)  # one weight sample per step; every member for ensembles
 
-    def batch_nll(index: Tensor) -> Tensor:
-        # A batch is cut to its longest text: padding beyond it changes nothing (masked) but costs time.
-        longest = int(lt[index].max())
-        head = model(it[index, :longest], lt[index], samples=samples, generator=generator)
-        return head_nll(head, yt[index], spec.likelihood, weights)
+    def build(generator: torch.Generator, device: torch.device) -> BayesianTransformer:
+        return BayesianTransformer(spec, generator=generator, device=device)
 
-    engine = SequenceMonteCarloEngine(model, bank_size=0)  # no bank: it would freeze the weights of epoch 0
-
-    def validation() -> float:
-        return sequence_validation_nll(engine, iv, lv, yv, config.val_samples, config.seed + 2)
-
-    objective = Objective(batch_nll, validation, it.shape[0])
-    return fit(model, objective, config, generator, device, on_epoch, started)
+    train, val = (ids_train, lengths_train, y_train), (ids_val, lengths_val, y_val)
+    return fit_sequence_network(build, train, val, classes, config, torch.long, True, on_epoch)
