@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from app.bnn._base import slice_draw
+from app.bnn._base import place, slice_draw
 from app.bnn.plan import Plan, bank_or_fresh
 from app.bnn.recurrent import BayesianLSTM, SequenceSample
 from app.bnn.spec import Sampler, TextNetworkSpec
@@ -21,16 +21,6 @@ SequenceNetwork = BayesianLSTM | BayesianTransformer
 SequenceDraw = SequenceSample | TransformerSample
 
 BLOCK_FLOATS = 1 << 22  # 16 MiB of float32 activations (gates, or attention and feed-forward) per block
-
-
-def place(out: Tensor | None, part: Tensor, start: int, rows: int) -> Tensor:
-    """Write a block's outputs (S, n, ...) at rows [start, start + n) of one (S, rows, ...) tensor, allocated at
-    the first block. A list of small live outputs between the blocks' large short-lived activations pinned the
-    heap instead: it grew to 15 GB scoring 9,139 sequences (a full-rank LSTM at S = 150); this stays flat."""
-    if out is None:
-        out = part.new_empty((part.shape[0], rows, *part.shape[2:]))
-    out[:, start : start + part.shape[1]] = part
-    return out
 
 
 class SequenceMonteCarloEngine:

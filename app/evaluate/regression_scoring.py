@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from app.bnn._base import place
 from app.bnn.network import BayesianMLP
 from app.bnn.regression import GaussianPredictive
 from app.bnn.spec import INTERVAL_LEVELS, Likelihood
@@ -128,6 +129,9 @@ class RegressionBankScorer:
         if x.shape[0] == 0:
             return RegressionPredictions.empty()
         xt = torch.as_tensor(x, dtype=torch.float32, device=self.device)
-        head = torch.cat([self.model.propagate(b, self._bank) for b in xt.split(self.block_rows)], dim=1)
+        head: torch.Tensor | None = None
+        for start in range(0, xt.shape[0], self.block_rows):
+            head = place(head, self.model.propagate(xt[start : start + self.block_rows], self._bank), start, len(xt))
+        assert head is not None  # x holds at least one row
         predictive = GaussianPredictive.from_head(head)
         return in_target_units(predictive, self.target_mean, self.target_std, self.keep_mixture)

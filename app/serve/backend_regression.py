@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.bnn._base import LayerSample
+from app.bnn._base import LayerSample, place
 from app.bnn.fused import slice_samples
 from app.bnn.network import BayesianMLP
 from app.bnn.plan import Plan, PlanRefused, bank_or_fresh, run_to_end
-from app.bnn.sequence_engine import place
 from app.bnn.spec import Sampler
 from app.checkpoint.manifest import Manifest
 from app.errors import CheckpointError

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.bnn._base import place
 from app.bnn.plan import Plan, PlanRefused, run_to_end
 from app.bnn.predictive import Predictive, class_probabilities
 from app.bnn.recurrent import BayesianLSTM
 from app.bnn.regression import GaussianPredictive
-from app.bnn.sequence_engine import SequenceMonteCarloEngine, place, slice_draw
+from app.bnn.sequence_engine import SequenceMonteCarloEngine, slice_draw
 from app.bnn.spec import Likelihood, Sampler
 from app.checkpoint.manifest import Manifest
 from app.errors import CheckpointError
