@@ -197,7 +197,7 @@ class SequenceNetworkSpec(BaseModel):
             return [None] * len(shapes)
         if self.ranks is not None:
             return list(self.ranks)
-        return [min(16, n, m) for n, m in shapes[:-1]] + [min(shapes[-1])]
+        return map_ranks_with(shapes, MAP_RANK)
 
 
 class TextPart(str, Enum):
@@ -297,8 +297,16 @@ class TextNetworkSpec(BaseModel):
         shapes, bayesian = self.map_shapes(), self.map_is_bayesian()
         if self.kind is not LayerKind.LOWRANK:
             return [None] * len(shapes)
-        ranks = self.ranks or [min(16, n, m) for n, m in shapes[:-1]] + [min(shapes[-1])]
+        ranks = self.ranks or map_ranks_with(shapes, MAP_RANK)
         return [rank if b else None for rank, b in zip(ranks, bayesian, strict=True)]
+
+
+MAP_RANK = 16  # the paper's r for its recurrent and attention maps: the sequence and text specs' default
+
+
+def map_ranks_with(shapes: list[tuple[int, int]], rank: int) -> list[int]:
+    """``rank`` for every map but the head, each capped at min(m, n), and the head at its full rank."""
+    return [min(rank, n, m) for n, m in shapes[:-1]] + [min(shapes[-1])]
 
 
 def default_output_rank(likelihood: Likelihood) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from app.bnn.spec import LayerKind
+from app.bnn.spec import MAP_RANK, LayerKind
 from app.data.sequence import SequenceDataset
 from app.data.text import TextDataset
 from app.study.design import EVALUATION_SEED, RunSpec, StudyPlan, Variant
@@ -31,7 +31,7 @@ SEQUENCE_COMPARISON: tuple[Variant, ...] = (
     Variant("ensemble", {"kind": LayerKind.ENSEMBLE, "members": 5}, description="deep ensemble of 5"),
     Variant("mcdropout", {"kind": LayerKind.MCDROPOUT}, description="MC dropout, p = 0.1 on the hidden state"),
 )
-RANK = 16  # the low-rank runs' gate-map rank (the paper's r = 16 for its recurrent and attention maps)
+RANK = MAP_RANK  # the low-rank runs' map rank (the paper's r = 16 for its recurrent and attention maps)
 
 
 def make_sequence_plan(

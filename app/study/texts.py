@@ -18,7 +18,7 @@ from app.bnn.spec import Activation, LayerKind
 from app.data.text import TextDataset
 from app.study.design import RunSpec, StudyPlan, Variant
 from app.study.runs import Reporter, RunOutcome, run_comparison
-from app.study.sequences import train_and_evaluate
+from app.study.sequences import RANK, train_and_evaluate
 from app.train.loop import EpochLog
 
 TEXT_COMPARISON: tuple[Variant, ...] = (
@@ -31,7 +31,6 @@ TEXT_COMPARISON: tuple[Variant, ...] = (
     Variant("ensemble", {"kind": LayerKind.ENSEMBLE, "members": 5}, description="deep ensemble of 5"),
     Variant("mcdropout", {"kind": LayerKind.MCDROPOUT}, description="MC dropout, p = 0.1 on the same maps"),
 )
-RANK = 16  # the paper's r = 16 for its attention maps
 TEXT_SHARED = {
     "rank": RANK,
     "beta": 0.001,  # the paper's text β

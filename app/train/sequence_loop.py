@@ -20,7 +20,7 @@ from app.bnn.priors import PriorSpec
 from app.bnn.recurrent import BayesianLSTM
 from app.bnn.regression import GaussianPredictive
 from app.bnn.sequence_engine import SequenceMonteCarloEngine
-from app.bnn.spec import LayerKind, Likelihood, Sampler, SequenceNetworkSpec
+from app.bnn.spec import LayerKind, Likelihood, Sampler, SequenceNetworkSpec, map_ranks_with
 from app.bnn.transformer import BayesianTransformer
 from app.device import resolve_device
 from app.train.config import TrainConfig
@@ -62,7 +62,7 @@ def map_ranks(config: TrainConfig, shapes: list[tuple[int, int]]) -> list[int] |
     capped at min(m, n)) and the head at its full rank; None for the other kinds."""
     if config.kind is not LayerKind.LOWRANK:
         return None
-    return config.ranks or [min(config.rank, n, m) for n, m in shapes[:-1]] + [min(shapes[-1])]
+    return config.ranks or map_ranks_with(shapes, config.rank)
 
 
 def sequence_validation_nll(
