@@ -190,7 +190,7 @@ def export_onnx(
     if checkpoint.manifest.text is not None:  # a Transformer: (ids, lengths) -> logits per sample and features
         from app.checkpoint.onnx_text import export_text_onnx
 
-        return export_text_onnx(checkpoint, samples, seed, opset, tolerance)
+        return export_text_onnx(checkpoint, samples, seed, opset, tolerance, ort)
     if checkpoint.manifest.sequence is not None:  # an LSTM: its own graph (x, lengths) -> per-sample outputs
         from app.checkpoint.onnx_sequence import export_sequence_onnx
 

@@ -24,9 +24,9 @@ from app.bnn.spec import Sampler
 from app.bnn.transformer import BayesianTransformer, TransformerSample, key_mask
 from app.checkpoint.io import Checkpoint
 from app.checkpoint.noise import HEAD_OUTPUT
-from app.checkpoint.onnx_export import DEFAULT_OPSET, ONNX_FILE, ExportReport, _to_onnx, write_bank_export
+from app.checkpoint.onnx_export import ONNX_FILE, ExportReport, _to_onnx, write_bank_export
 from app.checkpoint.onnx_sequence import check_bank_fits, check_within
-from app.errors import CheckpointError, MissingExtra
+from app.errors import CheckpointError
 
 TEXT_INPUTS = ["ids", "lengths"]
 FEATURES_OUTPUT = "features"  # (N, d_model): the gate density's input
@@ -92,25 +92,17 @@ def text_reference_inputs(checkpoint: Checkpoint, rows: int = 32, seed: int = 0)
 
 @torch.no_grad()
 def export_text_onnx(
-    checkpoint: Checkpoint,
-    samples: int | None = None,
-    seed: int = 0,
-    opset: int = DEFAULT_OPSET,
-    tolerance: float = 1e-4,
+    checkpoint: Checkpoint, samples: int | None, seed: int, opset: int, tolerance: float, ort: Any
 ) -> ExportReport:
     """Write a text checkpoint's ``model.onnx`` (bank of ``samples`` draws from ``seed``; the manifest's
     ``default_samples`` by default), validate both outputs with onnxruntime against torch on ragged reference
     ids at several batch sizes, and record it in the manifest. CheckpointError when they differ by more than
-    ``tolerance`` or the bank is too large for one ONNX file; nothing is written then."""
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise MissingExtra("onnxruntime", "onnx", "the ONNX export") from exc
+    ``tolerance`` or the bank is too large for one ONNX file; nothing is written then. Called by
+    :func:`~app.checkpoint.onnx_export.export_onnx`, which imports ``ort`` (onnxruntime) and raises the opset."""
     manifest = checkpoint.manifest
     path = checkpoint.path / ONNX_FILE
     if manifest.text is None or not isinstance(checkpoint.model, BayesianTransformer):
         raise CheckpointError(str(path), "not a text (Transformer) checkpoint: export it with export_onnx")
-    opset = max(opset, DEFAULT_OPSET)
     model = copy.deepcopy(checkpoint.model).to("cpu").eval()
     samples = model.num_samples(samples or manifest.default_samples)
     engine = SequenceMonteCarloEngine(model, samples, seed)
