@@ -21,7 +21,8 @@ RUN python3 -m venv /opt/sbnn \
     else source="--extra-index-url $TORCH_INDEX_URL"; fi \
  && /opt/sbnn/bin/pip install $source -c deploy/constraints.txt \
       torch numpy pydantic pydantic-settings safetensors typer rich fastapi uvicorn httptools uvloop orjson prometheus-client watchfiles setuptools \
-      grpcio grpcio-health-checking protobuf sqlalchemy psycopg psycopg-binary
+      grpcio grpcio-health-checking protobuf sqlalchemy psycopg psycopg-binary \
+ && /opt/sbnn/bin/pip install $source --no-deps -c deploy/constraints.txt tokenizers
 COPY pyproject.toml README.md ./
 COPY app/ app/
 RUN /opt/sbnn/bin/pip install --no-deps --no-index --no-build-isolation . \
@@ -47,7 +48,8 @@ RUN python3 -m venv /opt/sbnn \
  && if [ "$WHEELHOUSE" = "1" ]; then source="--no-index --find-links /wheelhouse"; else source=""; fi \
  && /opt/sbnn/bin/pip install $source -c deploy/constraints.txt \
       onnxruntime numpy safetensors pydantic pydantic-settings typer rich fastapi uvicorn httptools uvloop orjson prometheus-client watchfiles setuptools \
-      grpcio grpcio-health-checking protobuf sqlalchemy psycopg psycopg-binary
+      grpcio grpcio-health-checking protobuf sqlalchemy psycopg psycopg-binary \
+ && /opt/sbnn/bin/pip install $source --no-deps -c deploy/constraints.txt tokenizers
 COPY pyproject.toml README.md ./
 COPY app/ app/
 # --no-deps: the package's torch requirement is for the torch backend, which this image does not run.

@@ -118,7 +118,7 @@ tar -C "$work/rootfs" -c . | docker import - "$base" >/dev/null
 step "wheelhouse on the host (the air-gapped build path)"
 python -m pip download --quiet --only-binary=:all: -d deploy/wheelhouse -c deploy/constraints.txt \
   torch numpy pydantic pydantic-settings safetensors typer rich fastapi uvicorn httptools uvloop orjson prometheus-client watchfiles setuptools \
-  grpcio grpcio-health-checking protobuf sqlalchemy psycopg psycopg-binary \
+  grpcio grpcio-health-checking protobuf sqlalchemy psycopg psycopg-binary tokenizers \
   onnx onnxruntime onnxscript
 
 megabytes() { docker image inspect -f '{{.Size}}' "$1" | awk '{printf "%.0f MB", $1/1e6}'; }

@@ -221,11 +221,13 @@ def read_gate(folder: str | Path, manifest: Manifest) -> Gate:
 
 
 def read_tokenizer(folder: str | Path, manifest: Manifest) -> TextEncoder:
-    """A text network's tokenizer, from its JSON file after its name, size and sha256 were checked (the
-    ``tokenizers`` package comes with the ``train`` extra)."""
-    from app.data.tokenizer import TextEncoder
-
+    """A text network's tokenizer, from its JSON file after its name, size and sha256 were checked (imported on
+    use: only a text network needs the ``tokenizers`` package)."""
     folder = Path(folder)
+    try:
+        from app.data.tokenizer import TextEncoder
+    except ImportError as exc:
+        raise CheckpointError(str(folder), "a text model needs the tokenizers package: pip install tokenizers") from exc
     if manifest.text is None:
         raise CheckpointError(str(folder / MANIFEST_FILE), "not a text network: it has no tokenizer")
     record = manifest.text.tokenizer

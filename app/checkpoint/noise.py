@@ -15,6 +15,7 @@ from app.checkpoint.manifest import NoiseInput
 OUTPUTS = ["probabilities", "total_entropy", "aleatoric", "mutual_information", "predictive_std"]  # bank graph
 SAMPLING_OUTPUT = "sample_probabilities"  # sampling and local graphs: per-sample probabilities (S, N, C)
 HEAD_OUTPUT = "head_outputs"  # sequence and regression bank graphs: per-sample head outputs (S, N, k)
+FEATURES_OUTPUT = "features"  # text bank graphs: the gate density's input (N, d_model)
 NOISE_CHUNK = 64  # samples drawn per step
 
 

@@ -23,13 +23,12 @@ from app.bnn.sequence_engine import SequenceMonteCarloEngine
 from app.bnn.spec import Sampler
 from app.bnn.transformer import BayesianTransformer, TransformerSample, key_mask
 from app.checkpoint.io import Checkpoint
-from app.checkpoint.noise import HEAD_OUTPUT
+from app.checkpoint.noise import FEATURES_OUTPUT, HEAD_OUTPUT
 from app.checkpoint.onnx_export import ONNX_FILE, ExportReport, _to_onnx, write_bank_export
 from app.checkpoint.onnx_sequence import check_bank_fits, check_within
 from app.errors import CheckpointError
 
 TEXT_INPUTS = ["ids", "lengths"]
-FEATURES_OUTPUT = "features"  # (N, d_model): the gate density's input
 TEXT_OUTPUTS = [HEAD_OUTPUT, FEATURES_OUTPUT]
 VALIDATION_ROWS = (1, 7, 32)  # batch sizes the graph is checked at: N = 1 and two ragged batches
 

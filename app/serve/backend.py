@@ -31,17 +31,6 @@ LENGTHS_INPUT = "lengths"  # /v2's input of each sequence's steps (api/v2_sequen
 STEPS_INPUT = "steps"  # /v2's [N, T, F] input of the numeric per-step features, packed
 
 
-def check_not_text(folder: object, manifest: Manifest) -> None:
-    """CheckpointError for a text model (a Transformer): this version trains and evaluates them but does not
-    serve them yet, and says so rather than failing on the first request."""
-    if manifest.text is not None:
-        raise CheckpointError(
-            f"{folder}/manifest.json",
-            "a text model (Transformer): this version of sbnn trains and evaluates text models but does not serve "
-            "them yet (docs/text.md)",
-        )
-
-
 def check_sequence_servable(folder: object, manifest: Manifest) -> None:
     """CheckpointError for a sequence model whose feature names clash with the /v2 wire format: its inputs are
     the per-step features plus ``lengths``, so no feature may be called that."""
@@ -65,13 +54,28 @@ class SequenceInputs:
         return tuple(self.x.shape)
 
 
-ModelInput = np.ndarray | SequenceInputs  # (N, d) float32 rows, or sequences
+@dataclass(frozen=True)
+class TextInputs:
+    """A request's texts as the network takes them: ids (N, L) int64, the tokenizer's ids right-padded with
+    [PAD] (position 0 the [CLS] token; L the longest kept text, at most the model's max_length) and lengths
+    (N,) int64, each in [1, L]."""
+
+    ids: np.ndarray
+    lengths: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.ids.shape)
+
+
+ModelInput = np.ndarray | SequenceInputs | TextInputs  # (N, d) float32 rows, sequences, or texts
 
 
 @dataclass(frozen=True)
 class Scores:
     """One request's predictive, probs (N, C) and each uncertainty (N,) in nats, and the plan that drew it
-    (``plan.samples``: the samples drawn; ``plan.seed``: the seed that replays it)."""
+    (``plan.samples``: the samples drawn; ``plan.seed``: the seed that replays it); ``features`` (N, d) float64:
+    the gate density's input when the network computes it (a text model's pooled encoder state), else None."""
 
     plan: Plan
     probs: np.ndarray
@@ -80,6 +84,7 @@ class Scores:
     epistemic: np.ndarray
     std: np.ndarray
     mc_error: MonteCarloError
+    features: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

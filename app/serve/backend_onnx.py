@@ -39,7 +39,6 @@ from app.serve.backend import (
     BackendKind,
     Cost,
     Scores,
-    check_not_text,
     estimated_cost,
     seconds_per_row_sample,
 )
@@ -62,19 +61,18 @@ class OnnxBackend:
     @classmethod
     def load(cls, folder: Path) -> OnnxBackend | OnnxHeadBackend:
         """Verify the manifest, the weights' and the graphs' hashes; open onnxruntime sessions; warm them (a
-        sequence model's or a regression MLP's bank graph of head outputs: backend_onnx_heads)."""
+        sequence, text or regression model's bank graph of head outputs: backend_onnx_heads)."""
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise CheckpointError(str(folder), "the onnx backend needs onnxruntime: pip install 'sbnn[onnx]'") from exc
         manifest = read_manifest(folder)
-        check_not_text(folder, manifest)
         verified_weights_bytes(Path(folder), manifest)  # the export belongs to these very weights
         if manifest.onnx is None:
             raise CheckpointError(str(folder / "manifest.json"), "no ONNX export (run `sbnn export-onnx` first)")
         providers = ["CPUExecutionProvider"]
         bank = ort.InferenceSession(read_onnx(folder, manifest), ort.SessionOptions(), providers=providers)
-        if manifest.sequence is not None or manifest.task.type is TaskType.REGRESSION:
+        if manifest.sequence is not None or manifest.text is not None or manifest.task.type is TaskType.REGRESSION:
             return OnnxHeadBackend.from_session(folder, manifest, bank)
         sampling = None
         if manifest.onnx.sampling is not None:

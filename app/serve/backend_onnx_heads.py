@@ -1,13 +1,14 @@
 """The onnxruntime backend of models whose export returns each bank sample's head outputs, without torch:
-sequence (LSTM) models and regression MLPs.
+sequence (LSTM) models, text (Transformer) models and regression MLPs.
 
-Their graph (``model.onnx``: app.checkpoint.onnx_sequence, app.checkpoint.onnx_regression) maps the inputs, a
-sequence model's padded steps x (N, T, d) and lengths (N,) or an MLP's rows x (N, d), to the head's outputs per
-bank sample (S, N, k); the summaries are numpy's (app.serve.predictive_numpy): a classifier's as the MLP onnx
-backend's, a regression's mixture (mean, variances, central intervals) in the target's unit as
-``backend_sequence.regression_scores`` computes it in torch. The export holds the bank only, so every request
-is answered from it: ``fresh`` sampling, other sample counts or seeds, and adaptive sampling are refused with
-why (the torch backend serves them).
+Their graph (``model.onnx``: app.checkpoint.onnx_sequence, onnx_text, onnx_regression) maps the inputs, a
+sequence model's padded steps x (N, T, d) and lengths (N,), a text model's token ids (N, L) and lengths (N,),
+or an MLP's rows x (N, d), to the head's outputs per bank sample (S, N, k), and a text model's graph also to
+the gate density's input, ``features`` (N, d_model); the summaries are numpy's (app.serve.predictive_numpy): a
+classifier's as the MLP onnx backend's, a regression's mixture (mean, variances, central intervals) in the
+target's unit as ``backend_sequence.regression_scores`` computes it in torch. The export holds the bank only, so
+every request is answered from it: ``fresh`` sampling, other sample counts or seeds, and adaptive sampling are
+refused with why (the torch backend serves them).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from app.bnn.plan import Plan, PlanRefused, run_to_end
 from app.bnn.spec import INTERVAL_LEVELS, LayerKind, Likelihood, Sampler
 from app.checkpoint.manifest import Manifest
-from app.checkpoint.noise import HEAD_OUTPUT
+from app.checkpoint.noise import FEATURES_OUTPUT, HEAD_OUTPUT
 from app.errors import CheckpointError
 from app.serve.backend import (
     AnyScores,
@@ -32,6 +33,7 @@ from app.serve.backend import (
     RegressionScores,
     Scores,
     SequenceInputs,
+    TextInputs,
     check_sequence_servable,
 )
 from app.serve.predictive_numpy import (
@@ -40,6 +42,7 @@ from app.serve.predictive_numpy import (
     mixture_quantile_numpy,
     monte_carlo_error_numpy,
 )
+from app.serve.texts import typical_texts
 
 BLOCK_FLAT_ROWS = 4096  # an MLP's rows per graph run
 BLOCK_ROWS = 64  # sequences per graph run: a piece the data plane may yield between
@@ -95,7 +98,9 @@ class OnnxHeadBackend:
         self.manifest = manifest
         self.session = session
         self.onnx = manifest.onnx
-        self.max_length = None if manifest.sequence is None else manifest.sequence.max_length
+        schema = manifest.sequence or manifest.text
+        self.max_length = None if schema is None else schema.max_length
+        self.text = manifest.text is not None
         self.regression = manifest.network.likelihood is Likelihood.GAUSSIAN
         scale = manifest.task.scale
         self.target = (0.0, 1.0) if scale is None else (scale.mean, scale.std)
@@ -117,8 +122,11 @@ class OnnxHeadBackend:
         return backend
 
     def typical_input(self, rows: int) -> ModelInput:
-        """``rows`` typical rows, or sequences of max_length typical steps (the training medians, first
-        categories)."""
+        """``rows`` typical rows, sequences of max_length typical steps (the training medians, first
+        categories), or texts of max_length tokens."""
+        if self.text:
+            assert self.max_length is not None  # a text manifest has its max length
+            return typical_texts(rows, self.max_length)
         step = self.manifest.preprocessing.typical_input()  # (1, d)
         if self.max_length is None:
             return np.repeat(step, rows, axis=0)
@@ -154,26 +162,31 @@ class OnnxHeadBackend:
         return [run_to_end(self.steps(inputs, plan.seeded(batch_seed))) for inputs, plan in jobs]
 
     def steps(self, inputs: ModelInput, plan: Plan) -> Generator[None, None, AnyScores]:
-        """A block of rows or sequences per graph run, yielding between blocks, then the summary."""
+        """A block of rows, sequences or texts per graph run, yielding between blocks, then the summary."""
+        name = "x"
         if isinstance(inputs, SequenceInputs):
             x = np.ascontiguousarray(inputs.x, dtype=np.float32)
             lengths: np.ndarray | None = np.ascontiguousarray(inputs.lengths, dtype=np.int64)
             block = BLOCK_ROWS
+        elif isinstance(inputs, TextInputs):
+            name, x = "ids", np.ascontiguousarray(inputs.ids, dtype=np.int64)
+            lengths, block = np.ascontiguousarray(inputs.lengths, dtype=np.int64), BLOCK_ROWS
         else:
             x, lengths, block = np.ascontiguousarray(inputs, dtype=np.float32), None, BLOCK_FLAT_ROWS
-        parts = []
+        outputs = [HEAD_OUTPUT, FEATURES_OUTPUT] if self.text else [HEAD_OUTPUT]
+        parts: list[list[np.ndarray]] = []
         for start in range(0, x.shape[0], block):
             if parts:
                 yield
-            feed = {"x": x[start : start + block]}
+            feed = {name: x[start : start + block]}
             if lengths is not None:
                 feed["lengths"] = lengths[start : start + block]
-            (head,) = self.session.run([HEAD_OUTPUT], feed)  # type: ignore[attr-defined]
-            parts.append(head)
-        head = np.concatenate(parts, axis=1)  # (S, N, k)
+            parts.append(self.session.run(outputs, feed))  # type: ignore[attr-defined]
+        head = np.concatenate([p[0] for p in parts], axis=1)  # (S, N, k)
         yield
         if self.regression:
             return regression_scores_numpy(head, plan, *self.target)
         probs = class_probabilities_numpy(head, self.manifest.network.likelihood)
         mean, total, aleatoric, mi, std = decompose_numpy(probs)
-        return Scores(plan, mean, total, aleatoric, mi, std, monte_carlo_error_numpy(probs))
+        features = np.concatenate([p[1] for p in parts]).astype(np.float64) if self.text else None
+        return Scores(plan, mean, total, aleatoric, mi, std, monte_carlo_error_numpy(probs), features)

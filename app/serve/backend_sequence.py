@@ -23,9 +23,8 @@ import torch
 from app.bnn._base import place
 from app.bnn.plan import Plan, PlanRefused, run_to_end
 from app.bnn.predictive import Predictive, class_probabilities
-from app.bnn.recurrent import BayesianLSTM
 from app.bnn.regression import GaussianPredictive
-from app.bnn.sequence_engine import SequenceMonteCarloEngine, slice_draw
+from app.bnn.sequence_engine import SequenceMonteCarloEngine, SequenceNetwork, slice_draw
 from app.bnn.spec import Likelihood, Sampler
 from app.checkpoint.manifest import Manifest
 from app.errors import CheckpointError
@@ -37,6 +36,7 @@ from app.serve.backend import (
     ModelInput,
     RegressionScores,
     SequenceInputs,
+    TextInputs,
     check_sequence_servable,
 )
 from app.serve.backend_torch import intra_op_threads, pass_threads, summarise
@@ -66,12 +66,13 @@ class SequenceTorchBackend:
     kind = BackendKind.TORCH
 
     def __init__(self, manifest: Manifest, engine: SequenceMonteCarloEngine, device: torch.device) -> None:
-        assert manifest.sequence is not None  # only sequence manifests come here
+        schema = manifest.sequence or manifest.text
+        assert schema is not None  # only sequence and text manifests come here
         self.manifest = manifest
         self.engine = engine
-        self.model: BayesianLSTM = engine.model
+        self.model = engine.model
         self.device = device
-        self.max_length = manifest.sequence.max_length
+        self.max_length = schema.max_length
         self.regression = manifest.network.likelihood is Likelihood.GAUSSIAN
         scale = manifest.task.scale
         self.target = (0.0, 1.0) if scale is None else (scale.mean, scale.std)
@@ -80,7 +81,7 @@ class SequenceTorchBackend:
 
     @classmethod
     def from_checkpoint(
-        cls, folder: Path, manifest: Manifest, model: BayesianLSTM, device: torch.device, bank: int, bank_seed: int
+        cls, folder: Path, manifest: Manifest, model: SequenceNetwork, device: torch.device, bank: int, bank_seed: int
     ) -> SequenceTorchBackend:
         """The backend of a loaded sequence checkpoint, its bank drawn, warmed up and its rates measured."""
         check_sequence_servable(folder, manifest)
@@ -88,7 +89,7 @@ class SequenceTorchBackend:
         backend.warm_up(folder)
         return backend
 
-    def typical_input(self, rows: int) -> SequenceInputs:
+    def typical_input(self, rows: int) -> ModelInput:
         """``rows`` sequences of max_length typical steps (the training medians, first categories)."""
         step = self.manifest.preprocessing.typical_input()  # (1, d)
         x = np.repeat(step[None], rows, axis=0).repeat(self.max_length, axis=1)
@@ -147,7 +148,7 @@ class SequenceTorchBackend:
     @torch.no_grad()
     def steps(self, inputs: ModelInput, plan: Plan) -> Generator[None, None, AnyScores]:
         """One weight draw, then a block of rows per piece, then the summary."""
-        assert isinstance(inputs, SequenceInputs) and plan.seed is not None  # the data plane and compute see to it
+        assert isinstance(inputs, SequenceInputs | TextInputs) and plan.seed is not None  # the data plane sees to it
         engine, device = self.engine, self.device
         if plan.sampler is Sampler.BANK:
             # The engine's own bank, sliced as its ``execute`` does; ``execute`` would not yield between blocks.
@@ -155,7 +156,10 @@ class SequenceTorchBackend:
             weights = slice_draw(engine._bank, 0, plan.samples)
         else:
             weights = self.model.sample(plan.samples, torch.Generator(device=device).manual_seed(plan.seed))
-        x = torch.from_numpy(np.ascontiguousarray(inputs.x, dtype=np.float32)).to(device)
+        if isinstance(inputs, SequenceInputs):
+            x = torch.from_numpy(np.ascontiguousarray(inputs.x, dtype=np.float32)).to(device)
+        else:  # a text model's token ids
+            x = torch.from_numpy(np.ascontiguousarray(inputs.ids, dtype=np.int64)).to(device)
         lengths = torch.from_numpy(np.asarray(inputs.lengths, dtype=np.int64)).to(device)
         block = engine.block_rows(plan.samples, x.shape[1])
         head: torch.Tensor | None = None

@@ -17,7 +17,8 @@ from app.bnn.plan import Plan, largest_error, piece_samples, run_to_end, summary
 from app.bnn.predictive import Predictive, decompose_with_error
 from app.bnn.recurrent import BayesianLSTM
 from app.bnn.spec import Sampler
-from app.checkpoint.io import load_checkpoint, read_manifest
+from app.bnn.transformer import BayesianTransformer
+from app.checkpoint.io import load_checkpoint
 from app.checkpoint.manifest import Manifest, TaskType
 from app.errors import CheckpointError
 from app.serve.backend import (
@@ -25,7 +26,6 @@ from app.serve.backend import (
     BackendKind,
     Cost,
     Scores,
-    check_not_text,
     estimated_cost,
     seconds_per_row_sample,
 )
@@ -96,12 +96,15 @@ class TorchBackend:
         cls, folder: Path, device: torch.device, bank_samples: int | None, bank_seed: int
     ) -> TorchBackend | SequenceTorchBackend | RegressionTorchBackend:
         """Verify and load the checkpoint, build its engine (and bank), run every sampler once; a sequence
-        checkpoint gets the sequence backend (app.serve.backend_sequence), a regression MLP its own
-        (app.serve.backend_regression)."""
-        check_not_text(folder, read_manifest(folder))  # before its weights are read: it cannot be served
+        checkpoint gets the sequence backend (app.serve.backend_sequence), a text checkpoint the text backend
+        (app.serve.backend_text), a regression MLP its own (app.serve.backend_regression)."""
         checkpoint = load_checkpoint(folder, device=device)
         manifest = checkpoint.manifest
         bank = manifest.default_samples if bank_samples is None else bank_samples
+        if isinstance(checkpoint.model, BayesianTransformer):
+            from app.serve.backend_text import TextTorchBackend  # imports this module: on use
+
+            return TextTorchBackend.from_checkpoint(folder, manifest, checkpoint.model, device, bank, bank_seed)
         if isinstance(checkpoint.model, BayesianLSTM):
             from app.serve.backend_sequence import SequenceTorchBackend  # imports this module: on use
 

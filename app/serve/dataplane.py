@@ -5,7 +5,8 @@ corridor (docs/serving.md): the model, its decoded columns, the server's limits 
 checkpoint's preprocessing checking every value once, the gate's screen (bounds, support), the batched Monte
 Carlo pass of the rows not rejected, density and epistemic, the gate's decisions and reasons, then metrics and
 drift, once. A sequence model's rows are sequences: its corridor between decoding and the pass is
-``app.serve.sequences`` (every step checked and screened, the last max_length steps scored).
+``app.serve.sequences`` (every step checked and screened, the last max_length steps scored); a text model's rows
+are texts, and its corridor ``app.serve.texts`` (limits, the checkpoint's tokenizer, the text gate's screen).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from app.serve.metrics import ServiceMetrics
 from app.serve.repository import LoadOutcome, ModelRepository, ModelState, ServedModel
 from app.serve.sequences import LocateStep, Prepared, prepare_sequences
 from app.serve.settings import RejectMode, Settings
+from app.serve.texts import prepare_texts
 
 Locate = Callable[[str, int], str]  # (feature, row) -> the field as the client named it
 Columns = dict[str, list[Any]]  # feature -> its N raw values
@@ -52,12 +54,14 @@ class RequestOptions:
 @dataclass(frozen=True)
 class Decoded:
     """A body decoded for its model: raw ``columns`` (feature -> N values; for a sequence model, the ΣT values of
-    its N sequences' steps, each sequence's contiguous and oldest first), the Monte Carlo options, and, for a
-    sequence model, ``lengths`` (N,) int64, each ≥ 1 (None for a flat one)."""
+    its N sequences' steps, each sequence's contiguous and oldest first; empty for a text model), the Monte Carlo
+    options, for a sequence model ``lengths`` (N,) int64, each ≥ 1 (None for a flat one), and for a text model
+    its N ``texts`` as sent (None otherwise)."""
 
     columns: Columns
     options: RequestOptions
     lengths: np.ndarray | None = None
+    texts: list[Any] | None = None
 
 
 Decode = Callable[[Manifest], Decoded]  # the model's manifest (features, sequence schema) -> the decoded body
@@ -204,11 +208,17 @@ class DataPlane:
         manifest, gate = model.manifest, model.gate
         assert gate is not None  # a ready model has its gate
         decoded = request.decode(manifest)
-        columns, options, lengths = decoded.columns, decoded.options, decoded.lengths
-        rows = len(next(iter(columns.values()))) if lengths is None else int(lengths.size)
+        columns, options, lengths, texts = decoded.columns, decoded.options, decoded.lengths, decoded.texts
+        if texts is not None:
+            rows = len(texts)
+        else:
+            rows = len(next(iter(columns.values()))) if lengths is None else int(lengths.size)
         plan = self.plan(model, request, options, rows)
         reject_request = self.settings.reject_mode is RejectMode.REQUEST
-        if lengths is None:
+        if texts is not None:  # app.serve.texts: limits, the checkpoint's tokenizer, the text gate's screen
+            assert model.encoder is not None  # a ready text model has its tokenizer
+            prepared = prepare_texts(manifest, gate, model.encoder, texts, request.locate, reject_request)
+        elif lengths is None:
             prepared = self._prepare_rows(manifest, gate, request, columns, reject_request)
         else:  # app.serve.sequences: every step checked and screened, the last max_length steps scored
             prepared = prepare_sequences(manifest, gate, columns, lengths, request.locate_step, reject_request)
@@ -219,7 +229,11 @@ class DataPlane:
         density = np.full(scored.size, np.nan)
         epistemic = np.full(scored.size, np.nan)
         if scores is not None:
-            density[scored] = gate.density(prepared.density_input)
+            features = prepared.density_input
+            if features is None:  # the backend's pass computed it (a text model's pooled encoder state)
+                assert isinstance(scores, Scores) and scores.features is not None
+                features = scores.features
+            density[scored] = gate.density(features)
             epistemic[scored] = scores.epistemic  # a regression's: the epistemic variance, the target's unit²
         result = InferenceResult(model, plan, scores, scored, gate.decide(screen, density, epistemic))
         self._record(model, result)

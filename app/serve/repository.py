@@ -18,14 +18,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from app.checkpoint.files import read_gate
+from app.checkpoint.files import read_gate, read_tokenizer
 from app.checkpoint.manifest import Manifest
 from app.errors import CheckpointError
 from app.gate.gate import Gate
 from app.serve.backend import Backend, BackendKind
 from app.serve.errors import ModelNotFound, ModelNotReady
 from app.serve.versions import VersionPolicy, select, version_folders, version_order
+
+if TYPE_CHECKING:  # the tokenizer is imported on use, for a text model
+    from app.data.tokenizer import TextEncoder
 
 log = logging.getLogger("sbnn.serve")
 
@@ -44,8 +48,9 @@ class ReadyWhen(str, Enum):
 
 @dataclass
 class ServedModel:
-    """One version of one model; ``backend`` and ``gate`` are set once it verified and warmed up, and a ready
-    entry never changes again (a reload makes a new one). ``version`` is "" while unknown (its manifest unread)."""
+    """One version of one model; ``backend`` and ``gate`` (and a text model's ``encoder``, its tokenizer) are set
+    once it verified and warmed up, and a ready entry never changes again (a reload makes a new one).
+    ``version`` is "" while unknown (its manifest unread)."""
 
     name: str
     path: Path
@@ -54,6 +59,7 @@ class ServedModel:
     reason: str = ""
     backend: Backend | None = None
     gate: Gate | None = None
+    encoder: TextEncoder | None = None
 
     @property
     def manifest(self) -> Manifest:
@@ -207,6 +213,7 @@ class ModelRepository:
                 raise CheckpointError(str(path / "manifest.json"), f"version {manifest.version} is not pinned")
             entry.version = manifest.version
             gate = read_gate(path, manifest)
+            encoder = None if manifest.text is None else read_tokenizer(path, manifest)
         except Exception as exc:  # any loader failure fails this version only: the others keep loading
             entry.state, entry.reason = ModelState.FAILED, client_reason(path, exc)
             if not isinstance(exc, CheckpointError | ValueError | RuntimeError):
@@ -214,7 +221,7 @@ class ModelRepository:
             log.error("model %s not ready: %s", name, exc)  # the server's log keeps the full path
             return entry
         self._check_calibration(name, backend, gate)
-        entry.backend, entry.gate, entry.state = backend, gate, ModelState.READY
+        entry.backend, entry.gate, entry.encoder, entry.state = backend, gate, encoder, ModelState.READY
         bank = backend.default_bank
         log.info(
             "model %s ready: version %s, %s, %s backend, bank %s, weights %s, loaded in %.1f s",

@@ -30,13 +30,14 @@ LocateStep = Callable[[str, int, int], str]  # (feature, sequence, step) -> the 
 
 @dataclass(frozen=True)
 class Prepared:
-    """A request's rows (or sequences) ready to score: the gate's screen of all N, ``scored`` (N,) bool, the
-    network's input of the scored ones and the density's input of the same ones."""
+    """A request's rows (sequences, texts) ready to score: the gate's screen of all N, ``scored`` (N,) bool, the
+    network's input of the scored ones and the density's input of the same ones (None: the backend's pass
+    computes it, ``Scores.features``: a text model's)."""
 
     screen: Screen
     scored: np.ndarray
     inputs: ModelInput
-    density_input: np.ndarray
+    density_input: np.ndarray | None
 
 
 def step_of(starts: np.ndarray, row: int) -> tuple[int, int]:

