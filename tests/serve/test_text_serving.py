@@ -205,3 +205,25 @@ def test_metrics_count_text_predictions(server: httpx.Client) -> None:
         return next((float(x.split()[-1]) for x in text.splitlines() if x.startswith(line)), 0.0)
 
     assert count(after) - count(before) == 2.0
+
+
+def test_any_unicode_text_gets_an_answer_or_a_4xx(server: httpx.Client) -> None:
+    """Arbitrary strings (control characters, other scripts, emoji, lone surrogates) never crash the server: a
+    text is scored, referred or rejected with reasons; only what JSON cannot carry (a lone surrogate) is a 422."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import strategies as st
+
+    @hypothesis.settings(max_examples=60, deadline=None, derandomize=True)
+    @hypothesis.given(st.lists(st.text(max_size=200), min_size=1, max_size=4))
+    def check(texts: list[str]) -> None:
+        response = _predict(server, texts)
+        surrogate = any(0xD800 <= ord(c) <= 0xDFFF for t in texts for c in t)
+        if surrogate:
+            assert response.status_code == 422, response.text
+            return
+        assert response.status_code == 200, response.text
+        for prediction in response.json()["predictions"]:
+            assert prediction["decision"] in ("accept", "refer", "reject")
+            assert (prediction["probabilities"] is None) == (prediction["decision"] == "reject")
+
+    check()
