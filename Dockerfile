@@ -1,9 +1,9 @@
-# syntax=docker/dockerfile:1
 # sbnn serving images.
 #   default (runtime): torch, every sampler; CPU build of torch unless
 #     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126   (run with --gpus all)
 #   --target slim: no torch; onnxruntime on the bundled models' exported frozen-bank graphs (SBNN_BACKEND=onnx)
 # Air-gapped: put the wheels in deploy/wheelhouse (docs/deploy.md) and pass --build-arg WHEELHOUSE=1.
+# No `# syntax=` line: BuildKit would fetch that frontend from a registry, which an air-gapped build cannot.
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS build
@@ -57,7 +57,25 @@ RUN /opt/sbnn/bin/pip install --no-deps --no-index --no-build-isolation . \
  && find /opt/sbnn -name '__pycache__' -prune -exec rm -rf {} +
 
 # What both serving images share: the user, the settings, the health check, the command.
+# What the serving images leave out of a build's virtualenv: pip (nothing installs at run time), and torch's C++
+# headers, test suite and test binaries (torch/include, torch/test, torch/bin: about 195 MB, never loaded).
+FROM build AS runtime-files
+RUN /opt/sbnn/bin/python -m pip uninstall --quiet --yes pip \
+ && rm -rf /opt/sbnn/lib/python3*/site-packages/torch/include /opt/sbnn/lib/python3*/site-packages/torch/test \
+      /opt/sbnn/lib/python3*/site-packages/torch/bin
+
+FROM build-slim AS slim-files
+RUN /opt/sbnn/bin/python -m pip uninstall --quiet --yes pip
+
 FROM ${BASE_IMAGE} AS serving-base
+ARG SBNN_VERSION=0.1.0
+ARG SBNN_REVISION=unknown
+LABEL org.opencontainers.image.title="sbnn" \
+      org.opencontainers.image.description="Uncertainty scoring with singular (low-rank) Bayesian neural networks: predictions, their uncertainty and an accept/refer/reject gate" \
+      org.opencontainers.image.version="${SBNN_VERSION}" \
+      org.opencontainers.image.revision="${SBNN_REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.vendor="sbnn"
 RUN groupadd --system --gid 10001 sbnn \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin sbnn \
  && mkdir -p /var/lib/sbnn/audit && chown 10001:10001 /var/lib/sbnn/audit
@@ -82,11 +100,11 @@ STOPSIGNAL SIGTERM
 CMD ["sbnn", "serve"]
 
 FROM serving-base AS slim
-COPY --from=build-slim /opt/sbnn /opt/sbnn
+COPY --from=slim-files /opt/sbnn /opt/sbnn
 COPY --from=export /models/ /models/
 ENV SBNN_BACKEND=onnx
 
 FROM serving-base AS runtime
-COPY --from=build /opt/sbnn /opt/sbnn
+COPY --from=runtime-files /opt/sbnn /opt/sbnn
 # The bundled models; mount more as /models/<name> (read-only), or a whole repository over /models.
 COPY models/ /models/

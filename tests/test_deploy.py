@@ -67,6 +67,9 @@ def exported() -> dict[str, set[str]]:
         labels[family.name] = set(family._labelnames)  # type: ignore[attr-defined]
     series: dict[str, set[str]] = {}
     for family in registry.collect():
+        if family.name.startswith("process_"):  # ProcessCollector's: unlabelled, one sample each
+            series |= {sample.name: set() for sample in family.samples}
+            continue
         own = labels[family.name if family.name in labels else f"{family.name}_total"]
         if family.type == "histogram":
             series |= {f"{family.name}_bucket": own | {"le"}, f"{family.name}_count": own, f"{family.name}_sum": own}
@@ -193,23 +196,49 @@ def scrape_job(config: dict[str, Any]) -> dict[str, Any]:
     return job
 
 
-def test_compose_wires_the_three_services(services: dict[str, dict[str, Any]]) -> None:
-    assert set(services) == {"sbnn", "prometheus", "grafana"}
+def test_compose_wires_the_services(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    assert set(services) == {"sbnn", "prometheus", "alertmanager", "grafana"}
     sbnn, prometheus, grafana = services["sbnn"], services["prometheus"], services["grafana"]
+    alertmanager = services["alertmanager"]
     assert (ROOT / sbnn["build"]["context"] / "Dockerfile").is_file()
     assert sbnn["environment"]["SBNN_MODELS"] == "/models"  # where the image puts the bundled models
     assert "SBNN_PORT" not in sbnn["environment"], "the scrape target and healthcheck assume the default port"
     assert "SBNN_GRPC_PORT" not in sbnn["environment"], "the published gRPC port is the image's"
     assert published(sbnn) == {Settings().port: 8000, GRPC_PORT: 8081}  # REST and gRPC
     assert published(prometheus) == {9090: 9090} and published(grafana) == {3000: 3000}
-    assert prometheus["depends_on"] == ["sbnn"] and grafana["depends_on"] == ["prometheus"]
-    # Configuration is mounted read-only from folders of this repository.
-    for service in (prometheus, grafana):
+    assert published(alertmanager) == {9093: 9093}
+    # Every port is published on loopback unless the operator names an address.
+    for service in services.values():
+        for entry in service["ports"]:
+            assert str(entry).startswith("${SBNN_BIND_ADDRESS:-127.0.0.1}:"), entry
+    # Each service starts once what it needs is healthy, and has a health check of its own (sbnn: the image's).
+    assert prometheus["depends_on"] == {
+        "sbnn": {"condition": "service_healthy"},
+        "alertmanager": {"condition": "service_healthy"},
+    }
+    assert grafana["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+    for service in (prometheus, alertmanager):
+        assert "/-/ready" in " ".join(service["healthcheck"]["test"])
+    # Configuration is mounted read-only from folders of this repository; state lives in named volumes.
+    named = set(compose["volumes"])
+    for service in services.values():
         for volume in service["volumes"]:
-            source, _, mode = volume.split(":")
-            assert (ROOT / source).is_dir() and mode == "ro", volume
+            source, mount, *mode = volume.split(":")
+            if source in named:
+                continue
+            assert (ROOT / source).is_dir() and mode == ["ro"], volume
     assert host_path(prometheus, "/etc/prometheus") == PROMETHEUS
+    assert host_path(alertmanager, "/etc/alertmanager") == ROOT / "deploy" / "alertmanager"
     assert host_path(grafana, "/etc/grafana/provisioning") == GRAFANA / "provisioning"
+    data = {service: {v.split(":")[1] for v in services[service]["volumes"] if v.split(":")[0] in named}
+            for service in services}  # fmt: skip
+    assert "/prometheus" in data["prometheus"] and "/alertmanager" in data["alertmanager"]
+    assert "/var/lib/grafana" in data["grafana"] and "/var/lib/sbnn/audit" in data["sbnn"]
+    assert "--storage.tsdb.path=/prometheus" in prometheus["command"]
+    # Grafana: no default admin password (compose refuses to start without one), no anonymous access.
+    env = grafana["environment"]
+    assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and env["GF_USERS_ALLOW_SIGN_UP"] == "false"
     # The service's health check is the image's: compose must not switch it off.
     assert "healthcheck" not in sbnn or not sbnn["healthcheck"].get("disable", False)
     for service in services.values():
@@ -219,6 +248,41 @@ def test_compose_wires_the_three_services(services: dict[str, dict[str, Any]]) -
     assert int(sbnn["stop_grace_period"].rstrip("s")) > drain
     # A read-only root filesystem with a tmpfs for temporary files (the server writes nowhere else but the trail).
     assert sbnn["read_only"] is True and "/tmp" in sbnn["tmpfs"]
+
+
+def test_prometheus_sends_its_alerts_to_the_alertmanager(
+    services: dict[str, dict[str, Any]], prometheus_config: tuple[Path, dict[str, Any]], rules: list[dict]
+) -> None:
+    (alerting,) = prometheus_config[1]["alerting"]["alertmanagers"]
+    (target,) = alerting["static_configs"][0]["targets"]
+    host, port = target.rsplit(":", 1)
+    assert host in services and int(port) in published(services[host])
+    config = load_yaml(ROOT / "deploy" / "alertmanager" / "alertmanager.yml")
+    receivers = {r["name"]: r for r in config["receivers"]}
+    routed = {config["route"]["receiver"], *(r["receiver"] for r in config["route"].get("routes", []))}
+    assert routed <= receivers.keys()
+    for name in routed:  # every route ends in a receiver that sends somewhere
+        assert receivers[name].get("webhook_configs"), name
+    assert {rule["labels"]["severity"] for rule in rules} <= {"critical", "warning"}
+
+
+def test_the_dockerfile_passes_a_platform_teams_checks() -> None:
+    """No registry frontend, OCI labels, and pip and torch's headers, tests and test binaries left out."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert not text.startswith("# syntax=") and "# syntax=" not in text.splitlines()[0]
+    stages = dockerfile_stages()
+    labels = " ".join(inherited(stages, "runtime", "LABEL"))
+    for key in ("title", "description", "version", "revision", "licenses"):
+        assert f"org.opencontainers.image.{key}=" in labels, key
+    assert inherited(stages, "slim", "LABEL") == inherited(stages, "runtime", "LABEL")
+    pruned = " ".join(arguments for kind, arguments in stages["runtime-files"]["instructions"] if kind == "RUN")
+    for path in ("torch/include", "torch/test", "torch/bin"):
+        assert path in pruned, path
+    assert "pip uninstall" in pruned
+    copies = {arguments for kind, arguments in stages["runtime"]["instructions"] if kind == "COPY"}
+    assert "--from=runtime-files /opt/sbnn /opt/sbnn" in copies
+    copies = {arguments for kind, arguments in stages["slim"]["instructions"] if kind == "COPY"}
+    assert "--from=slim-files /opt/sbnn /opt/sbnn" in copies
 
 
 def test_the_image_runs_unprivileged_with_a_readiness_healthcheck() -> None:
@@ -387,3 +451,21 @@ def test_the_images_keep_the_audit_trail_on_a_volume() -> None:
     assert "SBNN_AUDIT_DIR=/var/lib/sbnn/audit" in dockerfile
     assert 'VOLUME ["/var/lib/sbnn/audit"]' in dockerfile
     assert "chown 10001:10001 /var/lib/sbnn/audit" in dockerfile
+
+
+def test_the_dashboard_imports_into_another_grafana(dashboard: dict[str, Any]) -> None:
+    """deploy/grafana/sbnn-export.json is the provisioned dashboard in Grafana's sharing form: its datasource an
+    input the importer picks (``__inputs``), no uid of the compose stack left, nothing else changed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_dashboard", GRAFANA / "export_dashboard.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    shared = json.loads((GRAFANA / "sbnn-export.json").read_text())
+    assert shared == module.exported(dashboard), "run python deploy/grafana/export_dashboard.py"
+    (source,) = shared["__inputs"]
+    assert source["type"] == "datasource" and source["pluginId"] == "prometheus"
+    text = json.dumps({k: v for k, v in shared.items() if k != "__inputs"})
+    assert '"uid": "prometheus"' not in text and text.count("${" + source["name"] + "}") == len(shared["panels"]) + 1
+    assert shared["id"] is None and shared["uid"] == dashboard["uid"] and shared["panels"] != []

@@ -5,7 +5,7 @@ Naming: ``sbnn_`` prefix, base units in the name, ``_total`` counters, low-cardi
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from app.serve.drift import DriftCollector
 from app.serve.histograms import ArrayHistogram
@@ -20,6 +20,9 @@ class ServiceMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        # process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds, …: the server's own
+        # (read from /proc at scrape time; absent where there is no /proc).
+        ProcessCollector(registry=registry)
         self.request_duration = Histogram(
             "sbnn_request_duration_seconds",
             "Time from request received to response sent, by model, route template and HTTP status.",

@@ -46,6 +46,18 @@ async def test_metrics_is_prometheus_text(asgi_client: httpx.AsyncClient) -> Non
     } <= families
 
 
+async def test_the_process_metrics_are_exported(
+    asgi_client: httpx.AsyncClient, parse_metrics: Callable[[str], Any]
+) -> None:
+    """The server's own resident memory, CPU time and open files (prometheus-client's ProcessCollector)."""
+    import time
+
+    metrics = await _scrape(asgi_client, parse_metrics)
+    assert 50e6 < metrics.value("process_resident_memory_bytes") < 8e9  # a server with torch loaded, in bytes
+    assert metrics.value("process_cpu_seconds_total") > 0 and metrics.value("process_open_fds") >= 3
+    assert metrics.value("process_start_time_seconds") <= time.time()
+
+
 async def test_model_gauges(asgi_client: httpx.AsyncClient, parse_metrics: Callable[[str], Any]) -> None:
     metrics = await _scrape(asgi_client, parse_metrics)
     info = metrics.find("sbnn_model_info", model=MODEL)
