@@ -48,6 +48,7 @@ from app.serve.middleware import (
 )
 from app.serve.repository import ModelRepository
 from app.serve.settings import Settings
+from app.serve.tracing import Tracing
 from app.serve.watch import ModelWatcher
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.pinned_versions,
         settings.ready_when,
     )
-    engine = BatchingEngine(settings, metrics)
+    engine = BatchingEngine(settings, metrics, Tracing(settings.tracing))
     dataplane = DataPlane(settings, repository, engine, metrics)
     trail = AuditTrail(known=lambda name: name in repository.names())
     metrics.registry.register(AuditCollector(trail))

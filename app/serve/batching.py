@@ -40,6 +40,7 @@ from app.serve.errors import DeadlineExceeded, Overloaded
 from app.serve.metrics import ServiceMetrics
 from app.serve.repository import ServedModel
 from app.serve.settings import Settings
+from app.serve.tracing import Tracing, now_ns
 
 T = TypeVar("T")
 STEPPED_OVER_S = 0.02  # a request estimated to take longer runs piece by piece, between the other requests
@@ -53,6 +54,10 @@ class _Job:
     future: asyncio.Future[AnyScores]
     enqueued: float
     stepped: bool  # run piece by piece on its own, not in a batch
+    queued_ns: int = 0  # wall clock (tracing's spans): queued, its pass (or first piece) began, its scores came
+    started_ns: int = 0
+    finished_ns: int = 0
+    batch_requests: int = 1  # requests in its pass
 
     @property
     def rows(self) -> int:
@@ -98,9 +103,10 @@ def _compute(model: ServedModel, jobs: list[_Job], batch_seed: int) -> list[AnyS
 class BatchingEngine:
     """Per-model queues feeding one compute thread (the backend uses the cores inside each pass)."""
 
-    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+    def __init__(self, settings: Settings, metrics: ServiceMetrics, tracing: Tracing | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.tracing = tracing or Tracing(enabled=False)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sbnn-compute")
         self._queues: dict[str, asyncio.Queue[_Job]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -128,7 +134,13 @@ class BatchingEngine:
             )
         stepped = model.backend.cost(plan, rows).seconds > STEPPED_OVER_S
         job = _Job(
-            model=model, x=x, plan=plan, future=loop.create_future(), enqueued=time.perf_counter(), stepped=stepped
+            model=model,
+            x=x,
+            plan=plan,
+            future=loop.create_future(),
+            enqueued=time.perf_counter(),
+            stepped=stepped,
+            queued_ns=now_ns(),
         )
         self._rows[name] = waiting + rows
         job.future.add_done_callback(lambda _: self._rows.__setitem__(name, self._rows[name] - rows))
@@ -138,7 +150,17 @@ class BatchingEngine:
         try:
             # On timeout wait_for cancels the future: a job still queued is then dropped before its batch runs,
             # and a stepped one at its next piece.
-            return await asyncio.wait_for(job.future, timeout)
+            scores = await asyncio.wait_for(job.future, timeout)
+            self.tracing.record("sbnn.queue", job.queued_ns, job.started_ns, rows=rows)
+            self.tracing.record(
+                "sbnn.compute",
+                job.started_ns,
+                job.finished_ns,
+                rows=rows,
+                stepped=job.stepped,
+                batch_requests=job.batch_requests,
+            )
+            return scores
         except TimeoutError:
             whose = "the server's" if timeout == server else "the request's"
             raise DeadlineExceeded(f"not answered within {whose} {timeout:g} s deadline") from None
@@ -204,9 +226,10 @@ class BatchingEngine:
             while True:
                 jobs = self._ready(queue) if running else await self._collect(queue)
                 jobs = [job for job in jobs if not job.future.done()]  # drop requests whose client went away
-                now = time.perf_counter()
+                now, wall = time.perf_counter(), now_ns()
                 for job in jobs:
                     self.metrics.stage_duration.labels(name, "queue").observe(now - job.enqueued)
+                    job.started_ns = wall
                     if job.stepped:
                         backend = job.model.backend
                         assert backend is not None  # only ready models are queued
@@ -241,7 +264,9 @@ class BatchingEngine:
         computed = [(job, result) for job, result in zip(jobs, results, strict=True) if result is not None]
         if computed:  # what the pass carried: requests that ended while waiting were not computed
             self._observe(model, time.perf_counter() - started, [job for job, _ in computed])
+        finished = now_ns()
         for job, result in computed:
+            job.finished_ns, job.batch_requests = finished, len(computed)
             if not job.future.done():
                 job.future.set_result(result)
 
@@ -267,6 +292,7 @@ class BatchingEngine:
             running.append(run)
         elif not run.job.future.done():
             self._observe(run.job.model, run.seconds, [run.job])
+            run.job.finished_ns = now_ns()
             run.job.future.set_result(scores)
 
     def _observe(self, model: ServedModel, seconds: float, jobs: list[_Job]) -> None:

@@ -203,8 +203,48 @@ class DataPlane:
 
     async def infer(self, request: ScoringRequest) -> InferenceResult:
         """The corridor: gate and score the request's rows as planned (the seed, when absent, is chosen and
-        returned): rows the bounds reject are not scored, the others are, and every row is explained."""
-        model = self.model(request.model, request.version)
+        returned): rows the bounds reject are not scored, the others are, and every row is explained. With
+        tracing on, each stage is a span (app.serve.tracing)."""
+        tracing = self.engine.tracing
+        with tracing.span("sbnn.infer", model=request.model) as span:
+            model = self.model(request.model, request.version)
+            manifest, gate = model.manifest, model.gate
+            assert gate is not None  # a ready model has its gate
+            with tracing.span("sbnn.validate"):
+                plan, prepared, options = self._validate(model, request)
+            screen, scored = prepared.screen, prepared.scored
+            scores = None
+            if scored.any():
+                deadlines = [t for t in (options.timeout_s, request.timeout_s) if t is not None]
+                scores = await self.engine.submit(model, prepared.inputs, plan, min(deadlines) if deadlines else None)
+            with tracing.span("sbnn.gate"):
+                density = np.full(scored.size, np.nan)
+                epistemic = np.full(scored.size, np.nan)
+                if scores is not None:
+                    features = prepared.density_input
+                    if features is None:  # the backend's pass computed it (a text model's pooled encoder state)
+                        assert isinstance(scores, Scores) and scores.features is not None
+                        features = scores.features
+                    density[scored] = gate.density(features)
+                    epistemic[scored] = scores.epistemic  # a regression's: the epistemic variance, the target's unit²
+                result = InferenceResult(model, plan, scores, scored, gate.decide(screen, density, epistemic))
+            if span is not None:
+                decisions = Counter(d.value for d in result.gate.decisions)
+                span.set_attributes(
+                    {
+                        "sbnn.model.version": manifest.version,
+                        "sbnn.rows": result.rows,
+                        "sbnn.samples": result.samples,
+                        "sbnn.sampler": (scores.plan if scores is not None else plan).sampler.value,
+                        **{f"sbnn.decisions.{d.value}": decisions[d.value] for d in Decision},
+                    }
+                )
+            self._record(model, result)
+            return result
+
+    def _validate(self, model: ServedModel, request: ScoringRequest) -> tuple[Plan, Prepared, RequestOptions]:
+        """Decode the body for its model, plan it within the server's limits, then check, screen and encode
+        every value (rows, sequences or texts) once, in the checkpoint's own preprocessing."""
         manifest, gate = model.manifest, model.gate
         assert gate is not None  # a ready model has its gate
         decoded = request.decode(manifest)
@@ -222,22 +262,7 @@ class DataPlane:
             prepared = self._prepare_rows(manifest, gate, request, columns, reject_request)
         else:  # app.serve.sequences: every step checked and screened, the last max_length steps scored
             prepared = prepare_sequences(manifest, gate, columns, lengths, request.locate_step, reject_request)
-        screen, scored = prepared.screen, prepared.scored
-        deadlines = [t for t in (options.timeout_s, request.timeout_s) if t is not None]
-        timeout_s = min(deadlines) if deadlines else None
-        scores = await self.engine.submit(model, prepared.inputs, plan, timeout_s) if scored.any() else None
-        density = np.full(scored.size, np.nan)
-        epistemic = np.full(scored.size, np.nan)
-        if scores is not None:
-            features = prepared.density_input
-            if features is None:  # the backend's pass computed it (a text model's pooled encoder state)
-                assert isinstance(scores, Scores) and scores.features is not None
-                features = scores.features
-            density[scored] = gate.density(features)
-            epistemic[scored] = scores.epistemic  # a regression's: the epistemic variance, the target's unit²
-        result = InferenceResult(model, plan, scores, scored, gate.decide(screen, density, epistemic))
-        self._record(model, result)
-        return result
+        return plan, prepared, options
 
     @staticmethod
     def _prepare_rows(

@@ -111,6 +111,11 @@ class Settings(BaseSettings):
         Overflow.FAIL_CLOSED, description="A full audit queue: fail_closed (503, nothing unrecorded) or drop (count)."
     )
     audit_retention_days: int | None = Field(None, ge=1, description="Delete audit records older than this (daily).")
+    tracing: bool = Field(
+        False,
+        description="OpenTelemetry spans per prediction (infer, validate, queue, compute, gate) to the process's "
+        "tracer provider, e.g. under opentelemetry-instrument; off: no OpenTelemetry call at all.",
+    )
 
     @property
     def audit_database(self) -> str | None:
