@@ -58,11 +58,12 @@ RUN /opt/sbnn/bin/pip install --no-deps --no-index --no-build-isolation . \
 
 # What both serving images share: the user, the settings, the health check, the command.
 # What the serving images leave out of a build's virtualenv: pip (nothing installs at run time), and torch's C++
-# headers, test suite and test binaries (torch/include, torch/test, torch/bin: about 195 MB, never loaded).
+# headers, test suite and test binaries (torch/include, torch/test, torch/bin but torch_shm_manager, which
+# `import torch` looks for: about 190 MB, never loaded).
 FROM build AS runtime-files
 RUN /opt/sbnn/bin/python -m pip uninstall --quiet --yes pip \
  && rm -rf /opt/sbnn/lib/python3*/site-packages/torch/include /opt/sbnn/lib/python3*/site-packages/torch/test \
-      /opt/sbnn/lib/python3*/site-packages/torch/bin
+ && find /opt/sbnn/lib/python3*/site-packages/torch/bin -type f ! -name torch_shm_manager -delete
 
 FROM build-slim AS slim-files
 RUN /opt/sbnn/bin/python -m pip uninstall --quiet --yes pip

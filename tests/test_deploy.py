@@ -278,6 +278,7 @@ def test_the_dockerfile_passes_a_platform_teams_checks() -> None:
     pruned = " ".join(arguments for kind, arguments in stages["runtime-files"]["instructions"] if kind == "RUN")
     for path in ("torch/include", "torch/test", "torch/bin"):
         assert path in pruned, path
+    assert "! -name torch_shm_manager" in pruned  # `import torch` needs it
     assert "pip uninstall" in pruned
     copies = {arguments for kind, arguments in stages["runtime"]["instructions"] if kind == "COPY"}
     assert "--from=runtime-files /opt/sbnn /opt/sbnn" in copies

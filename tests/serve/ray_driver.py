@@ -1,0 +1,171 @@
+"""The Ray Serve driver of tests/serve/test_ray.py, run inside its loopback-only network namespace on the
+two-node cluster of deploy/ray/loopback-cluster.sh:  python ray_driver.py MODELS OUT.json
+
+Deploys sbnn with 2 one-CPU replicas (one per node), then measures what the test asserts: where the replicas
+run, the answers of sequential seeded predictions, 160 concurrent ones, the request counters Ray exports per
+node and sbnn's own per replica, and a load during which one replica's process is killed (each request
+retried once). Every HTTP call goes through Ray's proxy on 127.0.0.1 and is counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+PROXY = "http://127.0.0.1:28000"
+NODE_METRICS = ("http://127.0.0.1:26386/metrics", "http://127.0.0.1:26396/metrics")  # loopback-cluster.sh's
+MODEL = "flchain-mortality"
+ROW = {"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 1.0, "mgus": 0}
+BODY = {"instances": [ROW, {**ROW, "age": 95}, {**ROW, "kappa": 2.0}], "seed": 5}
+
+sent = 0  # requests sent through the proxy (every one reaches the deployment)
+sent_lock = threading.Lock()
+
+
+def call(path: str, body: dict[str, Any] | None = None, timeout: float = 60.0) -> tuple[int, str]:
+    global sent
+    with sent_lock:
+        sent += 1
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{PROXY}{path}", data=data, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+        return 0, repr(error)
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:  # a node's metrics agent: not the deployment
+        return response.read().decode()
+
+
+def samples(text: str, name: str) -> list[tuple[str, float]]:
+    return [(m.group(1), float(m.group(2))) for m in re.finditer(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.M)]
+
+
+def replicas() -> list[dict[str, Any]]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
+    return [
+        {"node": a["node_id"], "pid": a["pid"], "name": a.get("name") or ""}
+        for a in actors
+        if "ServeReplica" in (a.get("class_name") or "") and a.get("pid")
+    ]
+
+
+def main() -> None:
+    models, out = sys.argv[1], Path(sys.argv[2])
+    import ray
+    from ray import serve
+
+    from app.serve.ray_serve import SbnnReplica
+
+    result: dict[str, Any] = {}
+    started = time.monotonic()
+    ray.init(address="127.0.0.1:26379", namespace="sbnn-test", log_to_driver=False)
+    result["nodes"] = len([n for n in ray.nodes() if n["Alive"]])
+    # One proxy (the head's): both nodes share this machine's loopback, where a second proxy's port would clash.
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": 28000})
+    env = {"SBNN_MODELS": models, "SBNN_DEVICE": "cpu", "SBNN_BATCH_MAX_WAIT_MS": "2"}
+    options = {"num_cpus": 1, "runtime_env": {"env_vars": env}}
+    serve.run(SbnnReplica.options(num_replicas=2, ray_actor_options=options).bind(), name="sbnn", route_prefix="/")
+    for _ in range(600):
+        if call("/v2/health/ready", timeout=5)[0] == 200:
+            break
+        time.sleep(0.5)
+    result["ready_s"] = time.monotonic() - started
+    result["replicas"] = replicas()
+
+    # Sequential seeded predictions: whichever replica answers, the same numbers.
+    rows = 0
+    answers = []
+    for _ in range(40):
+        status, text = call(f"/v1/models/{MODEL}/predict", BODY)
+        assert status == 200, text
+        answers.append(json.loads(text)["predictions"])
+        rows += len(BODY["instances"])
+    result["answers"] = answers
+
+    # 160 concurrent predictions.
+    with ThreadPoolExecutor(32) as pool:
+        statuses = list(pool.map(lambda _: call(f"/v1/models/{MODEL}/predict", {"instances": [ROW]})[0], range(160)))
+    rows += 160
+    result["concurrent_ok"] = sum(s == 200 for s in statuses)
+    result["rows_sent"] = rows
+
+    # sbnn's own counters, per replica: its /metrics answers for one replica at a time (process_start_time_seconds
+    # tells them apart), so scrape through the proxy until both were seen.
+    per_replica: dict[str, float] = {}
+    for _ in range(40):
+        status, text = call("/metrics")
+        start = samples(text, "process_start_time_seconds")
+        if status == 200 and start:
+            per_replica[str(start[0][1])] = sum(v for _, v in samples(text, "sbnn_predictions_total"))
+        if len(per_replica) == 2:
+            break
+    result["sbnn_predictions_by_replica"] = per_replica
+
+    # Ray's own request counter, exported by each node's metrics agent with a replica label: the sum over both
+    # nodes' series is every request the deployment received (Ray reports every few seconds: wait for it).
+    expected = sent
+    counted = 0.0
+    for _ in range(60):
+        series = [s for url in NODE_METRICS for s in samples(scrape(url), "ray_serve_deployment_request_counter_total")]
+        counted = sum(v for labels, v in series if 'deployment="sbnn"' in labels)
+        if counted >= expected:
+            break
+        time.sleep(1)
+    result["ray_requests_counted"], result["requests_sent"] = counted, expected
+    result["ray_series_replicas"] = sorted(
+        {re.search(r'replica="([^"]+)"', labels).group(1) for labels, _ in series if 'replica="' in labels}
+    )
+
+    # A load of 80 predictions, one retry each; one replica's process is killed once 10 are answered.
+    done = threading.Semaphore(0)
+    retries = 0
+    retries_lock = threading.Lock()
+
+    def one(_: int) -> int:
+        nonlocal retries
+        status, _text = call(f"/v1/models/{MODEL}/predict", {"instances": [ROW]}, timeout=120)
+        if status != 200:
+            with retries_lock:
+                retries += 1
+            status, _text = call(f"/v1/models/{MODEL}/predict", {"instances": [ROW]}, timeout=120)
+        done.release()
+        return status
+
+    victim = result["replicas"][0]["pid"]
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(one, i) for i in range(80)]
+        for _ in range(10):
+            done.acquire()
+        os.kill(victim, signal.SIGKILL)
+        final = [f.result() for f in futures]
+    result["killed_pid"] = victim
+    result["load_ok"], result["load_retries"] = sum(s == 200 for s in final), retries
+    result["replicas_after"] = replicas()
+    result["total_s"] = time.monotonic() - started
+    out.write_text(json.dumps(result))
+    serve.shutdown()
+
+
+if __name__ == "__main__":
+    main()
