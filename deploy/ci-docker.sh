@@ -146,7 +146,7 @@ docker run --rm --entrypoint python3 "$image" -c "
 import importlib.util as u, pathlib, sys, torch
 root = pathlib.Path(torch.__file__).parent
 left = [p for p in ('include', 'test') if (root / p).exists()] + (['pip'] if u.find_spec('pip') else [])
-left += [p.name for p in (root / 'bin').iterdir() if p.name != 'torch_shm_manager']
+left += [p.name for p in (root / 'bin').rglob('*') if p.is_file() and p.name != 'torch_shm_manager']
 assert float((torch.ones(3) @ torch.ones(3)).item()) == 3.0
 sys.exit(f'still in the image: {left}' if left else 0)"
 

@@ -82,7 +82,13 @@ def main() -> None:
     ray.init(address="127.0.0.1:26379", namespace="sbnn-test", log_to_driver=False)
     result["nodes"] = len([n for n in ray.nodes() if n["Alive"]])
     # One proxy (the head's): both nodes share this machine's loopback, where a second proxy's port would clash.
-    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": 28000})
+    for attempt in range(3):  # serve.start waits 60 s for the proxy: on busy cores it may need longer
+        try:
+            serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": 28000})
+            break
+        except ray.exceptions.GetTimeoutError:
+            if attempt == 2:
+                raise
     env = {"SBNN_MODELS": models, "SBNN_DEVICE": "cpu", "SBNN_BATCH_MAX_WAIT_MS": "2"}
     options = {"num_cpus": 1, "runtime_env": {"env_vars": env}}
     serve.run(SbnnReplica.options(num_replicas=2, ray_actor_options=options).bind(), name="sbnn", route_prefix="/")
