@@ -60,13 +60,15 @@ def samples(text: str, name: str) -> list[tuple[str, float]]:
 
 
 def replicas() -> list[dict[str, Any]]:
-    from ray.util.state import list_actors
+    """The live replicas' node and process, from the GCS actor table (the state API needs the dashboard, which
+    loopback-cluster.sh does not start)."""
+    from ray._private.state import actors
 
-    actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
+    table = actors(actor_state_name="ALIVE").values()
     return [
-        {"node": a["node_id"], "pid": a["pid"], "name": a.get("name") or ""}
-        for a in actors
-        if "ServeReplica" in (a.get("class_name") or "") and a.get("pid")
+        {"node": a["Address"]["NodeID"], "pid": a["Pid"], "name": a.get("Name") or ""}
+        for a in table
+        if "ServeReplica" in (a.get("ActorClassName") or "") and a.get("Pid")
     ]
 
 
