@@ -5,7 +5,7 @@ The app is built inside each replica (``serve.ingress`` with a builder: the app 
 repository, which are not shipped between processes), from the replica's environment (``SBNN_*``, set by the
 config's ``runtime_env``); its lifespan loads and warms the models as ``sbnn serve`` does. gRPC stays off in
 the replicas (``SBNN_GRPC_PORT=0``: two replicas on one node cannot share a port). Imported only where Ray is
-installed (``pip install 'sbnn[ray]'``).
+installed (``pip install 'ray[serve]'``).
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     try:
         import ray  # noqa: F401
     except ImportError:
-        _unavailable("Ray is not installed (pip install 'sbnn[ray]')")
+        _unavailable("Ray is not installed (pip install 'ray[serve]')")
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-n", "true"], check=False).returncode:
         _unavailable("cannot make a network namespace (unshare -n needs root or user namespaces)")
     work = tmp_path_factory.mktemp("ray")
