@@ -50,14 +50,17 @@ class SequenceMonteCarloEngine:
         samples = self.model.num_samples(samples)
         return bank_or_fresh(sampler, samples, seed, self.bank_size, self.bank_seed, "sequence networks")
 
+    def activation_width(self, steps: int) -> int:
+        """Floats per (sample, row, step) of a pass's widest activations at T = ``steps``: an LSTM's gates (4H),
+        a Transformer's widest of attention scores, feed-forward and q, k, v."""
+        spec = self.model.spec
+        if isinstance(spec, TextNetworkSpec):
+            return max(spec.heads * steps, spec.d_ff, 3 * spec.d_model)
+        return 4 * spec.hidden
+
     def block_rows(self, samples: int, steps: int) -> int:
         """Rows per block for S = ``samples`` and T = ``steps`` (time steps or tokens)."""
-        spec = self.model.spec
-        if isinstance(spec, TextNetworkSpec):  # the widest of attention scores, feed-forward and q, k, v
-            width = max(spec.heads * steps, spec.d_ff, 3 * spec.d_model)
-        else:
-            width = 4 * spec.hidden
-        return max(1, BLOCK_FLOATS // (samples * steps * width))
+        return max(1, BLOCK_FLOATS // (samples * steps * self.activation_width(steps)))
 
     @torch.no_grad()
     def execute(self, x: Tensor, lengths: Tensor | None, plan: Plan) -> Tensor:

@@ -4,10 +4,12 @@ bank's predictive, per text. Training calibrates the text gate on these scores a
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import torch
 
-from app.bnn.transformer import BayesianTransformer
+from app.bnn.transformer import BayesianTransformer, TransformerSample
 from app.data.tokenizer import EncodedTexts
 from app.evaluate.scoring import ScoredSet
 from app.evaluate.sequence_scoring import SequenceBankScorer
@@ -17,10 +19,25 @@ from app.gate.text import TextScreening
 FEATURE_BLOCK = 512  # texts per pass of the density's features
 
 
-def encoder_features(model: BayesianTransformer, encoded: EncodedTexts, block: int = FEATURE_BLOCK) -> np.ndarray:
-    """The density's input for encoded texts: (N, d_model) float64 pooled encoder states, ``block`` texts a pass."""
+class TokenIds(Protocol):
+    """Tokenised texts: ids (N, L) int64 right-padded, lengths (N,) int64 (``EncodedTexts``, the server's
+    ``TextInputs``)."""
+
+    ids: np.ndarray
+    lengths: np.ndarray
+
+
+def encoder_features(
+    model: BayesianTransformer,
+    encoded: TokenIds,
+    block: int = FEATURE_BLOCK,
+    mean: TransformerSample | None = None,
+) -> np.ndarray:
+    """The density's input for encoded texts: (N, d_model) float64 pooled encoder states under the posterior mean
+    (``mean``: ``model.mean_sample()``, drawn here when not given), ``block`` texts a pass. Training, evaluation
+    and the torch server all compute it here."""
     device = model.positions.device
-    mean = model.mean_sample()
+    mean = model.mean_sample() if mean is None else mean
     parts = [
         model.pooled_features(
             torch.as_tensor(encoded.ids[start : start + block], device=device),

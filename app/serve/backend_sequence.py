@@ -120,14 +120,15 @@ class SequenceTorchBackend:
         return self.engine.plan(sampler, samples, seed)
 
     def cost(self, plan: Plan, rows: int) -> Cost:
-        """Measured seconds per sequence and sample; memory: one block's gate activations (S, block, T, 4H) in
-        float32 (a few live at once), the head's outputs and, for fresh, the drawn weights."""
+        """Measured seconds per sequence (or text) and sample; memory: one block's widest activations
+        (S, block, T, width) in float32 (an LSTM's gates, a Transformer's widest map: ``activation_width``; a few
+        live at once), the head's outputs and, for fresh, the drawn weights."""
         seconds = rows * plan.samples * self.seconds_per_row_sample.get(plan.sampler, 0.0)
         block = min(rows, self.engine.block_rows(plan.samples, self.max_length))
-        gates = plan.samples * block * self.max_length * 4 * self.model.spec.hidden
+        activations = plan.samples * block * self.max_length * self.engine.activation_width(self.max_length)
         weights = plan.samples * self.manifest.parameter_count if plan.sampler is Sampler.FRESH else 0
         head = plan.samples * rows * self.model.spec.head_features
-        return Cost(seconds, 4 * (3 * gates + weights + 4 * head))
+        return Cost(seconds, 4 * (3 * activations + weights + 4 * head))
 
     def _threads(self, rows: int, samples: int) -> AbstractContextManager[None]:
         """Intra-op threads for one request (``pass_threads``: a sequence weighs about its steps' rows of an MLP;

@@ -13,19 +13,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Generator
 
-import numpy as np
 import torch
 
 from app.bnn.plan import Plan
 from app.bnn.sequence_engine import SequenceMonteCarloEngine
-from app.bnn.spec import Sampler
 from app.bnn.transformer import BayesianTransformer
 from app.checkpoint.manifest import Manifest
-from app.serve.backend import AnyScores, Cost, ModelInput, Scores, TextInputs
+from app.evaluate.text_scoring import encoder_features
+from app.serve.backend import AnyScores, ModelInput, Scores, TextInputs
 from app.serve.backend_sequence import SequenceTorchBackend
 from app.serve.texts import typical_texts
-
-FEATURE_BLOCK = 256  # texts per pass of the features: one posterior-mean draw, so (block, L, d) activations
 
 
 class TextTorchBackend(SequenceTorchBackend):
@@ -38,34 +35,11 @@ class TextTorchBackend(SequenceTorchBackend):
     def typical_input(self, rows: int) -> ModelInput:
         return typical_texts(rows, self.max_length)
 
-    def cost(self, plan: Plan, rows: int) -> Cost:
-        """Measured seconds per text and sample; memory: one block's widest activations (S, block, L, width)
-        in float32 (a few live at once; ``SequenceMonteCarloEngine.block_rows`` sizes the block), the head's
-        outputs and, for fresh, the drawn weights."""
-        spec = self.transformer.spec
-        seconds = rows * plan.samples * self.seconds_per_row_sample.get(plan.sampler, 0.0)
-        block = min(rows, self.engine.block_rows(plan.samples, self.max_length))
-        width = max(spec.heads * self.max_length, spec.d_ff, 3 * spec.d_model)
-        activations = plan.samples * block * self.max_length * width
-        weights = plan.samples * self.manifest.parameter_count if plan.sampler is Sampler.FRESH else 0
-        head = plan.samples * rows * spec.head_features
-        return Cost(seconds, 4 * (3 * activations + weights + 4 * head))
-
-    @torch.no_grad()
-    def features(self, inputs: TextInputs) -> np.ndarray:
-        """(N, d_model) float64: each text's pooled encoder state under the posterior mean."""
-        ids = torch.from_numpy(np.ascontiguousarray(inputs.ids, dtype=np.int64)).to(self.device)
-        lengths = torch.from_numpy(np.ascontiguousarray(inputs.lengths, dtype=np.int64)).to(self.device)
-        out = np.empty((ids.shape[0], self.transformer.spec.d_model))
-        for start in range(0, ids.shape[0], FEATURE_BLOCK):
-            where = slice(start, start + FEATURE_BLOCK)
-            out[where] = self.transformer.pooled_features(ids[where], lengths[where], self.mean).double().cpu().numpy()
-        return out
-
     def steps(self, inputs: ModelInput, plan: Plan) -> Generator[None, None, AnyScores]:
         """The sequence backend's pieces, then the features."""
         assert isinstance(inputs, TextInputs)  # the data plane tokenised the texts
         scores = yield from super().steps(inputs, plan)
         assert isinstance(scores, Scores)  # a text model is a classifier
         yield
-        return dataclasses.replace(scores, features=self.features(inputs))
+        # The density's input as training computed it, under the posterior mean drawn once at load.
+        return dataclasses.replace(scores, features=encoder_features(self.transformer, inputs, mean=self.mean))

@@ -27,14 +27,14 @@ from app.serve.sequences import Prepared
 if TYPE_CHECKING:  # imported with the tokenizer, which the repository loads for a text model only
     from app.data.tokenizer import TextEncoder
 
-CLS_ID = 2  # app.data.tokenizer's [CLS] id (that module imports ``tokenizers``; the backends need not)
-
 Locate = Callable[[str, int], str]  # (field, row) -> the text's field as the client named it
 
 
 def typical_texts(rows: int, max_length: int) -> TextInputs:
     """``rows`` texts of ``max_length`` tokens ([CLS], then the first ordinary token): the longest input a model
     takes, so a rate measured on them bounds a request's."""
+    from app.data.tokenizer import CLS_ID  # imports ``tokenizers``: a text model's backend has it loaded already
+
     ids = np.full((rows, max_length), CLS_ID + 1, dtype=np.int64)
     ids[:, 0] = CLS_ID
     return TextInputs(ids, np.full(rows, max_length, dtype=np.int64))
