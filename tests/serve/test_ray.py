@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,20 +63,15 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def single_process_answer(models: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    from app.serve.app import create_app
+    from conftest import in_process
+
     from app.serve.settings import Settings
 
     async def ask() -> list[dict[str, Any]]:
-        app = create_app(Settings(models=models, device="cpu", grpc_port=0))
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://one") as client:
-                for _ in range(400):
-                    if (await client.get("/v2/health/ready")).status_code == 200:
-                        break
-                    await asyncio.sleep(0.05)
-                response = await client.post(f"/v1/models/{MODEL}/predict", json=body)
-                assert response.status_code == 200, response.text
-                return response.json()["predictions"]
+        async with in_process(Settings(models=models, device="cpu", grpc_port=0)) as client:
+            response = await client.post(f"/v1/models/{MODEL}/predict", json=body)
+            assert response.status_code == 200, response.text
+            return response.json()["predictions"]
 
     return asyncio.run(ask())
 

@@ -7,7 +7,6 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 pytest.importorskip("opentelemetry.sdk")
@@ -22,39 +21,37 @@ ROW = {"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creati
 STAGES = ["sbnn.validate", "sbnn.queue", "sbnn.compute", "sbnn.gate"]
 
 
-def _serve(model_repository: Path, tracing: bool, bodies: list[dict[str, Any]]) -> tuple[list[Any], list[int]]:
+def _serve(
+    model_repository: Path, tracing: bool, bodies: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[Any], list[int]]:
     """Spans exported while an in-process app (tracing on or off, its own tracer provider) answers ``bodies``."""
+    from conftest import in_process
+
     from app.serve import app as app_module
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     original = app_module.Tracing
+    monkeypatch.setattr(app_module, "Tracing", lambda enabled: original(enabled, provider=provider))
+    # ready once one model serves: the repository's "broken" model never does
+    settings = Settings(models=model_repository, device="cpu", tracing=tracing, grpc_port=0, ready_when="any")
 
     async def ask() -> list[int]:
-        app = app_module.create_app(Settings(models=model_repository, device="cpu", tracing=tracing, grpc_port=0))
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
-                for _ in range(400):
-                    if (await client.get("/v2/health/ready")).status_code == 200:
-                        break
-                    await asyncio.sleep(0.05)
-                return [
-                    (await client.post("/v1/models/flchain-mortality/predict", json=body)).status_code
-                    for body in bodies
-                ]
+        async with in_process(settings) as client:
+            return [
+                (await client.post("/v1/models/flchain-mortality/predict", json=body)).status_code for body in bodies
+            ]
 
-    app_module.Tracing = lambda enabled: original(enabled, provider=provider)  # type: ignore[misc]
-    try:
-        statuses = asyncio.run(ask())
-    finally:
-        app_module.Tracing = original  # type: ignore[misc]
+    statuses = asyncio.run(ask())
     return list(exporter.get_finished_spans()), statuses
 
 
-def test_a_prediction_is_one_span_with_its_stages_in_order(model_repository: Path) -> None:
+def test_a_prediction_is_one_span_with_its_stages_in_order(
+    model_repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bodies = [{"instances": [ROW, {**ROW, "age": 95}, {**ROW, "age": 10000}], "seed": 3}]
-    spans, statuses = _serve(model_repository, True, bodies)
+    spans, statuses = _serve(model_repository, True, bodies, monkeypatch)
     assert statuses == [200]
     (infer,) = [s for s in spans if s.name == "sbnn.infer"]
     children = sorted((s for s in spans if s.parent is not None and s.parent.span_id == infer.context.span_id),
@@ -75,8 +72,10 @@ def test_a_prediction_is_one_span_with_its_stages_in_order(model_repository: Pat
     assert not values & {"62", "95", "10000", "1.2", "1.5"}
 
 
-def test_a_refused_request_ends_its_span_with_the_error(model_repository: Path) -> None:
-    spans, statuses = _serve(model_repository, True, [{"instances": [{**ROW, "age": "old"}]}])
+def test_a_refused_request_ends_its_span_with_the_error(
+    model_repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spans, statuses = _serve(model_repository, True, [{"instances": [{**ROW, "age": "old"}]}], monkeypatch)
     assert statuses == [422]
     (infer,) = [s for s in spans if s.name == "sbnn.infer"]
     assert not infer.status.is_ok and [s.name for s in spans if s.name.startswith("sbnn.")] == [
@@ -85,7 +84,7 @@ def test_a_refused_request_ends_its_span_with_the_error(model_repository: Path) 
     ]
 
 
-def test_tracing_off_makes_no_spans(model_repository: Path) -> None:
-    spans, statuses = _serve(model_repository, False, [{"instances": [ROW]}])
+def test_tracing_off_makes_no_spans(model_repository: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spans, statuses = _serve(model_repository, False, [{"instances": [ROW]}], monkeypatch)
     assert statuses == [200] and spans == []
     assert Tracing(enabled=False)._tracer is None  # nothing of OpenTelemetry is touched
