@@ -122,15 +122,7 @@ def main() -> None:
                         runs[backend][name].append(run)
         engine = engine_times(repository / MODEL, args.engine_repeats)
     summary = {
-        backend: {
-            name: {
-                "p50_ms": statistics.median(r["p50_ms"] for r in rounds),
-                "mean_ms": statistics.median(r["mean_ms"] for r in rounds),
-                "ok": sum(r["ok"] for r in rounds),
-                "sent": sum(r["requests_sent"] for r in rounds),
-            }
-            for name, rounds in by_body.items()
-        }
+        backend: {name: parts.over_rounds(rounds) for name, rounds in by_body.items()}
         for backend, by_body in runs.items()
     }
     seeded = "seeded (auto)"

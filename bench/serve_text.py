@@ -125,16 +125,7 @@ def main() -> None:
                         runs[backend][body_name].append(run)
         engine = engine_times(repository / name, args.engine_repeats)
     summary = {
-        backend: {
-            body_name: {
-                "p50_ms": statistics.median(r["p50_ms"] for r in rounds),
-                "p99_ms": statistics.median(r["p99_ms"] for r in rounds),
-                "mean_ms": statistics.median(r["mean_ms"] for r in rounds),
-                "ok": sum(r["ok"] for r in rounds),
-                "sent": sum(r["requests_sent"] for r in rounds),
-            }
-            for body_name, rounds in by_body.items()
-        }
+        backend: {body_name: parts.over_rounds(rounds) for body_name, rounds in by_body.items()}
         for backend, by_body in runs.items()
     }
     one = summary["torch"]["1 text"]["p50_ms"]
