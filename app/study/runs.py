@@ -3,7 +3,10 @@
 Each run trains into its folder with :func:`~app.train.pipeline.train_checkpoint`, is evaluated with
 :func:`~app.evaluate.evaluate.evaluate` and leaves a ``result.json`` (the numbers) and ``scores.npz`` (per-row
 scores for the figures) there. A run whose ``result.json`` holds the same training config is skipped, so an
-interrupted comparison resumes where it stopped; a changed config retrains.
+interrupted comparison resumes where it stopped; a changed config retrains. A run stopped after its checkpoint was
+written (training and the gate's calibration done, evaluation not) is evaluated from that checkpoint
+(:func:`trained_or_train`) instead of retrained: its result says ``resumed``, and its ``wall_seconds`` are the
+checkpoint's training time plus this evaluation.
 
 Results are aggregated and written by :mod:`app.study.publish`.
 """
@@ -65,6 +68,25 @@ def is_done(run: RunSpec) -> bool:
     )
 
 
+def trained_or_train(
+    run: RunSpec, train: Callable[..., tuple[Any, Any]], dataset: Any, on_epoch: Callable[[EpochLog], None] | None
+) -> tuple[Any, Any, bool]:
+    """(manifest, training record, resumed): the checkpoint already in ``run``'s folder when it verifies and was
+    trained with this very config, else ``train(dataset, config, folder)``'s."""
+    from app.checkpoint.io import load_checkpoint
+    from app.errors import CheckpointError
+
+    if (run.folder / "manifest.json").is_file():  # written last, once the gate is calibrated
+        try:
+            manifest = load_checkpoint(run.folder).manifest  # checks every file's hash against the manifest
+        except CheckpointError:
+            manifest = None
+        if manifest is not None and manifest.training.config == run.config.model_dump(mode="json"):
+            return manifest, manifest.training, True
+    manifest, trained = train(dataset, run.config, run.folder, on_epoch=on_epoch)
+    return manifest, trained, False
+
+
 def load_results(runs: Sequence[RunSpec]) -> dict[str, list[dict[str, Any]]]:
     """Finished results grouped by label, in seed order; a missing one is an error (run `sbnn compare`)."""
     grouped: dict[str, list[dict[str, Any]]] = {}
@@ -111,7 +133,7 @@ def run_one(run: RunSpec, dataset: TabularDataset, on_epoch: Callable[[EpochLog]
     started = time.perf_counter()
     if (done := finished_run(run, started)) is not None:
         return done
-    manifest, trained = train_checkpoint(dataset, run.config, run.folder, on_epoch=on_epoch)
+    manifest, trained, resumed = trained_or_train(run, train_checkpoint, dataset, on_epoch)
     checkpoint = load_checkpoint(run.folder)
     scored = score_sets(checkpoint, dataset, seed=EVALUATION_SEED)
     metrics = evaluate(checkpoint, dataset, scored=scored)
@@ -131,8 +153,11 @@ def finished_run(run: RunSpec, started: float) -> RunOutcome | None:
     return None
 
 
-def record_run(run: RunSpec, manifest: Any, trained: Any, metrics: dict[str, Any], started: float) -> RunOutcome:
-    """Write the finished run's ``result.json`` (last and atomically: its presence marks the run as done)."""
+def record_run(
+    run: RunSpec, manifest: Any, trained: Any, metrics: dict[str, Any], started: float, resumed: bool = False
+) -> RunOutcome:
+    """Write the finished run's ``result.json`` (last and atomically: its presence marks the run as done);
+    ``resumed``: evaluated from a checkpoint an earlier process trained."""
     result = {
         "label": run.label,
         "seed": run.seed,
@@ -150,10 +175,13 @@ def record_run(run: RunSpec, manifest: Any, trained: Any, metrics: dict[str, Any
             "device": trained.device,
         },
         "metrics": metrics,
-        "wall_seconds": time.perf_counter() - started,  # training, gate calibration and evaluation
+        # training, gate calibration and evaluation (resumed: the training loop's time, then evaluation's)
+        "wall_seconds": time.perf_counter() - started + (trained.duration_seconds if resumed else 0.0),
     }
+    if resumed:
+        result["resumed"] = True
     atomic_write(run.folder / RESULT_FILE, (json.dumps(result, indent=2) + "\n").encode())
-    return RunOutcome(run, result, trained=True, seconds=time.perf_counter() - started)
+    return RunOutcome(run, result, trained=not resumed, seconds=time.perf_counter() - started)
 
 
 def run_comparison(

@@ -22,7 +22,15 @@ from app.bnn.spec import MAP_RANK, LayerKind
 from app.data.sequence import SequenceDataset
 from app.data.text import TextDataset
 from app.study.design import EVALUATION_SEED, RunSpec, StudyPlan, Variant
-from app.study.runs import SCORES_FILE, Reporter, RunOutcome, finished_run, record_run, run_comparison
+from app.study.runs import (
+    SCORES_FILE,
+    Reporter,
+    RunOutcome,
+    finished_run,
+    record_run,
+    run_comparison,
+    trained_or_train,
+)
 from app.train.loop import EpochLog
 
 SEQUENCE_COMPARISON: tuple[Variant, ...] = (
@@ -93,13 +101,13 @@ def train_and_evaluate(
     started = time.perf_counter()
     if (done := finished_run(run, started)) is not None:
         return done
-    manifest, trained = train(dataset, run.config, run.folder, on_epoch=on_epoch)
+    manifest, trained, resumed = trained_or_train(run, train, dataset, on_epoch)
     checkpoint = load_checkpoint(run.folder)
     scored = score_sequence_sets(checkpoint, dataset, seed=EVALUATION_SEED)
     metrics = evaluate_sequences(checkpoint, dataset, scored=scored)
     with open(run.folder / SCORES_FILE, "wb") as handle:
         np.savez_compressed(handle, **score_arrays(scored, dataset))
-    return record_run(run, manifest, trained, metrics, started)
+    return record_run(run, manifest, trained, metrics, started, resumed)
 
 
 def run_sequence_comparison(

@@ -47,6 +47,19 @@ def test_a_tiny_study_trains_resumes_and_reports(tmp_path: Path) -> None:
     again = run_sequence_comparison(plan, dataset, out)
     assert not any(o.trained for o in again)  # finished runs are read back, not retrained
 
+    # A run stopped after its checkpoint was written is evaluated from it; one whose weights no longer match
+    # their hash is trained again.
+    first, second = outcomes[0].run.folder, outcomes[1].run.folder
+    for folder in (first, second):
+        (folder / "result.json").unlink()
+    (second / "weights.safetensors").write_bytes(b"torn")
+    weights_before = (first / "weights.safetensors").read_bytes()
+    resumed = {o.run.folder: o for o in run_sequence_comparison(plan, dataset, out)}
+    assert not resumed[first].trained and resumed[first].result["resumed"] is True
+    assert (first / "weights.safetensors").read_bytes() == weights_before
+    assert resumed[first].result["metrics"] == outcomes[0].result["metrics"]
+    assert resumed[second].trained and "resumed" not in resumed[second].result
+
     numbers = write_sequence_results(plan, out, tmp_path / "docs", "visits", regression=True, command="test")
     low, full = numbers["summary"]["lowrank"], numbers["summary"]["fullrank"]
     assert low["parameter_count"]["mean"] < full["parameter_count"]["mean"]
