@@ -267,7 +267,7 @@ done
 [ -n "$up" ] || { tail -20 "$work/prometheus.log"; echo "Prometheus never saw the target up"; exit 1; }
 rules=$(curl -sf "http://127.0.0.1:$pport/api/v1/rules" | grep -o '"name":"Sbnn[A-Za-z0-9]*"' | sort -u | tr '\n' ' ')
 echo "Prometheus: target up; alert rules loaded: $rules"
-[ "$(echo "$rules" | wc -w)" -eq 5 ] || { echo "expected 5 alert rules"; exit 1; }
+[ "$(echo "$rules" | wc -w)" -eq 6 ] || { echo "expected 6 alert rules"; exit 1; }
 
 step "graceful stop"
 stop_started=$(date +%s)

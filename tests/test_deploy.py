@@ -184,6 +184,22 @@ def rules(services: dict[str, dict[str, Any]], prometheus_config: tuple[Path, di
 
 
 @pytest.fixture(scope="module")
+def available(rules: list[dict], exported: dict[str, set[str]], prometheus_config) -> dict[str, set[str]]:
+    """What alerts and panels may select: the exported series and the recording rules' (labels: the ones
+    their outer aggregation keeps), each recording rule checked against what precedes it."""
+    job = scrape_job(prometheus_config[1])["job_name"]
+    known = dict(exported)
+    for rule in rules:
+        if "record" in rule:
+            assert re.fullmatch(r"sbnn:[a-z_]+:\w+", rule["record"]), rule["record"]  # level:metric:operations
+            check_expression(rule["expr"], f"recording rule {rule['record']}", known, job)
+            kept = re.match(r"\s*sum by \(([^)]*)\)", rule["expr"])
+            assert kept, f"recording rule {rule['record']}: an outer sum by (...) names its labels"
+            known[rule["record"]] = {label.strip() for label in kept.group(1).split(",")}
+    return known
+
+
+@pytest.fixture(scope="module")
 def dashboard(services: dict[str, dict[str, Any]]) -> dict[str, Any]:
     home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     path = host_path(services["grafana"], home)
@@ -263,7 +279,7 @@ def test_prometheus_sends_its_alerts_to_the_alertmanager(
     assert routed <= receivers.keys()
     for name in routed:  # every route ends in a receiver that sends somewhere
         assert receivers[name].get("webhook_configs"), name
-    assert {rule["labels"]["severity"] for rule in rules} <= {"critical", "warning"}
+    assert {rule["labels"]["severity"] for rule in rules if "alert" in rule} <= {"critical", "warning"}
 
 
 def test_the_dockerfile_passes_a_platform_teams_checks() -> None:
@@ -370,9 +386,9 @@ def test_prometheus_scrapes_the_service_metrics_route(
 def test_rule_files_exist_and_every_rule_is_complete(rules: list[dict], prometheus_config) -> None:
     config_path, config = prometheus_config
     assert config_path == PROMETHEUS / "prometheus.yml" and config["rule_files"] == ["/etc/prometheus/rules.yml"]
-    names = [rule["alert"] for rule in rules]
-    assert len(names) == len(set(names)) == 5  # deploy/ci-docker.sh expects the five loaded
-    for rule in rules:
+    names = [rule["alert"] for rule in rules if "alert" in rule]
+    assert len(names) == len(set(names)) == 6  # deploy/ci-docker.sh expects the six loaded
+    for rule in (rule for rule in rules if "alert" in rule):
         assert rule["expr"].strip() and re.fullmatch(r"\d+[smh]", rule["for"]), rule["alert"]
         assert rule["labels"]["severity"] in {"warning", "critical"}
         assert rule["annotations"]["summary"].strip()
@@ -383,26 +399,32 @@ def test_rule_files_exist_and_every_rule_is_complete(rules: list[dict], promethe
     assert tested and tested <= set(names)
 
 
-def test_alert_rules_use_exported_metrics(rules: list[dict], exported: dict[str, set[str]], prometheus_config) -> None:
+def test_alert_rules_use_exported_metrics(
+    rules: list[dict], exported: dict[str, set[str]], available: dict[str, set[str]], prometheus_config
+) -> None:
     job = scrape_job(prometheus_config[1])["job_name"]
     used = set()
-    for rule in rules:
-        used |= check_expression(rule["expr"], f"rule {rule['alert']}", exported, job)
+    for rule in (rule for rule in rules if "alert" in rule):
+        used |= check_expression(rule["expr"], f"rule {rule['alert']}", available, job)
         # Annotations template labels of the alert's series.
         templated = set(re.findall(r"\$labels\.(\w+)", rule["annotations"]["summary"]))
-        available = set().union(*(exported.get(n, PROMETHEUS_SERIES.get(n, set())) for n in metric_names(rule["expr"])))
-        assert templated <= available, f"rule {rule['alert']}: summary names labels {sorted(templated - available)}"
-    assert {"sbnn_drift_psi", "sbnn_drift_ood_rate", "sbnn_decisions_total"} <= used
+        labels = set().union(*(available.get(n, PROMETHEUS_SERIES.get(n, set())) for n in metric_names(rule["expr"])))
+        assert templated <= labels, f"rule {rule['alert']}: summary names labels {sorted(templated - labels)}"
+    assert {"sbnn_drift_psi", "sbnn_drift_ood_rate", "sbnn_decisions_total", "sbnn:drift_psi_fleet:1h"} <= used
     # promtool's unit test series are exported series with exported labels, too.
     for test in load_yaml(PROMETHEUS / "rules.test.yml")["tests"]:
         for series in test["input_series"]:
             name, _, body = series["series"].partition("{")
-            labels = set(re.findall(r"(\w+)\s*=", body))
+            labels = set(re.findall(r"(\w+)\s*=", body)) - {"instance"}  # the scrape's, one per replica
             assert name in exported and labels <= exported[name], series["series"]
 
 
 def test_dashboard_uses_exported_metrics_and_the_provisioned_datasource(
-    dashboard: dict[str, Any], exported: dict[str, set[str]], services: dict[str, dict[str, Any]], prometheus_config
+    dashboard: dict[str, Any],
+    exported: dict[str, set[str]],
+    available: dict[str, set[str]],
+    services: dict[str, dict[str, Any]],
+    prometheus_config,
 ) -> None:
     (datasource,) = load_yaml(GRAFANA / "provisioning" / "datasources" / "prometheus.yml")["datasources"]
     host, port = re.fullmatch(r"http://([\w-]+):(\d+)", datasource["url"]).groups()
@@ -418,10 +440,10 @@ def test_dashboard_uses_exported_metrics_and_the_provisioned_datasource(
         assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
-            names = check_expression(target["expr"], f"panel {panel['title']!r}", exported, job)
+            names = check_expression(target["expr"], f"panel {panel['title']!r}", available, job)
             used |= names
             legend = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
-            labels = set().union(*(exported[n] for n in names))
+            labels = set().union(*(available[n] for n in names))
             assert legend <= labels, f"panel {panel['title']!r}: legend names labels {sorted(legend - labels)}"
     (variable,) = dashboard["templating"]["list"]
     assert variable["datasource"]["uid"] == datasource["uid"]

@@ -189,6 +189,17 @@ def use_tmp_dir(folder: Path | None) -> None:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder / "torchinductor"))
 
 
+def _metrics_listener(settings: Settings, metrics: ServiceMetrics) -> Any:
+    """prometheus-client's own HTTP server for ``SBNN_METRICS_PORT`` (its thread serves only the metrics), or
+    None when the port is 0."""
+    if not settings.metrics_port:
+        return None
+    from prometheus_client import start_http_server
+
+    server, _thread = start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
+    return server
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service for ``settings`` (default: from the environment)."""
     settings = settings or Settings()
@@ -236,11 +247,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         watching = (
             asyncio.create_task(ModelWatcher(dataplane, settings.watch_debounce_s).run()) if settings.watch else None
         )
+        scrapes = _metrics_listener(settings, metrics)
         try:
             if grpc_server is not None:
                 await grpc_server.start()
+            if settings.load_before_serving:
+                await asyncio.shield(loader)  # its failures are the models' states, as without the wait
             yield
         finally:
+            if scrapes is not None:
+                await asyncio.to_thread(scrapes.shutdown)
+                scrapes.server_close()
             if watching is not None:
                 watching.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

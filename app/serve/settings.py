@@ -51,6 +51,18 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to bind (0.0.0.0 inside containers).")
     port: int = Field(8000, ge=1, le=65535)
     grpc_port: int = Field(8081, ge=0, le=65535, description="gRPC port (Open Inference Protocol); 0 turns it off.")
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="A second listener on the host's address serving only /metrics, without API keys, for "
+        "per-process scrapes (Ray Serve replicas: docs/deploy.md); 0 turns it off.",
+    )
+    load_before_serving: bool = Field(
+        False,
+        description="Startup waits for the model repository's first load before taking requests (a host that "
+        "routes as soon as the app has started, as Ray Serve does); off: /v2/health/live answers at once.",
+    )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto: CUDA when available.")
     max_samples: int = Field(4096, ge=1, le=65536, description="Largest Monte Carlo sample count a request may ask.")
     max_rows: int = Field(1024, ge=1, le=100_000, description="Largest number of rows (instances) per request.")

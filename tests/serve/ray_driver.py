@@ -2,16 +2,17 @@
 two-node cluster of deploy/ray/loopback-cluster.sh:  python ray_driver.py MODELS OUT.json
 
 Deploys sbnn with 2 one-CPU replicas (one per node), then measures what the test asserts: where the replicas
-run, the answers of sequential seeded predictions, 160 concurrent ones, the request counters Ray exports per
-node and sbnn's own per replica, and a load during which one replica's process is killed (each request
-retried once). Every HTTP call goes through Ray's proxy on 127.0.0.1 and is counted.
+run, whether any readiness probe after deploying answered "not ready", the answers of sequential seeded
+predictions, 160 concurrent ones, sbnn's request counters scraped from each replica's own metrics port and
+Ray's per node, a model added to the repository while serving (each replica's watcher loads it), and a load
+during which one replica's process is killed (each request retried once). Every HTTP call to the deployment
+goes through Ray's proxy on 127.0.0.1 and is counted.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import sys
 import threading
@@ -28,6 +29,8 @@ sys.path.insert(0, str(ROOT))
 PROXY = "http://127.0.0.1:28000"
 NODE_METRICS = ("http://127.0.0.1:26386/metrics", "http://127.0.0.1:26396/metrics")  # loopback-cluster.sh's
 MODEL = "flchain-mortality"
+ADDED = "flchain-lowrank"  # copied into the repository while serving
+METRICS_PORT = 28100  # SBNN_METRICS_PORT: replica k serves its metrics on 28100 + k
 ROW = {"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "creatinine": 1.0, "mgus": 0}
 BODY = {"instances": [ROW, {**ROW, "age": 95}, {**ROW, "kappa": 2.0}], "seed": 5}
 
@@ -51,12 +54,28 @@ def call(path: str, body: dict[str, Any] | None = None, timeout: float = 60.0) -
 
 
 def scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:  # a node's metrics agent: not the deployment
+    """A node's metrics agent or a replica's metrics port: not through the deployment (not counted)."""
+    with urllib.request.urlopen(url, timeout=10) as response:
         return response.read().decode()
 
 
-def samples(text: str, name: str) -> list[tuple[str, float]]:
-    return [(m.group(1), float(m.group(2))) for m in re.finditer(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.M)]
+def replica_metrics() -> dict[int, str]:
+    """Each replica's own metrics, by rank, from its port (a replica not up yet is left out)."""
+    found = {}
+    for rank in range(2):
+        try:
+            found[rank] = scrape(f"http://127.0.0.1:{METRICS_PORT + rank}/metrics")
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+    return found
+
+
+def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample called ``name``: its labels and value (prometheus-client's parser: a label value may hold
+    braces, as Ray's route="/v1/models/{name}/predict" does, which a regex over the lines missed)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [(s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
 
 
 def replicas() -> list[dict[str, Any]]:
@@ -91,18 +110,20 @@ def main() -> None:
         except ray.exceptions.GetTimeoutError:
             if attempt == 2:
                 raise
-    env = {"SBNN_MODELS": models, "SBNN_DEVICE": "cpu", "SBNN_BATCH_MAX_WAIT_MS": "2"}
+    env = {
+        "SBNN_MODELS": models,
+        "SBNN_DEVICE": "cpu",
+        "SBNN_BATCH_MAX_WAIT_MS": "2",
+        "SBNN_METRICS_PORT": str(METRICS_PORT),
+        "SBNN_WATCH": "true",
+        "SBNN_WATCH_DEBOUNCE_S": "0.5",
+    }
     options = {"num_cpus": 1, "runtime_env": {"env_vars": env}}
     serve.run(SbnnReplica.options(num_replicas=2, ray_actor_options=options).bind(), name="sbnn", route_prefix="/")
-    # A replica takes requests before its models are loaded (Ray knows its process, not sbnn's readiness), and
-    # the proxy picks a replica per request: ready means 20 ready answers in a row, from whichever replica.
-    streak = 0
-    for _ in range(1200):
-        streak = streak + 1 if call("/v2/health/ready", timeout=5)[0] == 200 else 0
-        if streak == 20:
-            break
-        time.sleep(0.25)
-    result["ready_s"] = time.monotonic() - started
+    # serve.run returns once both replicas run, and a replica runs once its models are loaded: every readiness
+    # probe from now on answers 200, from whichever replica the proxy picks.
+    probes = [call("/v2/health/ready", timeout=5)[0] for _ in range(20)]
+    result["ready_probes"], result["ready_s"] = probes, time.monotonic() - started
     result["replicas"] = replicas()
 
     # Sequential seeded predictions: whichever replica answers, the same numbers.
@@ -122,17 +143,13 @@ def main() -> None:
     result["concurrent_ok"] = sum(s == 200 for s in statuses)
     result["rows_sent"] = rows
 
-    # sbnn's own counters, per replica: its /metrics answers for one replica at a time (process_start_time_seconds
-    # tells them apart), so scrape through the proxy until both were seen.
-    per_replica: dict[str, float] = {}
-    for _ in range(40):
-        status, text = call("/metrics")
-        start = samples(text, "process_start_time_seconds")
-        if status == 200 and start:
-            per_replica[str(start[0][1])] = sum(v for _, v in samples(text, "sbnn_predictions_total"))
-        if len(per_replica) == 2:
-            break
-    result["sbnn_predictions_by_replica"] = per_replica
+    # sbnn's own counters, from each replica's metrics port (the scrape targets Prometheus is given), with each
+    # replica's process start time to tell that they are two processes.
+    scraped = replica_metrics()
+    result["sbnn_predictions_by_replica"] = {
+        str(rank): sum(v for _, v in samples(text, "sbnn_predictions_total")) for rank, text in scraped.items()
+    }
+    result["process_starts"] = sorted({samples(text, "process_start_time_seconds")[0][1] for text in scraped.values()})
 
     # Ray's own request counter, exported by each node's metrics agent with a replica label: the sum over both
     # nodes' series is every request the deployment received (Ray reports every few seconds: wait for it).
@@ -140,14 +157,29 @@ def main() -> None:
     counted = 0.0
     for _ in range(60):
         series = [s for url in NODE_METRICS for s in samples(scrape(url), "ray_serve_deployment_request_counter_total")]
-        counted = sum(v for labels, v in series if 'deployment="sbnn"' in labels)
+        counted = sum(v for labels, v in series if labels.get("deployment") == "sbnn")
         if counted >= expected:
             break
         time.sleep(1)
     result["ray_requests_counted"], result["requests_sent"] = counted, expected
-    result["ray_series_replicas"] = sorted(
-        {re.search(r'replica="([^"]+)"', labels).group(1) for labels, _ in series if 'replica="' in labels}
-    )
+    result["ray_series_replicas"] = sorted({labels["replica"] for labels, _ in series if "replica" in labels})
+
+    # A model added to the shared repository while serving: each replica's watcher loads it (copied under a
+    # hidden name, then renamed, so that no watcher sees half a copy).
+    import shutil
+
+    shutil.copytree(ROOT / "models" / ADDED, Path(models) / f".{ADDED}")
+    os.rename(Path(models) / f".{ADDED}", Path(models) / ADDED)
+    added_ready: dict[str, float] = {}
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and len(added_ready) < 2:
+        for rank, text in replica_metrics().items():
+            if any(v == 1 for labels, v in samples(text, "sbnn_model_ready") if labels.get("model") == ADDED):
+                added_ready.setdefault(str(rank), time.monotonic() - deadline + 90)
+        time.sleep(0.5)
+    result["added_ready_s"] = added_ready
+    status, text = call(f"/v1/models/{ADDED}/predict", {"instances": [ROW]})
+    result["added_answer"] = status
 
     # A load of 80 predictions, one retry each; one replica's process is killed once 10 are answered.
     done = threading.Semaphore(0)

@@ -86,6 +86,35 @@ def test_the_collector_exports_each_models_gauges_when_scraped() -> None:
     assert registry.get_sample_value("sbnn_drift_ks", {"model": "m", "score": "density"}) == pytest.approx(1.0)
 
 
+def test_decile_counts_summed_over_replicas_give_the_psi_of_all_their_rows() -> None:
+    """What the fleet recording rule (deploy/prometheus/rules.yml) relies on: each process's counts per
+    reference decile, summed, are the counts of the pooled rows, so the PSI from them is the pooled window's."""
+    registry = CollectorRegistry()
+    replicas = [DriftCollector(), DriftCollector()]
+    registry.register(replicas[0])
+    rng = np.random.default_rng(7)
+    rows = [rng.lognormal(-5.6, 0.4, 300), rng.lognormal(-4.6, 0.4, 100)]  # the second replica's drifted
+    for collector, values in zip(replicas, rows, strict=True):
+        monitor = collector.monitor("m", "0123456789abcdef", {"epistemic": REFERENCE}, window=1000, min_rows=10)
+        monitor.record({"epistemic": values}, np.zeros(values.size, dtype=bool))
+    summed = sum(c.monitors["m"].decile_rows()["epistemic"] for c in replicas)
+    assert summed.sum() == 400
+    pooled = ScoreReference(REFERENCE)
+    observed = summed / summed.sum() + 1e-4
+    psi = float(np.sum((observed - 0.1001) * np.log(observed / 0.1001)))
+    assert psi == pytest.approx(pooled.psi(np.concatenate(rows)), rel=1e-12)
+    # Exported as counters, one series per decile, labelled with the weights' reference.
+    labels = {"model": "m", "score": "epistemic", "reference": "0123456789ab"}
+    first = [
+        registry.get_sample_value("sbnn_drift_score_rows_total", {**labels, "decile": str(d)}) for d in range(1, 11)
+    ]
+    assert first == replicas[0].monitors["m"].decile_rows()["epistemic"].tolist()
+    # A constant reference has no deciles: nothing is counted for it.
+    constant = DriftMonitor({"epistemic": [0.0] * 101}, window=10, min_rows=1)
+    constant.record({"epistemic": np.zeros(5)}, np.zeros(5, dtype=bool))
+    assert constant.decile_rows() == {}
+
+
 def test_new_weights_start_a_new_window_against_their_own_references() -> None:
     """A reload brings the new checkpoint's reference distributions: the old window is not compared with them."""
     collector = DriftCollector()

@@ -11,6 +11,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.serve.app import create_app
+from app.serve.settings import Settings
+
 pytestmark = pytest.mark.anyio
 
 PREDICT_ROUTE = "/v1/models/{name}/predict"
@@ -118,3 +121,28 @@ async def test_unknown_model_requests_are_labelled_unknown(
         before.count("sbnn_request_duration_seconds_count", **labels) + 1
     )
     assert after.find("sbnn_request_duration_seconds_count", model="some-random-name") == []
+
+
+async def test_the_metrics_port_serves_the_same_registry_and_startup_can_wait_for_the_models(
+    serve_settings: Settings, parse_metrics: Callable[[str], Any], flchain_row: dict[str, Any], free_port: Any
+) -> None:
+    """SBNN_METRICS_PORT: a second listener with only the metrics (a per-process scrape target behind a proxy
+    that spreads requests, as Ray Serve's); SBNN_LOAD_BEFORE_SERVING: the lifespan's startup returns only once
+    the repository has loaded, so a host that routes when startup ends never sees 'loading'."""
+    port = free_port()
+    settings = serve_settings.model_copy(update={"metrics_port": port, "load_before_serving": True})
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sbnn.test") as client:
+            assert (await client.get("/v2/health/ready")).status_code == 200  # no wait: startup did
+            response = await client.post(f"/v1/models/{MODEL}/predict", json={"instances": [flchain_row] * 3})
+            assert response.status_code == 200
+            async with httpx.AsyncClient() as scraper:
+                direct = await scraper.get(f"http://127.0.0.1:{port}/metrics")
+            assert direct.status_code == 200
+            assert parse_metrics(direct.text).value("sbnn_predictions_total", model=MODEL) == 3
+            assert parse_metrics(direct.text).value("sbnn_model_ready", model=MODEL) == 1
+    with pytest.raises(httpx.ConnectError):  # the listener closes with the app
+        async with httpx.AsyncClient() as scraper:
+            await scraper.get(f"http://127.0.0.1:{port}/metrics")
