@@ -293,6 +293,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.dataplane = dataplane
+    app.state.keys = keys  # a host's own gRPC front (Ray Serve's proxy) checks the same keys
+    app.state.trail = trail
     _install_error_handlers(app)
     app.include_router(v1.router)
     app.include_router(kserve_v1.router)

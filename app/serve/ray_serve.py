@@ -10,7 +10,8 @@ config's ``runtime_env``), with three changes:
 - ``SBNN_METRICS_PORT`` is a base: replica k of the deployment (Ray's rank, 0..N-1 across nodes) serves its
   own metrics on base + k, a scrape target of its own, so Prometheus sums the replicas' counters instead of
   seeing whichever replica Ray's proxy picked (docs/deploy.md#ray-serve);
-- gRPC stays off (two replicas on one node cannot share a port).
+- its own gRPC port stays off (two replicas on one node cannot share one): the Open Inference Protocol's gRPC
+  service is the replica's methods instead, behind Ray's gRPC proxy (:mod:`app.serve.ray_grpc`).
 
 Imported only where Ray is installed (the ``ray`` extra: ``pip install -e '.[ray]'``).
 """
@@ -21,6 +22,7 @@ from typing import Any
 
 from ray import serve
 
+from app.serve import ray_grpc
 from app.serve.app import create_app
 from app.serve.settings import Settings
 
@@ -42,7 +44,26 @@ def _app() -> Any:
 @serve.deployment(name="sbnn", ray_actor_options={"num_cpus": 1})
 @serve.ingress(_app)
 class SbnnReplica:
-    """One replica: sbnn's whole FastAPI app, its model repository, batching engine and metrics."""
+    """One replica: sbnn's whole FastAPI app, its model repository, batching engine and metrics; and the Open
+    Inference Protocol's gRPC RPCs for Ray's gRPC proxy (``self.app``: the app Ray built in this replica)."""
+
+    async def ServerLive(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        return await ray_grpc.call(self.app, "ServerLive", request, grpc_context)
+
+    async def ServerReady(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        return await ray_grpc.call(self.app, "ServerReady", request, grpc_context)
+
+    async def ServerMetadata(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        return await ray_grpc.call(self.app, "ServerMetadata", request, grpc_context)
+
+    async def ModelReady(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        return await ray_grpc.call(self.app, "ModelReady", request, grpc_context)
+
+    async def ModelMetadata(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        return await ray_grpc.call(self.app, "ModelMetadata", request, grpc_context)
+
+    async def ModelInfer(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
+        return await ray_grpc.call(self.app, "ModelInfer", request, grpc_context)
 
 
 def build(args: dict[str, Any]) -> serve.Application:

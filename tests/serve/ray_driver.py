@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 PROXY = "http://127.0.0.1:28000"
+GRPC_PROXY = "127.0.0.1:28001"  # Ray's gRPC proxy
 NODE_METRICS = ("http://127.0.0.1:26386/metrics", "http://127.0.0.1:26396/metrics")  # loopback-cluster.sh's
 MODEL = "flchain-mortality"
 ADDED = "flchain-lowrank"  # copied into the repository while serving
@@ -91,11 +92,59 @@ def replicas() -> list[dict[str, Any]]:
     ]
 
 
+def grpc_checks() -> dict[str, Any]:
+    """ServerReady, a ModelInfer of BODY's rows (and the same /v2 REST infer, counted), and a bad seed."""
+    import grpc
+
+    from app.serve.grpc import open_inference_grpc_pb2 as pb
+    from app.serve.grpc import open_inference_grpc_pb2_grpc as pb_grpc
+
+    rows = BODY["instances"]
+    inputs = [
+        {"name": k, "shape": [len(rows)], "datatype": "BYTES" if k == "sex" else "FP64", "data": [r[k] for r in rows]}
+        for k in rows[0]
+    ]
+    status, text = call(f"/v2/models/{MODEL}/infer", {"inputs": inputs, "parameters": {"seed": 5}})
+    assert status == 200, text
+    rest = {o["name"]: o["data"] for o in json.loads(text)["outputs"]}
+
+    def request(seed: int) -> Any:
+        message = pb.ModelInferRequest(model_name=MODEL)
+        message.parameters["seed"].int64_param = seed
+        for tensor in inputs:
+            added = message.inputs.add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
+            if tensor["datatype"] == "BYTES":
+                added.contents.bytes_contents.extend(v.encode() for v in tensor["data"])
+            else:
+                added.contents.fp64_contents.extend(tensor["data"])
+        return message
+
+    global sent
+    metadata = (("application", "sbnn"),)
+    with sent_lock:
+        sent += 3  # the three calls below reach the deployment too
+    with grpc.insecure_channel(GRPC_PROXY) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        ready = stub.ServerReady(pb.ServerReadyRequest(), metadata=metadata, timeout=30).ready
+        answer = stub.ModelInfer(request(5), metadata=metadata, timeout=60)
+        try:
+            stub.ModelInfer(request(-1), metadata=metadata, timeout=60)
+            bad = ("OK", "")
+        except grpc.RpcError as error:
+            bad = (error.code().name, error.details())
+    outputs = {}
+    for tensor in answer.outputs:
+        values = list(tensor.contents.bytes_contents or tensor.contents.fp64_contents or tensor.contents.bool_contents)
+        outputs[tensor.name] = [v.decode() if isinstance(v, bytes) else v for v in values]
+    return {"ready": ready, "outputs": outputs, "rest_outputs": rest, "bad_seed": bad}
+
+
 def main() -> None:
     models, out = sys.argv[1], Path(sys.argv[2])
     import ray
     from ray import serve
 
+    from app.serve.ray_grpc import SERVICER_FUNCTIONS
     from app.serve.ray_serve import SbnnReplica
 
     result: dict[str, Any] = {}
@@ -105,7 +154,11 @@ def main() -> None:
     # One proxy (the head's): both nodes share this machine's loopback, where a second proxy's port would clash.
     for attempt in range(3):  # serve.start waits 60 s for the proxy: on busy cores it may need longer
         try:
-            serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": 28000})
+            serve.start(
+                proxy_location="HeadOnly",
+                http_options={"host": "127.0.0.1", "port": 28000},
+                grpc_options={"port": 28001, "grpc_servicer_functions": SERVICER_FUNCTIONS},
+            )
             break
         except ray.exceptions.GetTimeoutError:
             if attempt == 2:
@@ -136,6 +189,10 @@ def main() -> None:
         rows += len(BODY["instances"])
     result["answers"] = answers
 
+    # The Open Inference Protocol over gRPC through Ray's gRPC proxy: the same outputs as /v2 over REST.
+    result["grpc"] = grpc_checks()
+    rows += 2 * 3  # one REST and one gRPC infer of BODY's three rows
+
     # 160 concurrent predictions.
     with ThreadPoolExecutor(32) as pool:
         statuses = list(pool.map(lambda _: call(f"/v1/models/{MODEL}/predict", {"instances": [ROW]})[0], range(160)))
@@ -143,13 +200,11 @@ def main() -> None:
     result["concurrent_ok"] = sum(s == 200 for s in statuses)
     result["rows_sent"] = rows
 
-    # sbnn's own counters, from each replica's metrics port (the scrape targets Prometheus is given), with each
-    # replica's process start time to tell that they are two processes.
+    # sbnn's own counters, from each replica's metrics port (the scrape targets Prometheus is given).
     scraped = replica_metrics()
     result["sbnn_predictions_by_replica"] = {
         str(rank): sum(v for _, v in samples(text, "sbnn_predictions_total")) for rank, text in scraped.items()
     }
-    result["process_starts"] = sorted({samples(text, "process_start_time_seconds")[0][1] for text in scraped.values()})
 
     # Ray's own request counter, exported by each node's metrics agent with a replica label: the sum over both
     # nodes' series is every request the deployment received (Ray reports every few seconds: wait for it).
