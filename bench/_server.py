@@ -65,10 +65,10 @@ class Server:
 
 
 @contextmanager
-def running_server(timeout: float = 60.0, **settings: str) -> Iterator[Server]:
-    """`sbnn serve` with SBNN_<KEY>=value for each setting (gRPC off unless ``grpc_port`` is one); raises with the
-    server's log if it never gets ready."""
-    port = free_port()
+def running_server(timeout: float = 60.0, port: int | None = None, **settings: str) -> Iterator[Server]:
+    """`sbnn serve` on ``port`` (default: a free one) with SBNN_<KEY>=value for each setting (gRPC off unless
+    ``grpc_port`` is one); raises with the server's log if it never gets ready."""
+    port = port or free_port()
     env = {
         **os.environ,
         "SBNN_PORT": str(port),
