@@ -34,12 +34,14 @@ SCORES_FILE = "scores.npz"
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """A finished run: its numbers (``result.json``), whether it was trained now, and the wall time spent."""
+    """A finished run: its numbers (``result.json``), whether it was trained now (or, ``resumed``, evaluated now
+    from a checkpoint trained before), and the wall time spent."""
 
     run: RunSpec
     result: dict[str, Any]
     trained: bool
     seconds: float
+    resumed: bool = False
 
 
 class Reporter(Protocol):
@@ -181,7 +183,7 @@ def record_run(
     if resumed:
         result["resumed"] = True
     atomic_write(run.folder / RESULT_FILE, (json.dumps(result, indent=2) + "\n").encode())
-    return RunOutcome(run, result, trained=not resumed, seconds=time.perf_counter() - started)
+    return RunOutcome(run, result, trained=not resumed, seconds=time.perf_counter() - started, resumed=resumed)
 
 
 def run_comparison(
@@ -232,7 +234,7 @@ class RichReporter:
     def finished(self, outcome: RunOutcome) -> None:
         test = outcome.result["metrics"]["test"]
         training = outcome.result["training"]
-        status = "trained" if outcome.trained else "done before, skipped"
+        status = "trained" if outcome.trained else "evaluated" if outcome.resumed else "done before, skipped"
         if "rmse" in test:  # a regression (the recurrent study's PM2.5)
             scores = f"RMSE {test['rmse']:.3f}   NLL {test['nll']:.3f}   PICP90 {test['picp_90']:.3f}"
         else:

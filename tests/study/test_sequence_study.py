@@ -55,7 +55,7 @@ def test_a_tiny_study_trains_resumes_and_reports(tmp_path: Path) -> None:
     (second / "weights.safetensors").write_bytes(b"torn")
     weights_before = (first / "weights.safetensors").read_bytes()
     resumed = {o.run.folder: o for o in run_sequence_comparison(plan, dataset, out)}
-    assert not resumed[first].trained and resumed[first].result["resumed"] is True
+    assert not resumed[first].trained and resumed[first].resumed and resumed[first].result["resumed"] is True
     assert (first / "weights.safetensors").read_bytes() == weights_before
     assert resumed[first].result["metrics"] == outcomes[0].result["metrics"]
     assert resumed[second].trained and "resumed" not in resumed[second].result
