@@ -27,6 +27,7 @@ from app.cli_options import (
     steps,
     warn,
 )
+from app.mcmc.command import mcmc
 from app.serve.keys_command import keys_app
 from app.serve.models_command import models_app
 from app.serve.serve_command import serve
@@ -47,6 +48,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(models_app, name="models")
 app.command()(serve)
+app.command()(mcmc)
 # TrainConfig fields whose option has another name.
 OPTION_OF_FIELD = {"kl_warmup_epochs": "--kl-warmup", "default_samples": "--samples"}
 

@@ -32,6 +32,7 @@ EXTRAS = {
     "onnx": "onnx",
     "onnxruntime": "onnx",
     "onnxscript": "onnx",
+    "pyro": "mcmc",
 }
 # Extras a command needs whatever its options, for commands without a guard of their own.
 COMMAND_EXTRAS = {"compare": ("train", "data")}
