@@ -5,8 +5,11 @@
 # Air-gapped: put the wheels in deploy/wheelhouse (docs/deploy.md) and pass --build-arg WHEELHOUSE=1.
 # No `# syntax=` line: BuildKit would fetch that frontend from a registry, which an air-gapped build cannot.
 ARG BASE_IMAGE=python:3.11-slim
+# The build stages also need binutils' `strip` (deploy/trim-venv.sh): the full image has it. Same Python as
+# BASE_IMAGE: the virtualenv built here runs there.
+ARG BUILD_IMAGE=python:3.11
 
-FROM ${BASE_IMAGE} AS build
+FROM ${BUILD_IMAGE} AS build
 ARG WHEELHOUSE=0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
@@ -37,7 +40,7 @@ RUN if [ "$WHEELHOUSE" = "1" ]; then source="--no-index --find-links /wheelhouse
 COPY models/ /models/
 RUN for model in /models/*/; do /opt/sbnn/bin/sbnn export-onnx "$model"; done
 
-FROM ${BASE_IMAGE} AS build-slim
+FROM ${BUILD_IMAGE} AS build-slim
 ARG WHEELHOUSE=0
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
@@ -56,18 +59,17 @@ COPY app/ app/
 RUN /opt/sbnn/bin/pip install --no-deps --no-index --no-build-isolation . \
  && find /opt/sbnn -name '__pycache__' -prune -exec rm -rf {} +
 
-# What both serving images share: the user, the settings, the health check, the command.
-# What the serving images leave out of a build's virtualenv: pip (nothing installs at run time), and torch's C++
-# headers, test suite and test binaries (torch/include, torch/test, torch/bin but torch_shm_manager, which
-# `import torch` looks for: about 190 MB, never loaded).
+# What the serving images leave out of a build's virtualenv: pip, torch's headers, tests and test binaries, the
+# test suites inside sympy, networkx and numpy, and the symbol tables of shared objects (deploy/trim-venv.sh).
 FROM build AS runtime-files
-RUN /opt/sbnn/bin/python -m pip uninstall --quiet --yes pip \
- && rm -rf /opt/sbnn/lib/python3*/site-packages/torch/include /opt/sbnn/lib/python3*/site-packages/torch/test \
- && find /opt/sbnn/lib/python3*/site-packages/torch/bin -type f ! -name torch_shm_manager -delete
+COPY deploy/trim-venv.sh /tmp/trim-venv.sh
+RUN sh /tmp/trim-venv.sh /opt/sbnn
 
 FROM build-slim AS slim-files
-RUN /opt/sbnn/bin/python -m pip uninstall --quiet --yes pip
+COPY deploy/trim-venv.sh /tmp/trim-venv.sh
+RUN sh /tmp/trim-venv.sh /opt/sbnn
 
+# What both serving images share: the user, the settings, the health check, the command.
 FROM ${BASE_IMAGE} AS serving-base
 ARG SBNN_VERSION=0.1.0
 ARG SBNN_REVISION=unknown

@@ -14,6 +14,7 @@ sock="$work/docker.sock"
 export DOCKER_HOST="unix://$sock"
 image=sbnn:ci
 base=python:3.11-slim
+build_base=python:3.11  # the Dockerfile's BUILD_IMAGE: the same root filesystem with binutils (strip)
 started=$(date +%s)
 
 skip() { echo "SKIP docker CI: $*"; exit 0; }
@@ -117,11 +118,21 @@ dockerd_pid=$!
 for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
 docker info >/dev/null 2>&1 || { tail -20 "$work/dockerd.log"; skip "dockerd did not start on this machine"; }
 
-step "base image $base from debootstrap (no registry)"
+step "base images $build_base and $base from debootstrap (no registry)"
 mirror="${SBNN_DEBIAN_MIRROR:-http://deb.debian.org/debian}"  # the Debian mirror this machine's apt uses
-debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,python-is-python3,ca-certificates \
+debootstrap --variant=minbase --include=python3,python3-venv,python-is-python3,ca-certificates,binutils \
   bookworm "$work/rootfs" "$mirror" > "$work/debootstrap.log" 2>&1 \
   || { tail -20 "$work/debootstrap.log"; exit 1; }
+tar -C "$work/rootfs" -c . | docker import - "$build_base" >/dev/null
+# The serving images' base: the same files without binutils (removed offline, from the packages' own lists).
+chroot "$work/rootfs" apt-get purge -y -qq --autoremove binutils > "$work/purge.log" 2>&1 \
+  || { tail -20 "$work/purge.log"; exit 1; }
+! chroot "$work/rootfs" sh -c 'command -v strip' >/dev/null || { echo "strip is still in the serving base"; exit 1; }
+# As the registry's python:3.11-slim: no apt caches, package lists, documentation or man pages.
+rm -rf "$work/rootfs"/var/cache/apt/* "$work/rootfs"/var/lib/apt/lists/* "$work/rootfs"/usr/share/doc/* \
+  "$work/rootfs"/usr/share/man/*
+du -xsm "$work/rootfs"/usr/* "$work/rootfs"/var 2>/dev/null | sort -n | tail -5 | awk '{printf "base: %s MB %s\n", $1, $2}'
+du -xsm "$work/rootfs"/usr/lib/* 2>/dev/null | sort -n | tail -6 | awk '{printf "base: %s MB %s\n", $1, $2}'
 tar -C "$work/rootfs" -c . | docker import - "$base" >/dev/null
 
 step "wheelhouse on the host (the air-gapped build path)"
