@@ -18,9 +18,9 @@ def mcmc(
     hidden: Annotated[int, typer.Option(min=1, help="Hidden ReLU units.")] = 16,
     rank: Annotated[int, typer.Option(min=1, help="Rank of the low-rank layers.")] = 2,
     chains: Annotated[int, typer.Option(min=2, help="NUTS chains per kind (R-hat needs two or more).")] = 4,
-    warmup: Annotated[int, typer.Option(min=1, help="NUTS warm-up iterations per chain.")] = 300,
-    samples: Annotated[int, typer.Option(min=4, help="NUTS draws kept per chain.")] = 300,
-    max_tree_depth: Annotated[int, typer.Option(min=1, max=12, help="NUTS's maximum tree depth.")] = 8,
+    warmup: Annotated[int, typer.Option(min=1, help="NUTS warm-up iterations per chain.")] = 200,
+    samples: Annotated[int, typer.Option(min=4, help="NUTS draws kept per chain.")] = 200,
+    max_tree_depth: Annotated[int, typer.Option(min=1, max=12, help="NUTS's maximum tree depth.")] = 7,
     vi_epochs: Annotated[int, typer.Option(min=1, help="Epochs of the VI twin.")] = 300,
     seed: Annotated[int, typer.Option(help="Data subset, VI and the first chain's seed.")] = 0,
 ) -> None:

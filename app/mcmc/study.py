@@ -36,9 +36,9 @@ class MCMCPlan:
     hidden: int = 16
     rank: int = 2
     chains: int = 4
-    warmup: int = 300
-    samples: int = 300
-    max_tree_depth: int = 8
+    warmup: int = 200
+    samples: int = 200
+    max_tree_depth: int = 7
     vi_epochs: int = 300
     vi_samples: int = 1000
     seed: int = 0

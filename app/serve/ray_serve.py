@@ -1,5 +1,5 @@
-"""sbnn on Ray Serve: the same app (``create_app``) in N replicas behind Ray's HTTP proxy, each replica loading
-the model repository itself (``serve run deploy/ray/serve.yaml``; docs/deploy.md#ray-serve).
+"""sbnn on Ray Serve: the same app (``create_app``) in N replicas behind Ray's HTTP and gRPC proxies, each replica
+loading the model repository itself (``serve run deploy/ray/serve.yaml``; docs/deploy.md#ray-serve).
 
 The app is built inside each replica (``serve.ingress`` with a builder: the app holds threads and a model
 repository, which are not shipped between processes), from the replica's environment (``SBNN_*``, set by the
