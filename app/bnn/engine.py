@@ -38,7 +38,7 @@ from app.bnn.local import layer_moments, local_logits
 from app.bnn.lowrank import LowRankBayesLinear
 from app.bnn.network import BayesianMLP, LayerKind, Likelihood
 from app.bnn.plan import DRAW_UNIT, Plan, PlanRefused, largest_error, piece_samples, run_to_end, summary_rows
-from app.bnn.predictive import Predictive, class_probabilities, entropy, predict_with
+from app.bnn.predictive import Predictive, class_probabilities, entropy, mutual_information_error, predict_with
 from app.bnn.spec import MonteCarloError, Sampler  # noqa: F401 - MonteCarloError re-exported
 
 
@@ -358,33 +358,25 @@ def _layer_macs(layer: torch.nn.Module) -> int:
     return layer.in_features * layer.out_features  # type: ignore[operator]
 
 
-def monte_carlo_error(predictive: Predictive, groups: int = 8) -> MonteCarloError:
-    """Largest-over-rows standard errors of p(predicted class) and of the mutual information.
-
-    The MI's error uses batch means: the S samples split into ``groups`` equal groups, the MI of each, and
-    their standard deviation over sqrt(groups). It is NaN when a group would hold fewer than 2 samples.
-    """
+def monte_carlo_error(predictive: Predictive) -> MonteCarloError:
+    """Largest-over-rows standard errors of p(predicted class) and of the mutual information (its
+    delete-one-group jackknife: :func:`app.bnn.predictive.mutual_information_error`); (0, 0) below 2 samples."""
     probs = predictive.probs
-    samples, rows, classes = probs.shape
+    samples = probs.shape[0]
     if samples < 2:
         return MonteCarloError(0.0, 0.0)
     predicted = predictive.mean.argmax(-1)
     chosen = probs.gather(-1, predicted.expand(samples, -1).unsqueeze(-1)).squeeze(-1)  # (S, N)
     se_p = float((chosen.std(0) / math.sqrt(samples)).max())
-    size = samples // groups
-    if size < 2:
-        return MonteCarloError(se_p, float("nan"))
-    grouped = probs[: groups * size].reshape(groups, size, rows, classes)
-    mi = (entropy(grouped.mean(1)) - entropy(grouped).mean(1)).clamp_min(0.0)  # (groups, N)
-    return MonteCarloError(se_p, float((mi.std(0) / math.sqrt(groups)).max()))
+    return MonteCarloError(se_p, float(mutual_information_error(probs, entropy(probs)).max()))
 
 
-def monte_carlo_error_steps(predictive: Predictive, groups: int = 8) -> Generator[None, None, MonteCarloError]:
+def monte_carlo_error_steps(predictive: Predictive) -> Generator[None, None, MonteCarloError]:
     """``monte_carlo_error`` a block of rows at a time (``summary_rows``), yielding between blocks."""
     block = summary_rows(predictive.samples)
     errors: list[MonteCarloError] = []
     for start in range(0, predictive.probs.shape[1], block):
         if errors:
             yield
-        errors.append(monte_carlo_error(Predictive(predictive.probs[:, start : start + block]), groups))
+        errors.append(monte_carlo_error(Predictive(predictive.probs[:, start : start + block])))
     return largest_error(errors)

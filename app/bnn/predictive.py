@@ -14,7 +14,7 @@ from torch import Tensor
 
 from app.bnn._base import LayerSample
 from app.bnn.network import BayesianMLP, Likelihood
-from app.bnn.spec import MonteCarloError
+from app.bnn.spec import MC_ERROR_GROUPS, MonteCarloError
 
 
 @dataclass(frozen=True)
@@ -70,13 +70,29 @@ def decompose(predictive: Predictive) -> Uncertainty:
     return Uncertainty(total=total, aleatoric=aleatoric, epistemic=epistemic, std=std)
 
 
-def decompose_with_error(predictive: Predictive, groups: int = 8) -> tuple[Uncertainty, MonteCarloError]:
-    """``decompose`` and ``engine.monte_carlo_error`` in one pass over the samples: each sample's entropy is
-    computed once and serves the aleatoric term and the batch-means error of the mutual information alike,
-    and the predicted class's probabilities once for its std and its standard error. (S, N, C) -> (N,) each,
-    and the largest-over-rows errors (NaN for the MI's when a group would hold fewer than 2 samples)."""
-    probs = predictive.probs
+def mutual_information_error(probs: Tensor, per_sample: Tensor, groups: int = MC_ERROR_GROUPS) -> Tensor:
+    """The Monte Carlo standard error of each row's mutual information by a delete-one-group jackknife:
+    probs (S, N, C) and their per-sample entropies (S, N) -> (N,). The S samples (the first G·⌊S/G⌋ of them)
+    fall into G = min(``groups``, S) groups; the MI is recomputed without each group (from running sums, no
+    second pass) and SE² = (G − 1)/G · Σ_g (MI₋g − mean MI₋g)². S ≥ 2."""
     samples, rows, classes = probs.shape
+    g = min(groups, samples)
+    size = samples // g
+    used = g * size
+    group_p = probs[:used].double().reshape(g, size, rows, classes).sum(1)  # (G, N, C)
+    group_h = per_sample[:used].double().reshape(g, size, rows).sum(1)  # (G, N)
+    left_out = used - size
+    mi = entropy((group_p.sum(0) - group_p) / left_out) - (group_h.sum(0) - group_h) / left_out  # (G, N)
+    return ((g - 1) / g * (mi - mi.mean(0)).square().sum(0)).sqrt().to(probs.dtype)
+
+
+def decompose_with_error(predictive: Predictive) -> tuple[Uncertainty, MonteCarloError]:
+    """``decompose`` and ``engine.monte_carlo_error`` in one pass over the samples: each sample's entropy is
+    computed once and serves the aleatoric term and the jackknife error of the mutual information alike,
+    and the predicted class's probabilities once for its std and its standard error. (S, N, C) -> (N,) each,
+    and the largest-over-rows errors."""
+    probs = predictive.probs
+    samples = probs.shape[0]
     mean = probs.mean(0)
     per_sample = entropy(probs)  # (S, N)
     total = entropy(mean)
@@ -88,13 +104,7 @@ def decompose_with_error(predictive: Predictive, groups: int = 8) -> tuple[Uncer
     if samples < 2:
         return uncertainty, MonteCarloError(0.0, 0.0)
     se_p = float((chosen.std(0) / math.sqrt(samples)).max())
-    size = samples // groups
-    if size < 2:
-        return uncertainty, MonteCarloError(se_p, float("nan"))
-    used = groups * size
-    group_means = probs[:used].reshape(groups, size, rows, classes).mean(1)
-    mi = (entropy(group_means) - per_sample[:used].reshape(groups, size, rows).mean(1)).clamp_min(0.0)
-    return uncertainty, MonteCarloError(se_p, float((mi.std(0) / math.sqrt(groups)).max()))
+    return uncertainty, MonteCarloError(se_p, float(mutual_information_error(probs, per_sample).max()))
 
 
 # Rows per chunk are chosen so one chunk's widest activation (S, rows, width) stays near this many floats.

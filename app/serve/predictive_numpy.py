@@ -10,9 +10,7 @@ import math
 
 import numpy as np
 
-from app.bnn.spec import BISECTION_STEPS, MIN_VARIANCE, MonteCarloError
-
-MC_ERROR_GROUPS = 8  # batch means for the MI's Monte Carlo error, as app.bnn.engine.monte_carlo_error
+from app.bnn.spec import BISECTION_STEPS, MC_ERROR_GROUPS, MIN_VARIANCE, MonteCarloError
 
 
 def _entropy(probs: np.ndarray) -> np.ndarray:
@@ -39,8 +37,8 @@ def decompose_numpy(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 def monte_carlo_error_numpy(probs: np.ndarray, groups: int = MC_ERROR_GROUPS) -> MonteCarloError:
     """Largest-over-rows standard errors of p(predicted class) and of the MI, from probs (S, N, C).
 
-    Mirrors ``app.bnn.engine.monte_carlo_error``: the MI's error by batch means over ``groups`` groups, NaN
-    when a group would hold fewer than 2 samples; (0, 0) below 2 samples.
+    Mirrors ``app.bnn.engine.monte_carlo_error``: the MI's error by a delete-one-group jackknife over
+    G = min(``groups``, S) groups (``app.bnn.predictive.mutual_information_error``); (0, 0) below 2 samples.
     """
     probs = probs.astype(np.float64)
     samples, rows, classes = probs.shape
@@ -48,12 +46,15 @@ def monte_carlo_error_numpy(probs: np.ndarray, groups: int = MC_ERROR_GROUPS) ->
         return MonteCarloError(0.0, 0.0)
     chosen = np.take_along_axis(probs, probs.mean(0).argmax(-1)[None, :, None], axis=-1)[..., 0]  # (S, N)
     se_p = float((chosen.std(0, ddof=1) / math.sqrt(samples)).max())
-    size = samples // groups
-    if size < 2:
-        return MonteCarloError(se_p, float("nan"))
-    grouped = probs[: groups * size].reshape(groups, size, rows, classes)
-    mi = np.maximum(_entropy(grouped.mean(1)) - _entropy(grouped).mean(1), 0.0)  # (groups, N)
-    return MonteCarloError(se_p, float((mi.std(0, ddof=1) / math.sqrt(groups)).max()))
+    g = min(groups, samples)
+    size = samples // g
+    used = g * size
+    group_p = probs[:used].reshape(g, size, rows, classes).sum(1)
+    group_h = _entropy(probs[:used]).reshape(g, size, rows).sum(1)
+    left_out = used - size
+    mi = _entropy((group_p.sum(0) - group_p) / left_out) - (group_h.sum(0) - group_h) / left_out  # (G, N)
+    se_mi = np.sqrt((g - 1) / g * np.square(mi - mi.mean(0)).sum(0))
+    return MonteCarloError(se_p, float(se_mi.max()))
 
 
 # Abramowitz & Stegun 7.1.26: |error| < 1.5e-7 over the real line. numpy has no erf and the torch-free install

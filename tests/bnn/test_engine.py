@@ -163,7 +163,7 @@ def test_monte_carlo_error_of_known_spread() -> None:
     probs = torch.stack([1 - p, p], dim=-1)
     error = monte_carlo_error(Predictive(probs))
     assert error.probability == pytest.approx(0.2 / math.sqrt(12) / 40, rel=0.1)
-    assert math.isnan(monte_carlo_error(Predictive(probs[:8])).mutual_information)
+    assert 0.0 <= monte_carlo_error(Predictive(probs[:8])).mutual_information < 0.01  # the jackknife needs S >= 2
     assert monte_carlo_error(Predictive(probs[:1])).probability == 0.0
 
 

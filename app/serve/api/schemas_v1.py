@@ -177,7 +177,8 @@ class ModelRef(_Wire):
 class MonteCarloErrorOut(_Wire):
     probability: float = Field(description="Largest standard error over rows of the predicted class's probability.")
     mutual_information: float | None = Field(
-        description="Largest standard error over rows of the mutual information (null below 16 samples)."
+        description="Largest standard error over rows of the mutual information (a delete-one-group jackknife; "
+        "null where the backend has only summaries, as the onnx bank graph)."
     )
 
 
