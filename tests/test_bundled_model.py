@@ -104,3 +104,16 @@ def test_documented_command_rebuilds_the_bundled_model_bit_for_bit(tmp_path: Pat
     run = reproduce.retrain(reproduce.BUNDLED_THREADS, tmp_path)
     assert run["fresh"]["weights"] == json.loads((BUNDLED / "manifest.json").read_text())["weights"]["sha256"]
     assert run["identical"], f"weights, gate, manifest, metrics the same: {run['same']}"
+
+
+def test_the_ood_figures_separate_novelty_from_unchanged_rows_and_risk() -> None:
+    """Issue 20: creatinine in µmol/L also on the rows it changed (a missing value stays missing), and a
+    risk-matched AUROC per score on every OOD set (docs/training.md#novelty)."""
+    stored = json.loads((BUNDLED / "metrics.json").read_text())["ood"]
+    dataset = load_dataset(load_checkpoint(BUNDLED).manifest.data)
+    measured = int(dataset.test.frame["creatinine"].notna().sum())
+    assert stored["creatinine-umol"]["changed_rows"]["rows"] == measured < len(dataset.test.y)
+    for name, entry in stored.items():
+        matched = entry["risk_matched"]
+        assert matched["risk_after_matching"] == pytest.approx(0.5, abs=0.05), name  # the matching worked
+        assert {"mutual_information", "total_entropy", "predictive_std"} <= matched.keys()

@@ -25,10 +25,13 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Split:
     """Raw feature columns (named as the FeatureSpecs) and ``y``: (N,) int64 class ids (-1 where unknown) or
-    float64 targets (regression; NaN where unknown)."""
+    float64 targets (regression; NaN where unknown). ``changed``: for an OOD set made by altering other rows,
+    (N,) bool, True where the alteration changed the row (a unit error leaves a missing value as it was);
+    None when every row is shifted."""
 
     frame: pd.DataFrame
     y: np.ndarray
+    changed: np.ndarray | None = None
 
 
 class DataProvenance(BaseModel):

@@ -22,6 +22,7 @@ from app.evaluate import metrics as M
 from app.evaluate.bound import bound_report
 from app.evaluate.card import render_card
 from app.evaluate.gate import finite, gate_warnings, in_distribution_rates, not_accepted, set_report
+from app.evaluate.novelty import risk_matched
 from app.evaluate.scoring import BankScorer, GatedSet, gate_set
 from app.evaluate.stress import stress_sets
 
@@ -117,6 +118,25 @@ def evaluate(
             "predictive_std": _rounded(M.ood_metrics(finite(test_predictions.std), finite(shifted.std)).as_dict()),
             "not_accepted_rate": round(not_accepted(scored.ood[name]), 6),
         }
+        if split.changed is not None and not split.changed.all():  # the rows the alteration changed, apart
+            changed = split.changed
+            entry["changed_rows"] = {
+                "rows": int(changed.sum()),
+                "mutual_information": _rounded(
+                    M.ood_metrics(finite(test_predictions.epistemic), finite(shifted.epistemic[changed])).as_dict()
+                ),
+                "predictive_std": _rounded(
+                    M.ood_metrics(finite(test_predictions.std), finite(shifted.std[changed])).as_dict()
+                ),
+            }
+        if test_predictions.probs.shape[1] == 2:  # a score's AUROC beyond the predicted risk's (app.evaluate.novelty)
+            scores = {"mutual_information": "epistemic", "total_entropy": "total", "predictive_std": "std"}
+            entry["risk_matched"] = risk_matched(
+                test_predictions.probs[:, 1],
+                shifted.probs[:, 1],
+                {name: getattr(test_predictions, field) for name, field in scores.items()},
+                {name: getattr(shifted, field) for name, field in scores.items()},
+            )
         known = split.y[split.y >= 0]
         rows = np.isfinite(shifted.probs).all(1)
         if known.size == split.y.size and np.unique(known).size == len(dataset.labels) and rows.all():

@@ -48,7 +48,8 @@ def _subset(split: Any, rows: int, rng: np.random.Generator) -> Any:
     from app.data.dataset import Split
 
     chosen = np.sort(rng.choice(len(split.y), size=min(rows, len(split.y)), replace=False))
-    return Split(frame=split.frame.iloc[chosen].reset_index(drop=True), y=split.y[chosen])
+    changed = None if split.changed is None else split.changed[chosen]
+    return Split(frame=split.frame.iloc[chosen].reset_index(drop=True), y=split.y[chosen], changed=changed)
 
 
 def small_flchain(plan: MCMCPlan) -> Any:
