@@ -32,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._load_parts import hey  # noqa: E402
+from bench._load_parts import hey, over_rounds  # noqa: E402
 from bench._server import ROW, machine_facts, running_server  # noqa: E402
 
 MODEL = "flchain-mortality"
@@ -73,11 +73,8 @@ def measured(url: str, body: Path, requests: int, rounds: int, pids: dict[str, l
         run["cpu_per_s"]["hey"] = round((children_cpu() - hey_before) / seconds, 2)
         runs.append(run)
     return {
+        **over_rounds(runs),
         "rps": statistics.median(r["rps"] for r in runs),
-        "p50_ms": statistics.median(r["p50_ms"] for r in runs),
-        "p99_ms": statistics.median(r["p99_ms"] for r in runs),
-        "ok": sum(r["ok"] for r in runs),
-        "sent": sum(r["requests_sent"] for r in runs),
         "cpu_per_s": {k: statistics.median(r["cpu_per_s"][k] for r in runs) for k in runs[0]["cpu_per_s"]},
     }
 

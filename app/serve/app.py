@@ -196,7 +196,10 @@ def _metrics_listener(settings: Settings, metrics: ServiceMetrics) -> Any:
         return None
     from prometheus_client import start_http_server
 
-    server, _thread = start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
+    try:
+        server, _thread = start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
+    except OSError as exc:
+        raise RuntimeError(f"metrics: cannot listen on {settings.host}:{settings.metrics_port}: {exc}") from None
     return server
 
 
