@@ -1,8 +1,8 @@
 """A small Bayesian MLP for NUTS (Pyro): one hidden ReLU layer whose weights are W = A·Bᵀ (low rank) or free
 (full rank), Gaussian priors on every factor, a Bernoulli likelihood on the logit.
 
-The low-rank posterior is singular: A·G and B·G⁻ᵀ give the same W for any invertible r×r G, so the raw factors
-never converge across chains; W, its singular values and the predictive probabilities are what can be compared
+The low-rank posterior is singular: A·G and B·G⁻ᵀ give the same W for any invertible r×r G, so chains need not
+agree on the raw factors; W, its singular values and the predictive probabilities are what can be compared
 (:mod:`app.mcmc.diagnostics`).
 """
 
@@ -20,8 +20,8 @@ from torch import Tensor
 class MCMCNetwork:
     """``in_features`` → ``hidden`` (ReLU) → 1 logit. ``low_rank``: each layer's W = A·Bᵀ with A (out, r) and
     B (in, r), r = min(``rank``, out, in), every factor N(0, s²) (``prior_scale`` s); else W free with entries
-    N(0, r·s⁴), the variance an entry of A·Bᵀ has under those priors, so both kinds start from the same prior
-    on W. Biases N(0, 1)."""
+    N(0, r·s⁴), the variance an entry of A·Bᵀ has under those priors, so both kinds give W the same prior
+    variance. Biases N(0, 1)."""
 
     in_features: int
     hidden: int
