@@ -32,7 +32,7 @@ from app.study.claims import assess_claims
 from app.study.design import ABLATION_BASE, EVALUATION_SEED, StudyPlan
 from app.study.measure import load_average, machine_info, singular_value_energy, time_inference
 from app.study.report import PAPER_ENERGY_AT_15, kept_observations, render_markdown
-from app.study.runs import load_result, load_results, load_scores
+from app.study.runs import keep_records, load_result, load_results, load_scores
 from app.study.tables import mean_std
 
 # Each figure's path, relative to the docs folder (the report links them so).
@@ -54,7 +54,8 @@ def write_results(
     ablation: bool = True,
 ) -> dict[str, Any]:
     """Aggregate the finished runs of ``plan`` under ``out``: write ``docs/results.md``, the figures and
-    ``results.json`` under ``docs/results/``, and copy the best seed of each kind to ``models/<data>-<label>``
+    ``results.json`` under ``docs/results/``, keep every run's records (``result.json``, ``scores.npz``) under
+    ``docs/results/runs/<out's name>/``, and copy the best seed of each kind to ``models/<data>-<label>``
     (unless ``models`` is None). Returns the numbers written to ``results.json``."""
     from app.study.plots import write_ood_histogram_grid, write_reliability_grid, write_risk_coverage
 
@@ -193,6 +194,7 @@ def write_results(
         },
     }
     (figures_dir / "results.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    keep_records(plan.runs(out, ablation=ablation), figures_dir / "runs" / out.name)  # per-seed metrics, kept
     markdown_path = docs / "results.md"
     markdown = render_markdown(report, kept_observations(markdown_path), FIGURES)
     markdown_path.write_text(markdown)

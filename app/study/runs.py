@@ -89,6 +89,26 @@ def trained_or_train(
     return manifest, trained, False
 
 
+def keep_records(runs: Sequence[RunSpec], into: Path) -> list[Path]:
+    """Copy every finished run's ``result.json`` and ``scores.npz`` (its per-seed metrics and per-row scores, not
+    its checkpoint) to ``into/<run>/``, where they are committed with the report and a study resumes from them
+    (``cp -r docs/results/runs/<study> runs/``). Returns the folders written."""
+    import shutil
+
+    kept = []
+    for run in runs:
+        if not is_done(run):
+            continue
+        target = into / run.folder.name
+        if target.resolve() == run.folder.resolve():
+            continue  # the study ran in the records' own folder
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (RESULT_FILE, SCORES_FILE):
+            shutil.copyfile(run.folder / name, target / name)
+        kept.append(target)
+    return kept
+
+
 def load_results(runs: Sequence[RunSpec]) -> dict[str, list[dict[str, Any]]]:
     """Finished results grouped by label, in seed order; a missing one is an error (run `sbnn compare`)."""
     grouped: dict[str, list[dict[str, Any]]] = {}

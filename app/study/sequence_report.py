@@ -18,7 +18,7 @@ import numpy as np
 
 from app.study.bootstrap import Interval, accuracy, paired_interval, rmse
 from app.study.design import ABLATION_BASE, StudyPlan
-from app.study.runs import SCORES_FILE, load_result, load_results
+from app.study.runs import SCORES_FILE, keep_records, load_result, load_results
 from app.study.tables import mean_std, ms, table
 
 REGRESSION_METRICS = ("rmse", "mae", "mae_original_unit", "nll", "crps", "picp_90", "mpiw_90", "calibration_error")
@@ -284,7 +284,8 @@ def render_sequence_markdown(name: str, numbers: dict[str, Any], regression: boo
 def write_sequence_results(
     plan: StudyPlan, out: Path, docs: Path, name: str, regression: bool, command: str, ablation: bool = True
 ) -> dict[str, Any]:
-    """Write ``docs/results-<name>.md`` and ``docs/results/<name>.json``; returns the numbers."""
+    """Write ``docs/results-<name>.md`` and ``docs/results/<name>.json``, and keep every finished run's records
+    under ``docs/results/runs/<out's name>/``; returns the numbers."""
     text = name in TEXT_STUDIES
     numbers = aggregate_sequence_study(plan, Path(out), regression, ablation, log1p_target=name == "pm25", text=text)
     numbers["seeds"] = list(plan.seeds)
@@ -292,4 +293,5 @@ def write_sequence_results(
     (docs / "results").mkdir(parents=True, exist_ok=True)
     (docs / "results" / f"{name}.json").write_text(json.dumps(numbers, indent=2, default=str) + "\n")
     (docs / f"results-{name}.md").write_text(render_sequence_markdown(name, numbers, regression, command))
+    keep_records(plan.runs(Path(out), ablation=ablation), docs / "results" / "runs" / Path(out).name)
     return numbers

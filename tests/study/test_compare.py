@@ -87,6 +87,9 @@ def test_report_has_tables_claims_and_figures(compared: dict) -> None:
     assert any(v in verdicts for v in ("holds", "holds in part", "does not hold"))  # calibration vs deterministic
     for figure in ("reliability.png", "risk_coverage.png", "ood_scores.png", "rank_ablation.png", "results.json"):
         assert (docs / "results" / figure).stat().st_size > 0, figure
+    kept = docs / "results" / "runs" / Path(compared["out"]).name  # per-seed metrics and scores, committed
+    assert {p.name for p in kept.iterdir()} == set(compared["report"]["runs"])
+    assert all((f / "result.json").is_file() and (f / "scores.npz").is_file() for f in kept.iterdir())
     ablation = compared["report"]["ablation"]
     assert [row["rank"] for row in ablation] == [1, 2, 15] and ablation[2]["runs"] == ["lowrank-s0"]
     assert ablation[0]["parameter_count"] < ablation[1]["parameter_count"]

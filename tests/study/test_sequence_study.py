@@ -72,6 +72,9 @@ def test_a_tiny_study_trains_resumes_and_reports(tmp_path: Path) -> None:
     report = (tmp_path / "docs" / "results-visits.md").read_text()
     assert "## Test split" in report and "## Rank ablation" in report and "## Verdicts" in report
     assert (tmp_path / "docs" / "results" / "visits.json").is_file()
+    kept = tmp_path / "docs" / "results" / "runs" / "runs"  # every finished run's records, beside the report
+    assert {p.name for p in kept.iterdir()} == {o.run.folder.name for o in outcomes}
+    assert all((kept / o.run.folder.name / "scores.npz").is_file() for o in outcomes)
 
 
 def test_the_pm25_mae_is_also_given_in_micrograms(tmp_path: Path) -> None:
