@@ -78,6 +78,14 @@ def _rounded(values: dict[str, Any]) -> dict[str, Any]:
     return {k: round(v, 6) if isinstance(v, float) else v for k, v in values.items()}
 
 
+def _detection(test: Any, epistemic: np.ndarray, std: np.ndarray) -> dict[str, Any]:
+    """OOD metrics of shifted rows' MI and predictive std against the test split's."""
+    return {
+        "mutual_information": _rounded(M.ood_metrics(finite(test.epistemic), finite(epistemic)).as_dict()),
+        "predictive_std": _rounded(M.ood_metrics(finite(test.std), finite(std)).as_dict()),
+    }
+
+
 def evaluate(
     checkpoint: Checkpoint,
     dataset: TabularDataset,
@@ -112,22 +120,14 @@ def evaluate(
     for name, split in dataset.ood.items():
         shifted = scored.ood[name].predictions
         entry: dict[str, Any] = {
-            "mutual_information": _rounded(
-                M.ood_metrics(finite(test_predictions.epistemic), finite(shifted.epistemic)).as_dict()
-            ),
-            "predictive_std": _rounded(M.ood_metrics(finite(test_predictions.std), finite(shifted.std)).as_dict()),
+            **_detection(test_predictions, shifted.epistemic, shifted.std),
             "not_accepted_rate": round(not_accepted(scored.ood[name]), 6),
         }
         if split.changed is not None and not split.changed.all():  # the rows the alteration changed, apart
             changed = split.changed
             entry["changed_rows"] = {
                 "rows": int(changed.sum()),
-                "mutual_information": _rounded(
-                    M.ood_metrics(finite(test_predictions.epistemic), finite(shifted.epistemic[changed])).as_dict()
-                ),
-                "predictive_std": _rounded(
-                    M.ood_metrics(finite(test_predictions.std), finite(shifted.std[changed])).as_dict()
-                ),
+                **_detection(test_predictions, shifted.epistemic[changed], shifted.std[changed]),
             }
         if test_predictions.probs.shape[1] == 2:  # a score's AUROC beyond the predicted risk's (app.evaluate.novelty)
             scores = {"mutual_information": "epistemic", "total_entropy": "total", "predictive_std": "std"}

@@ -106,23 +106,15 @@ def uncertainty(probs_samples: torch.Tensor) -> dict[str, np.ndarray]:
 
 def ood_aurocs(test: torch.Tensor, ood: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
     """Per OOD set and score: AUROC of the OOD rows against the test rows (probabilities (S, N) each)."""
-    from app.evaluate.metrics import auroc
+    from app.evaluate.metrics import ood_metrics
 
     reference = uncertainty(test)
-    found: dict[str, dict[str, float]] = {}
-    for name, probs in ood.items():
-        scores = uncertainty(probs)
-        found[name] = {
-            score: round(
-                auroc(
-                    np.r_[np.zeros(len(reference[score])), np.ones(len(values))],
-                    np.r_[reference[score], values],
-                ),
-                4,
-            )
-            for score, values in scores.items()
+    return {
+        name: {
+            score: round(ood_metrics(reference[score], values).auroc, 4) for score, values in uncertainty(probs).items()
         }
-    return found
+        for name, probs in ood.items()
+    }
 
 
 def _vi(dataset: Any, plan: MCMCPlan, folder: Path) -> tuple[Any, Any]:
@@ -170,6 +162,7 @@ def run_mcmc_study(plan: MCMCPlan) -> dict[str, Any]:
     def vi_probs(rows: torch.Tensor) -> torch.Tensor:
         return predict(checkpoint.model, rows, plan.vi_samples, torch.Generator().manual_seed(plan.seed)).probs[..., 1]
 
+    vi_test = vi_probs(x_test)
     result: dict[str, Any] = {
         "plan": dataclasses.asdict(plan),
         "rows": {"train": len(dataset.train.y), "test": len(dataset.test.y)}
@@ -177,8 +170,8 @@ def run_mcmc_study(plan: MCMCPlan) -> dict[str, Any]:
         "vi": {
             "seconds": round(time.perf_counter() - started, 1),
             "epochs_run": trained.epochs_run,
-            "test": predictive_scores(vi_probs(x_test), dataset.test.y),
-            "ood_auroc": ood_aurocs(vi_probs(x_test), {k: vi_probs(v) for k, v in ood_x.items()}),
+            "test": predictive_scores(vi_test, dataset.test.y),
+            "ood_auroc": ood_aurocs(vi_test, {k: vi_probs(v) for k, v in ood_x.items()}),
         },
     }
     for label, low_rank in (("nuts_lowrank", True), ("nuts_fullrank", False)):
@@ -187,7 +180,7 @@ def run_mcmc_study(plan: MCMCPlan) -> dict[str, Any]:
         by_chain = run["by_chain"]
         groups = identifiable_quantities(network, by_chain, x_test)
         flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in by_chain.items()}
-        probs = torch.sigmoid(network.logits(flat, x_test))
+        probs = groups["held-out probabilities"].reshape(-1, x_test.shape[0])  # (C·D, N), chains in order
         result[label] = {
             "seconds": round(run["seconds"], 1),
             "divergences": run["divergences"],

@@ -52,6 +52,17 @@ class RayContext:
         raise Aborted
 
 
+def rpc(method: str) -> Any:
+    """A replica method for one RPC of the service: Ray's gRPC proxy calls it by the RPC's name, passing Ray's
+    context as ``grpc_context``; ``self.app`` is the app Ray built in the replica."""
+
+    async def handler(self: Any, request: Any, grpc_context: Any) -> Any:
+        return await call(self.app, method, request, grpc_context)
+
+    handler.__name__ = handler.__qualname__ = method
+    return handler
+
+
 async def call(app: Any, method: str, request: Any, ray_context: Any) -> Any:
     """Run ``method`` of sbnn's servicer on ``app`` (the replica's FastAPI app) for Ray's proxy."""
     context = RayContext(ray_context)

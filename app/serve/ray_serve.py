@@ -47,23 +47,12 @@ class SbnnReplica:
     """One replica: sbnn's whole FastAPI app, its model repository, batching engine and metrics; and the Open
     Inference Protocol's gRPC RPCs for Ray's gRPC proxy (``self.app``: the app Ray built in this replica)."""
 
-    async def ServerLive(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
-        return await ray_grpc.call(self.app, "ServerLive", request, grpc_context)
-
-    async def ServerReady(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
-        return await ray_grpc.call(self.app, "ServerReady", request, grpc_context)
-
-    async def ServerMetadata(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
-        return await ray_grpc.call(self.app, "ServerMetadata", request, grpc_context)
-
-    async def ModelReady(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
-        return await ray_grpc.call(self.app, "ModelReady", request, grpc_context)
-
-    async def ModelMetadata(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
-        return await ray_grpc.call(self.app, "ModelMetadata", request, grpc_context)
-
-    async def ModelInfer(self, request: Any, grpc_context: Any) -> Any:  # noqa: N802
-        return await ray_grpc.call(self.app, "ModelInfer", request, grpc_context)
+    ServerLive = ray_grpc.rpc("ServerLive")
+    ServerReady = ray_grpc.rpc("ServerReady")
+    ServerMetadata = ray_grpc.rpc("ServerMetadata")
+    ModelReady = ray_grpc.rpc("ModelReady")
+    ModelMetadata = ray_grpc.rpc("ModelMetadata")
+    ModelInfer = ray_grpc.rpc("ModelInfer")
 
 
 def build(args: dict[str, Any]) -> serve.Application:

@@ -18,7 +18,7 @@ import numpy as np
 
 from app.study.bootstrap import Interval, accuracy, paired_interval, rmse
 from app.study.design import ABLATION_BASE, StudyPlan
-from app.study.runs import SCORES_FILE, keep_records, load_result, load_results
+from app.study.runs import SCORES_FILE, keep_records, load_result, load_results, load_scores
 from app.study.tables import mean_std, ms, table
 
 REGRESSION_METRICS = ("rmse", "mae", "mae_original_unit", "nll", "crps", "picp_90", "mpiw_90", "calibration_error")
@@ -177,12 +177,11 @@ def verdicts(
     ]
 
 
-def load_scores(plan: StudyPlan, out: Path) -> Scores:
+def comparison_scores(plan: StudyPlan, out: Path) -> Scores:
     """Each comparison label's per-seed score arrays (the runs' scores.npz), in seed order."""
     found: Scores = {}
     for run in plan.comparison_runs(out):
-        with np.load(run.folder / SCORES_FILE, allow_pickle=False) as arrays:
-            found.setdefault(run.label, []).append({k: arrays[k] for k in arrays.files})
+        found.setdefault(run.label, []).append(load_scores(run.folder))
     return found
 
 
@@ -214,7 +213,7 @@ def aggregate_sequence_study(
         if result is not None:
             ranks[point.rank] = summarise_label([result], regression)
     unit = grouped[plan.variants[0].label][0]["metrics"].get("unit")
-    scores = load_scores(plan, out)
+    scores = comparison_scores(plan, out)
     claims = text_verdicts(summary, scores) if text else verdicts(summary, regression, scores)
     return {"summary": summary, "ablation": ranks, "verdicts": claims, "unit": unit}
 
