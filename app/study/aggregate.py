@@ -36,6 +36,7 @@ def aggregate_runs(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         ood[name] = {score: {m: mean_std([e[score][m] for e in entries]) for m in OOD_METRICS} for score in OOD_SCORES}
         ood[name]["not_accepted_rate"] = mean_std([e["not_accepted_rate"] for e in entries])
         ood[name]["rows"] = entries[0]["mutual_information"]["n_ood"]
+        ood[name].update(_novelty(entries))
     return {
         "kind": first["kind"],
         "seeds": [r["seed"] for r in results],
@@ -53,6 +54,23 @@ def aggregate_runs(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "best_val_nll": mean_std([r["training"]["best_val_nll"] for r in results]),
         "gate": aggregate_gate(results),
     }
+
+
+def _novelty(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over seeds of an OOD set's novelty figures (app.evaluate.novelty): the AUROCs on the rows its
+    alteration changed and the risk-matched AUROCs, where every seed has them."""
+    found: dict[str, Any] = {}
+    if all("changed_rows" in e for e in entries):
+        changed = [e["changed_rows"] for e in entries]
+        found["changed_rows"] = {
+            "rows": changed[0]["rows"],
+            **{score: mean_std([c[score]["auroc"] for c in changed]) for score in OOD_SCORES},
+        }
+    matched = [e.get("risk_matched", {}) for e in entries]
+    keys = [k for k in matched[0] if all(k in m for m in matched)] if matched else []
+    if "risk" in keys:
+        found["risk_matched"] = {k: mean_std([m[k] for m in matched]) for k in keys}
+    return found
 
 
 def mean_ood_auroc(result: Mapping[str, Any]) -> float:

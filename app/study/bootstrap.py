@@ -32,6 +32,31 @@ class Interval:
         inside, outside = (self.high <= bound, self.low > bound) if at_most else (self.low >= bound, self.high < bound)
         return "holds" if inside else "does not hold" if outside else "cannot tell at this n"
 
+    def within(self, margin: float) -> str:
+        """Two-sided, against ±``margin``: "holds" when the whole interval lies inside it, "does not hold" when
+        the whole interval lies outside it on one side, else "cannot tell at this n"."""
+        if -margin <= self.low and self.high <= margin:
+            return "holds"
+        return "does not hold" if self.high < -margin or self.low > margin else "cannot tell at this n"
+
+    def describe(self, digits: int = 3) -> str:
+        """``+0.012 [-0.004, +0.029]``: the estimate and its interval, signed."""
+        return f"{self.estimate:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
+
+
+def rank_auroc(labels01: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """AUROC of ``scores`` for ``labels01`` (1 = positive), ties counted half, rows optionally weighted: equal to
+    ``sklearn.metrics.roc_auc_score`` (tested) at a tenth of its cost, which a bootstrap pays thousands of
+    times (3 min for the claims' tests with sklearn's)."""
+    order = np.argsort(scores, kind="stable")
+    ordered, positive = scores[order], labels01[order].astype(bool)
+    w = np.ones(ordered.size) if weights is None else np.asarray(weights, dtype=np.float64)[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # one group per distinct score
+    pos = np.add.reduceat(np.where(positive, w, 0.0), starts)
+    neg = np.add.reduceat(np.where(positive, 0.0, w), starts)
+    below = np.cumsum(neg) - neg  # negative weight strictly below each group
+    return float(np.sum(pos * (below + 0.5 * neg)) / (pos.sum() * neg.sum()))
+
 
 def rmse(y: np.ndarray, prediction: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(prediction - y))))

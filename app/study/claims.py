@@ -1,8 +1,16 @@
-"""The paper's claims judged on the comparison's summary, each by a rule stated next to its verdict.
+"""The paper's claims judged on the comparison, each by a rule stated next to its verdict.
 
-A claim's evidence is a list of conditions (:class:`Condition`, in words with the numbers); its :class:`Verdict`
-holds when every condition does, in part when some do, and is "not tested" when the comparison lacks a kind it
-needs.
+A comparison of low-rank with another kind is a paired bootstrap interval over test rows and seeds
+(:mod:`app.study.bootstrap`): both kinds are scored on the same rows, a resample draws one set of rows for both
+and each kind's seeds with replacement. A condition *holds* when its whole 95% interval meets the rule, *does
+not hold* when its whole interval breaks it, and otherwise *cannot tell at this n*. "Similar" and "comparable"
+are two-sided (a gain beyond the margin is not "similar" either); a parameter ratio is exact. A claim holds when
+every condition does, does not hold when any condition does not, and otherwise cannot tell; it is "not tested"
+when the comparison lacks a kind it needs.
+
+OOD sets are judged on what measures novelty (:mod:`app.evaluate.novelty`): a set made by altering rows on the
+rows the alteration changed, any other set risk-matched (in-distribution rows reweighted to the set's predicted
+risk), so that a score's AUROC there is not its ranking of sick patients.
 """
 
 from __future__ import annotations
@@ -12,38 +20,47 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+import numpy as np
+
+from app.evaluate import metrics as M
+from app.evaluate.evaluate import ECE_BINS
+from app.evaluate.novelty import risk_weights
+from app.study.bootstrap import Interval, paired_interval, rank_auroc
 from app.study.design import ABLATION_BASE
 
 # Rules of the claims; the report states each one next to its verdict.
-SIMILAR_AUROC = 0.02  # "similar AUROC": low-rank's mean at most this far below the other kind's
-COMPARABLE_ECE = 0.02  # "calibration comparable": mean ECEs within this of each other
+SIMILAR_AUROC = 0.02  # "similar AUROC": low-rank's minus the other kind's within ±0.02
+COMPARABLE_ECE = 0.02  # "calibration comparable": ECEs within ±0.02 of each other
 ABOUT = 0.8  # "about k× fewer parameters": a ratio of at least 0.8·k
-NO_GAIN = 0.02  # "no consistent gain": warm start better by at most this in AUROC and in NLL
+NO_GAIN = 0.02  # "no consistent gain": the warm start better by at most this in AUROC and in NLL
+RESAMPLES = 1000
+
+Scores = Mapping[str, Sequence[Mapping[str, np.ndarray]]]  # label -> each seed's scores.npz arrays
 
 
 class Verdict(str, Enum):
     HOLDS = "holds"
-    IN_PART = "holds in part"
     DOES_NOT_HOLD = "does not hold"
+    CANNOT_TELL = "cannot tell at this n"
     NOT_TESTED = "not tested"
 
 
 @dataclass(frozen=True)
 class Condition:
-    """One checkable part of a claim, in words with its numbers, and whether the numbers meet the rule."""
+    """One checkable part of a claim, in words with its numbers, and what its interval says of the rule."""
 
     text: str
-    holds: bool
+    verdict: Verdict
 
 
 def verdict(conditions: Sequence[Condition]) -> Verdict:
-    """Holds when every condition does, in part when some do, not when none does (not tested when empty)."""
+    """Holds when every condition does, not when any condition does not, else cannot tell (not tested when
+    empty)."""
     if not conditions:
         return Verdict.NOT_TESTED
-    met = sum(c.holds for c in conditions)
-    if met == len(conditions):
-        return Verdict.HOLDS
-    return Verdict.IN_PART if met else Verdict.DOES_NOT_HOLD
+    if any(c.verdict is Verdict.DOES_NOT_HOLD for c in conditions):
+        return Verdict.DOES_NOT_HOLD
+    return Verdict.HOLDS if all(c.verdict is Verdict.HOLDS for c in conditions) else Verdict.CANNOT_TELL
 
 
 @dataclass(frozen=True)
@@ -64,99 +81,161 @@ class Claim:
             "statement": self.statement,
             "rule": self.rule,
             "verdict": self.verdict.value,
-            "conditions": [{"text": c.text, "holds": c.holds} for c in self.conditions],
+            "conditions": [{"text": c.text, "verdict": c.verdict.value} for c in self.conditions],
             "missing": list(self.missing),
         }
 
 
-def _lacking(summary: Mapping[str, Any], *labels: str) -> tuple[str, ...]:
-    return tuple(label for label in labels if label not in summary)
+@dataclass(frozen=True)
+class Evidence:
+    """What the claims are judged on: each label's parameter count and per-seed scores, and the rows each OOD
+    set's alteration changed (None for a set not made by altering rows)."""
+
+    parameters: Mapping[str, int]
+    scores: Scores
+    changed: Mapping[str, np.ndarray | None]
+    resamples: int = RESAMPLES
+
+    def lacking(self, *labels: str) -> tuple[str, ...]:
+        return tuple(label for label in labels if label not in self.scores or label not in self.parameters)
 
 
-def _test(summary: Mapping[str, Any], label: str, metric: str) -> float:
-    return float(summary[label]["test"][metric]["mean"])
+def _difference(a: float, b: float) -> float:
+    return a - b
 
 
-def _fewer_parameters(summary: Mapping[str, Any], other: str, name: str, factor: int) -> Claim:
+def _auroc(y: np.ndarray, probs: np.ndarray) -> float:
+    return rank_auroc(y, probs[:, 1])
+
+
+def _ece(y: np.ndarray, probs: np.ndarray) -> float:
+    return M.expected_calibration_error(y, probs, ECE_BINS)
+
+
+def _novelty_auroc(is_ood: np.ndarray, risk_and_score: np.ndarray) -> float:
+    """The risk-matched AUROC of the score (column 1) for OOD rows, matched on the predicted risk (column 0)."""
+    risk, score = risk_and_score[:, 0], risk_and_score[:, 1]
+    ood = is_ood.astype(bool)
+    weights, kept = risk_weights(risk[~ood], risk[ood])
+    # app.evaluate.novelty.weighted_auroc's figure; a class's total weight cancels out of an AUROC.
+    ood_scores = score[ood][kept]
+    labels = np.r_[np.zeros(weights.size), np.ones(ood_scores.size)]
+    return rank_auroc(labels, np.r_[score[~ood], ood_scores], np.r_[weights, np.ones(ood_scores.size)])
+
+
+def _test_interval(evidence: Evidence, label: str, other: str, metric: Any) -> Interval:
+    y = np.asarray(evidence.scores[label][0]["test_y"])
+    probs = [np.asarray(s["test_probs"]) for s in evidence.scores[label]]
+    others = [np.asarray(s["test_probs"]) for s in evidence.scores[other]]
+    return paired_interval(y, probs, others, metric, _difference, resamples=evidence.resamples)
+
+
+def novelty_interval(evidence: Evidence, name: str, label: str, other: str) -> tuple[Interval, str]:
+    """The MI's OOD AUROC of ``label`` minus ``other``'s on set ``name`` by the novelty rule (changed rows, or
+    risk-matched), with the rule's words."""
+    changed = evidence.changed.get(name)
+
+    def rows(seed: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        ood_mi, ood_risk = seed[f"ood_mi__{name}"], seed[f"ood_probs__{name}"][:, 1]
+        test_mi, test_risk = seed["test_mi"], seed["test_probs"][:, 1]
+        if changed is not None:
+            return np.r_[test_mi, ood_mi[changed]], np.r_[test_risk, ood_risk[changed]]
+        return np.r_[test_mi, ood_mi], np.r_[test_risk, ood_risk]
+
+    n_test = len(evidence.scores[label][0]["test_mi"])
+    n_ood = int(changed.sum()) if changed is not None else len(evidence.scores[label][0][f"ood_mi__{name}"])
+    is_ood = np.r_[np.zeros(n_test), np.ones(n_ood)]
+    if changed is not None:
+        a = [rows(s)[0] for s in evidence.scores[label]]
+        b = [rows(s)[0] for s in evidence.scores[other]]
+        found = paired_interval(is_ood, a, b, rank_auroc, _difference, resamples=evidence.resamples)
+        return found, f"on the {n_ood} changed rows"
+    a = [np.stack(rows(s)[::-1], axis=1) for s in evidence.scores[label]]
+    b = [np.stack(rows(s)[::-1], axis=1) for s in evidence.scores[other]]
+    return paired_interval(is_ood, a, b, _novelty_auroc, _difference, resamples=evidence.resamples), "risk-matched"
+
+
+def _fewer_parameters(evidence: Evidence, other: str, name: str, factor: int) -> Claim:
     statement = f"About {factor}× fewer parameters than {name} at similar AUROC"
     rule = (
-        f"{other} / lowrank parameters ≥ {ABOUT * factor:.1f}; lowrank's mean test AUROC at most "
-        f"{SIMILAR_AUROC} below {other}'s"
+        f"{other} / lowrank parameters ≥ {ABOUT * factor:.1f}; lowrank's test AUROC minus {other}'s within "
+        f"±{SIMILAR_AUROC} (95% interval)"
     )
-    if missing := _lacking(summary, ABLATION_BASE, other):
+    if missing := evidence.lacking(ABLATION_BASE, other):
         return Claim(statement, rule, (), missing)
-    low, high = summary[ABLATION_BASE]["parameter_count"], summary[other]["parameter_count"]
+    low, high = evidence.parameters[ABLATION_BASE], evidence.parameters[other]
     ratio = high / low
-    auroc_low, auroc_other = _test(summary, ABLATION_BASE, "auroc"), _test(summary, other, "auroc")
-    delta = auroc_low - auroc_other
+    gap = _test_interval(evidence, ABLATION_BASE, other, _auroc)
     return Claim(
         statement,
         rule,
         (
-            Condition(f"{ratio:.1f}× fewer parameters ({low:,} vs {high:,})", ratio >= ABOUT * factor),
-            Condition(f"AUROC {auroc_low:.3f} vs {auroc_other:.3f} (Δ {delta:+.3f})", delta >= -SIMILAR_AUROC),
+            Condition(
+                f"{ratio:.1f}× fewer parameters ({low:,} vs {high:,})",
+                Verdict.HOLDS if ratio >= ABOUT * factor else Verdict.DOES_NOT_HOLD,
+            ),
+            Condition(f"AUROC Δ {gap.describe()}", Verdict(gap.within(SIMILAR_AUROC))),
         ),
     )
 
 
-def _better_ood(summary: Mapping[str, Any]) -> Claim:
+def _better_ood(evidence: Evidence) -> Claim:
     statement = "Better OOD AUROC (mutual information) than full-rank BBB and the ensemble"
-    rule = "lowrank's mean OOD AUROC (MI) above each of theirs, on every OOD set"
-    if missing := _lacking(summary, ABLATION_BASE, "fullrank", "ensemble"):
+    rule = (
+        "lowrank's MI AUROC minus each of theirs above 0 (95% interval) on every OOD set: on the rows an "
+        "altered set's alteration changed, risk-matched on any other set"
+    )
+    if missing := evidence.lacking(ABLATION_BASE, "fullrank", "ensemble"):
         return Claim(statement, rule, (), missing)
     conditions = []
-    for name, entry in summary[ABLATION_BASE]["ood"].items():
-        low = entry["mutual_information"]["auroc"]["mean"]
+    for name in evidence.changed:
         for other in ("fullrank", "ensemble"):
-            value = summary[other]["ood"][name]["mutual_information"]["auroc"]["mean"]
-            conditions.append(Condition(f"{name}: {low:.3f} vs {other} {value:.3f}", low > value))
+            gap, how = novelty_interval(evidence, name, ABLATION_BASE, other)
+            # "Better" is strict: an interval at or below 0 (both kinds at AUROC 1.000 included) does not hold.
+            found = Verdict.HOLDS if gap.low > 0 else Verdict.DOES_NOT_HOLD if gap.high <= 0 else Verdict.CANNOT_TELL
+            conditions.append(Condition(f"{name} ({how}) vs {other}: Δ {gap.describe()}", found))
     return Claim(statement, rule, tuple(conditions))
 
 
-def _comparable_calibration(summary: Mapping[str, Any]) -> Claim:
+def _comparable_calibration(evidence: Evidence) -> Claim:
     statement = "Calibration comparable to the other kinds"
-    others = [label for label in ("fullrank", "ensemble", "deterministic") if label in summary]
-    rule = f"mean ECE of lowrank within {COMPARABLE_ECE} of each of {', '.join(others) or 'fullrank, ensemble'}"
-    if ABLATION_BASE not in summary or not others:
-        return Claim(statement, rule, (), _lacking(summary, ABLATION_BASE) or ("fullrank", "ensemble"))
-    low = _test(summary, ABLATION_BASE, "ece")
-    return Claim(
-        statement,
-        rule,
-        tuple(
-            Condition(
-                f"ECE {low:.3f} vs {other} {_test(summary, other, 'ece'):.3f}",
-                abs(low - _test(summary, other, "ece")) <= COMPARABLE_ECE,
-            )
-            for other in others
-        ),
-    )
+    others = [label for label in ("fullrank", "ensemble", "deterministic") if label in evidence.scores]
+    rule = f"lowrank's ECE minus each of {', '.join(others) or 'fullrank, ensemble'}'s within ±{COMPARABLE_ECE}"
+    if ABLATION_BASE not in evidence.scores or not others:
+        return Claim(statement, rule, (), evidence.lacking(ABLATION_BASE) or ("fullrank", "ensemble"))
+    conditions = []
+    for other in others:
+        gap = _test_interval(evidence, ABLATION_BASE, other, _ece)
+        conditions.append(Condition(f"ECE Δ vs {other} {gap.describe()}", Verdict(gap.within(COMPARABLE_ECE))))
+    return Claim(statement, rule, tuple(conditions))
 
 
-def _warm_start_no_gain(summary: Mapping[str, Any]) -> Claim:
+def _warm_start_no_gain(evidence: Evidence) -> Claim:
     statement = "The SVD warm start brings no consistent gain (the paper's finding)"
-    rule = f"lowrank-svd better than lowrank by at most {NO_GAIN} in mean AUROC and at most {NO_GAIN} in mean NLL"
-    if missing := _lacking(summary, ABLATION_BASE, "lowrank-svd"):
+    rule = (
+        f"lowrank-svd's gain over lowrank at most {NO_GAIN} in test AUROC and in NLL (95% interval; one-sided: "
+        "the claim is about a gain)"
+    )
+    if missing := evidence.lacking(ABLATION_BASE, "lowrank-svd"):
         return Claim(statement, rule, (), missing)
-    auroc_gain = _test(summary, "lowrank-svd", "auroc") - _test(summary, ABLATION_BASE, "auroc")
-    nll_gain = _test(summary, ABLATION_BASE, "nll") - _test(summary, "lowrank-svd", "nll")
+    auroc_gain = _test_interval(evidence, "lowrank-svd", ABLATION_BASE, _auroc)
+    nll_gain = _test_interval(evidence, ABLATION_BASE, "lowrank-svd", M.nll)  # lower NLL is a gain
     return Claim(
         statement,
         rule,
         (
-            Condition(f"AUROC gain {auroc_gain:+.3f}", auroc_gain <= NO_GAIN),
-            Condition(f"NLL gain {nll_gain:+.3f}", nll_gain <= NO_GAIN),
+            Condition(f"AUROC gain {auroc_gain.describe()}", Verdict(auroc_gain.verdict(NO_GAIN, at_most=True))),
+            Condition(f"NLL gain {nll_gain.describe()}", Verdict(nll_gain.verdict(NO_GAIN, at_most=True))),
         ),
     )
 
 
-def assess_claims(summary: Mapping[str, Any]) -> list[Claim]:
-    """The paper's claims judged on ``summary`` (per label: ``parameter_count``, ``test[metric]["mean"]``,
-    ``ood[set]["mutual_information"]["auroc"]["mean"]``), each with its rule and evidence."""
+def assess_claims(evidence: Evidence) -> list[Claim]:
+    """The paper's claims judged on ``evidence``, each with its rule and its conditions' intervals."""
     return [
-        _fewer_parameters(summary, "fullrank", "full-rank BBB", 3),
-        _fewer_parameters(summary, "ensemble", "a 5-member deep ensemble", 8),
-        _better_ood(summary),
-        _comparable_calibration(summary),
-        _warm_start_no_gain(summary),
+        _fewer_parameters(evidence, "fullrank", "full-rank BBB", 3),
+        _fewer_parameters(evidence, "ensemble", "a 5-member deep ensemble", 8),
+        _better_ood(evidence),
+        _comparable_calibration(evidence),
+        _warm_start_no_gain(evidence),
     ]

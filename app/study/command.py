@@ -25,7 +25,9 @@ def compare(
     models: Annotated[
         Path | None, typer.Option(help="Where the best model of each kind goes [default: models; quick: OUT/models].")
     ] = None,
-    seeds: Annotated[int | None, typer.Option(help="Training seeds 0..N-1 [default: 3; quick: 2].")] = None,
+    seeds: Annotated[
+        int | None, typer.Option(help="Training seeds 0..N-1 [default: 5 (flchain), 3 (the others); quick: 2].")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs of every run [default: 200; quick: 30].")] = None,
     skip_ablation: Annotated[bool, typer.Option(help="Skip the rank ablation.")] = False,
     quick: Annotated[bool, typer.Option(help="Smoke test of the pipeline: fewer seeds, epochs and samples.")] = False,

@@ -79,8 +79,8 @@ class StudyPlan:
     patience, batch, learning rate, β and its warm-up) except what a variant overrides; ``shared`` adds
     overrides for every run (tiny plans in tests)."""
 
-    seeds: tuple[int, ...] = (0, 1, 2)
-    ablation_seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    ablation_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     variants: tuple[Variant, ...] = COMPARISON
     ablation_ranks: tuple[int, ...] = (1, 2, 4, 8, 15, 32, 64)
     epochs: int = 200
@@ -88,6 +88,7 @@ class StudyPlan:
     samples: int = 512
     shared: Mapping[str, Any] = field(default_factory=dict)
     timing_repeats: int = 5
+    bootstrap_resamples: int = 1000  # of each claim's paired bootstrap interval (app.study.claims)
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -107,6 +108,8 @@ class StudyPlan:
             raise ValueError(f"ablation ranks must be ≥ 1, got {self.ablation_ranks}")
         if self.timing_repeats < 1:
             raise ValueError(f"timing_repeats must be ≥ 1, got {self.timing_repeats}")
+        if self.bootstrap_resamples < 100:
+            raise ValueError(f"bootstrap_resamples must be ≥ 100, got {self.bootstrap_resamples}")
         for variant in self.variants:  # a config the budget rules refuse fails now, not after hours of training
             try:
                 self.config(variant, self.seeds[0], Path("."))
@@ -172,16 +175,18 @@ class StudyPlan:
 def make_study_plan(
     seeds: int | None = None, epochs: int | None = None, ablation: bool = True, quick: bool = False
 ) -> StudyPlan:
-    """The plan of ``sbnn compare``: the full comparison (3 seeds, 200 epochs, S = 512, every ablation rank at
-    every seed) or, ``quick``, a smoke test of the same pipeline (2 seeds, 30 epochs, S = 128, ranks 1, 4, 15
-    and 64 at seed 0), with ``seeds`` and ``epochs`` overriding either."""
+    """The plan of ``sbnn compare``: the full comparison (5 seeds, 200 epochs, S = 512, every ablation rank at
+    every seed, 1,000 bootstrap resamples per claim) or, ``quick``, a smoke test of the same pipeline (2 seeds,
+    30 epochs, S = 128, ranks 1, 4, 15 and 64 at seed 0, 200 resamples), with ``seeds`` and ``epochs``
+    overriding either."""
     if seeds is not None and seeds < 1:
         raise ValueError(f"seeds must be ≥ 1, got {seeds}")
-    chosen = tuple(range(seeds if seeds is not None else (2 if quick else 3)))
+    chosen = tuple(range(seeds if seeds is not None else (2 if quick else 5)))
     return StudyPlan(
         seeds=chosen,
         ablation_seeds=() if not ablation else (chosen[:1] if quick else chosen),
         ablation_ranks=() if not ablation else ((1, 4, 15, 64) if quick else StudyPlan.ablation_ranks),
         epochs=epochs if epochs is not None else (30 if quick else StudyPlan.epochs),
         samples=128 if quick else StudyPlan.samples,
+        bootstrap_resamples=200 if quick else StudyPlan.bootstrap_resamples,
     )

@@ -28,7 +28,7 @@ from app.study.aggregate import (
     aggregate_runs,
     mean_ood_auroc,
 )
-from app.study.claims import assess_claims
+from app.study.claims import Evidence, assess_claims
 from app.study.design import ABLATION_BASE, EVALUATION_SEED, StudyPlan
 from app.study.measure import load_average, machine_info, singular_value_energy, time_inference
 from app.study.report import PAPER_ENERGY_AT_15, kept_observations, render_markdown
@@ -83,7 +83,12 @@ def write_results(
     scores = {label: [load_scores(folder) for folder in folders[label]] for label in labels}
     curves, risk_table = aggregate_risk_coverage(scores)
 
-    claims = assess_claims(summary)
+    changed = {
+        name: None if split.changed is None or split.changed.all() else split.changed
+        for name, split in dataset.ood.items()
+    }
+    parameters = {label: int(summary[label]["parameter_count"]) for label in labels}
+    claims = assess_claims(Evidence(parameters, scores, changed, plan.bootstrap_resamples))
     ablation_rows = aggregate_ablation(plan, out) if ablation and plan.ablation_ranks and plan.ablation_seeds else []
     energy = singular_value_energy(folders["deterministic"]) if "deterministic" in folders else {}
 

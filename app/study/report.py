@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from app.evaluate.evaluate import ECE_BINS
-from app.study.aggregate import OOD_METRICS, REFERRAL_TABLE, TEST_METRICS
+from app.study.aggregate import OOD_METRICS, OOD_SCORES, REFERRAL_TABLE, TEST_METRICS
 from app.study.design import ABLATION_BASE, EVALUATION_SEED
 from app.study.gate_section import render_gate
 from app.study.tables import ms, table
@@ -22,6 +22,7 @@ PAPER: dict[str, tuple[float, float, float, int]] = {
     "rank1": (0.901, 0.317, 0.705, 23_300),
 }
 PAPER_ENERGY_AT_15 = 0.74
+MARKS = {"holds": "✓", "does not hold": "✗", "cannot tell at this n": "?"}  # a claim's condition, by its verdict
 OBSERVATIONS_START = "<!-- observations:start (kept when the report is rewritten) -->"
 OBSERVATIONS_END = "<!-- observations:end -->"
 
@@ -37,6 +38,32 @@ def kept_observations(path: Path) -> str:
         if OBSERVATIONS_START in text and OBSERVATIONS_END in text:
             return text.split(OBSERVATIONS_START, 1)[1].split(OBSERVATIONS_END, 1)[0].strip()
     return "_Not written yet: read the tables and figures, then write what they show here._"
+
+
+def _novelty_tables(summary: Mapping[str, Any], labels: list[str], name: str) -> str:
+    """What measures novelty on OOD set ``name`` (app.evaluate.novelty): its changed rows apart, and the
+    risk-matched AUROCs (what a score adds beyond the predicted risk), per kind."""
+    out = []
+    first = summary[labels[0]]["ood"][name]
+    if "changed_rows" in first:
+        rows = [[label, *(ms(summary[label]["ood"][name]["changed_rows"][s]) for s in OOD_SCORES)] for label in labels]
+        out.append(
+            f"On the {first['changed_rows']['rows']} rows the alteration changed (the others are test rows, which "
+            "every score ranks at chance):\n"
+        )
+        out.append(table(["kind", *(f"AUROC ({short})" for short in OOD_SCORES.values())], rows))
+    if "risk_matched" in first:
+        columns = [("risk", "risk"), ("risk_after_matching", "risk, matched"), ("mutual_information", "MI")]
+        columns += [("total_entropy", "entropy"), ("predictive_std", "std"), ("matched_ood_share", "set matched")]
+        present = [(k, h) for k, h in columns if k in first["risk_matched"]]
+        rows = [[label, *(ms(summary[label]["ood"][name]["risk_matched"][k]) for k, _ in present)] for label in labels]
+        out.append(
+            "Risk-matched AUROCs: the test rows reweighted so that their predicted risk has this set's distribution "
+            "(over its risk deciles); a score's AUROC there is what it adds beyond ranking risk, and the predicted "
+            "risk's own AUROC after matching, near 0.5, checks the matching:\n"
+        )
+        out.append(table(["kind", *(h for _, h in present)], rows))
+    return "\n".join(out)
 
 
 def render_markdown(report: Mapping[str, Any], observations: str, figures: Mapping[str, str]) -> str:
@@ -69,15 +96,21 @@ def render_markdown(report: Mapping[str, Any], observations: str, figures: Mappi
         f"members). Every set is scored with the same weight-sample seed ({EVALUATION_SEED}).",
         "",
         "## The paper's claims\n",
-        "Verdicts follow from the numbers below by the stated rule: *holds* when every condition is met, *holds "
-        "in part* when some are, *does not hold* when none is. The paper's numbers come from MIMIC-III (44 "
-        "inputs, 8.4% deaths); these come from a different, smaller clinical task.\n",
+        "Each comparison of low-rank with another kind is a paired bootstrap 95% interval over test rows and "
+        "seeds (Δ = low-rank minus the other; the point estimate on every row and seed, then the interval). A "
+        "condition is ✓ when its whole interval meets the rule, ✗ when its whole interval breaks it, ? when the "
+        "interval spans the rule's bound (*cannot tell at this n*). A claim *holds* when every condition is ✓, "
+        "*does not hold* when any is ✗, and otherwise *cannot tell at this n*. 'Similar' and 'comparable' are "
+        "two-sided. OOD sets are judged on what measures novelty: an altered set on the rows its alteration "
+        "changed, another set risk-matched (in-distribution rows reweighted to the set's predicted risk, "
+        "`app/evaluate/novelty.py`). The paper's numbers come from MIMIC-III (44 inputs, 8.4% deaths); these come "
+        "from a different, smaller clinical task.\n",
     ]
     claim_rows = [
         [
             c["statement"],
             c["rule"],
-            "; ".join(("✓ " if cond["holds"] else "✗ ") + cond["text"] for cond in c["conditions"])
+            "; ".join(MARKS[cond["verdict"]] + " " + cond["text"] for cond in c["conditions"])
             or "needs " + ", ".join(c["missing"]),
             f"**{c['verdict']}**",
         ]
@@ -185,6 +218,7 @@ def render_markdown(report: Mapping[str, Any], observations: str, figures: Mappi
                 rows,
             )
         )
+        out.append(_novelty_tables(summary, labels, name))
 
     out.append(render_gate(summary))
 

@@ -127,8 +127,8 @@ def load_scores(folder: Path) -> dict[str, np.ndarray]:
 
 
 def _score_arrays(scored: Any, y_test: np.ndarray) -> dict[str, np.ndarray]:
-    """The per-row scores the figures need: test probs (N, C), labels, uncertainties and gate levels; OOD MI,
-    std and gate levels."""
+    """The per-row scores the figures and intervals need: test probs (N, C), labels, uncertainties and gate
+    levels; OOD probs, MI, std and gate levels."""
     test = scored.test.predictions
     arrays = {
         "test_y": y_test,
@@ -139,6 +139,7 @@ def _score_arrays(scored: Any, y_test: np.ndarray) -> dict[str, np.ndarray]:
         "test_gate": scored.test.ranking,
     }
     for name, gated in scored.ood.items():
+        arrays[f"ood_probs__{name}"] = gated.predictions.probs  # the risk a risk-matched comparison needs
         arrays[f"ood_mi__{name}"] = gated.predictions.epistemic
         arrays[f"ood_std__{name}"] = gated.predictions.std
         arrays[f"ood_gate__{name}"] = gated.ranking

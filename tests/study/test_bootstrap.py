@@ -41,3 +41,25 @@ def test_a_verdict_reads_the_whole_interval_on_either_side() -> None:
     assert Interval(0.01, -0.01, 0.03, 0.95).verdict(-0.02, at_most=False) == "holds"
     assert Interval(-0.05, -0.07, -0.03, 0.95).verdict(-0.02, at_most=False) == "does not hold"
     assert Interval(-0.02, -0.04, 0.0, 0.95).verdict(-0.02, at_most=False) == "cannot tell at this n"
+
+
+def test_rank_auroc_is_sklearns_with_ties_and_weights() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from app.evaluate.novelty import risk_weights, weighted_auroc
+    from app.study.bootstrap import rank_auroc
+
+    rng = np.random.default_rng(2)
+    labels = (rng.uniform(size=900) < 0.3).astype(int)
+    scores = np.round(rng.normal(size=900) + labels, 1)  # rounded: many ties
+    weights = rng.uniform(0.1, 2.0, 900)
+    assert rank_auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert rank_auroc(labels, scores, weights) == pytest.approx(
+        roc_auc_score(labels, scores, sample_weight=weights), abs=1e-12
+    )
+    id_risk, ood_risk = rng.uniform(0, 0.6, 500), rng.uniform(0.2, 0.9, 300)
+    id_scores, ood_scores = rng.normal(size=500), rng.normal(size=300) + 0.3
+    w, kept = risk_weights(id_risk, ood_risk)
+    pooled = np.r_[np.zeros(500), np.ones(int(kept.sum()))]
+    found = rank_auroc(pooled, np.r_[id_scores, ood_scores[kept]], np.r_[w, np.ones(int(kept.sum()))])
+    assert found == pytest.approx(weighted_auroc(id_scores, ood_scores[kept], w), abs=1e-12)
