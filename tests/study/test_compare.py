@@ -63,6 +63,7 @@ def test_report_has_tables_claims_and_figures(compared: dict) -> None:
     text = (docs / "results.md").read_text()
     for heading in (
         "## The paper's claims",
+        "## The paper's table beside ours",
         "## Test split",
         "## Size and speed",
         "## OOD detection",
