@@ -107,7 +107,8 @@ def render(found: dict) -> str:
             "",
             "| figure | value |",
             "|---|--:|",
-            f"| std of z, MI, over banks and rows (1 = the reported error is the bank's own) | {found['z_mi_std']:.3f} |",
+            f"| std of z, MI, over banks and rows (1: the reported error is the bank's own) | "
+            f"{found['z_mi_std']:.3f} |",
             f"| std of z, p(predicted class) | {found['z_p_std']:.3f} |",
             f"| share of \\|z\\| > 1 / > 2, MI (normal: 0.317 / 0.046) | {found['z_mi_abs_over_1']:.3f} / "
             f"{found['z_mi_abs_over_2']:.3f} |",
@@ -115,8 +116,10 @@ def render(found: dict) -> str:
             f"{offsets.max():+.2f} (std {offsets.std():.2f}) |",
             f"| systematic part (mean over banks of bank − reference), MI, mean over rows | "
             f"{found['bias_mi_mean']:+.2e} |",
-            f"| \\|systematic part\\| / reported error, mean over rows | {found['bias_over_reported_error_mean']:.3f} |",
-            f"| rows whose systematic part is below their reported error | {found['bias_below_reported_error_share']:.1%} |",
+            f"| \\|systematic part\\| / reported error, mean over rows | "
+            f"{found['bias_over_reported_error_mean']:.3f} |",
+            f"| rows whose systematic part is below their reported error | "
+            f"{found['bias_below_reported_error_share']:.1%} |",
             f"| mean bank − reference MI, relative to the mean MI | {found['relative_mi_gap_mean']:+.2%} |",
             f"| reported MI error, mean over banks and rows | {found['reported_mi_error_mean']:.2e} |",
             "",
