@@ -81,6 +81,8 @@ def test_report_has_tables_claims_and_figures(compared: dict) -> None:
     gate = compared["report"]["summary"]["lowrank"]["gate"]
     assert gate["target_fpr"] == 0.02 and set(gate["ood"]) == {"ood-file"} and "all-x10" in gate["stress"]
     assert "| `all-x10` |" in text
+    assert "Risk-matched AUROCs" in text  # each OOD set's novelty figures, per kind
+    assert "risk_matched" in compared["report"]["summary"]["lowrank"]["ood"]["ood-file"]
     assert "sbnn compare --test" in text and "torch" in text
     assert "### lowrank: `lowrank-s0`" in text and "McAllester" in text  # the bound of the best lowrank model
     verdicts = [c["verdict"] for c in compared["report"]["claims"]]
