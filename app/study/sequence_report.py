@@ -177,6 +177,44 @@ def verdicts(
     ]
 
 
+def rank_verdicts(
+    summary: dict[str, dict[str, Any]], ranks: dict[int, Any], rank_scores: Scores, scores: Scores, text: bool
+) -> list[dict[str, str]]:
+    """The size claim again at each ablation rank the study did not use (its run at seed 0 against full-rank's
+    seeds): RMSE (regression) or accuracy (text) by the same paired bootstrap interval and rule."""
+    if "fullrank" not in summary or not scores.get("fullrank"):
+        return []
+    if text:
+        needed, key, metric, bound, at_most = TEXT_PARAMETER_RATIO, "test_probs", accuracy, -ACCURACY_WITHIN, False
+        what = f"an accuracy within {100 * ACCURACY_WITHIN:g} points"
+    else:
+        needed, key, metric, bound, at_most = PARAMETER_RATIO, "test_mean", rmse, RMSE_WITHIN, True
+        what = f"an RMSE within {RMSE_WITHIN:.0%}"
+    full = summary["fullrank"]["parameter_count"]["mean"]
+    claims = []
+    for rank, seeds in sorted(rank_scores.items()):
+        ratio = full / ranks[rank]["parameter_count"]["mean"]
+        y = seeds[0]["test_y"]
+        others = [s[key] for s in scores["fullrank"]]
+        if text:
+            interval = paired_interval(y, [s[key] for s in seeds], others, metric, lambda a, b: a - b)
+            low, high = 100 * interval.low, 100 * interval.high
+            gap = f"accuracy {100 * interval.estimate:+.1f} points, 95% CI [{low:+.1f}, {high:+.1f}]"
+        else:
+            interval = paired_interval(y, [s[key] for s in seeds], others, metric, lambda a, b: a / b - 1.0)
+            gap = f"RMSE {interval.estimate:+.1%}, 95% CI [{interval.low:+.1%}, {interval.high:+.1%}]"
+        claims.append(
+            {
+                "statement": f"at rank {rank} (ablation, seed 0): ≥ {needed:g}× fewer parameters than full-rank "
+                f"BBB at {what} of it",
+                "rule": "as above, this rank's run against full-rank's seeds",
+                "figures": f"{ratio:.2f}× fewer; {gap}",
+                "verdict": _combined(ratio >= needed, interval.verdict(bound, at_most=at_most)),
+            }
+        )
+    return claims
+
+
 def comparison_scores(plan: StudyPlan, out: Path) -> Scores:
     """Each comparison label's per-seed score arrays (the runs' scores.npz), in seed order."""
     found: Scores = {}
@@ -207,14 +245,18 @@ def aggregate_sequence_study(
         for label, entry in summary.items():
             entry["test"]["mae_original_unit"] = original_scale_mae([r.folder for r in comparison if r.label == label])
     points = plan.ablation_points(out) if ablation else []
-    ranks = {}
+    ranks, rank_scores = {}, {}
     for point in points:
         result = load_result(point.run.folder)
         if result is not None:
             ranks[point.rank] = summarise_label([result], regression)
+            if point.run.label != ABLATION_BASE:  # the study's own rank is the comparison's claim
+                rank_scores[point.rank] = [load_scores(point.run.folder)]
     unit = grouped[plan.variants[0].label][0]["metrics"].get("unit")
     scores = comparison_scores(plan, out)
     claims = text_verdicts(summary, scores) if text else verdicts(summary, regression, scores)
+    if text or regression:
+        claims += rank_verdicts(summary, ranks, rank_scores, scores, text)
     return {"summary": summary, "ablation": ranks, "verdicts": claims, "unit": unit}
 
 

@@ -67,7 +67,8 @@ def test_a_tiny_study_trains_resumes_and_reports(tmp_path: Path) -> None:
     assert set(numbers["ablation"]) == {2}
     assert [v["verdict"] in ("holds", "does not hold", "cannot tell at this n") for v in numbers["verdicts"]] == [
         True
-    ] * 2
+    ] * 3
+    assert numbers["verdicts"][2]["statement"].startswith("at rank 2 (ablation, seed 0)")  # rank 3 is the study's
     assert all(v["rule"] for v in numbers["verdicts"])
     report = (tmp_path / "docs" / "results-visits.md").read_text()
     assert "## Test split" in report and "## Rank ablation" in report and "## Verdicts" in report

@@ -62,6 +62,8 @@ def test_a_tiny_text_study_trains_resumes_and_reports(tmp_path: Path) -> None:
     claims = numbers["verdicts"]
     assert [c["verdict"] in ("holds", "does not hold") for c in claims[:1]] == [True]
     assert "paper's 0.640" in claims[1]["statement"]
+    assert claims[2]["statement"].startswith("at rank 1 (ablation, seed 0)")
+    assert "points, 95% CI" in claims[2]["figures"]
     report = (tmp_path / "docs" / "results-rotten-tomatoes.md").read_text()
     assert report.startswith("# Transformer comparison: rotten-tomatoes")
     assert "SST-2" in report and "1.47M" in report and "## Verdicts" in report
