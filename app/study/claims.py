@@ -135,23 +135,20 @@ def novelty_interval(evidence: Evidence, name: str, label: str, other: str) -> t
     risk-matched), with the rule's words."""
     changed = evidence.changed.get(name)
 
-    def rows(seed: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        ood_mi, ood_risk = seed[f"ood_mi__{name}"], seed[f"ood_probs__{name}"][:, 1]
-        test_mi, test_risk = seed["test_mi"], seed["test_probs"][:, 1]
-        if changed is not None:
-            return np.r_[test_mi, ood_mi[changed]], np.r_[test_risk, ood_risk[changed]]
-        return np.r_[test_mi, ood_mi], np.r_[test_risk, ood_risk]
+    def pooled(seed: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(N_test + N_ood, 2): each row's predicted risk and MI, the test split's rows first."""
+        ood = np.stack([seed[f"ood_probs__{name}"][:, 1], seed[f"ood_mi__{name}"]], axis=1)
+        test = np.stack([seed["test_probs"][:, 1], seed["test_mi"]], axis=1)
+        return np.r_[test, ood if changed is None else ood[changed]]
 
+    a = [pooled(s) for s in evidence.scores[label]]
+    b = [pooled(s) for s in evidence.scores[other]]
     n_test = len(evidence.scores[label][0]["test_mi"])
-    n_ood = int(changed.sum()) if changed is not None else len(evidence.scores[label][0][f"ood_mi__{name}"])
-    is_ood = np.r_[np.zeros(n_test), np.ones(n_ood)]
-    if changed is not None:
-        a = [rows(s)[0] for s in evidence.scores[label]]
-        b = [rows(s)[0] for s in evidence.scores[other]]
+    is_ood = np.r_[np.zeros(n_test), np.ones(len(a[0]) - n_test)]
+    if changed is not None:  # a unit error moves the predicted risk itself: the MI's plain AUROC on those rows
+        a, b = [p[:, 1] for p in a], [p[:, 1] for p in b]
         found = paired_interval(is_ood, a, b, rank_auroc, _difference, resamples=evidence.resamples)
-        return found, f"on the {n_ood} changed rows"
-    a = [np.stack(rows(s)[::-1], axis=1) for s in evidence.scores[label]]
-    b = [np.stack(rows(s)[::-1], axis=1) for s in evidence.scores[other]]
+        return found, f"on the {len(is_ood) - n_test} changed rows"
     return paired_interval(is_ood, a, b, _novelty_auroc, _difference, resamples=evidence.resamples), "risk-matched"
 
 
