@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from app.study.bootstrap import Interval, accuracy, paired_interval, rmse
+from app.evaluate import metrics as M
+from app.evaluate.evaluate import ECE_BINS
+from app.study.bootstrap import Interval, accuracy, paired_interval, rank_auroc, rmse
 from app.study.design import ABLATION_BASE, StudyPlan
 from app.study.runs import SCORES_FILE, keep_records, load_result, load_results, load_scores
 from app.study.tables import mean_std, ms, table
@@ -215,6 +217,43 @@ def rank_verdicts(
     return claims
 
 
+def _binary_auroc(y: np.ndarray, probs: np.ndarray) -> float:
+    return rank_auroc(y, probs[:, 1])
+
+
+def _ece(y: np.ndarray, probs: np.ndarray) -> float:
+    return M.expected_calibration_error(y, probs, ECE_BINS)
+
+
+PAIRED_METRICS = {"AUROC": _binary_auroc, "NLL": M.nll, "ECE": _ece, "accuracy": accuracy}
+
+
+def paired_comparisons(scores: Scores, resamples: int = 1000) -> list[dict[str, Any]]:
+    """A classifier study's low-rank against each other kind on the test split: Δ (low-rank minus the other) of
+    AUROC (binary tasks), NLL, ECE and accuracy, each with its paired bootstrap interval over rows and seeds."""
+    if not scores.get(ABLATION_BASE):
+        return []
+    y = scores[ABLATION_BASE][0]["test_y"]
+    low = [s["test_probs"] for s in scores[ABLATION_BASE]]
+    binary = low[0].shape[1] == 2
+    rows = []
+    for other, seeds in scores.items():
+        if other == ABLATION_BASE:
+            continue
+        row: dict[str, Any] = {"kind": other}
+        for name, metric in PAIRED_METRICS.items():
+            if name == "AUROC" and not binary:
+                continue
+            found = paired_interval(y, low, [s["test_probs"] for s in seeds], metric, _difference, resamples)
+            row[name] = {"estimate": found.estimate, "low": found.low, "high": found.high}
+        rows.append(row)
+    return rows
+
+
+def _difference(a: float, b: float) -> float:
+    return a - b
+
+
 def comparison_scores(plan: StudyPlan, out: Path) -> Scores:
     """Each comparison label's per-seed score arrays (the runs' scores.npz), in seed order."""
     found: Scores = {}
@@ -257,7 +296,8 @@ def aggregate_sequence_study(
     claims = text_verdicts(summary, scores) if text else verdicts(summary, regression, scores)
     if text or regression:
         claims += rank_verdicts(summary, ranks, rank_scores, scores, text)
-    return {"summary": summary, "ablation": ranks, "verdicts": claims, "unit": unit}
+    paired = [] if regression else paired_comparisons(scores)
+    return {"summary": summary, "ablation": ranks, "verdicts": claims, "unit": unit, "paired": paired}
 
 
 def render_sequence_markdown(name: str, numbers: dict[str, Any], regression: bool, command: str) -> str:
@@ -297,6 +337,18 @@ def render_sequence_markdown(name: str, numbers: dict[str, Any], regression: boo
         ]
         lines.append(f"### {set_name}\n")
         lines.append(table(["kind", *scores, "gate refers"], ood_rows))
+    if numbers.get("paired"):
+        lines.append(f"## {ABLATION_BASE} against each kind (paired bootstrap)\n")
+        lines.append(
+            f"Δ = {ABLATION_BASE} minus the kind on the test split, with its 95% interval over test rows and seeds "
+            "(the same rows drawn for both, each kind's seeds with replacement; `app/study/bootstrap.py`).\n"
+        )
+        names = [n for n in PAIRED_METRICS if n in numbers["paired"][0]]
+        cells = [
+            [row["kind"], *(f"{row[n]['estimate']:+.3f} [{row[n]['low']:+.3f}, {row[n]['high']:+.3f}]" for n in names)]
+            for row in numbers["paired"]
+        ]
+        lines.append(table(["kind", *(f"{n} Δ" for n in names)], cells))
     if ranks:
         lines.append(f"## Rank ablation ({ABLATION_BASE}, seed 0)\n")
         key = "rmse" if regression else "auroc"

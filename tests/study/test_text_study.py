@@ -64,6 +64,11 @@ def test_a_tiny_text_study_trains_resumes_and_reports(tmp_path: Path) -> None:
     assert "paper's 0.640" in claims[1]["statement"]
     assert claims[2]["statement"].startswith("at rank 1 (ablation, seed 0)")
     assert "points, 95% CI" in claims[2]["figures"]
+    paired = {row["kind"]: row for row in numbers["paired"]}  # low-rank minus full-rank, with its interval
+    assert set(paired) == {"fullrank"} and {"AUROC", "NLL", "ECE", "accuracy"} <= set(paired["fullrank"])
+    nll = paired["fullrank"]["NLL"]
+    assert nll["low"] <= nll["estimate"] <= nll["high"]
     report = (tmp_path / "docs" / "results-rotten-tomatoes.md").read_text()
+    assert "## lowrank against each kind (paired bootstrap)" in report
     assert report.startswith("# Transformer comparison: rotten-tomatoes")
     assert "SST-2" in report and "1.47M" in report and "## Verdicts" in report
