@@ -23,7 +23,11 @@ def compare(
         Path | None, typer.Option(help="Where results.md and results/ go [default: docs; quick: OUT/docs].")
     ] = None,
     models: Annotated[
-        Path | None, typer.Option(help="Where the best model of each kind goes [default: models; quick: OUT/models].")
+        Path | None,
+        typer.Option(
+            help="Where the best model of each kind goes (a recurrent or text study: its best run) [default: "
+            "models; quick: OUT/models]."
+        ),
     ] = None,
     seeds: Annotated[
         int | None, typer.Option(help="Training seeds 0..N-1 [default: 5 (flchain), 3 (the others); quick: 2].")
@@ -45,7 +49,7 @@ def compare(
     """Train every kind on flchain with the same budget over several seeds (resumable), then write
     docs/results.md with tables, claims and figures, and save the best model of each kind; with --dataset
     pm25 or pbcseq, the paper's recurrent comparison (LSTMs), with rotten-tomatoes its attention comparison
-    (Transformers), and its report instead."""
+    (Transformers), its report and its best run (lowest validation NLL) as models/<name> instead."""
     import time
 
     import torch
@@ -60,7 +64,7 @@ def compare(
         raise typer.BadParameter(f"must be ≥ 1, got {threads}", param_hint="--threads")
     torch.set_num_threads(threads)
     if dataset != "flchain":
-        _compare_sequences(dataset, out, docs, seeds, epochs, skip_ablation, quick)
+        _compare_sequences(dataset, out, docs, models, seeds, epochs, skip_ablation, quick)
         return
     out = out or Path("runs/compare-quick" if quick else "runs/compare")
     docs = docs or (out / "docs" if quick else Path("docs"))
@@ -87,7 +91,14 @@ def compare(
 
 
 def _compare_sequences(
-    dataset: str, out: Path | None, docs: Path | None, seeds: int | None, epochs: int | None, skip: bool, quick: bool
+    dataset: str,
+    out: Path | None,
+    docs: Path | None,
+    models: Path | None,
+    seeds: int | None,
+    epochs: int | None,
+    skip: bool,
+    quick: bool,
 ) -> None:
     """The recurrent study on ``dataset`` (pm25 or pbcseq), or the Transformer study (rotten-tomatoes): its runs,
     then docs/results-<dataset>.md."""
@@ -108,6 +119,7 @@ def _compare_sequences(
         raise typer.BadParameter(f"unknown data set {dataset!r}; available: {available}", param_hint="--dataset")
     out = out or Path(f"runs/compare-{dataset}{'-quick' if quick else ''}")
     docs = docs or (out / "docs" if quick else Path("docs"))
+    models = models or (out / "models" if quick else Path("models"))
     started = time.perf_counter()
     with guard("compare", "train", *(["data"] if dataset in ("pbcseq", "rotten-tomatoes") else [])):
         make_plan, run = (
@@ -124,12 +136,13 @@ def _compare_sequences(
         with Progress(*columns, console=console, transient=False) as progress:
             outcomes = run(plan, data, out, ablation=not skip, reporter=RichReporter(progress))  # type: ignore[arg-type]
         numbers = write_sequence_results(
-            plan, out, docs, dataset, data.is_regression, command_line(), ablation=not skip
+            plan, out, docs, dataset, data.is_regression, command_line(), ablation=not skip, models=models
         )
     trained = sum(o.trained for o in outcomes)
     console.print(
         f"{trained} of {len(outcomes)} runs trained now; wrote [bold]{escape(str(docs / f'results-{dataset}.md'))}[/] "
-        f"in {time.perf_counter() - started:.0f} s"
+        f"and {escape(numbers['bundled']['folder'])} (from {numbers['bundled']['source']}) in "
+        f"{time.perf_counter() - started:.0f} s"
     )
     for claim in numbers["verdicts"]:
         console.print(f"  {claim['verdict']:<14} {claim['statement']}: {claim['figures']}", markup=False)

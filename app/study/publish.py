@@ -8,7 +8,6 @@ inference times, which are measured here, after all training, so that training d
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -17,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from app.checkpoint.manifest import MANIFEST_FILE, WEIGHTS_FILE
+from app.checkpoint.manifest import MANIFEST_FILE
 from app.data.dataset import TabularDataset
 from app.errors import SbnnError
 from app.evaluate.evaluate import ECE_BINS
@@ -28,6 +27,7 @@ from app.study.aggregate import (
     aggregate_runs,
     mean_ood_auroc,
 )
+from app.study.bundle import copy_checkpoint
 from app.study.claims import Evidence, assess_claims
 from app.study.design import ABLATION_BASE, EVALUATION_SEED, StudyPlan
 from app.study.measure import load_average, machine_info, singular_value_energy, time_inference
@@ -259,22 +259,12 @@ def _write_rank_ablation(
 
 
 def _export_model(source: Path, target: Path, dataset: TabularDataset) -> dict[str, Any]:
-    """Copy a run's checkpoint to ``target`` (the folder name becomes the model name) and evaluate it there,
-    so its metrics.json, card.md and figures are its own. The sha256 of the weights and of the gate's tensors
-    cover those files only, so renaming leaves them valid (checked by loading)."""
-    from app.checkpoint.files import read_manifest, write_manifest
+    """Copy a run's checkpoint to ``target`` (:func:`app.study.bundle.copy_checkpoint`) and evaluate it there,
+    so its metrics.json, card.md and figures are its own."""
     from app.checkpoint.io import load_checkpoint
     from app.evaluate.evaluate import evaluate, score_sets, write_evaluation
 
-    if target.exists():
-        if not (target / MANIFEST_FILE).is_file():
-            raise FileExistsError(f"{target} exists and is not a checkpoint folder; not replacing it")
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    manifest = read_manifest(source)
-    for name in (WEIGHTS_FILE, manifest.gate.tensors.file):
-        shutil.copy2(source / name, target / name)
-    write_manifest(target, manifest.model_copy(update={"name": target.name, "metrics": {}}))
+    manifest = copy_checkpoint(source, target)
     checkpoint = load_checkpoint(target)
     scored = score_sets(checkpoint, dataset, seed=EVALUATION_SEED)
     result = evaluate(checkpoint, dataset, scored=scored)

@@ -19,6 +19,7 @@ import numpy as np
 from app.evaluate import metrics as M
 from app.evaluate.evaluate import ECE_BINS
 from app.study.bootstrap import Interval, accuracy, paired_interval, rank_auroc, rmse
+from app.study.bundle import best_run, bundle_sequence_model, bundled_name
 from app.study.design import ABLATION_BASE, StudyPlan
 from app.study.runs import SCORES_FILE, keep_records, load_result, load_results, load_scores
 from app.study.tables import mean_std, ms, table
@@ -375,13 +376,24 @@ def render_sequence_markdown(name: str, numbers: dict[str, Any], regression: boo
 
 
 def write_sequence_results(
-    plan: StudyPlan, out: Path, docs: Path, name: str, regression: bool, command: str, ablation: bool = True
+    plan: StudyPlan,
+    out: Path,
+    docs: Path,
+    name: str,
+    regression: bool,
+    command: str,
+    ablation: bool = True,
+    models: Path | None = None,
 ) -> dict[str, Any]:
-    """Write ``docs/results-<name>.md`` and ``docs/results/<name>.json``, and keep every finished run's records
-    under ``docs/results/runs/<out's name>/``; returns the numbers."""
+    """Write ``docs/results-<name>.md`` and ``docs/results/<name>.json``, keep every finished run's records
+    under ``docs/results/runs/<out's name>/`` and, unless ``models`` is None, bundle the comparison's run with
+    the lowest validation NLL as ``models/<its name>`` (:mod:`app.study.bundle`); returns the numbers."""
     text = name in TEXT_STUDIES
     numbers = aggregate_sequence_study(plan, Path(out), regression, ablation, log1p_target=name == "pm25", text=text)
     numbers["seeds"] = list(plan.seeds)
+    if models is not None:
+        best = best_run([run.folder for run in plan.comparison_runs(Path(out))])
+        numbers["bundled"] = bundle_sequence_model(best, Path(models) / bundled_name(name))
     docs = Path(docs)
     (docs / "results").mkdir(parents=True, exist_ok=True)
     (docs / "results" / f"{name}.json").write_text(json.dumps(numbers, indent=2, default=str) + "\n")

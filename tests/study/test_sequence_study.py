@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,14 @@ def test_a_tiny_study_trains_resumes_and_reports(tmp_path: Path) -> None:
     assert resumed[first].result["metrics"] == outcomes[0].result["metrics"]
     assert resumed[second].trained and "resumed" not in resumed[second].result
 
-    numbers = write_sequence_results(plan, out, tmp_path / "docs", "visits", regression=True, command="test")
+    numbers = write_sequence_results(
+        plan, out, tmp_path / "docs", "visits", regression=True, command="test", models=tmp_path / "models"
+    )
+    bundled = tmp_path / "models" / "visits-best"  # the comparison's lowest validation NLL, evaluated there
+    best = min((o for o in outcomes if o.run.label != "lowrank-r2"), key=lambda o: o.result["training"]["best_val_nll"])
+    assert numbers["bundled"]["source"] == best.run.folder.name
+    assert json.loads((bundled / "manifest.json").read_text())["name"] == "visits-best"
+    assert (bundled / "card.md").is_file() and (bundled / "metrics.json").is_file()
     low, full = numbers["summary"]["lowrank"], numbers["summary"]["fullrank"]
     assert low["parameter_count"]["mean"] < full["parameter_count"]["mean"]
     assert low["test"]["rmse"]["n"] == 2 and 0.0 <= low["test"]["picp_90"]["mean"] <= 1.0
