@@ -55,7 +55,15 @@ def test_a_tiny_text_study_trains_resumes_and_reports(tmp_path: Path) -> None:
     assert len(outcomes) == 3 and all(o.trained for o in outcomes)
     assert not any(o.trained for o in run_text_comparison(plan, dataset, out))  # read back, not retrained
 
-    numbers = write_sequence_results(plan, out, tmp_path / "docs", "rotten-tomatoes", False, command="test")
+    numbers = write_sequence_results(
+        plan, out, tmp_path / "docs", "rotten-tomatoes", False, command="test", models=tmp_path / "models"
+    )
+    from app.checkpoint.io import load_checkpoint
+
+    bundled = load_checkpoint(tmp_path / "models" / "rotten-tomatoes-sentiment")  # its tokenizer copied, verified
+    assert bundled.manifest.name == "rotten-tomatoes-sentiment" and bundled.encoder is not None
+    assert (bundled.path / "card.md").is_file()
+    assert numbers["bundled"]["source"] in {o.run.folder.name for o in outcomes}
     low, fullrank = numbers["summary"]["lowrank"], numbers["summary"]["fullrank"]
     assert low["parameter_count"]["mean"] < fullrank["parameter_count"]["mean"]
     assert set(low["ood"]) == {"plot-synopses", "code"} and set(numbers["ablation"]) == {1}
