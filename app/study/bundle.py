@@ -66,6 +66,11 @@ def bundle_sequence_model(source: Path, target: Path) -> dict[str, Any]:
     scored = sequences.score_sequence_sets(checkpoint, data, None, EVALUATION_SEED)
     result = sequences.evaluate_sequences(checkpoint, data, scored=scored)
     sequences.write_sequence_evaluation(checkpoint, data, result, figures=True, scored=scored)
+    return bundled_entry(source, target, manifest)
+
+
+def bundled_entry(source: Path, target: Path, manifest: Manifest) -> dict[str, Any]:
+    """What a report records of a bundled model: where it went, which run it came from, and its size."""
     return {
         "folder": str(target),
         "source": source.name,

@@ -27,7 +27,7 @@ from app.study.aggregate import (
     aggregate_runs,
     mean_ood_auroc,
 )
-from app.study.bundle import copy_checkpoint
+from app.study.bundle import bundled_entry, copy_checkpoint
 from app.study.claims import Evidence, assess_claims
 from app.study.design import ABLATION_BASE, EVALUATION_SEED, StudyPlan
 from app.study.measure import load_average, machine_info, singular_value_energy, time_inference
@@ -269,14 +269,7 @@ def _export_model(source: Path, target: Path, dataset: TabularDataset) -> dict[s
     scored = score_sets(checkpoint, dataset, seed=EVALUATION_SEED)
     result = evaluate(checkpoint, dataset, scored=scored)
     write_evaluation(checkpoint, dataset, result, figures=True, scored=scored)
-    return {
-        "folder": str(target),
-        "source": source.name,
-        "kind": manifest.kind.value,
-        "seed": manifest.training.seed,
-        "best_val_nll": manifest.training.best_val_nll,
-        "bytes": sum(p.stat().st_size for p in target.iterdir() if p.is_file()),
-    }
+    return bundled_entry(source, target, manifest)
 
 
 def _bound_sections(best: Mapping[str, Path], out: Path, dataset: TabularDataset) -> tuple[str, dict[str, Any]]:
