@@ -34,8 +34,9 @@ from app.data.flchain import load_flchain  # noqa: E402
 BUNDLED = ROOT / "models" / "flchain-mortality"
 
 
-def _mi_and_p(probs: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """probs (S, N, C) -> the MI (N,), p(predicted class) (N,) and the errors an answer reports for each."""
+def _mi_and_p(probs: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
+    """probs (S, N, C) -> the MI (N,), p(predicted class) (N,), the errors an answer reports for each, and the
+    predicted class (N,)."""
     per_sample = entropy(probs)
     mean = probs.mean(0)
     mi = (entropy(mean) - per_sample.mean(0)).clamp_min(0.0)
@@ -43,7 +44,7 @@ def _mi_and_p(probs: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     chosen = probs.gather(-1, predicted.expand(probs.shape[0], -1).unsqueeze(-1)).squeeze(-1)
     se_p = chosen.std(0) / math.sqrt(probs.shape[0])
     se_mi = mutual_information_error(probs, per_sample)
-    return mi.numpy(), chosen.mean(0).numpy(), se_mi.numpy(), se_p.numpy()
+    return mi.numpy(), chosen.mean(0).numpy(), se_mi.numpy(), se_p.numpy(), predicted
 
 
 def measure(banks: int, reference: int) -> dict:
@@ -57,14 +58,13 @@ def measure(banks: int, reference: int) -> dict:
     with torch.no_grad():
         ref_engine = MonteCarloEngine(checkpoint.model, bank_size=0)
         ref = ref_engine.run(x, reference, seed=10_000, sampler=Sampler.FRESH).predictive.probs.double()
-        ref_mi, _, ref_se, _ = _mi_and_p(ref)
+        ref_mi, _, ref_se, _, _ = _mi_and_p(ref)
         ref_mean = ref.mean(0)
         d_mi, z_mi, z_p, se_mi_all = [], [], [], []
         for seed in range(banks):
             probs = MonteCarloEngine(checkpoint.model, bank_size=size, bank_seed=seed).run(x, size, None, Sampler.BANK)
             probs = probs.predictive.probs.double()
-            mi, p, se_mi, se_p = _mi_and_p(probs)
-            predicted = probs.mean(0).argmax(-1)
+            mi, p, se_mi, se_p, predicted = _mi_and_p(probs)
             p_ref = ref_mean.gather(-1, predicted.unsqueeze(-1)).squeeze(-1).numpy()
             d_mi.append(mi - ref_mi)
             z_mi.append((mi - ref_mi) / se_mi)

@@ -58,6 +58,27 @@ def rank_auroc(labels01: np.ndarray, scores: np.ndarray, weights: np.ndarray | N
     return float(np.sum(pos * (below + 0.5 * neg)) / (pos.sum() * neg.sum()))
 
 
+def difference(a: float, b: float) -> float:
+    return a - b
+
+
+def relative_difference(a: float, b: float) -> float:
+    return a / b - 1.0
+
+
+def binary_auroc(y: np.ndarray, probs: np.ndarray) -> float:
+    """AUROC of the positive class's probability, probs (n, 2)."""
+    return rank_auroc(y, probs[:, 1])
+
+
+def ece(y: np.ndarray, probs: np.ndarray) -> float:
+    """The expected calibration error with evaluation's bins."""
+    from app.evaluate.evaluate import ECE_BINS
+    from app.evaluate.metrics import expected_calibration_error
+
+    return expected_calibration_error(y, probs, ECE_BINS)
+
+
 def rmse(y: np.ndarray, prediction: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(prediction - y))))
 

@@ -23,9 +23,8 @@ from typing import Any
 import numpy as np
 
 from app.evaluate import metrics as M
-from app.evaluate.evaluate import ECE_BINS
 from app.evaluate.novelty import risk_weights
-from app.study.bootstrap import Interval, paired_interval, rank_auroc
+from app.study.bootstrap import Interval, binary_auroc, difference, ece, paired_interval, rank_auroc
 from app.study.design import ABLATION_BASE
 
 # Rules of the claims; the report states each one next to its verdict.
@@ -100,18 +99,6 @@ class Evidence:
         return tuple(label for label in labels if label not in self.scores or label not in self.parameters)
 
 
-def _difference(a: float, b: float) -> float:
-    return a - b
-
-
-def _auroc(y: np.ndarray, probs: np.ndarray) -> float:
-    return rank_auroc(y, probs[:, 1])
-
-
-def _ece(y: np.ndarray, probs: np.ndarray) -> float:
-    return M.expected_calibration_error(y, probs, ECE_BINS)
-
-
 def _novelty_auroc(is_ood: np.ndarray, risk_and_score: np.ndarray) -> float:
     """The risk-matched AUROC of the score (column 1) for OOD rows, matched on the predicted risk (column 0)."""
     risk, score = risk_and_score[:, 0], risk_and_score[:, 1]
@@ -127,7 +114,7 @@ def _test_interval(evidence: Evidence, label: str, other: str, metric: Any) -> I
     y = np.asarray(evidence.scores[label][0]["test_y"])
     probs = [np.asarray(s["test_probs"]) for s in evidence.scores[label]]
     others = [np.asarray(s["test_probs"]) for s in evidence.scores[other]]
-    return paired_interval(y, probs, others, metric, _difference, resamples=evidence.resamples)
+    return paired_interval(y, probs, others, metric, difference, resamples=evidence.resamples)
 
 
 def novelty_interval(evidence: Evidence, name: str, label: str, other: str) -> tuple[Interval, str]:
@@ -147,9 +134,9 @@ def novelty_interval(evidence: Evidence, name: str, label: str, other: str) -> t
     is_ood = np.r_[np.zeros(n_test), np.ones(len(a[0]) - n_test)]
     if changed is not None:  # a unit error moves the predicted risk itself: the MI's plain AUROC on those rows
         a, b = [p[:, 1] for p in a], [p[:, 1] for p in b]
-        found = paired_interval(is_ood, a, b, rank_auroc, _difference, resamples=evidence.resamples)
+        found = paired_interval(is_ood, a, b, rank_auroc, difference, resamples=evidence.resamples)
         return found, f"on the {len(is_ood) - n_test} changed rows"
-    return paired_interval(is_ood, a, b, _novelty_auroc, _difference, resamples=evidence.resamples), "risk-matched"
+    return paired_interval(is_ood, a, b, _novelty_auroc, difference, resamples=evidence.resamples), "risk-matched"
 
 
 def _fewer_parameters(evidence: Evidence, other: str, name: str, factor: int) -> Claim:
@@ -162,7 +149,7 @@ def _fewer_parameters(evidence: Evidence, other: str, name: str, factor: int) ->
         return Claim(statement, rule, (), missing)
     low, high = evidence.parameters[ABLATION_BASE], evidence.parameters[other]
     ratio = high / low
-    gap = _test_interval(evidence, ABLATION_BASE, other, _auroc)
+    gap = _test_interval(evidence, ABLATION_BASE, other, binary_auroc)
     return Claim(
         statement,
         rule,
@@ -202,7 +189,7 @@ def _comparable_calibration(evidence: Evidence) -> Claim:
         return Claim(statement, rule, (), evidence.lacking(ABLATION_BASE) or ("fullrank", "ensemble"))
     conditions = []
     for other in others:
-        gap = _test_interval(evidence, ABLATION_BASE, other, _ece)
+        gap = _test_interval(evidence, ABLATION_BASE, other, ece)
         conditions.append(Condition(f"ECE Δ vs {other} {gap.describe()}", Verdict(gap.within(COMPARABLE_ECE))))
     return Claim(statement, rule, tuple(conditions))
 
@@ -215,7 +202,7 @@ def _warm_start_no_gain(evidence: Evidence) -> Claim:
     )
     if missing := evidence.lacking(ABLATION_BASE, "lowrank-svd"):
         return Claim(statement, rule, (), missing)
-    auroc_gain = _test_interval(evidence, "lowrank-svd", ABLATION_BASE, _auroc)
+    auroc_gain = _test_interval(evidence, "lowrank-svd", ABLATION_BASE, binary_auroc)
     nll_gain = _test_interval(evidence, ABLATION_BASE, "lowrank-svd", M.nll)  # lower NLL is a gain
     return Claim(
         statement,

@@ -27,7 +27,7 @@ from app.study.aggregate import (
     aggregate_runs,
     mean_ood_auroc,
 )
-from app.study.bundle import bundled_entry, copy_checkpoint
+from app.study.bundle import best_run, bundled_entry, copy_checkpoint
 from app.study.claims import Evidence, assess_claims
 from app.study.design import ABLATION_BASE, EVALUATION_SEED, StudyPlan
 from app.study.measure import load_average, machine_info, singular_value_energy, time_inference
@@ -76,10 +76,7 @@ def write_results(
         timing[label] = {key: mean_std([t[key] * 1e3 for t in per_run]) for key in per_run[0]}  # milliseconds
     timing_load = (load_before, load_average())
 
-    best = {
-        label: min(folders[label], key=lambda f: load_result(f)["training"]["best_val_nll"])  # type: ignore[index]
-        for label in labels
-    }
+    best = {label: best_run(folders[label]) for label in labels}
     scores = {label: [load_scores(folder) for folder in folders[label]] for label in labels}
     curves, risk_table = aggregate_risk_coverage(scores)
 

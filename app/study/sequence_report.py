@@ -17,8 +17,16 @@ from typing import Any
 import numpy as np
 
 from app.evaluate import metrics as M
-from app.evaluate.evaluate import ECE_BINS
-from app.study.bootstrap import Interval, accuracy, paired_interval, rank_auroc, rmse
+from app.study.bootstrap import (
+    Interval,
+    accuracy,
+    binary_auroc,
+    difference,
+    ece,
+    paired_interval,
+    relative_difference,
+    rmse,
+)
 from app.study.bundle import best_run, bundle_sequence_model, bundled_name
 from app.study.design import ABLATION_BASE, StudyPlan
 from app.study.runs import SCORES_FILE, keep_records, load_result, load_results, load_scores
@@ -95,15 +103,12 @@ def text_verdicts(summary: dict[str, dict[str, Any]], scores: Scores | None = No
         f"low-rank uses ≥ {TEXT_PARAMETER_RATIO:g}× fewer parameters than full-rank BBB at an accuracy within "
         f"{100 * ACCURACY_WITHIN:g} points of it"
     )
-    interval = _interval(scores, "test_probs", accuracy, lambda x, y: x - y)
+    interval = _interval(scores, "test_probs", accuracy, difference)
     if interval is None:
         figures = f"{ratio:.2f}× fewer; accuracy {100 * gap:+.1f} points relative to full-rank (means)"
         verdict = "holds" if ratio >= TEXT_PARAMETER_RATIO and gap >= -ACCURACY_WITHIN else "does not hold"
     else:
-        figures = (
-            f"{ratio:.2f}× fewer; accuracy {100 * interval.estimate:+.1f} points relative to full-rank, 95% CI "
-            f"[{100 * interval.low:+.1f}, {100 * interval.high:+.1f}]"
-        )
+        figures = f"{ratio:.2f}× fewer; {_gap(interval, True, ' relative to full-rank')}"
         verdict = _combined(ratio >= TEXT_PARAMETER_RATIO, interval.verdict(-ACCURACY_WITHIN, at_most=False))
     claims = [
         {
@@ -129,6 +134,14 @@ def text_verdicts(summary: dict[str, dict[str, Any]], scores: Scores | None = No
     return claims
 
 
+def _gap(interval: Interval, text: bool, after: str = "") -> str:
+    """The accuracy gap in points (text) or the RMSE ratio in percent, with its 95% interval."""
+    if text:
+        low, high = 100 * interval.low, 100 * interval.high
+        return f"accuracy {100 * interval.estimate:+.1f} points{after}, 95% CI [{low:+.1f}, {high:+.1f}]"
+    return f"RMSE {interval.estimate:+.1%}{after}, 95% CI [{interval.low:+.1%}, {interval.high:+.1%}]"
+
+
 def _interval(
     scores: Scores | None, key: str, metric: Any, compare: Any, labels: tuple[str, str] = ("lowrank", "fullrank")
 ) -> Interval | None:
@@ -152,15 +165,12 @@ def verdicts(
     gap = low["test"]["rmse"]["mean"] / full["test"]["rmse"]["mean"] - 1.0
     picp = low["test"]["picp_90"]["mean"]
     lo, hi = PICP90_TARGET
-    interval = _interval(scores, "test_mean", rmse, lambda x, y: x / y - 1.0)
+    interval = _interval(scores, "test_mean", rmse, relative_difference)
     if interval is None:
         figures = f"{ratio:.2f}× fewer; RMSE {gap:+.1%} relative to full-rank (means)"
         verdict = "holds" if ratio >= PARAMETER_RATIO and gap <= RMSE_WITHIN else "does not hold"
     else:
-        figures = (
-            f"{ratio:.2f}× fewer; RMSE {interval.estimate:+.1%} relative to full-rank, 95% CI "
-            f"[{interval.low:+.1%}, {interval.high:+.1%}]"
-        )
+        figures = f"{ratio:.2f}× fewer; {_gap(interval, False, ' relative to full-rank')}"
         verdict = _combined(ratio >= PARAMETER_RATIO, interval.verdict(RMSE_WITHIN, at_most=True))
     return [
         {
@@ -188,45 +198,31 @@ def rank_verdicts(
     if "fullrank" not in summary or not scores.get("fullrank"):
         return []
     if text:
-        needed, key, metric, bound, at_most = TEXT_PARAMETER_RATIO, "test_probs", accuracy, -ACCURACY_WITHIN, False
-        what = f"an accuracy within {100 * ACCURACY_WITHIN:g} points"
+        needed, key, metric, compare = TEXT_PARAMETER_RATIO, "test_probs", accuracy, difference
+        bound, at_most, what = -ACCURACY_WITHIN, False, f"an accuracy within {100 * ACCURACY_WITHIN:g} points"
     else:
-        needed, key, metric, bound, at_most = PARAMETER_RATIO, "test_mean", rmse, RMSE_WITHIN, True
-        what = f"an RMSE within {RMSE_WITHIN:.0%}"
+        needed, key, metric, compare = PARAMETER_RATIO, "test_mean", rmse, relative_difference
+        bound, at_most, what = RMSE_WITHIN, True, f"an RMSE within {RMSE_WITHIN:.0%}"
     full = summary["fullrank"]["parameter_count"]["mean"]
     claims = []
     for rank, seeds in sorted(rank_scores.items()):
         ratio = full / ranks[rank]["parameter_count"]["mean"]
-        y = seeds[0]["test_y"]
-        others = [s[key] for s in scores["fullrank"]]
-        if text:
-            interval = paired_interval(y, [s[key] for s in seeds], others, metric, lambda a, b: a - b)
-            low, high = 100 * interval.low, 100 * interval.high
-            gap = f"accuracy {100 * interval.estimate:+.1f} points, 95% CI [{low:+.1f}, {high:+.1f}]"
-        else:
-            interval = paired_interval(y, [s[key] for s in seeds], others, metric, lambda a, b: a / b - 1.0)
-            gap = f"RMSE {interval.estimate:+.1%}, 95% CI [{interval.low:+.1%}, {interval.high:+.1%}]"
+        pair = {"rank": seeds, "fullrank": scores["fullrank"]}
+        interval = _interval(pair, key, metric, compare, ("rank", "fullrank"))
+        assert interval is not None  # both sides have scores
         claims.append(
             {
                 "statement": f"at rank {rank} (ablation, seed 0): ≥ {needed:g}× fewer parameters than full-rank "
                 f"BBB at {what} of it",
                 "rule": "as above, this rank's run against full-rank's seeds",
-                "figures": f"{ratio:.2f}× fewer; {gap}",
+                "figures": f"{ratio:.2f}× fewer; {_gap(interval, text)}",
                 "verdict": _combined(ratio >= needed, interval.verdict(bound, at_most=at_most)),
             }
         )
     return claims
 
 
-def _binary_auroc(y: np.ndarray, probs: np.ndarray) -> float:
-    return rank_auroc(y, probs[:, 1])
-
-
-def _ece(y: np.ndarray, probs: np.ndarray) -> float:
-    return M.expected_calibration_error(y, probs, ECE_BINS)
-
-
-PAIRED_METRICS = {"AUROC": _binary_auroc, "NLL": M.nll, "ECE": _ece, "accuracy": accuracy}
+PAIRED_METRICS = {"AUROC": binary_auroc, "NLL": M.nll, "ECE": ece, "accuracy": accuracy}
 
 
 def paired_comparisons(scores: Scores, resamples: int = 1000) -> list[dict[str, Any]]:
@@ -245,14 +241,10 @@ def paired_comparisons(scores: Scores, resamples: int = 1000) -> list[dict[str, 
         for name, metric in PAIRED_METRICS.items():
             if name == "AUROC" and not binary:
                 continue
-            found = paired_interval(y, low, [s["test_probs"] for s in seeds], metric, _difference, resamples)
+            found = paired_interval(y, low, [s["test_probs"] for s in seeds], metric, difference, resamples)
             row[name] = {"estimate": found.estimate, "low": found.low, "high": found.high}
         rows.append(row)
     return rows
-
-
-def _difference(a: float, b: float) -> float:
-    return a - b
 
 
 def comparison_scores(plan: StudyPlan, out: Path) -> Scores:
