@@ -33,6 +33,12 @@ class Split:
     y: np.ndarray
     changed: np.ndarray | None = None
 
+    @property
+    def changed_rows(self) -> np.ndarray | None:
+        """``changed`` where it sets some rows apart, else None (every row shifted): the rows a set's novelty
+        figures are measured on apart from the whole set's."""
+        return None if self.changed is None or self.changed.all() else self.changed
+
 
 class DataProvenance(BaseModel):
     """Where the data came from and how it was split: enough to rebuild and verify the same splits."""

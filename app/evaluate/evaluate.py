@@ -123,8 +123,7 @@ def evaluate(
             **_detection(test_predictions, shifted.epistemic, shifted.std),
             "not_accepted_rate": round(not_accepted(scored.ood[name]), 6),
         }
-        if split.changed is not None and not split.changed.all():  # the rows the alteration changed, apart
-            changed = split.changed
+        if (changed := split.changed_rows) is not None:  # the rows the alteration changed, apart
             entry["changed_rows"] = {
                 "rows": int(changed.sum()),
                 **_detection(test_predictions, shifted.epistemic[changed], shifted.std[changed]),

@@ -80,10 +80,7 @@ def write_results(
     scores = {label: [load_scores(folder) for folder in folders[label]] for label in labels}
     curves, risk_table = aggregate_risk_coverage(scores)
 
-    changed = {
-        name: None if split.changed is None or split.changed.all() else split.changed
-        for name, split in dataset.ood.items()
-    }
+    changed = {name: split.changed_rows for name, split in dataset.ood.items()}
     parameters = {label: int(summary[label]["parameter_count"]) for label in labels}
     claims = assess_claims(Evidence(parameters, scores, changed, plan.bootstrap_resamples))
     ablation_rows = aggregate_ablation(plan, out) if ablation and plan.ablation_ranks and plan.ablation_seeds else []
