@@ -206,6 +206,14 @@ for pattern in '"sampler":"bank"' '"unit":"log(1 + ' '"intervals":{"0.5":\[' '"v
   grep -q "$pattern" <<<"$answer" || { echo "unexpected slim PM2.5 answer: $answer"; exit 1; }
 done
 echo "slim image (no torch), an LSTM sequence (PM2.5): ${answer:0:120}..."
+# The bundled sentiment Transformer from its exported bank: the tokenizer and the text gate without torch.
+answer=$(curl -sf "http://127.0.0.1:$slim_port/v1/models/rotten-tomatoes-sentiment/predict" \
+  -H 'content-type: application/json' -d '{"instances": [{"text": "a warm, funny and beautifully acted film"},
+  {"text": "他走进房间，看见桌子上放着一封信。"}, {"text": "   "}]}') || { docker logs sbnn-ci-slim | tail -30; exit 1; }
+for pattern in '"label":"fresh"' '"decision":"accept"' '"reasons":\["support:vocabulary"' '"reasons":\["bounds:text"\]'; do
+  grep -q "$pattern" <<<"$answer" || { echo "unexpected slim text answer: $answer"; exit 1; }
+done
+echo "slim image (no torch), a text (sentiment): ${answer:0:120}..."
 echo -n "slim image (no torch), "
 grpc_check sbnn-ci-slim "$slim_grpc_port"
 docker rm -f sbnn-ci-slim >/dev/null

@@ -21,10 +21,13 @@ repository = ModelRepository(Path("models"), torch.device("cpu"))
 repository.load_all()
 entry = repository.get("flchain-mortality")
 print(entry.state.value, entry.manifest.parameter_count)
+print(sorted(e.manifest.name for e in repository.not_ready()), "rotten-tomatoes-sentiment" in repository.names())
 """
 
 
 def test_server_loads_the_bundled_model_without_training_extras() -> None:
     result = subprocess.run([sys.executable, "-c", PROGRAM], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["ready", "10918"]
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["ready", "10918"]
+    assert lines[1] == "[] True"  # every bundled model loads, the text model's tokenizer included

@@ -14,6 +14,7 @@ from typing import Any
 
 from app.checkpoint.files import read_manifest, write_manifest
 from app.checkpoint.manifest import MANIFEST_FILE, WEIGHTS_FILE, Manifest
+from app.errors import CheckpointError
 from app.study.design import EVALUATION_SEED
 from app.study.runs import load_result
 
@@ -52,14 +53,29 @@ def best_run(folders: Sequence[Path]) -> Path:
     return min(scored, key=lambda pair: pair[0])[1]
 
 
+def already_bundled(source: Path, target: Path) -> Manifest | None:
+    """``target``'s manifest when it already serves ``source``'s run (the same weights and gate, by sha256) and
+    was evaluated there (its metrics and card written); otherwise None."""
+    try:
+        bundled, run = read_manifest(target), read_manifest(source)
+    except CheckpointError:
+        return None
+    same = bundled.weights.sha256 == run.weights.sha256 and bundled.gate.tensors.sha256 == run.gate.tensors.sha256
+    return bundled if same and bundled.metrics and (target / "card.md").is_file() else None
+
+
 def bundle_sequence_model(source: Path, target: Path) -> dict[str, Any]:
     """Copy the recurrent or text run in ``source`` to ``target`` and evaluate it there (metrics.json, card.md,
-    figures), as ``sbnn evaluate`` does."""
+    figures), as ``sbnn evaluate`` does; a ``target`` that already serves that run evaluated is kept as it is,
+    so that rewriting a report does not repeat the evaluation (``sbnn evaluate`` redoes it)."""
     from app.checkpoint.io import load_checkpoint
     from app.data.rotten_tomatoes import load_text_dataset
     from app.data.sequence_table import load_sequence_dataset
     from app.evaluate import sequence_evaluate as sequences
 
+    kept = already_bundled(source, target)
+    if kept is not None:
+        return bundled_entry(source, target, kept)
     manifest = copy_checkpoint(source, target)
     checkpoint = load_checkpoint(target)
     data = (load_text_dataset if manifest.text is not None else load_sequence_dataset)(manifest.data, None)

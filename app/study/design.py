@@ -83,6 +83,7 @@ class StudyPlan:
     ablation_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     variants: tuple[Variant, ...] = COMPARISON
     ablation_ranks: tuple[int, ...] = (1, 2, 4, 8, 15, 32, 64)
+    every_seed_ranks: tuple[int, ...] = ()  # ablation ranks also run at every comparison seed
     epochs: int = 200
     hidden: tuple[int, ...] = (128, 128)
     samples: int = 512
@@ -106,6 +107,8 @@ class StudyPlan:
             raise ValueError(f"the rank ablation varies the '{ABLATION_BASE}' variant, which the plan lacks")
         if any(r < 1 for r in self.ablation_ranks):
             raise ValueError(f"ablation ranks must be ≥ 1, got {self.ablation_ranks}")
+        if not set(self.every_seed_ranks) <= set(self.ablation_ranks):
+            raise ValueError(f"every_seed_ranks {self.every_seed_ranks} must be ablation ranks {self.ablation_ranks}")
         if self.timing_repeats < 1:
             raise ValueError(f"timing_repeats must be ≥ 1, got {self.timing_repeats}")
         if self.bootstrap_resamples < 100:
@@ -148,11 +151,13 @@ class StudyPlan:
         ]
 
     def ablation_points(self, out: Path) -> list[AblationPoint]:
-        """Every ablation rank at every ablation seed; the base variant's own rank reuses its runs."""
+        """Every ablation rank at every ablation seed (an ``every_seed_ranks`` rank at every comparison seed as
+        well); the base variant's own rank reuses its runs."""
         base = self.variant(ABLATION_BASE) if self.ablation_ranks and self.ablation_seeds else None
         points = []
         for rank in self.ablation_ranks:
-            for seed in self.ablation_seeds:
+            extra = self.seeds if rank in self.every_seed_ranks else ()
+            for seed in dict.fromkeys((*self.ablation_seeds, *extra)):
                 assert base is not None  # checked in __post_init__
                 base_config = self.config(base, seed, out)
                 if base_config.rank == rank and base_config.ranks is None:

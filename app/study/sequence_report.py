@@ -193,8 +193,8 @@ def verdicts(
 def rank_verdicts(
     summary: dict[str, dict[str, Any]], ranks: dict[int, Any], rank_scores: Scores, scores: Scores, text: bool
 ) -> list[dict[str, str]]:
-    """The size claim again at each ablation rank the study did not use (its run at seed 0 against full-rank's
-    seeds): RMSE (regression) or accuracy (text) by the same paired bootstrap interval and rule."""
+    """The size claim again at each ablation rank the study did not use (its runs against full-rank's seeds):
+    RMSE (regression) or accuracy (text) by the same paired bootstrap interval and rule."""
     if "fullrank" not in summary or not scores.get("fullrank"):
         return []
     if text:
@@ -212,14 +212,18 @@ def rank_verdicts(
         assert interval is not None  # both sides have scores
         claims.append(
             {
-                "statement": f"at rank {rank} (ablation, seed 0): ≥ {needed:g}× fewer parameters than full-rank "
-                f"BBB at {what} of it",
-                "rule": "as above, this rank's run against full-rank's seeds",
+                "statement": f"at rank {rank} (ablation, {_seeds(ranks[rank]['seeds'])}): ≥ {needed:g}× fewer "
+                f"parameters than full-rank BBB at {what} of it",
+                "rule": "as above, this rank's runs against full-rank's seeds",
                 "figures": f"{ratio:.2f}× fewer; {_gap(interval, text)}",
                 "verdict": _combined(ratio >= needed, interval.verdict(bound, at_most=at_most)),
             }
         )
     return claims
+
+
+def _seeds(seeds: Sequence[int]) -> str:
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
 
 
 PAIRED_METRICS = {"AUROC": binary_auroc, "NLL": M.nll, "ECE": ece, "accuracy": accuracy}
@@ -268,8 +272,9 @@ def original_scale_mae(folders: Sequence[Path]) -> dict[str, float]:
 def aggregate_sequence_study(
     plan: StudyPlan, out: Path, regression: bool, ablation: bool, log1p_target: bool = False, text: bool = False
 ) -> dict[str, Any]:
-    """Every label's summary, the rank ablation (rank -> its run's numbers at seed 0) and the verdicts (``text``:
-    the text study's); ``log1p_target``: the target is log(1 + y), so the MAE is also given in y's own unit."""
+    """Every label's summary, the rank ablation (rank -> its finished runs' numbers and seeds) and the verdicts
+    (``text``: the text study's); ``log1p_target``: the target is log(1 + y), so the MAE is also given in y's own
+    unit."""
     comparison = plan.comparison_runs(out)
     grouped = load_results(comparison)
     summary = {v.label: summarise_label(grouped[v.label], regression) for v in plan.variants}
@@ -278,12 +283,12 @@ def aggregate_sequence_study(
             entry["test"]["mae_original_unit"] = original_scale_mae([r.folder for r in comparison if r.label == label])
     points = plan.ablation_points(out) if ablation else []
     ranks, rank_scores = {}, {}
-    for point in points:
-        result = load_result(point.run.folder)
-        if result is not None:
-            ranks[point.rank] = summarise_label([result], regression)
-            if point.run.label != ABLATION_BASE:  # the study's own rank is the comparison's claim
-                rank_scores[point.rank] = [load_scores(point.run.folder)]
+    for rank in dict.fromkeys(p.rank for p in points):
+        done = [(p, r) for p in points if p.rank == rank and (r := load_result(p.run.folder)) is not None]
+        if done:
+            ranks[rank] = {**summarise_label([r for _, r in done], regression), "seeds": [p.seed for p, _ in done]}
+            if done[0][0].run.label != ABLATION_BASE:  # the study's own rank is the comparison's claim
+                rank_scores[rank] = [load_scores(p.run.folder) for p, _ in done]
     unit = grouped[plan.variants[0].label][0]["metrics"].get("unit")
     scores = comparison_scores(plan, out)
     claims = text_verdicts(summary, scores) if text else verdicts(summary, regression, scores)
@@ -343,15 +348,17 @@ def render_sequence_markdown(name: str, numbers: dict[str, Any], regression: boo
         ]
         lines.append(table(["kind", *(f"{n} Δ" for n in names)], cells))
     if ranks:
-        lines.append(f"## Rank ablation ({ABLATION_BASE}, seed 0)\n")
+        lines.append(f"## Rank ablation ({ABLATION_BASE}; mean ± std over each rank's seeds)\n")
         key = "rmse" if regression else "auroc"
         rank_rows = [
-            [str(rank), f"{r['parameter_count']['mean']:,.0f}", ms(r["test"][key]), ms(r["test"]["nll"])]
+            [str(rank), ", ".join(map(str, r["seeds"])), f"{r['parameter_count']['mean']:,.0f}"]
+            + [ms(r["test"][key]), ms(r["test"]["nll"])]
             + [ms(r["ood"][s]["auroc"]["gate"]) for s in r["ood"]]
             for rank, r in sorted(ranks.items())
         ]
         ood_names = list(summary[labels[0]]["ood"])
-        lines.append(table(["rank", "parameters", key, "nll", *[f"gate AUROC {s}" for s in ood_names]], rank_rows))
+        header = ["rank", "seeds", "parameters", key, "nll", *[f"gate AUROC {s}" for s in ood_names]]
+        lines.append(table(header, rank_rows))
     if regression:
         lines.append("## The paper's figures (its units and OOD set: another city)\n")
         paper_rows = [[k, *v.values()] for k, v in PAPER_PM25.items()]
