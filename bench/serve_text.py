@@ -1,10 +1,10 @@
 """A text model through the server: one text and a batch of texts per request at c = 1, on the torch and onnx
 backends, beside the live floor (issue 18's target: a 1-row text predict under 30 ms p50 on 2 cores).
 
-Copies the text checkpoint (default: the bundled ``models/rotten-tomatoes-sentiment``) into a temporary repository, exports
-its bank there (`sbnn export-onnx`), starts `sbnn serve` on it twice (SBNN_BACKEND=torch and =onnx) and runs hey
-round by round, interleaved: a 1-text body (sampler: the bank, the default), a 32-text body, and GET
-/v2/health/live (the floor: what any request pays). The backends' own ``compute`` of the tokenised 1-text
+Copies the text checkpoint (default: the bundled ``models/rotten-tomatoes-sentiment``) into a temporary
+repository, exports its bank there (`sbnn export-onnx`), starts `sbnn serve` on it twice (SBNN_BACKEND=torch and
+=onnx) and runs hey round by round, interleaved: a 1-text body (sampler: the bank, the default), a 32-text body,
+and GET /v2/health/live (the floor: what any request pays). The backends' own ``compute`` of the tokenised 1-text
 request is timed in this process too, and the tokenizer alone.
 
     python bench/serve_text.py [--model models/rotten-tomatoes-sentiment] [--rounds 5] [--requests 200]
