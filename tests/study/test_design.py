@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from app.study.design import COMPARISON, StudyPlan, Variant
@@ -19,8 +21,6 @@ def test_plans_that_cannot_run_are_refused_before_training() -> None:
 
 
 def test_an_every_seed_rank_runs_at_every_comparison_seed_once() -> None:
-    from pathlib import Path
-
     plan = StudyPlan(seeds=(0, 1, 2), ablation_seeds=(0,), ablation_ranks=(2, 4, 15), every_seed_ranks=(4,))
     points = [(p.rank, p.seed, p.run.folder.name) for p in plan.ablation_points(Path("runs"))]
     assert points == [
