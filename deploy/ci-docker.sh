@@ -176,23 +176,25 @@ for _ in $(seq 1 60); do
   [ "$(docker inspect -f '{{.State.Health.Status}}' sbnn-ci-slim)" = healthy ] && break
   sleep 2
 done
-# slim_expect WHAT BODY PATTERN...: POST BODY to the slim container's predict; every pattern must be in the answer.
+# slim_expect MODEL WHAT BODY PATTERN...: POST BODY to MODEL's predict on the slim container; every pattern must be
+# in the answer.
 slim_expect() {
-  local what=$1 body=$2 answer pattern
-  shift 2
-  answer=$(curl -sf "http://127.0.0.1:$slim_port/v1/models/flchain-mortality/predict" \
+  local model=$1 what=$2 body=$3 answer pattern
+  shift 3
+  answer=$(curl -sf "http://127.0.0.1:$slim_port/v1/models/$model/predict" \
     -H 'content-type: application/json' -d "$body") || { docker logs sbnn-ci-slim | tail -30; exit 1; }
   for pattern in "$@"; do
     grep -q "$pattern" <<<"$answer" || { echo "unexpected slim $what answer: $answer"; exit 1; }
   done
-  echo "slim image (no torch), $what: ${answer:0:100}..."
+  echo "slim image (no torch), $what: ${answer:0:120}..."
 }
 row='"age": 62, "sex": "F", "kappa": 1.2, "lambda": 1.5, "flc_grp": 5, "mgus": 0'
-slim_expect "frozen bank, gate" "{\"instances\": [{$row, \"creatinine\": 1.0}, {$row, \"creatinine\": 88.4}]}" \
+slim_expect flchain-mortality "frozen bank, gate" \
+  "{\"instances\": [{$row, \"creatinine\": 1.0}, {$row, \"creatinine\": 88.4}]}" \
   '"sampler":"bank"' '"decision":"accept"' '"decision":"reject","reasons":\["bounds:creatinine"\]'
-slim_expect "seeded, local reparameterisation (local graph)" \
+slim_expect flchain-mortality "seeded, local reparameterisation (local graph)" \
   "{\"instances\": [{$row, \"creatinine\": 1.0}], \"seed\": 7}" '"sampler":"local"' '"seed":7'
-slim_expect "fresh samples (sampling graph)" \
+slim_expect flchain-mortality "fresh samples (sampling graph)" \
   "{\"instances\": [{$row, \"creatinine\": 1.0}], \"seed\": 7, \"sampler\": \"fresh\"}" '"sampler":"fresh"' '"seed":7'
 # The bundled PM2.5 LSTM from its exported bank (the onnx backend's sequence path): 24 hourly steps.
 sequence=$(python3 -c '
@@ -200,20 +202,12 @@ import json, math
 steps = [{"pm25_log": 4.2, "DEWP": 5.0, "TEMP": 18.0, "PRES": 1012.0, "Iws": 10.0, "Is": 0, "Ir": 0, "cbwd": "SE",
           "hour_sin": math.sin(2 * math.pi * h / 24), "hour_cos": math.cos(2 * math.pi * h / 24)} for h in range(24)]
 print(json.dumps({"instances": [steps]}))')
-answer=$(curl -sf "http://127.0.0.1:$slim_port/v1/models/pm25-next-hour/predict" -H 'content-type: application/json' \
-  -d "$sequence") || { docker logs sbnn-ci-slim | tail -30; exit 1; }
-for pattern in '"sampler":"bank"' '"unit":"log(1 + ' '"intervals":{"0.5":\[' '"variance":{"total":'; do
-  grep -q "$pattern" <<<"$answer" || { echo "unexpected slim PM2.5 answer: $answer"; exit 1; }
-done
-echo "slim image (no torch), an LSTM sequence (PM2.5): ${answer:0:120}..."
+slim_expect pm25-next-hour "an LSTM sequence (PM2.5)" "$sequence" \
+  '"sampler":"bank"' '"unit":"log(1 + ' '"intervals":{"0.5":\[' '"variance":{"total":'
 # The bundled sentiment Transformer from its exported bank: the tokenizer and the text gate without torch.
-answer=$(curl -sf "http://127.0.0.1:$slim_port/v1/models/rotten-tomatoes-sentiment/predict" \
-  -H 'content-type: application/json' -d '{"instances": [{"text": "a warm, funny and beautifully acted film"},
-  {"text": "他走进房间，看见桌子上放着一封信。"}, {"text": "   "}]}') || { docker logs sbnn-ci-slim | tail -30; exit 1; }
-for pattern in '"label":"fresh"' '"decision":"accept"' '"reasons":\["support:vocabulary"' '"reasons":\["bounds:text"\]'; do
-  grep -q "$pattern" <<<"$answer" || { echo "unexpected slim text answer: $answer"; exit 1; }
-done
-echo "slim image (no torch), a text (sentiment): ${answer:0:120}..."
+slim_expect rotten-tomatoes-sentiment "a text (sentiment)" '{"instances": [
+  {"text": "a warm, funny and beautifully acted film"}, {"text": "他走进房间，看见桌子上放着一封信。"}, {"text": "   "}]}' \
+  '"label":"fresh"' '"decision":"accept"' '"reasons":\["support:vocabulary"' '"reasons":\["bounds:text"\]'
 echo -n "slim image (no torch), "
 grpc_check sbnn-ci-slim "$slim_grpc_port"
 docker rm -f sbnn-ci-slim >/dev/null

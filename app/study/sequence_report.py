@@ -283,7 +283,7 @@ def aggregate_sequence_study(
             entry["test"]["mae_original_unit"] = original_scale_mae([r.folder for r in comparison if r.label == label])
     points = plan.ablation_points(out) if ablation else []
     ranks, rank_scores = {}, {}
-    for rank in dict.fromkeys(p.rank for p in points):
+    for rank in plan.ablation_ranks:
         done = [(p, r) for p in points if p.rank == rank and (r := load_result(p.run.folder)) is not None]
         if done:
             ranks[rank] = {**summarise_label([r for _, r in done], regression), "seeds": [p.seed for p, _ in done]}
